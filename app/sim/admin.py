@@ -1,0 +1,139 @@
+"""The ``/_sim/`` admin API: loopback only, no auth, never metered, rate-limited or faulted.
+
+This contract is fixed (SPEC §10) because tools outside the test suite drive it:
+``POST /_sim/price``, ``POST /_sim/faults``, ``GET /_sim/faults``, ``GET /_sim/orders``,
+``GET /_sim/state``, ``POST /_sim/reset``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+
+import orjson
+from aiohttp import web
+
+from app.sim.faults import FaultPlanError, fault_plan_from_mapping
+from app.sim.models import fixed
+from app.sim.server import Simulator, json_response
+
+AdminHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _problem(detail: str, status: int = 400) -> web.Response:
+    return json_response({"error": detail}, status)
+
+
+def _loopback(remote: str | None) -> bool:
+    if remote is None:
+        return False
+    try:
+        return ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+async def _json_body(request: web.Request) -> object:
+    raw = await request.read()
+    try:
+        return orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": f"body is not valid JSON: {exc}"}),
+            content_type="application/json") from None
+
+
+def admin_routes(sim: Simulator) -> list[web.RouteDef]:
+    """Route definitions for the admin API, bound to ``sim``."""
+
+    def guarded(handler: AdminHandler) -> AdminHandler:
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            if not _loopback(request.remote):
+                return _problem("the admin API answers loopback clients only", 403)
+            return await handler(request)
+        return wrapper
+
+    async def set_price(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            return _problem("body must be an object with symbol and price")
+        symbol = body.get("symbol")
+        if symbol not in sim.exchange.symbols:
+            return _problem(f"symbol: unknown symbol {symbol!r}")
+        raw = body.get("price")
+        if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+            return _problem("price: must be a decimal string")
+        try:
+            price = Decimal(str(raw))
+        except InvalidOperation:
+            return _problem(f"price: not a decimal: {raw!r}")
+        if not price.is_finite() or price <= 0:
+            return _problem("price: must be a positive decimal")
+        sim.set_mark(symbol, price)
+        spec = sim.exchange.symbols[symbol]
+        return json_response({"symbol": symbol,
+                              "price": fixed(sim.exchange.marks[symbol], spec.price_precision)})
+
+    async def set_faults(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            return _problem("plan: must be an object")
+        try:
+            plan = fault_plan_from_mapping(body)
+        except FaultPlanError as exc:
+            return _problem(str(exc))
+        sim.set_faults(plan)
+        return json_response(plan.to_json())
+
+    async def get_faults(request: web.Request) -> web.StreamResponse:
+        return json_response(sim.faults.plan.to_json())
+
+    async def orders(request: web.Request) -> web.StreamResponse:
+        return json_response(sim.exchange.ledger.rows())
+
+    async def state(request: web.Request) -> web.StreamResponse:
+        return json_response(snapshot(sim))
+
+    async def reset(request: web.Request) -> web.StreamResponse:
+        sim.reset()
+        return json_response({"status": "reset"})
+
+    return [
+        web.post("/_sim/price", guarded(set_price)),
+        web.post("/_sim/faults", guarded(set_faults)),
+        web.get("/_sim/faults", guarded(get_faults)),
+        web.get("/_sim/orders", guarded(orders)),
+        web.get("/_sim/state", guarded(state)),
+        web.post("/_sim/reset", guarded(reset)),
+    ]
+
+
+def snapshot(sim: Simulator) -> dict[str, object]:
+    """``GET /_sim/state``: open positions, balance, marks, limits and throttling counts."""
+    ex = sim.exchange
+    now = sim.clock()
+    positions = []
+    for symbol, pos in ex.positions.items():
+        if not pos.amount:
+            continue
+        spec = pos.spec
+        positions.append({
+            "symbol": symbol,
+            "positionAmt": fixed(pos.amount, spec.quantity_precision),
+            "entryPrice": fixed(pos.entry_price, max(spec.price_precision, 8)),
+            "unRealizedProfit": fixed(pos.unrealized(ex.marks[symbol]), 8),
+            "leverage": pos.leverage,
+            "marginType": pos.margin_type,
+        })
+    return {
+        "positions": positions,
+        "balance": {"asset": "USDT", "walletBalance": fixed(ex.wallet, 8),
+                    "availableBalance": fixed(ex.available_balance(), 8)},
+        "mark": {s: fixed(p, ex.symbols[s].price_precision) for s, p in ex.marks.items()},
+        "used_weight": sim.limits.used_weight(now),
+        "order_count": sim.limits.order_counts(now),
+        "throttled": {"429": sim.limits.count_429, "418": sim.limits.count_418},
+        "bans": sim.limits.bans(now),
+        "requests": sim.requests,
+    }

@@ -1,0 +1,98 @@
+"""The simulator's endpoint table: method, path, weight, order count, security, handler.
+
+Weights are the simulator's own copy of Binance's numbers (SPEC §6.1, research §3); they are
+not imported from the client's table on purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.sim import views
+from app.sim.config import SimConfig
+from app.sim.exchange import Exchange
+from app.sim.rules import Params
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a handler gets: the account, the config, the parameters, the server time, and
+    when an order it creates becomes visible to queries (``delayed_visibility``)."""
+
+    ex: Exchange
+    cfg: SimConfig
+    p: Params
+    now: float
+    visible_at: float = 0.0
+
+
+Handler = Callable[[Call], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    weight: int
+    signed: bool
+    handler: Handler
+    weight_without_symbol: int | None = None
+    orders: int = 0
+
+    def weight_for(self, params: Params) -> int:
+        if self.weight_without_symbol is not None and not params.get("symbol"):
+            return self.weight_without_symbol
+        return self.weight
+
+
+def _dual(c: Call) -> object:
+    return {"dualSidePosition": False}
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/fapi/v1/ping", 1, False, lambda c: {}),
+    Route("GET", "/fapi/v1/time", 1, False, lambda c: {"serverTime": int(c.now * 1000)}),
+    Route("GET", "/fapi/v1/exchangeInfo", 1, False,
+          lambda c: views.exchange_info(c.cfg, c.now)),
+    Route("GET", "/fapi/v1/premiumIndex", 1, False,
+          lambda c: views.premium_index(c.ex, c.p), weight_without_symbol=10),
+    Route("GET", "/fapi/v1/ticker/price", 1, False,
+          lambda c: views.ticker_price(c.ex, c.p), weight_without_symbol=2),
+    Route("GET", "/fapi/v2/ticker/price", 1, False,
+          lambda c: views.ticker_price(c.ex, c.p), weight_without_symbol=2),
+    Route("POST", "/fapi/v1/order", 0, True,
+          lambda c: c.ex.place_order(c.p, visible_at=c.visible_at), orders=1),
+    Route("GET", "/fapi/v1/order", 1, True, lambda c: c.ex.query_order(c.p)),
+    Route("DELETE", "/fapi/v1/order", 1, True, lambda c: c.ex.cancel_order(c.p)),
+    Route("GET", "/fapi/v1/openOrder", 1, True, lambda c: c.ex.query_open_order(c.p)),
+    Route("GET", "/fapi/v1/openOrders", 1, True, lambda c: c.ex.open_orders(c.p),
+       weight_without_symbol=40),
+    Route("DELETE", "/fapi/v1/allOpenOrders", 1, True,
+          lambda c: c.ex.cancel_all_orders(c.p)),
+    Route("GET", "/fapi/v1/allOrders", 5, True, lambda c: c.ex.all_orders(c.p)),
+    Route("GET", "/fapi/v1/userTrades", 5, True, lambda c: c.ex.user_trades(c.p)),
+    Route("POST", "/fapi/v1/algoOrder", 0, True,
+          lambda c: c.ex.place_algo(c.p, visible_at=c.visible_at), orders=1),
+    Route("GET", "/fapi/v1/algoOrder", 1, True, lambda c: c.ex.query_algo(c.p)),
+    Route("DELETE", "/fapi/v1/algoOrder", 1, True, lambda c: c.ex.cancel_algo(c.p)),
+    Route("GET", "/fapi/v1/openAlgoOrders", 1, True, lambda c: c.ex.open_algos(c.p),
+       weight_without_symbol=40),
+    Route("DELETE", "/fapi/v1/algoOpenOrders", 1, True,
+          lambda c: c.ex.cancel_all_algos(c.p)),
+    Route("POST", "/fapi/v1/leverage", 1, True, lambda c: c.ex.set_leverage(c.p)),
+    Route("GET", "/fapi/v1/leverageBracket", 1, True,
+          lambda c: views.leverage_bracket(c.ex, c.p)),
+    Route("POST", "/fapi/v1/marginType", 1, True, lambda c: c.ex.set_margin_type(c.p)),
+    Route("GET", "/fapi/v1/positionSide/dual", 30, True, _dual),
+    Route("GET", "/fapi/v2/positionRisk", 5, True,
+          lambda c: views.position_risk_v2(c.ex, c.p)),
+    Route("GET", "/fapi/v3/positionRisk", 5, True,
+          lambda c: views.position_risk_v3(c.ex, c.p)),
+    Route("GET", "/fapi/v2/balance", 5, True, lambda c: views.balance(c.ex)),
+    Route("GET", "/fapi/v3/balance", 5, True, lambda c: views.balance(c.ex)),
+    Route("GET", "/fapi/v2/account", 5, True, lambda c: views.account(c.ex, 2)),
+    Route("GET", "/fapi/v3/account", 5, True, lambda c: views.account(c.ex, 3)),
+)
+
+ROUTE_TABLE: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in ROUTES}
