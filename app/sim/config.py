@@ -209,7 +209,7 @@ def _coerce(kind: object, value: object, path: str) -> object:
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SimConfigError(f"{path}: must be an integer")
-        if value <= 0:
+        if value < 0 or (value == 0 and not path.endswith("precision")):
             raise SimConfigError(f"{path}: must be positive")
         return value
     if kind is float:

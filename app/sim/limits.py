@@ -113,11 +113,15 @@ class RateLimits:
         state.weight.used += weight
         return self.headers(ip, now, orders=bool(orders))
 
-    def refund(self, ip: str, weight: int, now: float) -> None:
-        """Give weight back (faults Binance documents as not counted: -1008, 503 unavailable)."""
+    def refund(self, ip: str, weight: int, orders: int, now: float) -> None:
+        """Give a request's weight and order count back (faults Binance documents as not
+        counted: -1008 throttling, 503 "Service Unavailable.")."""
         state = self._ip(ip)
         state.weight.roll(now)
         state.weight.used = max(0, state.weight.used - weight)
+        for window in (self.orders_short, self.orders_long):
+            window.roll(now)
+            window.used = max(0, window.used - orders)
 
     def headers(self, ip: str, now: float, *, orders: bool) -> dict[str, str]:
         state = self._ip(ip)

@@ -130,7 +130,7 @@ class Simulator:
         if decision.latency_s:
             await asyncio.sleep(decision.latency_s)
         if decision.fault in NOT_COUNTED:
-            self.limits.refund(ip, weight, now)
+            self.limits.refund(ip, weight, route.orders, now)
             headers = self.limits.headers(ip, now, orders=bool(route.orders))
         if decision.fault is not None and decision.fault in (
                 FaultKind.HTTP_500, FaultKind.DISCONNECTED_1001, *NOT_COUNTED):
