@@ -39,8 +39,11 @@ class Route:
     handler: Handler
     weight_without_symbol: int | None = None
     orders: int = 0
+    weight_fn: Callable[[Params], int] | None = None
 
     def weight_for(self, params: Params) -> int:
+        if self.weight_fn is not None:
+            return self.weight_fn(params)
         if self.weight_without_symbol is not None and not params.get("symbol"):
             return self.weight_without_symbol
         return self.weight
@@ -61,6 +64,16 @@ ROUTES: tuple[Route, ...] = (
           lambda c: views.ticker_price(c.ex, c.p), weight_without_symbol=2),
     Route("GET", "/fapi/v2/ticker/price", 1, False,
           lambda c: views.ticker_price(c.ex, c.p), weight_without_symbol=2),
+    Route("GET", "/fapi/v1/ticker/24hr", 1, False,
+          lambda c: views.ticker_24hr(c.ex, c.p), weight_without_symbol=40),
+    Route("GET", "/fapi/v1/ticker/bookTicker", 2, False,
+          lambda c: views.book_ticker(c.ex, c.p), weight_without_symbol=5),
+    Route("GET", "/fapi/v1/depth", 10, False, lambda c: views.depth(c.ex, c.p),
+          weight_fn=views.depth_weight),
+    Route("GET", "/fapi/v1/commissionRate", 20, True,
+          lambda c: views.commission_rate(c.ex, c.cfg, c.p)),
+    Route("GET", "/fapi/v1/rateLimit/order", 1, True,
+          lambda c: views.order_rate_limits(c.cfg)),
     Route("POST", "/fapi/v1/order", 0, True,
           lambda c: c.ex.place_order(c.p, visible_at=c.visible_at), orders=1),
     Route("GET", "/fapi/v1/order", 1, True, lambda c: c.ex.query_order(c.p)),

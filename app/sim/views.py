@@ -274,3 +274,66 @@ def account(ex: Exchange, version: int) -> dict[str, object]:
     body["assets"] = [asset]
     body["positions"] = positions
     return body
+
+
+def ticker_24hr(ex: Exchange, params: Params) -> object:
+    """A flat day: open = high = low = last = the mark (the simulator keeps no candles)."""
+    now = ms(ex.now())
+    rows = []
+    for spec in _specs(ex, params):
+        last = fixed(ex.marks[spec.symbol], spec.price_precision)
+        rows.append({
+            "symbol": spec.symbol, "priceChange": fixed(ZERO, spec.price_precision),
+            "priceChangePercent": "0.000", "weightedAvgPrice": last, "lastPrice": last,
+            "lastQty": fixed(spec.min_qty, spec.quantity_precision), "openPrice": last,
+            "highPrice": last, "lowPrice": last, "volume": "0", "quoteVolume": "0",
+            "openTime": now - 86_400_000, "closeTime": now, "firstId": 0, "lastId": 0,
+            "count": 0,
+        })
+    return rows[0] if params.get("symbol") else rows
+
+
+def _quotes(ex: Exchange, spec: SymbolSpec) -> tuple[str, str]:
+    mark = ex.marks[spec.symbol]
+    pp = spec.price_precision
+    return fixed(mark - spec.tick_size, pp), fixed(mark + spec.tick_size, pp)
+
+
+def book_ticker(ex: Exchange, params: Params) -> object:
+    rows = []
+    for spec in _specs(ex, params):
+        bid, ask = _quotes(ex, spec)
+        size = fixed(spec.market_max_qty, spec.quantity_precision)
+        rows.append({"symbol": spec.symbol, "bidPrice": bid, "bidQty": size, "askPrice": ask,
+                     "askQty": size, "time": ms(ex.now())})
+    return rows[0] if params.get("symbol") else rows
+
+
+DEPTH_LIMITS = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
+
+
+def depth_weight(params: Params) -> int:
+    raw = params.get("limit") or "500"
+    return DEPTH_LIMITS.get(int(raw), 10) if raw.isdigit() else 10
+
+
+def depth(ex: Exchange, params: Params) -> object:
+    """A thin book of one level each side, one tick around the mark."""
+    spec = ex.spec(params)
+    assert spec is not None
+    bid, ask = _quotes(ex, spec)
+    size = fixed(spec.market_max_qty, spec.quantity_precision)
+    now = ms(ex.now())
+    return {"lastUpdateId": now, "E": now, "T": now, "bids": [[bid, size]],
+            "asks": [[ask, size]]}
+
+
+def commission_rate(ex: Exchange, cfg: SimConfig, params: Params) -> object:
+    spec = ex.spec(params)
+    assert spec is not None
+    return {"symbol": spec.symbol, "makerCommissionRate": f"{cfg.account.maker_fee:f}",
+            "takerCommissionRate": f"{cfg.account.taker_fee:f}"}
+
+
+def order_rate_limits(cfg: SimConfig) -> list[dict[str, object]]:
+    return [r for r in rate_limits(cfg) if r["rateLimitType"] == "ORDERS"]
