@@ -40,7 +40,7 @@ async def _json_body(request: web.Request) -> object:
         return orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError as exc:
         raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": f"body is not valid JSON: {exc}"}),
+            text=orjson.dumps({"error": f"body is not valid JSON: {exc}"}).decode(),
             content_type="application/json") from None
 
 

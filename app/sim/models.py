@@ -261,8 +261,7 @@ class Ledger:
                     "kind": entry.kind, "symbol": entry.spec.symbol, "id": entry.order_id,
                     "client_id": entry.client_id, "type": entry.type, "side": entry.side,
                     "status": entry.status,
-                    "qty": "0" if entry.close_position and entry.kind == "order"
-                    else fixed(entry.qty, qp),
+                    "qty": "0" if entry.close_position else fixed(entry.qty, qp),
                     "executed_qty": fixed(entry.executed_qty, qp),
                     "reduce_only": entry.reduce_only, "close_position": entry.close_position,
                     "trigger_price": None,

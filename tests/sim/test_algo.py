@@ -131,7 +131,7 @@ async def test_stop_triggers_when_mark_crosses_and_closes_position(raw: RawClien
     triggered = [r for r in rows if r["kind"] == "triggered"]
     assert len(triggered) == 1
     assert triggered[0]["client_id"] == "t-sl"
-    assert triggered[0]["executed_qty"] == "0.020"
+    assert (triggered[0]["qty"], triggered[0]["executed_qty"]) == ("0", "0.020")
     assert triggered[0]["side"] == "SELL"
 
 
