@@ -1,0 +1,136 @@
+"""The ``execd`` command line (SPEC §11.1); also ``python -m app``.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error (the message names the key).
+``run`` and ``sim`` work; ``signal``, ``status``, ``logs`` and ``monitor`` parse their arguments
+but need the daemon's control API, which lands in a later issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from app import __version__
+from app.config import ConfigError, ExchangeMode, config_dir, load_settings, sim_config_paths
+
+__all__ = ["main"]
+
+SIGNAL_TYPES = ("LONG_ENTRY", "SHORT_ENTRY", "CLOSE_LONG", "CLOSE_SHORT")
+DEFAULT_SIM_PORT = 8471
+
+_Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``execd`` command and return its exit code (the console script exits with it)."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    handler: _Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return handler(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    # Imported here so that `execd --help` and the client commands stay light.
+    from app import daemon
+
+    overrides = {"exchange.mode": args.mode, "api.port": args.api_port}
+    try:
+        settings = load_settings(args.config, overrides)
+        return daemon.run(settings, exchange_url=args.exchange_url, spool=args.spool)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from app.sim import run_standalone
+
+    return run_standalone(
+        host=args.host,
+        port=args.port,
+        config_paths=sim_config_paths(args.config),
+        faults_path=args.faults,
+        seed=args.seed,
+    )
+
+
+def _not_available(args: argparse.Namespace) -> int:
+    print(f"execd {args.command}: not available yet (needs the daemon's control API)",
+          file=sys.stderr)
+    return 1
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {value!r}")
+    return value.rstrip("/").removesuffix("/fapi")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="execd",
+        description="Execution daemon for Binance USDⓈ-M futures, with an embedded simulator.",
+        epilog=f"Configuration: {config_dir() / 'default.toml'} and docs/configuration.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"execd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
+    run.add_argument("--config", type=Path, metavar="FILE", help="extra TOML config file")
+    run.add_argument("--mode", choices=[m.value for m in ExchangeMode], help="exchange mode")
+    run.add_argument("--exchange-url", type=_url, metavar="URL",
+                     help="base URL of a running exchange or simulator (no /fapi)")
+    run.add_argument("--api-port", type=int, metavar="N", help="control API port")
+    run.add_argument("--spool", type=Path, metavar="FILE", help="JSONL signal spool to tail")
+    run.set_defaults(handler=_cmd_run)
+
+    sim = commands.add_parser("sim", help="run the exchange simulator alone")
+    sim.add_argument("--port", type=int, default=DEFAULT_SIM_PORT, metavar="N",
+                     help=f"port to listen on (default {DEFAULT_SIM_PORT})")
+    sim.add_argument("--host", default="127.0.0.1", metavar="H",
+                     help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--config", type=Path, metavar="FILE",
+                     help="simulator TOML overlaid on config/sim.toml")
+    sim.add_argument("--faults", type=Path, metavar="FILE", help="fault plan TOML")
+    sim.add_argument("--seed", type=int, metavar="N", help="random seed (prices, faults)")
+    sim.set_defaults(handler=_cmd_sim)
+
+    sig = commands.add_parser("signal", help="submit a signal to the running daemon")
+    sig.add_argument("type", choices=SIGNAL_TYPES, metavar="TYPE",
+                     help=" | ".join(SIGNAL_TYPES))
+    sig.add_argument("symbol", metavar="SYMBOL", help="e.g. BTCUSDT")
+    sig.add_argument("--qty", metavar="Q", help="quantity (decimal)")
+    sig.add_argument("--tp", metavar="P", help="take-profit trigger price")
+    sig.add_argument("--sl", metavar="P", help="stop-loss trigger price")
+    sig.add_argument("--leverage", type=int, metavar="N", help="leverage, 1-125")
+    sig.add_argument("--id", metavar="ID", help="idempotency key (generated when absent)")
+    sig.add_argument("--wait", action="store_true",
+                     help="wait for the final state; exit 0 only for DONE")
+    sig.set_defaults(handler=_not_available)
+
+    status = commands.add_parser("status", help="one-shot status of the running daemon")
+    status.set_defaults(handler=_not_available)
+
+    logs = commands.add_parser("logs", help="read or follow the audit log")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    logs.add_argument("--event", metavar="NAME", help="only this event name")
+    logs.add_argument("--symbol", metavar="S", help="only this symbol")
+    logs.add_argument("--signal", metavar="ID", help="only this signal id")
+    logs.add_argument("--level", metavar="L", help="only this level and above")
+    logs.add_argument("--since", metavar="AGE", help="only events newer than AGE, e.g. 10m")
+    logs.add_argument("--json", action="store_true", help="print the raw audit lines only")
+    logs.set_defaults(handler=_not_available)
+
+    monitor = commands.add_parser("monitor", help="live terminal dashboard")
+    monitor.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    monitor.add_argument("--interval", type=float, default=1.0, metavar="S",
+                         help="refresh interval in seconds (default 1)")
+    monitor.add_argument("--export", type=Path, metavar="FILE",
+                         help="also write the snapshot as JSON")
+    monitor.set_defaults(handler=_not_available)
+    return parser

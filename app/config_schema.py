@@ -1,0 +1,246 @@
+"""The configuration schema: one frozen, validated model per section of ``config/default.toml``.
+
+Pure declarations: nothing here reads files or the environment (``app/config.py`` does, SPEC §3.2).
+Every default equals the value in ``config/default.toml``; ``docs/configuration.md`` explains each
+key. Durations are seconds (``_s``) or milliseconds (``_ms``); shares are fractions in (0, 1].
+Optional values may be written as ``""`` in TOML or the environment, meaning "not set".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
+
+__all__ = [
+    "ApiSettings",
+    "AuditSettings",
+    "BreakerSettings",
+    "ExchangeMode",
+    "ExchangeSettings",
+    "ExecutionSettings",
+    "JournalSettings",
+    "LogLevel",
+    "MonitorSettings",
+    "OnUnprotected",
+    "RateLimitSettings",
+    "RetrySettings",
+]
+
+_SECTION = ConfigDict(frozen=True, extra="forbid")
+
+
+class ExchangeMode(StrEnum):
+    SIM = "sim"
+    TESTNET = "testnet"
+    LIVE = "live"
+
+
+class OnUnprotected(StrEnum):
+    FLATTEN = "flatten"
+    ALERT = "alert"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+def _blank_to_none(value: object) -> object:
+    return None if value == "" else value
+
+
+def _check_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _parse_console(value: object) -> object:
+    """``"auto"`` (None: pretty on a TTY, JSON otherwise), or a boolean."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered == "auto":
+            return None
+        if lowered in {"true", "1", "yes", "on"}:
+            return True
+        if lowered in {"false", "0", "no", "off"}:
+            return False
+        raise ValueError('must be true, false or "auto"')
+    return value
+
+
+Url = Annotated[str, AfterValidator(_check_url)]
+OptionalUrl = Annotated[Url | None, BeforeValidator(_blank_to_none)]
+OptionalPath = Annotated[Path | None, BeforeValidator(_blank_to_none)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_to_none)]
+Share = Annotated[float, Field(gt=0, le=1)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class ExchangeSettings(BaseModel):
+    """Which exchange to talk to and how (SPEC §6.2)."""
+
+    model_config = _SECTION
+
+    mode: ExchangeMode = ExchangeMode.SIM
+    sim_url: OptionalUrl = None
+    testnet_url: Url = "https://demo-fapi.binance.com"
+    live_url: Url = "https://fapi.binance.com"
+    sim_config: Path = Path("config/sim.toml")
+    recv_window_ms: int = Field(default=5000, ge=1, le=60_000)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    connect_timeout_s: float = Field(default=3.0, gt=0, le=300)
+    live_confirm: bool = Field(default=False, validate_default=True)
+    api_key_file: OptionalPath = None
+    api_secret_file: OptionalPath = None
+
+    @field_validator("live_confirm")
+    @classmethod
+    def _live_needs_confirmation(cls, value: bool, info: ValidationInfo) -> bool:
+        if info.data.get("mode") is ExchangeMode.LIVE and not value:
+            raise ValueError("live mode requires exchange.live_confirm = true")
+        return value
+
+    def base_url(self) -> str | None:
+        """The configured exchange URL (no ``/fapi``) for the mode; None: start the embedded sim."""
+        return {
+            ExchangeMode.SIM: self.sim_url,
+            ExchangeMode.TESTNET: self.testnet_url,
+            ExchangeMode.LIVE: self.live_url,
+        }[self.mode]
+
+
+class ExecutionSettings(BaseModel):
+    """How signals become orders (SPEC §4.3, §5)."""
+
+    model_config = _SECTION
+
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    resolve_window_s: float = Field(default=10.0, gt=0, le=300)
+    on_unprotected: OnUnprotected = OnUnprotected.FLATTEN
+    default_ttl_s: float = Field(default=30.0, gt=0, le=86_400)
+    client_id_prefix: str = Field(default="xd", pattern=r"^[A-Za-z0-9_-]{1,8}$")
+    shutdown_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    position_poll_s: float = Field(default=5.0, gt=0, le=3600)
+
+
+class RetrySettings(BaseModel):
+    """Backoff for retryable calls (SPEC §7.3). Delays and jitter are seconds."""
+
+    model_config = _SECTION
+
+    max_retries: int = Field(default=3, ge=0, le=20)
+    initial_delay: Seconds = 0.2
+    backoff_factor: float = Field(default=2.0, ge=1, le=10)
+    max_delay: Seconds = 5.0
+    jitter: float = Field(default=0.1, ge=0, le=60)
+
+    @field_validator("max_delay")
+    @classmethod
+    def _max_not_below_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("initial_delay")
+        if initial is not None and value < initial:
+            raise ValueError(f"must be at least retry.initial_delay ({initial})")
+        return value
+
+
+class RateLimitSettings(BaseModel):
+    """Weight limiter shares (SPEC §7.1)."""
+
+    model_config = _SECTION
+
+    warning_threshold: Share = 0.8
+    low_share: Share = 0.8
+    headroom: float = Field(default=0.02, ge=0, lt=0.5)
+
+
+class BreakerSettings(BaseModel):
+    """Circuit breakers, one per endpoint group (SPEC §7.2)."""
+
+    model_config = _SECTION
+
+    failure_threshold: int = Field(default=5, ge=1, le=1000)
+    recovery_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    half_open_max_calls: int = Field(default=1, ge=1, le=100)
+    success_threshold: int = Field(default=2, ge=1, le=100)
+
+
+class AuditSettings(BaseModel):
+    """The audit log (SPEC §8)."""
+
+    model_config = _SECTION
+
+    log_dir: Path = Path("logs/audit")
+    retention_days: int = Field(default=30, ge=1, le=3650)
+    level: Annotated[LogLevel, BeforeValidator(_upper)] = LogLevel.INFO
+    console: Annotated[bool | None, BeforeValidator(_parse_console)] = None
+
+
+class ApiSettings(BaseModel):
+    """The control API (SPEC §11.2)."""
+
+    model_config = _SECTION
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8470, ge=1, le=65_535)
+    token: OptionalSecret = Field(default=None, validate_default=True)
+    max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("token")
+    @classmethod
+    def _token_off_loopback(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        host = info.data.get("host")
+        if value is None and host is not None and not _is_loopback(host):
+            raise ValueError(f"required when api.host ({host}) is not a loopback address")
+        return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class JournalSettings(BaseModel):
+    """The durable signal store (SPEC §4.3)."""
+
+    model_config = _SECTION
+
+    path: Path = Path("data/journal.sqlite3")
+
+
+class MonitorSettings(BaseModel):
+    """Error-rate alerts (SPEC §9)."""
+
+    model_config = _SECTION
+
+    error_rate_per_min: float = Field(default=10.0, gt=0)
+    window_s: float = Field(default=60.0, gt=0, le=86_400)
+    cooldown_s: float = Field(default=300.0, ge=0, le=86_400)
+    webhook_url: OptionalUrl = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)

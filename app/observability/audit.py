@@ -1,0 +1,158 @@
+"""The audit event catalog: every event name execd emits, in one place (SPEC §8).
+
+Emit with the logger from `app.observability.logging`: ``log.info(AuditEvent.ORDER_PLACED,
+symbol=..., client_order_id=...)``. Names are stable snake_case strings; operators filter on them
+(``execd logs --event order_placed``), so renaming one is a breaking change. Context such as
+``signal_id``, ``symbol``, ``client_order_id`` and ``leg`` is bound with structlog contextvars,
+not repeated by hand. `GROUPS` documents what each family of events is for; the fields of each
+event are documented in ``docs/audit-events.md`` as the emitting code lands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum, unique
+
+__all__ = ["GROUPS", "AuditEvent", "EventGroup"]
+
+
+@unique
+class AuditEvent(StrEnum):
+    """Every audit event name. The value is what appears in the ``event`` field."""
+
+    # lifecycle
+    DAEMON_STARTED = "daemon_started"
+    DAEMON_STOPPING = "daemon_stopping"
+    DAEMON_STOPPED = "daemon_stopped"
+    # signals
+    SIGNAL_RECEIVED = "signal_received"
+    SIGNAL_ACCEPTED = "signal_accepted"
+    SIGNAL_REJECTED = "signal_rejected"
+    SIGNAL_DUPLICATE = "signal_duplicate"
+    SIGNAL_EXPIRED = "signal_expired"
+    SIGNAL_DONE = "signal_done"
+    SIGNAL_FAILED = "signal_failed"
+    # orders
+    ORDER_SUBMITTED = "order_submitted"
+    ORDER_PLACED = "order_placed"
+    ORDER_FILLED = "order_filled"
+    ORDER_REJECTED = "order_rejected"
+    ORDER_CANCELLED = "order_cancelled"
+    ORDER_UNKNOWN_OUTCOME = "order_unknown_outcome"
+    ORDER_RESOLVED = "order_resolved"
+    # positions and protection
+    PROTECTIVE_PLACED = "protective_placed"
+    POSITION_UNPROTECTED = "position_unprotected"
+    POSITION_FLATTENED = "position_flattened"
+    # account operations
+    LEVERAGE_SET = "leverage_set"
+    MARGIN_TYPE_SET = "margin_type_set"
+    POSITION_QUERY = "position_query"
+    BALANCE_QUERY = "balance_query"
+    # exchange errors and resilience
+    API_ERROR = "api_error"
+    RETRY_ATTEMPT = "retry_attempt"
+    RATE_LIMIT = "rate_limit"
+    RATE_LIMIT_WARNING = "rate_limit_warning"
+    IP_BANNED = "ip_banned"
+    BREAKER_OPENED = "breaker_opened"
+    BREAKER_HALF_OPEN = "breaker_half_open"
+    BREAKER_CLOSED = "breaker_closed"
+    BREAKER_REJECTED = "breaker_rejected"
+    SESSION_RESET = "session_reset"
+    # exchange housekeeping
+    TIME_SYNCED = "time_synced"
+    EXCHANGE_INFO_REFRESHED = "exchange_info_refreshed"
+    # restart recovery
+    RECONCILE_STARTED = "reconcile_started"
+    ORDER_RECONCILED = "order_reconciled"
+    RECONCILE_FINISHED = "reconcile_finished"
+    # operator attention
+    ALERT = "alert"
+
+
+@dataclass(frozen=True, slots=True)
+class EventGroup:
+    """A family of audit events and what it tells the operator."""
+
+    name: str
+    doc: str
+    events: tuple[AuditEvent, ...]
+
+
+_E = AuditEvent
+
+GROUPS: tuple[EventGroup, ...] = (
+    EventGroup(
+        "lifecycle",
+        "The daemon process: start (mode, exchange URL, log file), stop requested, stopped.",
+        (_E.DAEMON_STARTED, _E.DAEMON_STOPPING, _E.DAEMON_STOPPED),
+    ),
+    EventGroup(
+        "signals",
+        "A signal's path from intake to a final state (SPEC §4, §5.7), one event per transition.",
+        (
+            _E.SIGNAL_RECEIVED,
+            _E.SIGNAL_ACCEPTED,
+            _E.SIGNAL_REJECTED,
+            _E.SIGNAL_DUPLICATE,
+            _E.SIGNAL_EXPIRED,
+            _E.SIGNAL_DONE,
+            _E.SIGNAL_FAILED,
+        ),
+    ),
+    EventGroup(
+        "orders",
+        "Each exchange order of an intent, including unknown outcomes and how they resolved.",
+        (
+            _E.ORDER_SUBMITTED,
+            _E.ORDER_PLACED,
+            _E.ORDER_FILLED,
+            _E.ORDER_REJECTED,
+            _E.ORDER_CANCELLED,
+            _E.ORDER_UNKNOWN_OUTCOME,
+            _E.ORDER_RESOLVED,
+        ),
+    ),
+    EventGroup(
+        "protection",
+        "Stop-loss and take-profit orders, and positions left without them (SPEC §5.4).",
+        (_E.PROTECTIVE_PLACED, _E.POSITION_UNPROTECTED, _E.POSITION_FLATTENED),
+    ),
+    EventGroup(
+        "account",
+        "Account operations: leverage, margin type, position and balance queries (SPEC §5.5).",
+        (_E.LEVERAGE_SET, _E.MARGIN_TYPE_SET, _E.POSITION_QUERY, _E.BALANCE_QUERY),
+    ),
+    EventGroup(
+        "resilience",
+        "Exchange errors and how the limiter, breakers and retries reacted (SPEC §6.3, §7).",
+        (
+            _E.API_ERROR,
+            _E.RETRY_ATTEMPT,
+            _E.RATE_LIMIT,
+            _E.RATE_LIMIT_WARNING,
+            _E.IP_BANNED,
+            _E.BREAKER_OPENED,
+            _E.BREAKER_HALF_OPEN,
+            _E.BREAKER_CLOSED,
+            _E.BREAKER_REJECTED,
+            _E.SESSION_RESET,
+        ),
+    ),
+    EventGroup(
+        "housekeeping",
+        "Server-time offset measurements and exchangeInfo refreshes (SPEC §6.2).",
+        (_E.TIME_SYNCED, _E.EXCHANGE_INFO_REFRESHED),
+    ),
+    EventGroup(
+        "recovery",
+        "The restart reconciliation pass over journaled intents (SPEC §5.6).",
+        (_E.RECONCILE_STARTED, _E.ORDER_RECONCILED, _E.RECONCILE_FINISHED),
+    ),
+    EventGroup(
+        "alerts",
+        "Conditions that need a human: error-rate thresholds, open breakers, bans (SPEC §9).",
+        (_E.ALERT,),
+    ),
+)

@@ -1,0 +1,98 @@
+"""The daemon's lifecycle in-process: start-up wiring, audit events, orderly shutdown."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import structlog
+
+from app.config import ConfigError, Settings, load_settings
+from app.daemon import READY_PREFIX, Daemon
+
+API_SECRET = "Zx8Yw7Vu6Ts5Rq4Po3Nm2Lk1"
+
+
+@pytest.fixture(autouse=True)
+def _clean_structlog() -> Iterator[None]:
+    """The daemon configures structlog globally: reset it after each test."""
+    yield
+    structlog.reset_defaults()
+
+
+def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    env = {"BINANCE_API_SECRET": API_SECRET}
+    base = {"audit.log_dir": str(tmp_path / "audit"), "audit.console": False}
+    return load_settings(overrides=base | overrides, environ=env)
+
+
+def _events(tmp_path: Path) -> list[dict[str, Any]]:
+    files = sorted((tmp_path / "audit").glob("audit-*.jsonl"))
+    return [orjson.loads(line) for f in files for line in f.read_bytes().splitlines()]
+
+
+async def test_lifecycle_is_audited_in_order(tmp_path: Path) -> None:
+    """Start and stop emit daemon_started, daemon_stopping and daemon_stopped, in that order."""
+    async with Daemon(_settings(tmp_path), out=io.StringIO()) as daemon:
+        daemon.request_stop("test")
+        await daemon.serve()
+    events = _events(tmp_path)
+    assert [e["event"] for e in events] == ["daemon_started", "daemon_stopping", "daemon_stopped"]
+    assert events[1]["reason"] == "test"
+
+
+async def test_sim_mode_starts_the_embedded_simulator(tmp_path: Path) -> None:
+    """Without an exchange URL, sim mode serves a simulator on a loopback port and says so."""
+    out = io.StringIO()
+    async with Daemon(_settings(tmp_path), out=out) as daemon:
+        daemon.request_stop()
+        await daemon.serve()
+    started = _events(tmp_path)[0]
+    assert started["embedded_sim"] is True
+    assert started["exchange_url"].startswith("http://127.0.0.1:")
+    assert out.getvalue().startswith(f"{READY_PREFIX} mode sim, exchange http://127.0.0.1:")
+    assert started["log_file"] in out.getvalue()
+
+
+async def test_exchange_url_replaces_the_embedded_simulator(tmp_path: Path) -> None:
+    """An explicit exchange URL is used as is; no simulator is started."""
+    async with Daemon(
+        _settings(tmp_path), exchange_url="http://127.0.0.1:9", out=io.StringIO()
+    ) as daemon:
+        daemon.request_stop()
+    started = _events(tmp_path)[0]
+    assert (started["exchange_url"], started["embedded_sim"]) == ("http://127.0.0.1:9", False)
+
+
+async def test_secrets_stay_out_of_the_audit_log(tmp_path: Path) -> None:
+    """The configured secret never appears in the daemon's audit output."""
+    async with Daemon(_settings(tmp_path), out=io.StringIO()) as daemon:
+        daemon.request_stop()
+    data = b"".join(p.read_bytes() for p in (tmp_path / "audit").iterdir())
+    assert API_SECRET.encode() not in data
+
+
+async def test_an_error_while_serving_is_audited_and_raised(tmp_path: Path) -> None:
+    """An exception inside the daemon's block is logged with daemon_stopping, then re-raised."""
+    with pytest.raises(RuntimeError, match="worker crashed"):
+        async with Daemon(_settings(tmp_path), out=io.StringIO()):
+            raise RuntimeError("worker crashed")
+    stopping = _events(tmp_path)[1]
+    assert (stopping["event"], stopping["level"]) == ("daemon_stopping", "error")
+    assert "worker crashed" in stopping["exception"]
+
+
+async def test_failed_start_closes_what_was_started(tmp_path: Path) -> None:
+    """A bad simulator config fails start-up with ConfigError and leaves no writer thread."""
+    bad = tmp_path / "sim.toml"
+    bad.write_text('[limits]\nrequest_weight = "many"\n')
+    settings = _settings(tmp_path, **{"exchange.sim_config": str(bad)})
+    with pytest.raises(ConfigError, match=r"exchange\.sim_config"):
+        async with Daemon(settings, out=io.StringIO()):
+            pass
+    assert not any(t.name == "execd-audit-writer" for t in threading.enumerate())
