@@ -1,0 +1,371 @@
+"""A request-weight limiter for fixed, clock-aligned exchange windows (SPEC §7.1).
+
+Each bucket (``BucketSpec``: a limit per window of ``interval_s`` seconds of *exchange* time)
+admits a request only if all of these hold, so no arrival pattern can push the admitted cost of
+any window — clock-aligned or rolling — over the limit:
+
+* **budget** ``B = limit × (1 − headroom)``: the last ``headroom`` is never used;
+* **rolling cap**: own cost admitted in ``(t − W, t]`` plus the request ≤ ``B − reserve``;
+* **pacing** (paced buckets): own cost admitted in the current window ≤
+  ``(B − reserve) × min(1, f + pace_lead)`` at fraction ``f`` of the window, and nothing new in
+  its last ``end_guard`` — so the budget is spread over the window instead of spent in its
+  first milliseconds, and nothing lands in the next window by latency;
+* **priority**: ``CRITICAL`` ignores pacing (not the caps), ``LOW`` gets at most ``low_share``;
+  waiters are served strictly by priority, FIFO within one;
+* **pauses**: ``penalize`` (a 429) pauses buckets until ``Retry-After``; ``ban`` (a 418) stops
+  everything until the ban ends.
+
+``reserve`` is room kept for other processes on the same IP, visible only in the exchange's
+counters: ``observe`` feeds each response's header value with the request's cost and send time.
+Once a window is over, ordering its responses by header value attributes every header delta to
+our own requests or to someone else, which gives the foreign cost of that window exactly (for
+everything counted up to our last response). The reserve is the larger of the last two windows'
+foreign cost (plus ``foreign_margin``), raised live when a header shows more than our own
+admitted cost can explain.
+
+Waiters are woken by one timer (the clock's ``sleep``) set for the earliest moment the queue's
+head can be admitted; there is no polling loop. All times are seconds of exchange time
+(``clock.time() + offset()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from app.clock import Clock
+
+
+class Priority(IntEnum):
+    CRITICAL = 0
+    NORMAL = 1
+    LOW = 2
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    name: str
+    limit: int
+    interval_s: float
+    paced: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterSettings:
+    headroom: float = 0.02
+    low_share: float = 0.8
+    pace_lead: float = 0.1
+    end_guard: float = 0.05
+    foreign_margin: float = 0.1
+    warning_threshold: float = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class BucketStats:
+    name: str
+    limit: int
+    budget: int
+    window_start: float
+    used: int
+    own: int
+    server: int
+    reserve: int
+    paused_until: float
+    waiting: int
+
+
+WarningListener = Callable[[str, int, int], None]
+
+
+@dataclass(slots=True)
+class _Bucket:
+    spec: BucketSpec
+    budget: int
+    window: int = -1
+    own: int = 0
+    server: int = 0
+    warned: bool = False
+    log: deque[tuple[float, int]] = field(default_factory=deque)
+    rolling: int = 0
+    paused_until: float = 0.0
+    responses: list[tuple[int, int, float]] = field(default_factory=list)
+    foreign_history: deque[float] = field(default_factory=lambda: deque(maxlen=2))
+    live_foreign: int = 0
+
+    def index(self, now: float) -> int:
+        return math.floor(now / self.spec.interval_s)
+
+    def start(self, window: int) -> float:
+        return window * self.spec.interval_s
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    costs: Mapping[str, int]
+    priority: Priority
+    future: asyncio.Future[None]
+
+
+class WeightLimiter:
+    """``await limiter.acquire({"weight": 5}, Priority.NORMAL)`` before each request."""
+
+    def __init__(self, buckets: list[BucketSpec], clock: Clock,
+                 settings: LimiterSettings = LimiterSettings(), *,
+                 offset: Callable[[], float] = lambda: 0.0,
+                 on_warning: WarningListener | None = None) -> None:
+        self._clock = clock
+        self._offset = offset
+        self._settings = settings
+        self._on_warning = on_warning
+        self._buckets: dict[str, _Bucket] = {}
+        for spec in buckets:
+            budget = math.floor(spec.limit * (1 - settings.headroom))
+            if budget <= 0:
+                raise ValueError(f"bucket {spec.name}: limit {spec.limit} leaves no budget")
+            self._buckets[spec.name] = _Bucket(spec, budget)
+        self._queues: dict[Priority, deque[_Waiter]] = {p: deque() for p in Priority}
+        self._banned_until = 0.0
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_at = math.inf
+
+    # ------------------------------------------------------------------ public API
+    def now(self) -> float:
+        return self._clock.time() + self._offset()
+
+    async def acquire(self, costs: Mapping[str, int], priority: Priority = Priority.NORMAL
+                      ) -> None:
+        """Wait until ``costs`` (bucket name → cost) fit; FIFO within ``priority``."""
+        for name, cost in costs.items():
+            bucket = self._buckets.get(name)
+            if bucket is None:
+                raise KeyError(f"unknown bucket {name!r}")
+            if cost < 0 or cost > bucket.budget:
+                raise ValueError(f"cost {cost} for bucket {name!r} outside 0..{bucket.budget}")
+        ahead = any(self._queues[p] for p in Priority if p <= priority)
+        if not ahead and self._ready_at(costs, priority, self.now()) is None:
+            self._admit(costs)
+            return
+        waiter = _Waiter(costs, priority, asyncio.get_running_loop().create_future())
+        self._queues[priority].append(waiter)
+        self._drain()
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            if waiter in self._queues[priority]:
+                self._queues[priority].remove(waiter)
+                self._drain()
+            elif waiter.future.done() and not waiter.future.cancelled():
+                pass  # admitted just before the cancellation: its cost stays spent
+            raise
+
+    def observe(self, name: str, used: int, *, cost: int, sent_at: float) -> None:
+        """Feed one response's counter for ``name`` (the exchange's used value, this request
+        included). ``sent_at`` is the exchange time the request was admitted."""
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            return
+        now = self.now()
+        self._roll(bucket, now)
+        if bucket.index(sent_at) != bucket.window:
+            return  # straddled a boundary: the value may belong to either window
+        bucket.server = max(bucket.server, used)
+        bucket.responses.append((used, cost, sent_at))
+        excess = used - bucket.own
+        if excess > bucket.live_foreign:
+            bucket.live_foreign = excess
+            self._drain()
+
+    def penalize(self, names: list[str], retry_after: float) -> None:
+        """A 429: pause these buckets for ``retry_after`` seconds."""
+        until = self.now() + retry_after
+        for name in names:
+            bucket = self._buckets.get(name)
+            if bucket is not None:
+                bucket.paused_until = max(bucket.paused_until, until)
+        self._drain()
+
+    def ban(self, until: float) -> None:
+        """A 418: no admission at all before exchange time ``until``."""
+        self._banned_until = max(self._banned_until, until)
+        self._drain()
+
+    @property
+    def banned_until(self) -> float:
+        return self._banned_until
+
+    def statistics(self) -> list[BucketStats]:
+        now = self.now()
+        out = []
+        for bucket in self._buckets.values():
+            self._roll(bucket, now)
+            out.append(BucketStats(
+                name=bucket.spec.name, limit=bucket.spec.limit, budget=bucket.budget,
+                window_start=bucket.start(bucket.window), used=self._used(bucket),
+                own=bucket.own, server=bucket.server, reserve=self._reserve(bucket, now),
+                paused_until=max(bucket.paused_until, self._banned_until),
+                waiting=sum(len(q) for q in self._queues.values()),
+            ))
+        return out
+
+    def used(self, name: str) -> int:
+        """The limiter's view of a bucket's count in the current window (max of own, server)."""
+        bucket = self._buckets[name]
+        self._roll(bucket, self.now())
+        return self._used(bucket)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{s.name}={s.used}/{s.limit}" for s in self.statistics())
+        waiting = sum(len(q) for q in self._queues.values())
+        wake = "-" if math.isinf(self._timer_at) else f"{self._timer_at - self.now():.3f}s"
+        return f"<WeightLimiter {parts} waiting={waiting} next_wake={wake}>"
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # ------------------------------------------------------------------ accounting
+    def _used(self, bucket: _Bucket) -> int:
+        return max(bucket.own + bucket.live_foreign, bucket.server)
+
+    def _roll(self, bucket: _Bucket, now: float) -> None:
+        index = bucket.index(now)
+        if index != bucket.window:
+            if bucket.window >= 0:
+                bucket.foreign_history.append(self._foreign_of_window(bucket))
+            bucket.window = index
+            bucket.own = 0
+            bucket.server = 0
+            bucket.warned = False
+            bucket.responses = []
+            bucket.live_foreign = 0
+        horizon = now - bucket.spec.interval_s
+        while bucket.log and bucket.log[0][0] <= horizon:
+            bucket.rolling -= bucket.log.popleft()[1]
+
+    def _foreign_of_window(self, bucket: _Bucket) -> float:
+        """Foreign cost of the window just over, attributed from header values, scaled to
+        the whole window from where our last response was counted."""
+        if not bucket.responses:
+            return bucket.foreign_history[-1] if bucket.foreign_history else 0.0
+        own_before = 0
+        foreign = 0
+        last_at = bucket.start(bucket.window)
+        for used, cost, sent_at in sorted(bucket.responses):
+            own_before += cost
+            foreign = max(foreign, used - own_before)
+            last_at = max(last_at, sent_at)
+        fraction = (last_at - bucket.start(bucket.window)) / bucket.spec.interval_s
+        return foreign / max(fraction, 0.5)
+
+    def _reserve(self, bucket: _Bucket, now: float) -> int:
+        estimate = max(bucket.foreign_history, default=0.0)
+        planned = estimate * (1 + self._settings.foreign_margin)
+        fraction = (now - bucket.start(bucket.window)) / bucket.spec.interval_s
+        live = bucket.live_foreign + estimate * max(0.0, 1 - fraction)
+        return math.ceil(max(planned, live))
+
+    def _admit(self, costs: Mapping[str, int]) -> None:
+        now = self.now()
+        for name, cost in costs.items():
+            bucket = self._buckets[name]
+            self._roll(bucket, now)
+            bucket.own += cost
+            if cost:
+                bucket.log.append((now, cost))
+                bucket.rolling += cost
+            used = self._used(bucket)
+            limit = bucket.spec.limit
+            if (not bucket.warned and self._on_warning is not None
+                    and used >= self._settings.warning_threshold * limit):
+                bucket.warned = True
+                self._on_warning(name, used, limit)
+
+    # ------------------------------------------------------------------ admission
+    def _ready_at(self, costs: Mapping[str, int], priority: Priority, now: float
+                  ) -> float | None:
+        """None if admissible now, else the earliest exchange time worth re-checking."""
+        latest = now if self._banned_until <= now else self._banned_until
+        for name, cost in costs.items():
+            at = self._bucket_ready_at(self._buckets[name], cost, priority, now)
+            latest = max(latest, at)
+        return None if latest <= now else latest
+
+    def _bucket_ready_at(self, bucket: _Bucket, cost: int, priority: Priority,
+                         now: float) -> float:
+        self._roll(bucket, now)
+        s = self._settings
+        length = bucket.spec.interval_s
+        next_window = bucket.start(bucket.window + 1)
+        if bucket.paused_until > now:
+            return bucket.paused_until
+        if cost == 0:
+            return now
+        room = bucket.budget - self._reserve(bucket, now)
+        if bucket.own + bucket.live_foreign + cost > room + bucket.live_foreign \
+                or bucket.server + cost > bucket.budget or cost > room:
+            return next_window
+        fraction = (now - bucket.start(bucket.window)) / length
+        ready = now
+        if bucket.spec.paced and priority is not Priority.CRITICAL:
+            if fraction >= 1 - s.end_guard:
+                return next_window
+            share = s.low_share if priority is Priority.LOW else 1.0
+            needed = (bucket.own + cost) / (room * share) - s.pace_lead
+            if needed > 1 - s.end_guard:
+                return next_window
+            ready = max(ready, bucket.start(bucket.window) + max(0.0, needed) * length)
+        elif priority is Priority.LOW and bucket.own + cost > room * s.low_share:
+            return next_window
+        if bucket.rolling + cost > room:
+            excess = bucket.rolling + cost - room
+            for at, spent in bucket.log:
+                excess -= spent
+                if excess <= 0:
+                    ready = max(ready, at + length)
+                    break
+        return ready
+
+    def _drain(self) -> None:
+        """Admit queue heads in priority order while they fit; arm the timer for the rest."""
+        now = self.now()
+        wake = math.inf
+        for priority in Priority:
+            queue = self._queues[priority]
+            while queue:
+                head = queue[0]
+                if head.future.done():
+                    queue.popleft()
+                    continue
+                ready = self._ready_at(head.costs, priority, now)
+                if ready is not None:
+                    wake = ready
+                    break
+                queue.popleft()
+                self._admit(head.costs)
+                head.future.set_result(None)
+            if wake < math.inf:
+                break  # strict priority: nobody below a blocked head goes first
+        self._arm(wake)
+
+    def _arm(self, wake: float) -> None:
+        if wake == self._timer_at and self._timer is not None and not self._timer.done():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = wake
+        if math.isinf(wake):
+            return
+        self._timer = asyncio.get_running_loop().create_task(self._sleep_then_drain(wake))
+
+    async def _sleep_then_drain(self, wake: float) -> None:
+        # A hair past the instant, so float rounding never wakes us a tick too early.
+        await self._clock.sleep(max(0.0, wake - self.now()) + 1e-6)
+        self._timer = None
+        self._timer_at = math.inf
+        self._drain()

@@ -1,0 +1,307 @@
+"""The weight limiter, with a FakeClock and no real sleeping (SPEC §7.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.clock import FakeClock
+from app.resilience.limiter import BucketSpec, LimiterSettings, Priority, WeightLimiter
+
+W = 10.0
+LIMIT = 100
+
+
+def make(clock: FakeClock, *, limit: int = LIMIT, interval: float = W, paced: bool = True,
+         **kw: float) -> WeightLimiter:
+    return WeightLimiter([BucketSpec("w", limit, interval, paced)], clock,
+                         LimiterSettings(**kw))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def run_until(clock: FakeClock, target: float) -> None:
+    """Advance the fake clock to ``target`` (monotonic) one timer deadline at a time."""
+    while True:
+        await settle()
+        deadline = clock.next_deadline()
+        if deadline is None or deadline > target:
+            break
+        clock.advance(max(0.0, deadline - clock.monotonic()))
+    clock.advance(max(0.0, target - clock.monotonic()))
+    await settle()
+
+
+class Recorder:
+    def __init__(self, limiter: WeightLimiter) -> None:
+        self.limiter = limiter
+        self.admitted: list[tuple[float, int, Priority]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def submit(self, cost: int, priority: Priority = Priority.NORMAL) -> asyncio.Task[None]:
+        async def go() -> None:
+            await self.limiter.acquire({"w": cost}, priority)
+            self.admitted.append((self.limiter.now(), cost, priority))
+        task = asyncio.get_running_loop().create_task(go())
+        self.tasks.append(task)
+        return task
+
+
+def max_in_any_window(admitted: list[tuple[float, int, Priority]], length: float
+                      ) -> tuple[int, int]:
+    """(max cost in an aligned window, max cost in a rolling window) of ``length``."""
+    aligned: dict[int, int] = {}
+    for at, cost, _ in admitted:
+        index = math.floor(at / length)
+        aligned[index] = aligned.get(index, 0) + cost
+    rolling = 0
+    for at, _, _ in admitted:
+        rolling = max(rolling, sum(c for t, c, _ in admitted if at - length < t <= at))
+    return max(aligned.values(), default=0), rolling
+
+
+arrivals = st.lists(
+    st.tuples(st.floats(0, 4, allow_nan=False), st.integers(1, 40),
+              st.sampled_from(list(Priority))),
+    min_size=1, max_size=60)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pattern=arrivals, paced=st.booleans(), phase=st.floats(0, 9.99))
+def test_no_arrival_pattern_exceeds_the_limit_in_any_window(
+        pattern: list[tuple[float, int, Priority]], paced: bool, phase: float) -> None:
+    """Admitted cost never exceeds the limit in any aligned or rolling window of its length."""
+
+    async def scenario() -> None:
+        clock = FakeClock(start_time=1_767_225_600.0 + phase)
+        limiter = make(clock, paced=paced)
+        rec = Recorder(limiter)
+        for gap, cost, priority in pattern:
+            await run_until(clock, clock.monotonic() + gap)
+            rec.submit(cost, priority)
+        await run_until(clock, clock.monotonic() + 200)
+        assert len(rec.admitted) == len(pattern), "every waiter is admitted eventually"
+        aligned, rolling = max_in_any_window(rec.admitted, W)
+        assert aligned <= LIMIT and rolling <= LIMIT
+        await limiter.close()
+
+    asyncio.run(scenario())
+
+
+async def test_headroom_is_never_used() -> None:
+    """With headroom 0.02 a limit of 100 admits at most 98 per window."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    rec = Recorder(limiter)
+    for _ in range(100):
+        rec.submit(1)
+    await settle()
+    assert len(rec.admitted) == 98
+    await limiter.close()
+
+
+async def test_fifo_within_a_priority() -> None:
+    """Waiters of one priority are admitted in arrival order, a big one not overtaken."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    rec = Recorder(limiter)
+    rec.submit(90)
+    await settle()
+    for cost in (40, 1, 1, 1):
+        rec.submit(cost)
+    await run_until(clock, 30)
+    assert [c for _, c, _ in rec.admitted] == [90, 40, 1, 1, 1]
+    await limiter.close()
+
+
+async def test_priorities_served_critical_then_normal_then_low() -> None:
+    """When room appears, CRITICAL goes before NORMAL before LOW, whatever the arrival order."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    rec = Recorder(limiter)
+    rec.submit(98)
+    await settle()
+    rec.submit(10, Priority.LOW)
+    rec.submit(10, Priority.NORMAL)
+    rec.submit(10, Priority.CRITICAL)
+    await run_until(clock, W + 0.5)
+    assert [p for _, _, p in rec.admitted[1:]] == [Priority.CRITICAL, Priority.NORMAL,
+                                                   Priority.LOW]
+    await limiter.close()
+
+
+async def test_low_share_caps_low_priority() -> None:
+    """LOW may use at most low_share of a window's budget."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False, low_share=0.5)
+    rec = Recorder(limiter)
+    for _ in range(60):
+        rec.submit(1, Priority.LOW)
+    await settle()
+    assert sum(c for _, c, _ in rec.admitted) == 49          # floor(98 × 0.5)
+    rec.submit(10, Priority.NORMAL)
+    await settle()
+    assert rec.admitted[-1][1:] == (10, Priority.NORMAL)
+    await limiter.close()
+
+
+async def test_pacing_spreads_the_budget_over_the_window() -> None:
+    """A saturating client gets pace_lead of the budget at once, the rest spread over time."""
+    clock = FakeClock()
+    limiter = make(clock, pace_lead=0.1, end_guard=0.05)
+    rec = Recorder(limiter)
+    for _ in range(200):
+        rec.submit(1)
+    await settle()
+    assert len(rec.admitted) == 9                             # floor(98 × 0.1)
+    await run_until(clock, 5.0)
+    assert 55 <= len(rec.admitted) <= 60                      # ~ (0.5 + 0.1) × 98
+    await run_until(clock, W - 0.01)
+    assert len(rec.admitted) == 98
+    times = [t - 1_767_225_600.0 for t, _, _ in rec.admitted]
+    assert max(times) <= W * 0.95                             # nothing in the end guard
+    await limiter.close()
+
+
+async def test_critical_is_not_paced() -> None:
+    """CRITICAL requests may use the whole budget at once (caps still apply)."""
+    clock = FakeClock()
+    limiter = make(clock)
+    rec = Recorder(limiter)
+    for _ in range(100):
+        rec.submit(1, Priority.CRITICAL)
+    await settle()
+    assert len(rec.admitted) == 98
+    await limiter.close()
+
+
+async def test_server_header_raises_the_local_count() -> None:
+    """Another process on the IP, seen only through headers, reduces what we admit."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    rec = Recorder(limiter)
+    rec.submit(10)
+    await settle()
+    limiter.observe("w", 70, cost=10, sent_at=limiter.now())   # someone else used 60
+    assert limiter.used("w") == 70
+    for _ in range(40):
+        rec.submit(1)
+    await settle()
+    assert sum(c for _, c, _ in rec.admitted) == 10 + 28       # 98 - 70
+    await limiter.close()
+
+
+async def test_foreign_usage_of_past_windows_is_reserved() -> None:
+    """Foreign cost attributed from a finished window's headers is reserved in the next one."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False, foreign_margin=0.0)
+    sent = limiter.now()
+    for i in range(5):                                         # own 5 × 4, foreign 6 per gap
+        await limiter.acquire({"w": 4})
+        clock.advance(1.8)
+        limiter.observe("w", (i + 1) * 10, cost=4, sent_at=sent + i * 1.8)
+    await run_until(clock, 2 * W + 0.001)                      # own log expired too
+    stats = {s.name: s for s in limiter.statistics()}
+    assert stats["w"].reserve == 42                             # 30 foreign by 0.72 of W
+    rec = Recorder(limiter)
+    for _ in range(98):
+        rec.submit(1)
+    await settle()
+    assert len(rec.admitted) == 98 - stats["w"].reserve
+    await limiter.close()
+
+
+async def test_429_pauses_the_bucket_until_retry_after() -> None:
+    """penalize() holds every request of the bucket until Retry-After has passed."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    limiter.penalize(["w"], 3.0)
+    rec = Recorder(limiter)
+    rec.submit(1, Priority.CRITICAL)
+    await run_until(clock, 2.9)
+    assert rec.admitted == []
+    await run_until(clock, 3.1)
+    assert len(rec.admitted) == 1
+    await limiter.close()
+
+
+async def test_418_stops_everything_until_the_ban_ends() -> None:
+    """ban() blocks every bucket and priority until the ban's end time."""
+    clock = FakeClock()
+    limiter = WeightLimiter([BucketSpec("w", 100, 10), BucketSpec("o", 10, 10, paced=False)],
+                            clock)
+    limiter.ban(limiter.now() + 120)
+    rec = Recorder(limiter)
+    task = asyncio.get_running_loop().create_task(
+        limiter.acquire({"o": 1}, Priority.CRITICAL))
+    rec.submit(1, Priority.CRITICAL)
+    await run_until(clock, 119)
+    assert rec.admitted == [] and not task.done()
+    await run_until(clock, 121)
+    assert len(rec.admitted) == 1 and task.done()
+    await limiter.close()
+
+
+async def test_waiters_are_woken_by_one_timer_not_polling() -> None:
+    """While waiting for a window, the limiter parks exactly one timer on the clock."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    rec = Recorder(limiter)
+    for _ in range(150):
+        rec.submit(1)
+    await settle()
+    assert clock.sleepers == 1
+    assert clock.next_deadline() == pytest.approx(W, abs=1e-3)
+    await run_until(clock, W + 0.01)
+    assert len(rec.admitted) == 150
+    await limiter.close()
+
+
+async def test_cancelled_waiter_leaves_the_queue() -> None:
+    """A cancelled acquire is removed and the waiter behind it moves up."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    rec = Recorder(limiter)
+    rec.submit(98)
+    await settle()
+    first = rec.submit(50)
+    rec.submit(10)
+    await settle()
+    first.cancel()
+    await run_until(clock, W + 0.01)
+    assert [c for _, c, _ in rec.admitted] == [98, 10]
+    await limiter.close()
+
+
+async def test_warning_once_per_window() -> None:
+    """on_warning fires once when the window's use crosses warning_threshold."""
+    clock = FakeClock()
+    seen: list[tuple[str, int, int]] = []
+    limiter = WeightLimiter([BucketSpec("w", 100, 10, paced=False)], clock,
+                            on_warning=lambda *a: seen.append(a))
+    for _ in range(90):
+        await limiter.acquire({"w": 1})
+    assert seen == [("w", 80, 100)]
+    await limiter.close()
+
+
+async def test_cost_larger_than_budget_is_rejected() -> None:
+    """A request that can never fit raises ValueError instead of waiting forever."""
+    limiter = make(FakeClock())
+    with pytest.raises(ValueError, match="outside"):
+        await limiter.acquire({"w": 99})
+    await limiter.close()
+
+
+def test_repr_shows_live_state() -> None:
+    """repr names each bucket's use and the waiting count."""
+    limiter = make(FakeClock())
+    assert "w=0/100" in repr(limiter) and "waiting=0" in repr(limiter)
