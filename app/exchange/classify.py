@@ -8,7 +8,6 @@ clock (the caller passes the exchange time for bans). The table test in
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import aiohttp
@@ -114,7 +113,7 @@ def classify_exception(exc: BaseException, *, endpoint: str = "", now: float | N
     if isinstance(exc, aiohttp.ClientConnectorError):
         return TransientError(f"connection failed before sending: {exc.os_error}",
                               endpoint=endpoint)
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return UnknownOutcome("timed out waiting for the answer", endpoint=endpoint)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return UnknownOutcome("server closed the connection before answering", endpoint=endpoint)

@@ -90,7 +90,8 @@ def test_no_arrival_pattern_exceeds_the_limit_in_any_window(
         await run_until(clock, clock.monotonic() + 200)
         assert len(rec.admitted) == len(pattern), "every waiter is admitted eventually"
         aligned, rolling = max_in_any_window(rec.admitted, W)
-        assert aligned <= LIMIT and rolling <= LIMIT
+        assert aligned <= LIMIT
+        assert rolling <= LIMIT
         await limiter.close()
 
     asyncio.run(scenario())
@@ -244,9 +245,11 @@ async def test_418_stops_everything_until_the_ban_ends() -> None:
         limiter.acquire({"o": 1}, Priority.CRITICAL))
     rec.submit(1, Priority.CRITICAL)
     await run_until(clock, 119)
-    assert rec.admitted == [] and not task.done()
+    assert rec.admitted == []
+    assert not task.done()
     await run_until(clock, 121)
-    assert len(rec.admitted) == 1 and task.done()
+    assert len(rec.admitted) == 1
+    assert task.done()
     await limiter.close()
 
 
@@ -304,4 +307,5 @@ async def test_cost_larger_than_budget_is_rejected() -> None:
 def test_repr_shows_live_state() -> None:
     """repr names each bucket's use and the waiting count."""
     limiter = make(FakeClock())
-    assert "w=0/100" in repr(limiter) and "waiting=0" in repr(limiter)
+    assert "w=0/100" in repr(limiter)
+    assert "waiting=0" in repr(limiter)
