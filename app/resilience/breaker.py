@@ -6,12 +6,16 @@
 reopens on any failure. ``CancelledError`` (any ``BaseException`` that is not an ``Exception``)
 is never counted and always propagates; it frees the probe slot it held.
 
+In HALF_OPEN only the current probes decide: a call admitted before the breaker opened, or a
+probe of an earlier half-open period, neither frees a slot nor counts when it ends.
+
 What counts as a failure is the caller's predicate. A call that raises a non-failure exception
 (a rejection, say) proves the service answered, so it counts as a success.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -80,6 +84,10 @@ class CircuitBreaker:
         self._successes = 0
         self._probes = 0
         self._opened_at: float | None = None
+        #: Bumped on every OPEN → HALF_OPEN; a probe carries the period it was admitted in.
+        self._half_open_period = 0
+        #: Per task, the probe periods (None: not a probe) of its open ``async with`` guards.
+        self._guards: dict[asyncio.Task[object] | None, list[int | None]] = {}
         self._consecutive_opens = 0
         self._rejected = 0
         self._unreported_rejects = 0
@@ -102,33 +110,45 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ the guard
     async def __aenter__(self) -> CircuitBreaker:
-        self.enter()
+        probe = self.enter()
+        self._guards.setdefault(asyncio.current_task(), []).append(probe)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.exit(exc)
+        task = asyncio.current_task()
+        stack = self._guards[task]
+        probe = stack.pop()
+        if not stack:
+            del self._guards[task]
+        self.exit(exc, probe)
 
-    def enter(self) -> bool:
-        """Admit a call or raise CircuitOpen. Returns True when the call is a probe."""
+    def enter(self) -> int | None:
+        """Admit a call or raise CircuitOpen.
+
+        Returns a probe token (pass it to `exit`) when the call is a half-open probe, else None.
+        """
         self._maybe_half_open()
         if self._state is BreakerState.CLOSED:
-            return False
+            return None
         if self._state is BreakerState.HALF_OPEN and self._probes < self._s.half_open_max_calls:
             self._probes += 1
-            return True
+            return self._half_open_period
         self._reject()
         raise CircuitOpen(f"circuit {self.name!r} is {self._state.name.lower()}",
                           retry_after=self.retry_after() or self._s.recovery_timeout / 10,
                           endpoint=self.name)
 
-    def exit(self, exc: BaseException | None) -> None:
-        """Record a call's outcome; ``exc`` is what it raised (None on success)."""
-        probe = self._state is BreakerState.HALF_OPEN and self._probes > 0
-        if probe:
+    def exit(self, exc: BaseException | None, probe: int | None = None) -> None:
+        """Record a call's outcome; ``exc`` is what it raised (None on success), ``probe`` is
+        what `enter` returned for it."""
+        current_probe = probe is not None and probe == self._half_open_period
+        if current_probe:
             self._probes -= 1
         if exc is not None and not isinstance(exc, Exception):
             return  # cancellation and friends: never counted
+        if self._state is BreakerState.HALF_OPEN and not current_probe:
+            return  # admitted before this half-open period: only its probes decide
         if exc is not None and self._is_failure(exc):
             self._record_failure()
         else:
@@ -166,6 +186,7 @@ class CircuitBreaker:
         if self._state is BreakerState.OPEN and self.retry_after() <= 0:
             self._probes = 0
             self._successes = 0
+            self._half_open_period += 1
             self._transition(BreakerState.HALF_OPEN)
 
     def _transition(self, new: BreakerState) -> None:
@@ -185,6 +206,7 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ introspection
     def statistics(self) -> BreakerStats:
+        self._maybe_half_open()  # the live state: OPEN turns HALF_OPEN lazily, on first look
         return BreakerStats(
             name=self.name, state=self._state, consecutive_failures=self._failures,
             consecutive_successes=self._successes, probes_in_flight=self._probes,
@@ -193,5 +215,6 @@ class CircuitBreaker:
         )
 
     def __repr__(self) -> str:
+        self._maybe_half_open()
         return (f"<CircuitBreaker {self.name!r} {self._state.name} failures={self._failures} "
                 f"probes={self._probes} retry_after={self.retry_after():.2f}s>")

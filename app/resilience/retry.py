@@ -73,7 +73,10 @@ class RetryPolicy:
         self._on_retry = on_retry
         self._rng = rng or random.Random()
 
-    async def run(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, operation: str, fn: Callable[[], Awaitable[T]], *,
+                  retry_if: Callable[[BaseException], bool] = should_retry) -> T:
+        """Call ``fn`` until it succeeds, raises something ``retry_if`` rejects, or the
+        attempts run out (the last error is re-raised as it is)."""
         attempts = self.settings.max_retries + 1
 
         def wait(state: RetryCallState) -> float:
@@ -89,7 +92,7 @@ class RetryPolicy:
             self._on_retry(RetryInfo(operation, state.attempt_number, attempts, delay, error))
 
         retrying = AsyncRetrying(
-            retry=retry_if_exception(should_retry),
+            retry=retry_if_exception(retry_if),
             stop=stop_after_attempt(attempts),
             wait=wait,
             sleep=self._clock.sleep,

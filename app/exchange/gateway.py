@@ -1,0 +1,424 @@
+"""The one component that talks HTTP to the exchange (SPEC §6).
+
+Every call goes limiter → breaker → python-binance → per-request headers → classify → audit,
+inside a retry policy built per call. Reads retry every retryable class; order placement
+retries only what certainly did not reach the matching engine (``TransientError``,
+``RateLimited``, ``ClockSkew`` after a resync): an ``UnknownOutcome`` goes back to the caller,
+who looks the order up by its client id (SPEC §5.3) instead of resending blindly.
+
+Lifecycle: ``await gateway.start()`` syncs time, loads exchangeInfo (those two calls precede the
+limiter, which is configured from exchangeInfo ``rateLimits``), then every call is limited;
+``await gateway.close()`` closes the HTTP session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from app.clock import Clock
+from app.domain import MarginType, OrderType, Side
+from app.errors import (
+    ClockSkew,
+    ExchangeError,
+    InvalidRequest,
+    IpBanned,
+    OrderNotFound,
+    RateLimited,
+    TransientError,
+    UnknownOutcome,
+)
+from app.exchange import endpoints as ep
+from app.exchange.classify import classify_exception
+from app.exchange.client import CURRENT_CALL, BinanceClient, CallContext, header_trace
+from app.exchange.endpoints import BreakerGroup, Endpoint
+from app.exchange.limits import buckets_from_rate_limits, costs_for, header_counts
+from app.exchange.models import (
+    AlgoState,
+    Balance,
+    CancelCounts,
+    MarginChange,
+    OrderState,
+    Position,
+)
+from app.exchange.timesync import TimeSync
+from app.observability.audit import AuditEvent
+from app.observability.logging import AuditLogger
+from app.resilience.breaker import BreakerSettings, BreakerState, BreakerStats, CircuitBreaker
+from app.resilience.limiter import BucketSpec, LimiterSettings, Priority, WeightLimiter
+from app.resilience.retry import RetryInfo, RetryPolicy, RetrySettings, should_retry
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    base_url: str
+    api_key: str
+    api_secret: str
+    recv_window_ms: int = 5000
+    timeout_s: float = 10.0
+    limiter: LimiterSettings = field(default_factory=LimiterSettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    #: Consecutive connection-level failures before the HTTP session is replaced.
+    session_reset_after: int = 3
+
+
+def is_breaker_failure(exc: BaseException) -> bool:
+    """Failures that say the exchange is unwell; rejections and rate limits are not."""
+    return isinstance(exc, TransientError | UnknownOutcome)
+
+
+def placement_may_retry(exc: BaseException) -> bool:
+    """An order request may be sent again only if it certainly did not execute (§5.3.4)."""
+    return isinstance(exc, TransientError | RateLimited | ClockSkew)
+
+
+def _format(value: Decimal) -> str:
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+class Gateway:
+    """Typed exchange operations; see the module docstring for the pipeline."""
+
+    def __init__(self, settings: GatewaySettings, clock: Clock, log: AuditLogger) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._log = log
+        self.client = BinanceClient(
+            settings.api_key, settings.api_secret, base_url=settings.base_url,
+            recv_window_ms=settings.recv_window_ms, timeout_s=settings.timeout_s,
+            trace=header_trace(self._on_response))
+        self.timesync = TimeSync(self._fetch_server_ms, clock, on_sync=self._on_time_synced)
+        self.breakers = {
+            group: CircuitBreaker(group.value, clock, settings.breaker,
+                                  is_failure=is_breaker_failure,
+                                  on_state_change=self._on_breaker_change,
+                                  on_reject=self._on_breaker_reject)
+            for group in BreakerGroup
+        }
+        self._retry = RetryPolicy(settings.retry, clock, on_retry=self._on_retry)
+        self.limiter: WeightLimiter | None = None
+        self.buckets: list[BucketSpec] = []
+        self.exchange_info_raw: Mapping[str, Any] = {}
+        self._transport_failures = 0
+        self._reset_pending: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Sync time, load exchangeInfo, configure the limiter from its ``rateLimits``."""
+        await self.timesync.sync()
+        info = await self.exchange_info()
+        self.configure_limiter(info.get("rateLimits", []))
+
+    def configure_limiter(self, rate_limits: Any) -> WeightLimiter:
+        self.buckets = buckets_from_rate_limits(rate_limits)
+        self.limiter = WeightLimiter(self.buckets, self._clock, self.settings.limiter,
+                                     offset=lambda: self.timesync.offset_s,
+                                     on_warning=self._on_rate_warning)
+        return self.limiter
+
+    async def close(self) -> None:
+        if self.limiter is not None:
+            await self.limiter.close()
+        await self.client.close_connection()
+
+    # ------------------------------------------------------------------ the pipeline
+    async def _call(self, endpoint: Endpoint, fn: Callable[[], Awaitable[T]], *,
+                    has_symbol: bool = True, priority: Priority | None = None,
+                    retry_if: Callable[[BaseException], bool] = should_retry) -> T:
+        async def attempt() -> T:
+            return await self._once(endpoint, fn, has_symbol, priority or endpoint.priority)
+
+        return await self._retry.run(endpoint.name, attempt, retry_if=retry_if)
+
+    async def _once(self, endpoint: Endpoint, fn: Callable[[], Awaitable[T]],
+                    has_symbol: bool, priority: Priority) -> T:
+        costs: dict[str, int] = {}
+        if self.limiter is not None:
+            costs = costs_for(endpoint, self.buckets, has_symbol=has_symbol)
+            await self.limiter.acquire(costs, priority)
+            sent_at = self.limiter.now()
+        else:
+            sent_at = self.timesync.server_time()
+        if self._reset_pending is not None:
+            await self._reset_session(self._reset_pending)
+        async with self.breakers[endpoint.group]:
+            token = CURRENT_CALL.set(CallContext(endpoint.label, costs, sent_at))
+            try:
+                result = await fn()
+            except Exception as exc:
+                error = classify_exception(exc, endpoint=endpoint.label,
+                                           now=self.timesync.server_time())
+                if error is None:
+                    raise
+                await self._after_error(endpoint, error, exc)
+                raise error from exc
+            finally:
+                CURRENT_CALL.reset(token)
+        self._transport_failures = 0
+        return result
+
+    def _on_response(self, call: CallContext) -> None:
+        """Every HTTP response (errors included): feed the exchange's counters to the limiter."""
+        if self.limiter is None:
+            return
+        for name, used in header_counts(call.headers).items():
+            self.limiter.observe(name, used, cost=call.costs.get(name, 0), sent_at=call.sent_at)
+
+    async def _after_error(self, endpoint: Endpoint, error: ExchangeError,
+                           cause: BaseException) -> None:
+        level = {"info": 20, "warning": 30, "error": 40, "critical": 50}[error.severity]
+        self._log.log(level, AuditEvent.API_ERROR, operation=endpoint.name, **error.fields())
+        if isinstance(error, RateLimited):
+            self._penalize(error)
+        elif isinstance(error, IpBanned):
+            wait = error.retry_after if error.retry_after is not None else 120.0
+            if self.limiter is not None:
+                self.limiter.ban(self.timesync.server_time() + wait)
+            self._log.critical(AuditEvent.IP_BANNED, endpoint=endpoint.label, retry_after=wait,
+                               message=error.message)
+        elif isinstance(error, ClockSkew):
+            self.timesync.reset()
+            await self.timesync.sync()
+        connection_level = isinstance(error, TransientError | UnknownOutcome) and (
+            error.http_status is None)
+        if connection_level:
+            self._transport_failures += 1
+            if self._transport_failures >= self.settings.session_reset_after:
+                self._reset_pending = (f"{self._transport_failures} connection failures in "
+                                       f"a row ({error.error_class})")
+        del cause
+
+    def _penalize(self, error: RateLimited) -> None:
+        orders = error.code == -1015
+        names = [b.name for b in self.buckets if b.name.startswith("orders:") == orders]
+        wait = error.retry_after
+        if wait is None:
+            now = self.timesync.server_time()
+            wait = max((b.interval_s - now % b.interval_s for b in self.buckets
+                        if b.name in names), default=1.0)
+        if self.limiter is not None:
+            self.limiter.penalize(names, wait)
+        self._log.warning(AuditEvent.RATE_LIMIT, endpoint=error.endpoint, buckets=names,
+                          retry_after=wait, code=error.code)
+
+    async def _reset_session(self, reason: str) -> None:
+        self._reset_pending = None
+        self._transport_failures = 0
+        await self.client.reset_session()
+        self._log.warning(AuditEvent.SESSION_RESET, reason=reason)
+
+    # ------------------------------------------------------------------ listeners
+    def _on_retry(self, info: RetryInfo) -> None:
+        error = info.error
+        self._log.info(AuditEvent.RETRY_ATTEMPT, operation=info.operation, attempt=info.attempt,
+                       max_attempts=info.max_attempts, delay=round(info.delay, 3),
+                       error_class=type(error).__name__, code=getattr(error, "code", None))
+
+    def _on_breaker_change(self, name: str, old: BreakerState, new: BreakerState,
+                           stats: BreakerStats) -> None:
+        event = {BreakerState.OPEN: AuditEvent.BREAKER_OPENED,
+                 BreakerState.HALF_OPEN: AuditEvent.BREAKER_HALF_OPEN,
+                 BreakerState.CLOSED: AuditEvent.BREAKER_CLOSED}[new]
+        log = self._log.error if new is BreakerState.OPEN else self._log.warning
+        log(event, group=name, previous=old.name.lower(),
+            consecutive_opens=stats.consecutive_opens)
+        if new is BreakerState.OPEN and stats.consecutive_opens >= 2:
+            self._reset_pending = f"breaker {name} reopened {stats.consecutive_opens} times"
+
+    def _on_breaker_reject(self, name: str, count: int, retry_after: float) -> None:
+        self._log.warning(AuditEvent.BREAKER_REJECTED, group=name, rejected=count,
+                          retry_after=round(retry_after, 3))
+
+    def _on_rate_warning(self, bucket: str, used: int, limit: int) -> None:
+        self._log.warning(AuditEvent.RATE_LIMIT_WARNING, bucket=bucket, used=used, limit=limit)
+
+    def _on_time_synced(self, offset_ms: int, rtt_s: float, samples: int) -> None:
+        self.client.timestamp_offset = offset_ms
+        self._log.info(AuditEvent.TIME_SYNCED, offset_ms=offset_ms, rtt_ms=round(rtt_s * 1000, 2),
+                       samples=samples)
+
+    # ------------------------------------------------------------------ market data
+    async def _fetch_server_ms(self) -> int:
+        raw = await self._call(ep.SERVER_TIME, self.client.futures_time)
+        return int(raw["serverTime"])
+
+    async def exchange_info(self) -> Mapping[str, Any]:
+        info: Mapping[str, Any] = await self._call(ep.EXCHANGE_INFO,
+                                                   self.client.futures_exchange_info)
+        self.exchange_info_raw = info
+        self._log.info(AuditEvent.EXCHANGE_INFO_REFRESHED, symbols=len(info.get("symbols", [])),
+                       rate_limits=info.get("rateLimits", []))
+        return info
+
+    async def mark_price(self, symbol: str) -> Decimal:
+        raw = await self._call(ep.MARK_PRICE, lambda: self.client.futures_mark_price(
+            symbol=symbol))
+        return Decimal(str(raw["markPrice"]))
+
+    # ------------------------------------------------------------------ orders
+    async def place_order(self, symbol: str, side: Side, quantity: Decimal, client_id: str, *,
+                          reduce_only: bool = False, order_type: OrderType = OrderType.MARKET,
+                          price: Decimal | None = None, time_in_force: str | None = None,
+                          priority: Priority | None = None) -> OrderState:
+        """Place a regular order (MARKET by default) with ``newOrderRespType=RESULT``.
+
+        Raises ``UnknownOutcome`` when the answer is lost: the order may exist; look it up
+        with ``get_order(symbol, client_id)`` before sending it again.
+        """
+        params: dict[str, Any] = {
+            "symbol": symbol, "side": side.value, "type": order_type.value,
+            "quantity": _format(quantity), "newClientOrderId": client_id,
+            "newOrderRespType": "RESULT",
+        }
+        if reduce_only:
+            params["reduceOnly"] = "true"
+        if price is not None:
+            params["price"] = _format(price)
+            params["timeInForce"] = time_in_force or "GTC"
+        raw = await self._call(ep.PLACE_ORDER,
+                               lambda: self.client.futures_create_order(**params),
+                               priority=priority, retry_if=placement_may_retry)
+        return OrderState.from_wire(raw)
+
+    async def get_order(self, symbol: str, client_id: str, *,
+                        priority: Priority | None = None) -> OrderState | None:
+        """The order with this client id, or None if the exchange does not (yet) know it."""
+        try:
+            raw = await self._call(ep.GET_ORDER, lambda: self.client.futures_get_order(
+                symbol=symbol, origClientOrderId=client_id), priority=priority)
+        except OrderNotFound:
+            return None
+        return OrderState.from_wire(raw)
+
+    async def cancel_order(self, symbol: str, client_id: str) -> OrderState | None:
+        """Cancel an open order; None if it is unknown or no longer open (-2011)."""
+        try:
+            raw = await self._call(ep.CANCEL_ORDER, lambda: self.client.futures_cancel_order(
+                symbol=symbol, origClientOrderId=client_id))
+        except OrderNotFound:
+            return None
+        state = OrderState.from_wire(raw)
+        self._log.info(AuditEvent.ORDER_CANCELLED, symbol=symbol, client_order_id=client_id)
+        return state
+
+    async def open_orders(self, symbol: str) -> list[OrderState]:
+        raw = await self._call(ep.OPEN_ORDERS, lambda: self.client.futures_get_open_orders(
+            symbol=symbol))
+        return [OrderState.from_wire(r) for r in raw]
+
+    async def place_algo_order(self, symbol: str, side: Side, order_type: OrderType,
+                               trigger_price: Decimal, client_algo_id: str, *,
+                               quantity: Decimal | None = None,
+                               priority: Priority | None = None) -> AlgoState:
+        """A conditional order on the Algo Order API (closePosition unless ``quantity``).
+
+        Raises ``UnknownOutcome`` when the answer is lost: look it up with
+        ``get_algo_order(client_algo_id)`` before sending it again.
+        """
+        if order_type not in (OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET):
+            raise InvalidRequest(f"{order_type} is not a conditional order type",
+                                 endpoint=ep.PLACE_ALGO.label)
+        params: dict[str, Any] = {
+            "algoType": "CONDITIONAL", "symbol": symbol, "side": side.value,
+            "type": order_type.value, "triggerPrice": _format(trigger_price),
+            "workingType": "MARK_PRICE", "priceProtect": "true", "clientAlgoId": client_algo_id,
+        }
+        if quantity is None:
+            params["closePosition"] = "true"
+        else:
+            params["quantity"] = _format(quantity)
+            params["reduceOnly"] = "true"
+        raw = await self._call(ep.PLACE_ALGO,
+                               lambda: self.client.futures_create_algo_order(**params),
+                               priority=priority, retry_if=placement_may_retry)
+        return AlgoState.from_wire(raw)
+
+    async def get_algo_order(self, client_algo_id: str, *,
+                             priority: Priority | None = None) -> AlgoState | None:
+        try:
+            raw = await self._call(ep.GET_ALGO, lambda: self.client.futures_get_algo_order(
+                clientAlgoId=client_algo_id), priority=priority)
+        except OrderNotFound:
+            return None
+        return AlgoState.from_wire(raw)
+
+    async def cancel_algo_order(self, client_algo_id: str) -> bool:
+        """Cancel an open algo order; False if it is unknown or no longer open."""
+        try:
+            await self._call(ep.CANCEL_ALGO, lambda: self.client.futures_cancel_algo_order(
+                clientAlgoId=client_algo_id))
+        except OrderNotFound:
+            return False
+        self._log.info(AuditEvent.ORDER_CANCELLED, client_order_id=client_algo_id, algo=True)
+        return True
+
+    async def open_algo_orders(self, symbol: str) -> list[AlgoState]:
+        raw = await self._call(ep.OPEN_ALGOS, lambda: self.client.futures_get_open_algo_orders(
+            symbol=symbol))
+        return [AlgoState.from_wire(r) for r in raw]
+
+    async def cancel_all_orders(self, symbol: str) -> CancelCounts:
+        """Cancel every regular and algo order of ``symbol``; counts what was open."""
+        regular, algos = await asyncio.gather(self.open_orders(symbol),
+                                              self.open_algo_orders(symbol))
+        if regular:
+            await self._call(ep.CANCEL_ALL_ORDERS,
+                             lambda: self.client.futures_cancel_all_open_orders(symbol=symbol))
+        if algos:
+            await self._call(ep.CANCEL_ALL_ALGOS,
+                             lambda: self.client.futures_cancel_all_algo_open_orders(
+                                 symbol=symbol))
+        counts = CancelCounts(regular=len(regular), algo=len(algos))
+        self._log.info(AuditEvent.ORDER_CANCELLED, symbol=symbol, all=True,
+                       regular=counts.regular, algo=counts.algo)
+        return counts
+
+    # ------------------------------------------------------------------ account
+    async def set_leverage(self, symbol: str, leverage: int) -> int:
+        raw = await self._call(ep.SET_LEVERAGE, lambda: self.client.futures_change_leverage(
+            symbol=symbol, leverage=leverage))
+        value = int(raw["leverage"])
+        self._log.info(AuditEvent.LEVERAGE_SET, symbol=symbol, leverage=value)
+        return value
+
+    async def set_margin_type(self, symbol: str, margin_type: MarginType) -> MarginChange:
+        """Set the margin type; -4046 ("No need to change") is success, ``changed=False``."""
+        try:
+            await self._call(ep.SET_MARGIN_TYPE, lambda: self.client.futures_change_margin_type(
+                symbol=symbol, marginType=margin_type.value))
+            change = MarginChange(margin_type, changed=True)
+        except InvalidRequest as error:
+            if error.code != -4046:
+                raise
+            change = MarginChange(margin_type, changed=False)
+        self._log.info(AuditEvent.MARGIN_TYPE_SET, symbol=symbol,
+                       margin_type=margin_type.value, changed=change.changed)
+        return change
+
+    async def get_position(self, symbol: str, *, priority: Priority | None = None
+                           ) -> Position | None:
+        """The open position of ``symbol``, or None when flat."""
+        rows = await self._call(ep.POSITION_RISK, lambda: self.client.futures_position_information(
+            symbol=symbol), priority=priority)
+        position = next((Position.from_wire(r) for r in rows if r.get("symbol") == symbol
+                         and Decimal(str(r.get("positionAmt") or "0")) != 0), None)
+        self._log.info(AuditEvent.POSITION_QUERY, symbol=symbol,
+                       amount=str(position.amount) if position else "0")
+        return position
+
+    async def get_account_balance(self, asset: str = "USDT") -> Balance:
+        rows = await self._call(ep.BALANCE, self.client.futures_account_balance)
+        for row in rows:
+            if row.get("asset") == asset:
+                balance = Balance.from_wire(row)
+                self._log.info(AuditEvent.BALANCE_QUERY, asset=asset,
+                               available=str(balance.available))
+                return balance
+        raise InvalidRequest(f"no {asset} balance in the account", endpoint=ep.BALANCE.label)

@@ -1,0 +1,61 @@
+"""From exchangeInfo ``rateLimits`` to limiter buckets, and from headers back to buckets.
+
+Bucket names: ``weight:<n><unit>`` for REQUEST_WEIGHT, ``orders:<n><unit>`` for ORDERS, where
+``<n><unit>`` is Binance's header suffix (``1m``, ``10s``): the header
+``x-mbx-used-weight-1m`` feeds bucket ``weight:1m``. Nothing is hard-coded: the limits are read
+from the exchange at start (SPEC §6.2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from app.exchange.endpoints import Endpoint
+from app.resilience.limiter import BucketSpec
+
+_UNITS = {"SECOND": (1, "s"), "MINUTE": (60, "m"), "HOUR": (3600, "h"), "DAY": (86400, "d")}
+_KINDS = {"REQUEST_WEIGHT": "weight", "ORDERS": "orders"}
+HEADER_PREFIXES = {"x-mbx-used-weight-": "weight", "x-mbx-order-count-": "orders"}
+
+
+def buckets_from_rate_limits(rate_limits: Iterable[Mapping[str, Any]]) -> list[BucketSpec]:
+    """One bucket per REQUEST_WEIGHT / ORDERS entry; the weight buckets are paced."""
+    buckets: list[BucketSpec] = []
+    for entry in rate_limits:
+        kind = _KINDS.get(str(entry.get("rateLimitType")))
+        unit = _UNITS.get(str(entry.get("interval")))
+        if kind is None or unit is None:
+            continue  # RAW_REQUESTS and future kinds: not ours to enforce
+        seconds, letter = unit
+        num = int(entry["intervalNum"])
+        buckets.append(BucketSpec(f"{kind}:{num}{letter}", int(entry["limit"]),
+                                  float(seconds * num), paced=kind == "weight"))
+    if not any(b.name.startswith("weight:") for b in buckets):
+        raise ValueError("exchangeInfo rateLimits has no REQUEST_WEIGHT entry")
+    return buckets
+
+
+def costs_for(endpoint: Endpoint, buckets: Iterable[BucketSpec], *, has_symbol: bool = True
+              ) -> dict[str, int]:
+    """The cost of one call of ``endpoint`` in every bucket it touches."""
+    costs: dict[str, int] = {}
+    for bucket in buckets:
+        if bucket.name.startswith("weight:"):
+            costs[bucket.name] = endpoint.weight_for(has_symbol)
+        elif endpoint.orders:
+            costs[bucket.name] = endpoint.orders
+    return costs
+
+
+def header_counts(headers: Mapping[str, str]) -> dict[str, int]:
+    """Bucket name → the exchange's count, from one response's headers (case-insensitive)."""
+    counts: dict[str, int] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        for prefix, kind in HEADER_PREFIXES.items():
+            if lower.startswith(prefix):
+                with contextlib.suppress(ValueError):
+                    counts[f"{kind}:{lower[len(prefix):]}"] = int(value)
+    return counts
