@@ -1,0 +1,87 @@
+"""Fixtures: the simulator on a loopback port (real clock) and a started gateway against it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import structlog
+
+from app.clock import SystemClock
+from app.exchange.gateway import Gateway, GatewaySettings
+from app.resilience.breaker import BreakerSettings
+from app.resilience.retry import RetrySettings
+from app.sim import SimConfig, SimServer
+
+
+def sim_config(**limits: int) -> SimConfig:
+    base = SimConfig()
+    return replace(base, market=replace(base.market, volatility_per_minute=0.0,
+                                        tick_interval_s=0.0),
+                   limits=replace(base.limits, **limits))
+
+
+@pytest.fixture
+def config() -> SimConfig:
+    return sim_config()
+
+
+@pytest.fixture
+async def sim(config: SimConfig) -> AsyncIterator[SimServer]:
+    async with SimServer(config) as server:
+        yield server
+
+
+class Admin:
+    """The simulator's /_sim/ admin API."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def get(self, path: str) -> Any:
+        async with self.session.get(f"{self.base}/_sim/{path}") as resp:
+            return orjson.loads(await resp.read())
+
+    async def post(self, path: str, body: object) -> Any:
+        async with self.session.post(f"{self.base}/_sim/{path}", data=orjson.dumps(body)) as resp:
+            assert resp.status == 200, await resp.text()
+            return orjson.loads(await resp.read())
+
+
+@pytest.fixture
+async def admin(sim: SimServer) -> AsyncIterator[Admin]:
+    async with aiohttp.ClientSession() as session:
+        yield Admin(session, sim.url)
+
+
+GatewayFactory = Callable[..., Gateway]
+
+
+@pytest.fixture
+async def make_gateway(sim: SimServer) -> AsyncIterator[GatewayFactory]:
+    made: list[Gateway] = []
+
+    def factory(**overrides: Any) -> Gateway:
+        settings = GatewaySettings(
+            base_url=sim.url, api_key="sim-key", api_secret="sim-secret", timeout_s=2.0,
+            retry=RetrySettings(max_retries=2, initial_delay=0.01, max_delay=0.05, jitter=0.0),
+            breaker=BreakerSettings(recovery_timeout=0.5))
+        gateway = Gateway(replace(settings, **overrides), SystemClock(), structlog.get_logger())
+        made.append(gateway)
+        return gateway
+
+    yield factory
+    for gateway in made:
+        await gateway.close()
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> Gateway:
+    gw = make_gateway()
+    await gw.start()
+    return gw

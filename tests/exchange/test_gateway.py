@@ -1,0 +1,213 @@
+"""The gateway against the simulator, through the real python-binance client."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+from structlog.testing import capture_logs
+
+from app.domain import MarginType, OrderType, Side
+from app.errors import CircuitOpen, OrderRejected, UnknownOutcome
+from app.exchange.endpoints import BreakerGroup
+from app.exchange.gateway import Gateway
+from app.resilience.breaker import BreakerSettings, BreakerState
+from app.resilience.retry import RetrySettings
+from app.sim import SimConfig
+from tests.exchange.conftest import Admin, GatewayFactory, sim_config
+
+
+async def test_start_configures_limiter_from_rate_limits(gateway: Gateway) -> None:
+    """Buckets come from exchangeInfo rateLimits, not from constants."""
+    assert {(b.name, b.limit, b.interval_s) for b in gateway.buckets} == {
+        ("weight:1m", 2400, 60.0), ("orders:1m", 1200, 60.0), ("orders:10s", 300, 10.0)}
+
+
+async def test_market_order_round_trip(gateway: Gateway) -> None:
+    """place_order answers the filled state; get_order finds it by client id."""
+    placed = await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), "xdT1E")
+    assert (placed.status, placed.executed_qty, placed.client_id) == (
+        "FILLED", Decimal("0.010"), "xdT1E")
+    found = await gateway.get_order("BTCUSDT", "xdT1E")
+    assert found is not None
+    assert found.order_id == placed.order_id
+    assert await gateway.get_order("BTCUSDT", "never") is None
+
+
+async def test_algo_order_round_trip(gateway: Gateway) -> None:
+    """A close-position stop is placed, found by clientAlgoId, and cancelled."""
+    await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), "xdT2E")
+    algo = await gateway.place_algo_order("BTCUSDT", Side.SELL, OrderType.STOP_MARKET,
+                                          Decimal("60000"), "xdT2S")
+    assert (algo.client_algo_id, algo.status, algo.close_position) == ("xdT2S", "NEW", True)
+    assert (await gateway.get_algo_order("xdT2S")) == algo
+    assert await gateway.cancel_algo_order("xdT2S") is True
+    assert await gateway.cancel_algo_order("xdT2S") is False
+
+
+async def test_cancel_all_counts_regular_and_algo(gateway: Gateway) -> None:
+    """cancel_all_orders cancels both kinds and says how many of each."""
+    await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), "xdT3E")
+    await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), "xdT3L",
+                              order_type=OrderType.LIMIT, price=Decimal("60000"))
+    await gateway.place_algo_order("BTCUSDT", Side.SELL, OrderType.STOP_MARKET,
+                                   Decimal("59000"), "xdT3S")
+    await gateway.place_algo_order("BTCUSDT", Side.SELL, OrderType.TAKE_PROFIT_MARKET,
+                                   Decimal("70000"), "xdT3T")
+    counts = await gateway.cancel_all_orders("BTCUSDT")
+    assert (counts.regular, counts.algo) == (1, 2)
+    assert await gateway.open_algo_orders("BTCUSDT") == []
+
+
+async def test_account_operations(gateway: Gateway) -> None:
+    """Leverage, margin type (-4046 is success, unchanged), position and balance."""
+    assert await gateway.set_leverage("ETHUSDT", 7) == 7
+    assert (await gateway.set_margin_type("ETHUSDT", MarginType.ISOLATED)).changed is True
+    assert (await gateway.set_margin_type("ETHUSDT", MarginType.ISOLATED)).changed is False
+    assert await gateway.get_position("ETHUSDT") is None
+    await gateway.place_order("ETHUSDT", Side.SELL, Decimal("0.100"), "xdT4E")
+    position = await gateway.get_position("ETHUSDT")
+    assert position is not None
+    assert position.amount == Decimal("-0.100")
+    balance = await gateway.get_account_balance()
+    assert balance.asset == "USDT"
+    assert balance.wallet < Decimal("10000")          # the taker fee
+    assert isinstance(balance.available, Decimal)
+
+
+async def test_rejection_is_classified_not_retried(gateway: Gateway, admin: Admin) -> None:
+    """A -4164 rejection raises OrderRejected after one request."""
+    with pytest.raises(OrderRejected) as caught:
+        await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.001"), "xdT5E")
+    assert caught.value.code == -4164
+    state = await admin.get("state")
+    assert state["order_count"]["10s"] == 1
+
+
+async def test_concurrent_calls_leave_limiter_equal_to_exchange(gateway: Gateway,
+                                                                admin: Admin) -> None:
+    """50 concurrent calls: the limiter's view equals the simulator's used weight."""
+    await asyncio.gather(*(gateway.get_position("BTCUSDT") for _ in range(25)),
+                         *(gateway.mark_price("ETHUSDT") for _ in range(25)))
+    state = await admin.get("state")
+    assert gateway.limiter is not None
+    assert gateway.limiter.used("weight:1m") == state["used_weight"]["1m"]
+
+
+class TestSmallWindows:
+    @pytest.fixture
+    def config(self) -> SimConfig:
+        return sim_config(request_weight=60, request_weight_interval_s=2, ban_after_429s=1)
+
+    async def test_saturating_run_gets_no_429_and_no_418(self, gateway: Gateway,
+                                                         admin: Admin) -> None:
+        """Many workers saturating 60 weight / 2 s windows for ~3 windows: never throttled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+
+        async def worker() -> int:
+            done = 0
+            while loop.time() < deadline:
+                await gateway.get_position("BTCUSDT")   # weight 5
+                done += 1
+            return done
+
+        done = sum(await asyncio.gather(*(worker() for _ in range(8))))
+        state = await admin.get("state")
+        assert state["throttled"] == {"429": 0, "418": 0}
+        assert done >= 2 * 11                            # ≥ 2 windows' worth of 58 / 5
+
+
+async def test_unknown_outcome_on_placement_is_not_resent(gateway: Gateway,
+                                                          admin: Admin) -> None:
+    """503 'Unknown error' after applying: UnknownOutcome raised, exactly one order exists."""
+    await admin.post("faults", {"seed": 1, "rules": [
+        {"endpoint": "POST /fapi/v1/order", "fault": "unknown_503", "probability": 1.0}]})
+    with pytest.raises(UnknownOutcome):
+        await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), "xdT6E")
+    orders = await admin.get("orders")
+    assert [o["client_id"] for o in orders] == ["xdT6E"]
+    found = await gateway.get_order("BTCUSDT", "xdT6E")
+    assert found is not None
+
+
+async def test_not_applied_placement_is_retried(make_gateway: GatewayFactory,
+                                                admin: Admin) -> None:
+    """503 'Service Unavailable.' certainly did not execute: retried, one order in the end."""
+    gateway = make_gateway(retry=RetrySettings(max_retries=8, initial_delay=0.001, jitter=0.0))
+    await gateway.start()
+    await admin.post("faults", {"seed": 3, "rules": [
+        {"endpoint": "POST /fapi/v1/order", "fault": "service_unavailable",
+         "probability": 0.6}]})
+    with capture_logs() as logs:
+        for i in range(6):
+            await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.002"), f"xdT7E{i}")
+    orders = await admin.get("orders")
+    assert sorted(o["client_id"] for o in orders) == [f"xdT7E{i}" for i in range(6)]
+    assert any(e["event"] == "retry_attempt" for e in logs)
+
+
+async def test_reads_retry_unknown_outcomes(gateway: Gateway, admin: Admin) -> None:
+    """A read that hits timeout_1007 is simply retried."""
+    await admin.post("faults", {"seed": 5, "rules": [
+        {"endpoint": "GET /fapi/v1/premiumIndex", "fault": "timeout_1007",
+         "probability": 0.5}]})
+    prices = [await gateway.mark_price("BTCUSDT") for _ in range(5)]
+    assert prices == [Decimal("65000.00000000")] * 5
+
+
+async def test_clock_skew_resyncs_and_retries(gateway: Gateway) -> None:
+    """A wrong offset earns -1021; the gateway resyncs time and the call succeeds."""
+    gateway.client.timestamp_offset = -120_000
+    with capture_logs() as logs:
+        assert await gateway.get_position("BTCUSDT") is None
+    events = [e["event"] for e in logs]
+    assert "api_error" in events
+    assert "time_synced" in events
+    assert abs(gateway.client.timestamp_offset) < 5_000
+
+
+async def test_outage_opens_trade_breaker_and_probe_closes_it(
+        make_gateway: GatewayFactory, admin: Admin) -> None:
+    """During an outage the trade breaker opens; after it, probes close the breaker again."""
+    gateway = make_gateway(
+        retry=RetrySettings(max_retries=0),
+        breaker=BreakerSettings(failure_threshold=3, recovery_timeout=0.3,
+                                success_threshold=2))
+    await gateway.start()
+    await admin.post("faults", {"seed": 0, "rules": [],
+                                "outages": [{"start_s": 0, "duration_s": 1.0}]})
+    breaker = gateway.breakers[BreakerGroup.TRADE]
+    with capture_logs() as logs:
+        for _ in range(3):
+            with pytest.raises(Exception, match="Service Unavailable"):
+                await gateway.get_order("BTCUSDT", "x")
+        assert breaker.state is BreakerState.OPEN
+        with pytest.raises(CircuitOpen):
+            await gateway.get_order("BTCUSDT", "x")
+        await asyncio.sleep(1.1)                          # the outage ends
+        assert await gateway.get_order("BTCUSDT", "x") is None
+        assert await gateway.get_order("BTCUSDT", "x") is None
+    assert breaker.state is BreakerState.CLOSED
+    events = [e["event"] for e in logs]
+    assert events.count("breaker_opened") == 1
+    assert events.count("breaker_closed") == 1
+    assert "breaker_half_open" in events
+    assert "breaker_rejected" in events
+
+
+async def test_repeated_connection_failures_reset_the_session(gateway: Gateway,
+                                                              admin: Admin) -> None:
+    """Three dropped connections in a row replace the HTTP session (session_reset)."""
+    await admin.post("faults", {"seed": 0, "rules": [
+        {"endpoint": "GET /fapi/v1/premiumIndex", "fault": "reset_after_apply",
+         "probability": 1.0}]})
+    before = gateway.client.session
+    with capture_logs() as logs:
+        with pytest.raises(UnknownOutcome):
+            await gateway.mark_price("BTCUSDT")
+        await admin.post("faults", {"seed": 0, "rules": []})
+        assert await gateway.mark_price("BTCUSDT") == Decimal("65000.00000000")
+    assert "session_reset" in [e["event"] for e in logs]
+    assert gateway.client.session is not before
