@@ -14,7 +14,7 @@ limiter, which is configured from exchangeInfo ``rateLimits``), then every call 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -44,6 +44,8 @@ from app.exchange.models import (
     OrderState,
     Position,
 )
+from app.exchange.symbol_cache import SymbolCache
+from app.exchange.symbols import RateLimit
 from app.exchange.timesync import TimeSync
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
@@ -52,6 +54,9 @@ from app.resilience.limiter import BucketSpec, LimiterSettings, Priority, Weight
 from app.resilience.retry import RetryInfo, RetryPolicy, RetrySettings, should_retry
 
 T = TypeVar("T")
+
+#: Rejections that may mean our exchangeInfo is stale: reload it (rate-limited).
+PRECISION_CODES = frozenset({-1111, -4014, -4023})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,9 @@ class GatewaySettings:
     retry: RetrySettings = field(default_factory=RetrySettings)
     #: Consecutive connection-level failures before the HTTP session is replaced.
     session_reset_after: int = 3
+    #: exchangeInfo expiry, and the least time between reloads forced by precision errors.
+    exchange_info_ttl_s: float = 86_400.0
+    exchange_info_min_refresh_s: float = 60.0
 
 
 def is_breaker_failure(exc: BaseException) -> bool:
@@ -105,7 +113,10 @@ class Gateway:
         self._retry = RetryPolicy(settings.retry, clock, on_retry=self._on_retry)
         self.limiter: WeightLimiter | None = None
         self.buckets: list[BucketSpec] = []
-        self.exchange_info_raw: Mapping[str, Any] = {}
+        self.symbols = SymbolCache(self.exchange_info, clock,
+                                   ttl_s=settings.exchange_info_ttl_s,
+                                   min_refresh_interval_s=settings.exchange_info_min_refresh_s,
+                                   on_refresh=self._on_refresh)
         self._transport_failures = 0
         self._reset_pending: str | None = None
 
@@ -113,10 +124,10 @@ class Gateway:
     async def start(self) -> None:
         """Sync time, load exchangeInfo, configure the limiter from its ``rateLimits``."""
         await self.timesync.sync()
-        info = await self.exchange_info()
-        self.configure_limiter(info.get("rateLimits", []))
+        await self.symbols.load()
+        self.configure_limiter(self.symbols.rate_limits)
 
-    def configure_limiter(self, rate_limits: Any) -> WeightLimiter:
+    def configure_limiter(self, rate_limits: Iterable[RateLimit]) -> WeightLimiter:
         self.buckets = buckets_from_rate_limits(rate_limits)
         self.limiter = WeightLimiter(self.buckets, self._clock, self.settings.limiter,
                                      offset=lambda: self.timesync.offset_s,
@@ -124,6 +135,7 @@ class Gateway:
         return self.limiter
 
     async def close(self) -> None:
+        await self.symbols.close()
         if self.limiter is not None:
             await self.limiter.close()
         await self.client.close_connection()
@@ -186,6 +198,8 @@ class Gateway:
         elif isinstance(error, ClockSkew):
             self.timesync.reset()
             await self.timesync.sync()
+        elif error.code in PRECISION_CODES:
+            await self.symbols.refresh_on_precision_error()
         connection_level = isinstance(error, TransientError | UnknownOutcome) and (
             error.http_status is None)
         if connection_level:
@@ -250,12 +264,14 @@ class Gateway:
         return int(raw["serverTime"])
 
     async def exchange_info(self) -> Mapping[str, Any]:
+        """The raw exchangeInfo answer; ``self.symbols`` holds it parsed and cached."""
         info: Mapping[str, Any] = await self._call(ep.EXCHANGE_INFO,
                                                    self.client.futures_exchange_info)
-        self.exchange_info_raw = info
-        self._log.info(AuditEvent.EXCHANGE_INFO_REFRESHED, symbols=len(info.get("symbols", [])),
-                       rate_limits=info.get("rateLimits", []))
         return info
+
+    def _on_refresh(self, symbols: int, rate_limits: list[RateLimit]) -> None:
+        self._log.info(AuditEvent.EXCHANGE_INFO_REFRESHED, symbols=symbols, rate_limits=[
+            f"{r.rate_limit_type} {r.limit}/{r.interval_num} {r.interval}" for r in rate_limits])
 
     async def mark_price(self, symbol: str) -> Decimal:
         raw = await self._call(ep.MARK_PRICE, lambda: self.client.futures_mark_price(

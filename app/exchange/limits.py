@@ -10,28 +10,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from app.exchange.endpoints import Endpoint
+from app.exchange.symbols import RateLimit
 from app.resilience.limiter import BucketSpec
 
-_UNITS = {"SECOND": (1, "s"), "MINUTE": (60, "m"), "HOUR": (3600, "h"), "DAY": (86400, "d")}
+_LETTERS = {"SECOND": "s", "MINUTE": "m", "HOUR": "h", "DAY": "d"}
 _KINDS = {"REQUEST_WEIGHT": "weight", "ORDERS": "orders"}
 HEADER_PREFIXES = {"x-mbx-used-weight-": "weight", "x-mbx-order-count-": "orders"}
 
 
-def buckets_from_rate_limits(rate_limits: Iterable[Mapping[str, Any]]) -> list[BucketSpec]:
+def buckets_from_rate_limits(rate_limits: Iterable[RateLimit]) -> list[BucketSpec]:
     """One bucket per REQUEST_WEIGHT / ORDERS entry; the weight buckets are paced."""
     buckets: list[BucketSpec] = []
     for entry in rate_limits:
-        kind = _KINDS.get(str(entry.get("rateLimitType")))
-        unit = _UNITS.get(str(entry.get("interval")))
-        if kind is None or unit is None:
+        kind = _KINDS.get(entry.rate_limit_type)
+        if kind is None:
             continue  # RAW_REQUESTS and future kinds: not ours to enforce
-        seconds, letter = unit
-        num = int(entry["intervalNum"])
-        buckets.append(BucketSpec(f"{kind}:{num}{letter}", int(entry["limit"]),
-                                  float(seconds * num), paced=kind == "weight"))
+        label = f"{entry.interval_num}{_LETTERS[entry.interval]}"
+        buckets.append(BucketSpec(f"{kind}:{label}", entry.limit, float(entry.window_s),
+                                  paced=kind == "weight"))
     if not any(b.name.startswith("weight:") for b in buckets):
         raise ValueError("exchangeInfo rateLimits has no REQUEST_WEIGHT entry")
     return buckets

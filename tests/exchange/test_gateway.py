@@ -211,3 +211,18 @@ async def test_repeated_connection_failures_reset_the_session(gateway: Gateway,
         assert await gateway.mark_price("BTCUSDT") == Decimal("65000.00000000")
     assert "session_reset" in [e["event"] for e in logs]
     assert gateway.client.session is not before
+
+
+async def test_precision_rejection_refreshes_exchange_info(make_gateway: GatewayFactory) -> None:
+    """-1111 may mean stale filters: exchangeInfo is reloaded, at most once per interval."""
+    gateway = make_gateway(exchange_info_min_refresh_s=0.0)
+    await gateway.start()
+    with capture_logs() as logs, pytest.raises(OrderRejected):
+        await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.0015"), "xdT8E")
+    assert [e["event"] for e in logs].count("exchange_info_refreshed") == 1
+    slow = make_gateway()                      # default: 60 s since the load at start
+    await slow.start()
+    with capture_logs() as logs, pytest.raises(OrderRejected):
+        await slow.place_order("BTCUSDT", Side.BUY, Decimal("0.0015"), "xdT8F")
+    assert [e["event"] for e in logs].count("exchange_info_refreshed") == 0
+    assert gateway.symbols.get("BTCUSDT").step_size == Decimal("0.001")
