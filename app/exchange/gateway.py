@@ -33,9 +33,9 @@ from app.errors import (
 )
 from app.exchange import endpoints as ep
 from app.exchange.classify import classify_exception
-from app.exchange.client import CURRENT_CALL, BinanceClient, CallContext, header_trace
+from app.exchange.client import CURRENT_CALL, BinanceClient, CallContext
 from app.exchange.endpoints import BreakerGroup, Endpoint
-from app.exchange.limits import buckets_from_rate_limits, costs_for, header_counts
+from app.exchange.limits import buckets_from_rate_limits, costs_for, header_names
 from app.exchange.models import (
     AlgoState,
     Balance,
@@ -101,7 +101,7 @@ class Gateway:
         self.client = BinanceClient(
             settings.api_key, settings.api_secret, base_url=settings.base_url,
             recv_window_ms=settings.recv_window_ms, timeout_s=settings.timeout_s,
-            trace=header_trace(self._on_response))
+            on_response=self._on_response)
         self.timesync = TimeSync(self._fetch_server_ms, clock, on_sync=self._on_time_synced)
         self.breakers = {
             group: CircuitBreaker(group.value, clock, settings.breaker,
@@ -113,6 +113,7 @@ class Gateway:
         self._retry = RetryPolicy(settings.retry, clock, on_retry=self._on_retry)
         self.limiter: WeightLimiter | None = None
         self.buckets: list[BucketSpec] = []
+        self._header_buckets: dict[str, str] = {}
         self.symbols = SymbolCache(self.exchange_info, clock,
                                    ttl_s=settings.exchange_info_ttl_s,
                                    min_refresh_interval_s=settings.exchange_info_min_refresh_s,
@@ -129,6 +130,7 @@ class Gateway:
 
     def configure_limiter(self, rate_limits: Iterable[RateLimit]) -> WeightLimiter:
         self.buckets = buckets_from_rate_limits(rate_limits)
+        self._header_buckets = header_names(self.buckets)
         self.limiter = WeightLimiter(self.buckets, self._clock, self.settings.limiter,
                                      offset=lambda: self.timesync.offset_s,
                                      on_warning=self._on_rate_warning)
@@ -180,8 +182,12 @@ class Gateway:
         """Every HTTP response (errors included): feed the exchange's counters to the limiter."""
         if self.limiter is None:
             return
-        for name, used in header_counts(call.headers).items():
-            self.limiter.observe(name, used, cost=call.costs.get(name, 0), sent_at=call.sent_at)
+        headers = call.headers
+        for header, bucket in self._header_buckets.items():
+            value = headers.get(header)
+            if value is not None and value.isdigit():
+                self.limiter.observe(bucket, int(value), cost=call.costs.get(bucket, 0),
+                                     sent_at=call.sent_at)
 
     async def _after_error(self, endpoint: Endpoint, error: ExchangeError,
                            cause: BaseException) -> None:
@@ -425,7 +431,7 @@ class Gateway:
             symbol=symbol), priority=priority)
         position = next((Position.from_wire(r) for r in rows if r.get("symbol") == symbol
                          and Decimal(str(r.get("positionAmt") or "0")) != 0), None)
-        self._log.info(AuditEvent.POSITION_QUERY, symbol=symbol,
+        self._log.debug(AuditEvent.POSITION_QUERY, symbol=symbol,
                        amount=str(position.amount) if position else "0")
         return position
 
@@ -434,7 +440,7 @@ class Gateway:
         for row in rows:
             if row.get("asset") == asset:
                 balance = Balance.from_wire(row)
-                self._log.info(AuditEvent.BALANCE_QUERY, asset=asset,
+                self._log.debug(AuditEvent.BALANCE_QUERY, asset=asset,
                                available=str(balance.available))
                 return balance
         raise InvalidRequest(f"no {asset} balance in the account", endpoint=ep.BALANCE.label)

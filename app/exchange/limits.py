@@ -8,8 +8,7 @@ from the exchange at start (SPEC §6.2).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from app.exchange.endpoints import Endpoint
 from app.exchange.symbols import RateLimit
@@ -47,13 +46,11 @@ def costs_for(endpoint: Endpoint, buckets: Iterable[BucketSpec], *, has_symbol: 
     return costs
 
 
-def header_counts(headers: Mapping[str, str]) -> dict[str, int]:
-    """Bucket name → the exchange's count, from one response's headers (case-insensitive)."""
-    counts: dict[str, int] = {}
-    for name, value in headers.items():
-        lower = name.lower()
-        for prefix, kind in HEADER_PREFIXES.items():
-            if lower.startswith(prefix):
-                with contextlib.suppress(ValueError):
-                    counts[f"{kind}:{lower[len(prefix):]}"] = int(value)
-    return counts
+def header_names(buckets: Iterable[BucketSpec]) -> dict[str, str]:
+    """Response header name (lowercase) → the bucket whose count it carries."""
+    prefixes = {kind: prefix for prefix, kind in HEADER_PREFIXES.items()}
+    out: dict[str, str] = {}
+    for bucket in buckets:
+        kind, _, label = bucket.name.partition(":")
+        out[f"{prefixes[kind]}{label}"] = bucket.name
+    return out

@@ -145,9 +145,13 @@ class WeightLimiter:
                 raise KeyError(f"unknown bucket {name!r}")
             if cost < 0 or cost > bucket.budget:
                 raise ValueError(f"cost {cost} for bucket {name!r} outside 0..{bucket.budget}")
-        ahead = any(self._queues[p] for p in Priority if p <= priority)
-        if not ahead and self._ready_at(costs, priority, self.now()) is None:
-            self._admit(costs)
+        queues = self._queues
+        ahead = bool(queues[Priority.CRITICAL]) or (
+            priority >= Priority.NORMAL and bool(queues[Priority.NORMAL])) or (
+            priority is Priority.LOW and bool(queues[Priority.LOW]))
+        now = self.now()
+        if not ahead and self._ready_at(costs, priority, now) is None:
+            self._admit(costs, now)
             return
         waiter = _Waiter(costs, priority, asyncio.get_running_loop().create_future())
         self._queues[priority].append(waiter)
@@ -263,14 +267,15 @@ class WeightLimiter:
         return foreign / max(fraction, 0.5)
 
     def _reserve(self, bucket: _Bucket, now: float) -> int:
+        if not bucket.live_foreign and not any(bucket.foreign_history):
+            return 0
         estimate = max(bucket.foreign_history, default=0.0)
         planned = estimate * (1 + self._settings.foreign_margin)
         fraction = (now - bucket.start(bucket.window)) / bucket.spec.interval_s
         live = bucket.live_foreign + estimate * max(0.0, 1 - fraction)
         return math.ceil(max(planned, live))
 
-    def _admit(self, costs: Mapping[str, int]) -> None:
-        now = self.now()
+    def _admit(self, costs: Mapping[str, int], now: float) -> None:
         for name, cost in costs.items():
             bucket = self._buckets[name]
             self._roll(bucket, now)
@@ -346,7 +351,7 @@ class WeightLimiter:
                     wake = ready
                     break
                 queue.popleft()
-                self._admit(head.costs)
+                self._admit(head.costs, now)
                 head.future.set_result(None)
             if wake < math.inf:
                 break  # strict priority: nobody below a blocked head goes first

@@ -76,27 +76,47 @@ class RetryPolicy:
     async def run(self, operation: str, fn: Callable[[], Awaitable[T]], *,
                   retry_if: Callable[[BaseException], bool] = should_retry) -> T:
         """Call ``fn`` until it succeeds, raises something ``retry_if`` rejects, or the
-        attempts run out (the last error is re-raised as it is)."""
-        attempts = self.settings.max_retries + 1
+        attempts run out (the last error is re-raised as it is).
 
+        The first attempt runs without tenacity: nearly every call succeeds at once, and
+        building a retrying object per call costs more CPU than the call's own bookkeeping.
+        Only a retryable failure builds one (a fresh one: a shared instance is not task-safe).
+        """
+        attempts = self.settings.max_retries + 1
+        try:
+            return await fn()
+        except Exception as exc:
+            if attempts == 1 or not retry_if(exc):
+                raise
+            first = exc
+        delay = backoff_delay(self.settings, 1, first, self._rng)
+        self._notify(operation, 1, attempts, delay, first)
+        await self._clock.sleep(delay)
+
+        # Inside tenacity, its attempt 1 is our attempt 2.
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome is not None else None
-            return backoff_delay(self.settings, state.attempt_number, exc, self._rng)
+            return backoff_delay(self.settings, state.attempt_number + 1, exc, self._rng)
 
         def before_sleep(state: RetryCallState) -> None:
-            if self._on_retry is None or state.outcome is None:
+            if state.outcome is None:
                 return
             error = state.outcome.exception()
             assert error is not None
-            delay = state.next_action.sleep if state.next_action is not None else 0.0
-            self._on_retry(RetryInfo(operation, state.attempt_number, attempts, delay, error))
+            pause = state.next_action.sleep if state.next_action is not None else 0.0
+            self._notify(operation, state.attempt_number + 1, attempts, pause, error)
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(retry_if),
-            stop=stop_after_attempt(attempts),
+            stop=stop_after_attempt(attempts - 1),
             wait=wait,
             sleep=self._clock.sleep,
             before_sleep=before_sleep,
             reraise=True,
         )
         return await retrying(fn)
+
+    def _notify(self, operation: str, attempt: int, attempts: int, delay: float,
+                error: BaseException) -> None:
+        if self._on_retry is not None:
+            self._on_retry(RetryInfo(operation, attempt, attempts, delay, error))

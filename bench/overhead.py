@@ -1,0 +1,141 @@
+"""CPU cost of the gateway stack over raw python-binance, on the same calls (SPEC §13).
+
+The simulator runs in its own process (its CPU is not counted). In this process the same N
+calls run once straight through python-binance's AsyncClient and once through the gateway
+(limiter → breaker → retry → client → header hook → classification → audit event written by
+the real logging pipeline). CPU seconds come from ``time.process_time()``, which counts every
+thread of this process (the audit writer thread included). Rounds alternate raw and gateway
+and the medians are compared. Target: ratio ≤ 1.15.
+
+    python bench/overhead.py [--calls N] [--rounds R] [--short]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from binance import AsyncClient  # noqa: E402
+
+from app.clock import SystemClock  # noqa: E402
+from app.exchange.gateway import Gateway, GatewaySettings  # noqa: E402
+from app.observability.logging import configure_logging  # noqa: E402
+
+TARGET = 1.15
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def start_sim(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    config = workdir / "sim.toml"
+    config.write_text("[limits]\nrequest_weight = 10000000\norders_short = 10000000\n"
+                      "orders_long = 10000000\n[market]\nvolatility_per_minute = 0\n")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", "sim", "--port", str(port), "--config", str(config),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+    assert line.startswith("listening on "), line
+    return proc, line.removeprefix("listening on ")
+
+
+async def raw_round(url: str, calls: int) -> float:
+    client = AsyncClient("sim-key", "sim-secret")
+    client.FUTURES_URL = f"{url}/fapi"
+    server = await client.futures_time()
+    client.timestamp_offset = server["serverTime"] - int(time.time() * 1000)
+    await client.futures_position_information(symbol="BTCUSDT")       # warm the connection
+    start = time.process_time()
+    for i in range(calls):
+        if i % 2:
+            await client.futures_position_information(symbol="BTCUSDT")
+        else:
+            await client.futures_mark_price(symbol="BTCUSDT")
+    spent = time.process_time() - start
+    await client.close_connection()
+    return spent / calls
+
+
+async def gateway_round(url: str, calls: int, log_dir: Path) -> float:
+    handle = configure_logging(log_dir, "INFO", console=False)
+    gateway = Gateway(GatewaySettings(base_url=url, api_key="sim-key", api_secret="sim-secret"),
+                      SystemClock(), handle.logger)
+    await gateway.start()
+    await gateway.get_position("BTCUSDT")
+    start = time.process_time()
+    for i in range(calls):
+        if i % 2:
+            await gateway.get_position("BTCUSDT")
+        else:
+            await gateway.mark_price("BTCUSDT")
+    await asyncio.to_thread(handle.close)       # the audit lines are on disk: part of the cost
+    spent = time.process_time() - start
+    await gateway.close()
+    return spent / calls
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--short", action="store_true", help="1000 calls × 3 rounds")
+    args = parser.parse_args()
+    if args.short:
+        args.calls, args.rounds = 1000, 3
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        proc, url = await start_sim(workdir)
+        try:
+            raw: list[float] = []
+            gw: list[float] = []
+            for r in range(args.rounds):
+                raw.append(await raw_round(url, args.calls))
+                gw.append(await gateway_round(url, args.calls, workdir / f"logs{r}"))
+        finally:
+            proc.terminate()
+            await proc.wait()
+    raw_us, gw_us = statistics.median(raw) * 1e6, statistics.median(gw) * 1e6
+    ratio = gw_us / raw_us
+    verdict = "met" if ratio <= TARGET else "NOT met"
+    print(f"calls per round: {args.calls}, rounds: {args.rounds} (median), "
+          f"endpoints: premiumIndex + positionRisk alternating")
+    print(f"{'path':<26}{'CPU µs/call':>14}")
+    print(f"{'raw python-binance':<26}{raw_us:>14.1f}")
+    print(f"{'execd gateway':<26}{gw_us:>14.1f}")
+    print(f"{'ratio':<26}{ratio:>14.3f}   target ≤ {TARGET} ({verdict})")
+    result = {
+        "bench": "overhead", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "calls": args.calls, "rounds": args.rounds,
+        "raw_cpu_us_per_call": round(raw_us, 2), "gateway_cpu_us_per_call": round(gw_us, 2),
+        "raw_rounds_us": [round(v * 1e6, 2) for v in raw],
+        "gateway_rounds_us": [round(v * 1e6, 2) for v in gw],
+        "ratio": round(ratio, 4), "target": TARGET, "met": ratio <= TARGET,
+    }
+    out = ROOT / "bench" / "results" / "overhead.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
