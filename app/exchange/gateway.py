@@ -183,11 +183,12 @@ class Gateway:
         if self.limiter is None:
             return
         headers = call.headers
+        refused = call.status in (429, 418)    # the exchange counted nothing for these
         for header, bucket in self._header_buckets.items():
             value = headers.get(header)
             if value is not None and value.isdigit():
-                self.limiter.observe(bucket, int(value), cost=call.costs.get(bucket, 0),
-                                     sent_at=call.sent_at)
+                cost = 0 if refused else call.costs.get(bucket, 0)
+                self.limiter.observe(bucket, int(value), cost=cost, sent_at=call.sent_at)
 
     async def _after_error(self, endpoint: Endpoint, error: ExchangeError,
                            cause: BaseException) -> None:

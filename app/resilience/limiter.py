@@ -61,6 +61,7 @@ class LimiterSettings:
     pace_lead: float = 0.1
     end_guard: float = 0.05
     foreign_margin: float = 0.1
+    max_reserve: float = 0.9
     warning_threshold: float = 0.8
 
 
@@ -241,6 +242,8 @@ class WeightLimiter:
         if index != bucket.window:
             if bucket.window >= 0:
                 bucket.foreign_history.append(self._foreign_of_window(bucket))
+                for _ in range(min(index - bucket.window - 1, 2)):   # windows with no traffic
+                    bucket.foreign_history.append(bucket.foreign_history[-1] / 2)
             bucket.window = index
             bucket.own = 0
             bucket.server = 0
@@ -255,7 +258,9 @@ class WeightLimiter:
         """Foreign cost of the window just over, attributed from header values, scaled to
         the whole window from where our last response was counted."""
         if not bucket.responses:
-            return bucket.foreign_history[-1] if bucket.foreign_history else 0.0
+            # Nothing seen in that window: keep half of the last estimate, so a co-tenant
+            # that went quiet stops costing us room within a few windows.
+            return bucket.foreign_history[-1] / 2 if bucket.foreign_history else 0.0
         own_before = 0
         foreign = 0
         last_at = bucket.start(bucket.window)
@@ -264,16 +269,24 @@ class WeightLimiter:
             foreign = max(foreign, used - own_before)
             last_at = max(last_at, sent_at)
         fraction = (last_at - bucket.start(bucket.window)) / bucket.spec.interval_s
-        return foreign / max(fraction, 0.5)
+        return min(foreign / max(fraction, 0.5), float(bucket.spec.limit))
 
-    def _reserve(self, bucket: _Bucket, now: float) -> int:
+    def _reserve(self, bucket: _Bucket, now: float, priority: Priority = Priority.NORMAL
+                 ) -> int:
+        """Room kept for other users of the bucket. CRITICAL calls reserve only what the
+        exchange has shown them using; the reserve never exceeds ``max_reserve`` of the budget,
+        so a greedy co-tenant cannot starve us completely."""
         if not bucket.live_foreign and not any(bucket.foreign_history):
             return 0
+        if priority is Priority.CRITICAL:
+            return min(bucket.live_foreign, bucket.budget - 1)
         estimate = max(bucket.foreign_history, default=0.0)
         planned = estimate * (1 + self._settings.foreign_margin)
         fraction = (now - bucket.start(bucket.window)) / bucket.spec.interval_s
         live = bucket.live_foreign + estimate * max(0.0, 1 - fraction)
-        return math.ceil(max(planned, live))
+        cap = bucket.budget * self._settings.max_reserve
+        wanted = max(planned, live, bucket.live_foreign)
+        return math.ceil(min(wanted, max(cap, bucket.live_foreign)))
 
     def _admit(self, costs: Mapping[str, int], now: float) -> None:
         for name, cost in costs.items():
@@ -310,9 +323,8 @@ class WeightLimiter:
             return bucket.paused_until
         if cost == 0:
             return now
-        room = bucket.budget - self._reserve(bucket, now)
-        if bucket.own + bucket.live_foreign + cost > room + bucket.live_foreign \
-                or bucket.server + cost > bucket.budget or cost > room:
+        room = bucket.budget - self._reserve(bucket, now, priority)
+        if bucket.own + cost > room or bucket.server + cost > bucket.budget:
             return next_window
         fraction = (now - bucket.start(bucket.window)) / length
         ready = now

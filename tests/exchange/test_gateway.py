@@ -226,3 +226,28 @@ async def test_precision_rejection_refreshes_exchange_info(make_gateway: Gateway
         await slow.place_order("BTCUSDT", Side.BUY, Decimal("0.0015"), "xdT8F")
     assert [e["event"] for e in logs].count("exchange_info_refreshed") == 0
     assert gateway.symbols.get("BTCUSDT").step_size == Decimal("0.001")
+
+
+class TestSharedIp:
+    @pytest.fixture
+    def config(self) -> SimConfig:
+        return sim_config(request_weight=20, request_weight_interval_s=2, ban_after_429s=5)
+
+    async def test_429_pauses_then_retries_after_retry_after(self, gateway: Gateway,
+                                                             admin: Admin, sim: object) -> None:
+        """Another process used the IP's weight: our 429 pauses the bucket, the retry works."""
+        import aiohttp
+
+        url = f"{gateway.settings.base_url}/fapi/v1/time"
+        async with aiohttp.ClientSession() as other:
+            while True:                                   # the other process on our IP
+                async with other.get(url) as resp:        # weight 1 each
+                    if resp.status == 429:
+                        break
+        with capture_logs() as logs:
+            assert await gateway.mark_price("BTCUSDT") == Decimal("65000.00000000")
+        events = [e["event"] for e in logs]
+        assert "rate_limit" in events
+        assert "retry_attempt" in events
+        state = await admin.get("state")
+        assert state["throttled"]["418"] == 0

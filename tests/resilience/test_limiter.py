@@ -309,3 +309,27 @@ def test_repr_shows_live_state() -> None:
     limiter = make(FakeClock())
     assert "w=0/100" in repr(limiter)
     assert "waiting=0" in repr(limiter)
+
+
+async def test_greedy_cotenant_cannot_starve_us() -> None:
+    """However much foreign use the headers showed, max_reserve leaves us part of the budget,
+    the estimate decays once the co-tenant goes quiet, and CRITICAL reserves only what is seen."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    limiter.observe("w", 98, cost=0, sent_at=limiter.now())       # someone took everything
+    await run_until(clock, W + 0.001)
+    rec = Recorder(limiter)
+    for _ in range(98):
+        rec.submit(1)
+    await settle()
+    assert len(rec.admitted) >= 9                                   # ≥ 10 % of 98
+    crit = Recorder(limiter)
+    for _ in range(98):
+        crit.submit(1, Priority.CRITICAL)
+    await settle()
+    assert len(rec.admitted) + len(crit.admitted) == 98             # nothing seen this window
+    for _ in rec.tasks + crit.tasks:
+        _.cancel()
+    await run_until(clock, 8 * W + 0.001)                           # quiet windows: decay
+    assert next(s for s in limiter.statistics()).reserve < 98 * 0.2
+    await limiter.close()
