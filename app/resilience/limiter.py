@@ -242,8 +242,10 @@ class WeightLimiter:
         if index != bucket.window:
             if bucket.window >= 0:
                 bucket.foreign_history.append(self._foreign_of_window(bucket))
-                for _ in range(min(index - bucket.window - 1, 2)):   # windows with no traffic
-                    bucket.foreign_history.append(bucket.foreign_history[-1] / 2)
+                skipped = index - bucket.window - 1        # windows with no traffic at all
+                last = bucket.foreign_history[-1]
+                for n in range(max(1, skipped - 1), skipped + 1):
+                    bucket.foreign_history.append(last / 2**n)
             bucket.window = index
             bucket.own = 0
             bucket.server = 0
