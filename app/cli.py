@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     # Imported here so that `execd --help` and the client commands stay light.
     from app import daemon
+    from app.errors import ExchangeError
 
     overrides = {"exchange.mode": args.mode, "api.port": args.api_port}
     try:
@@ -45,6 +46,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except ExchangeError as exc:
+        print(f"execd run: the exchange failed at start-up: {exc.error_class} ({exc.message}); "
+              f"{exc.suggested_action}", file=sys.stderr)
+        return 1
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:

@@ -27,9 +27,13 @@ from typing import Self, TextIO
 
 from app import __version__
 from app.clock import Clock, SystemClock
-from app.config import ConfigError, Settings, sim_config_paths
+from app.config import ConfigError, Credentials, Settings, sim_config_paths
+from app.exchange.gateway import Gateway, GatewaySettings
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger, configure_logging
+from app.resilience.breaker import BreakerSettings
+from app.resilience.limiter import LimiterSettings
+from app.resilience.retry import RetrySettings
 from app.sim import SimConfigError, SimServer, load_sim_config
 
 __all__ = ["READY_PREFIX", "Daemon", "run"]
@@ -65,8 +69,9 @@ class Daemon:
         self._stack = contextlib.AsyncExitStack()
         self._stop = asyncio.Event()
         self._stop_reason = "shutdown requested"
-        self._started_at = 0.0
+        self._started_at = self.clock.monotonic()
         self.log: AuditLogger | None = None
+        self.gateway: Gateway | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -93,7 +98,11 @@ class Daemon:
 
         embedded = self.exchange_url is None and settings.exchange.base_url() is None
         self.exchange_url = await self._start_exchange()
-        # Later issues: limiter, breakers, gateway, journal, executor, bus, control API.
+        self.gateway = gateway = Gateway(gateway_settings(settings, credentials,
+                                                          self.exchange_url), self.clock, log)
+        self._stack.push_async_callback(gateway.close)
+        await gateway.start()  # time sync, exchangeInfo, limiter from its rateLimits
+        # Later issues: journal, executor, bus, control API.
 
         self._handle_stop_signals()
         self._started_at = self.clock.monotonic()
@@ -169,6 +178,28 @@ class Daemon:
         if self.log is not None:
             uptime = round(self.clock.monotonic() - self._started_at, 3)
             self.log.info(AuditEvent.DAEMON_STOPPED, uptime_s=uptime)
+
+
+def gateway_settings(settings: Settings, credentials: Credentials, base_url: str
+                     ) -> GatewaySettings:
+    """The gateway's settings from the daemon's configuration."""
+    rl, br, rt = settings.rate_limit, settings.breaker, settings.retry
+    return GatewaySettings(
+        base_url=base_url,
+        api_key=credentials.api_key.get_secret_value(),
+        api_secret=credentials.api_secret.get_secret_value(),
+        recv_window_ms=settings.exchange.recv_window_ms,
+        timeout_s=settings.exchange.request_timeout_s,
+        limiter=LimiterSettings(headroom=rl.headroom, low_share=rl.low_share,
+                                warning_threshold=rl.warning_threshold),
+        breaker=BreakerSettings(failure_threshold=br.failure_threshold,
+                                recovery_timeout=br.recovery_timeout_s,
+                                half_open_max_calls=br.half_open_max_calls,
+                                success_threshold=br.success_threshold),
+        retry=RetrySettings(max_retries=rt.max_retries, initial_delay=rt.initial_delay,
+                            backoff_factor=rt.backoff_factor, max_delay=rt.max_delay,
+                            jitter=rt.jitter),
+    )
 
 
 def run(settings: Settings, *, exchange_url: str | None = None, spool: Path | None = None) -> int:

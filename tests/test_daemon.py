@@ -14,6 +14,8 @@ import structlog
 
 from app.config import ConfigError, Settings, load_settings
 from app.daemon import READY_PREFIX, Daemon
+from app.errors import TransientError
+from app.sim import SimServer
 
 API_SECRET = "Zx8Yw7Vu6Ts5Rq4Po3Nm2Lk1"
 
@@ -36,14 +38,30 @@ def _events(tmp_path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for f in files for line in f.read_bytes().splitlines()]
 
 
+def _event(tmp_path: Path, name: str) -> dict[str, Any]:
+    return next(e for e in _events(tmp_path) if e["event"] == name)
+
+
 async def test_lifecycle_is_audited_in_order(tmp_path: Path) -> None:
     """Start and stop emit daemon_started, daemon_stopping and daemon_stopped, in that order."""
     async with Daemon(_settings(tmp_path), out=io.StringIO()) as daemon:
         daemon.request_stop("test")
         await daemon.serve()
-    events = _events(tmp_path)
+    events = [e for e in _events(tmp_path) if e["event"].startswith("daemon_")]
     assert [e["event"] for e in events] == ["daemon_started", "daemon_stopping", "daemon_stopped"]
     assert events[1]["reason"] == "test"
+
+
+async def test_start_connects_the_gateway(tmp_path: Path) -> None:
+    """Before daemon_started the gateway syncs time and loads exchangeInfo and the limits."""
+    async with Daemon(_settings(tmp_path), out=io.StringIO()) as daemon:
+        daemon.request_stop()
+        assert daemon.gateway is not None
+        assert {b.name for b in daemon.gateway.buckets} == {"weight:1m", "orders:10s",
+                                                             "orders:1m"}
+    names = [e["event"] for e in _events(tmp_path)]
+    assert names.index("time_synced") < names.index("daemon_started")
+    assert names.index("exchange_info_refreshed") < names.index("daemon_started")
 
 
 async def test_sim_mode_starts_the_embedded_simulator(tmp_path: Path) -> None:
@@ -52,7 +70,7 @@ async def test_sim_mode_starts_the_embedded_simulator(tmp_path: Path) -> None:
     async with Daemon(_settings(tmp_path), out=out) as daemon:
         daemon.request_stop()
         await daemon.serve()
-    started = _events(tmp_path)[0]
+    started = _event(tmp_path, "daemon_started")
     assert started["embedded_sim"] is True
     assert started["exchange_url"].startswith("http://127.0.0.1:")
     assert out.getvalue().startswith(f"{READY_PREFIX} mode sim, exchange http://127.0.0.1:")
@@ -61,12 +79,21 @@ async def test_sim_mode_starts_the_embedded_simulator(tmp_path: Path) -> None:
 
 async def test_exchange_url_replaces_the_embedded_simulator(tmp_path: Path) -> None:
     """An explicit exchange URL is used as is; no simulator is started."""
-    async with Daemon(
-        _settings(tmp_path), exchange_url="http://127.0.0.1:9", out=io.StringIO()
+    async with SimServer() as sim, Daemon(
+        _settings(tmp_path), exchange_url=sim.url, out=io.StringIO()
     ) as daemon:
         daemon.request_stop()
-    started = _events(tmp_path)[0]
-    assert (started["exchange_url"], started["embedded_sim"]) == ("http://127.0.0.1:9", False)
+    started = _event(tmp_path, "daemon_started")
+    assert (started["exchange_url"], started["embedded_sim"]) == (sim.url, False)
+
+
+async def test_unreachable_exchange_fails_start_up(tmp_path: Path) -> None:
+    """A URL nobody answers on fails start-up with a classified error, logs closed."""
+    with pytest.raises(TransientError, match="connection failed"):
+        async with Daemon(_settings(tmp_path, **{"retry.max_retries": 0}),
+                          exchange_url="http://127.0.0.1:9", out=io.StringIO()):
+            pass
+    assert not any(t.name == "execd-audit-writer" for t in threading.enumerate())
 
 
 async def test_secrets_stay_out_of_the_audit_log(tmp_path: Path) -> None:
@@ -82,8 +109,8 @@ async def test_an_error_while_serving_is_audited_and_raised(tmp_path: Path) -> N
     with pytest.raises(RuntimeError, match="worker crashed"):
         async with Daemon(_settings(tmp_path), out=io.StringIO()):
             raise RuntimeError("worker crashed")
-    stopping = _events(tmp_path)[1]
-    assert (stopping["event"], stopping["level"]) == ("daemon_stopping", "error")
+    stopping = _event(tmp_path, "daemon_stopping")
+    assert stopping["level"] == "error"
     assert "worker crashed" in stopping["exception"]
 
 
