@@ -140,9 +140,10 @@ class Simulator:
     async def _apply(self, request: web.Request, route: Route, params: dict[str, str],
                      headers: dict[str, str], decision: Decision) -> web.StreamResponse:
         now = self.clock()
-        visible_at = 0.0
-        if decision.fault is FaultKind.DELAYED_VISIBILITY:
-            visible_at = now + decision.visibility_delay_s
+        # delayed_visibility hides the new order from queries for a while; so does any other
+        # applied fault given a visibility_delay_s (an unknown outcome that Binance also
+        # reports as "does not exist" for a few seconds: the case exactly-once must survive).
+        visible_at = now + decision.visibility_delay_s if decision.visibility_delay_s else 0.0
         try:
             payload = route.handler(Call(self.exchange, self.config, params, now, visible_at))
         except errors.ApiError as error:

@@ -397,3 +397,18 @@ def test_example_toml_plan_parses() -> None:
     assert plan.rules[1].visibility_delay_s == 3
     assert plan.rules[2].latency_ms == 50
     assert [(o.start_s, o.duration_s) for o in plan.outages] == [(60, 5)]
+
+
+async def test_unknown_outcome_can_also_hide_the_order(raw: RawClient, clock: SimClock) -> None:
+    """unknown_503 with visibility_delay_s: applied, answered 503, and -2013 for a while."""
+    await raw.admin("POST", "/_sim/faults", {"seed": 1, "rules": [
+        {"endpoint": "POST /fapi/v1/order", "fault": "unknown_503", "probability": 1.0,
+         "visibility_delay_s": 2}]})
+    answer = await raw.signed("POST", "/fapi/v1/order", {
+        "symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.010",
+        "newClientOrderId": "hidden-1"})
+    assert answer.status == 503
+    query = {"symbol": "BTCUSDT", "origClientOrderId": "hidden-1"}
+    assert (await raw.signed("GET", "/fapi/v1/order", query)).code == -2013
+    clock.advance(2.0)
+    assert (await raw.signed("GET", "/fapi/v1/order", query)).status == 200
