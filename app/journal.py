@@ -1,0 +1,417 @@
+"""The durable store: signals, their intents and spool offsets, in SQLite (SPEC §4.3, §5.3, §5.6).
+
+Every statement runs on one dedicated worker thread, so statements are serialized and the event
+loop never waits on the disk; each public coroutine is one transaction on that thread, complete
+before it returns. Writes use ``BEGIN IMMEDIATE``, so a read-then-write (the duplicate check of
+`Journal.accept`, the terminal guard) is atomic, even against another process on the same file.
+
+Durability: the database runs in WAL mode. With ``synchronous=NORMAL`` (the default) every
+committed transaction survives a crash of the process (``kill -9``): the commit is in the WAL
+file before the call returns, and the operating system keeps it. A power loss or kernel crash may
+lose the last few commits (never corrupt the file). ``synchronous=FULL`` also survives power
+loss, at the cost of an fsync per commit. ``EXTRA`` additionally syncs the directory.
+
+Storage: decimals as TEXT (``str(Decimal)``, exact), enums as their string values, the signal as
+the JSON of `Signal.to_record` beside indexed columns. The schema is versioned with
+``PRAGMA user_version``; `_MIGRATIONS` lists the steps, never edited once released, only extended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import orjson
+
+from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
+
+__all__ = ["Journal", "SignalRecord"]
+
+_T = TypeVar("_T")
+_SYNCHRONOUS: Final = ("NORMAL", "FULL", "EXTRA")
+_BUSY_TIMEOUT_MS: Final = 5_000
+_LEG_ORDER: Final = {leg: rank for rank, leg in enumerate(Leg)}  # E, S, T, C
+_PROTECTIVE: Final = (Leg.STOP_LOSS.value, Leg.TAKE_PROFIT.value)
+_NON_TERMINAL: Final = tuple(s.value for s in SignalState if not s.is_terminal)
+
+# Each migration is one transaction; its index + 1 is the user_version it leaves behind.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE signals (
+            id          TEXT PRIMARY KEY,
+            seq         INTEGER NOT NULL UNIQUE,  -- acceptance order, 1, 2, 3, ...
+            symbol      TEXT NOT NULL,
+            state       TEXT NOT NULL,
+            reason      TEXT,
+            accepted_at REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            body        TEXT NOT NULL             -- JSON of Signal.to_record()
+        )""",
+        "CREATE INDEX signals_state ON signals (state, seq)",
+        "CREATE INDEX signals_symbol ON signals (symbol, seq)",
+        """CREATE TABLE intents (
+            seq           INTEGER PRIMARY KEY,    -- order first journaled; kept by upserts
+            client_id     TEXT NOT NULL UNIQUE,
+            signal_id     TEXT NOT NULL REFERENCES signals (id),
+            leg           TEXT NOT NULL,
+            symbol        TEXT NOT NULL,
+            side          TEXT NOT NULL,
+            order_type    TEXT NOT NULL,
+            quantity      TEXT,
+            price         TEXT,
+            reduce_only   INTEGER NOT NULL,
+            state         TEXT NOT NULL,
+            exchange_id   TEXT,
+            error_code    INTEGER,
+            error_message TEXT,
+            updated_at    REAL NOT NULL
+        )""",
+        "CREATE INDEX intents_signal ON intents (signal_id)",
+        "CREATE INDEX intents_state ON intents (state, symbol)",
+        "CREATE TABLE offsets (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    ),
+)
+
+_SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at"
+_INTENT_COLUMNS: Final = ("signal_id, leg, client_id, symbol, side, order_type, quantity, price, "
+                          "reduce_only, state, exchange_id, error_code, error_message, updated_at")
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    """A journaled signal and where it stands. `seq` is its place in acceptance order (from 1);
+    times are epoch seconds as given by the caller."""
+
+    signal: Signal
+    state: SignalState
+    reason: str | None
+    seq: int
+    accepted_at: float
+    updated_at: float
+
+
+class Journal:
+    """The SQLite journal at `path`. Open it (``await open()`` or ``async with``) before use.
+
+    Every method but the constructor is a coroutine whose database work runs on the journal's
+    own thread. Calling one on a journal that is not open raises ``RuntimeError``.
+    """
+
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+        """No I/O here. `synchronous` is NORMAL, FULL or EXTRA (see the module docstring);
+        anything else raises ``ValueError``."""
+        mode = synchronous.upper()
+        if mode not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, "
+                             f"got {synchronous!r}")
+        self.path = path
+        self.synchronous = mode
+        self._pool: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        state = "open" if self._conn is not None else "closed"
+        return f"<Journal {str(self.path)!r} {state} synchronous={self.synchronous}>"
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        """Create the parent directories, the database and its schema (migrating an older one).
+        Raises ``RuntimeError`` if already open or if the file was written by a newer schema."""
+        if self._pool is not None:
+            raise RuntimeError("journal is already open")
+        pool = self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="execd-journal")
+        try:
+            self._conn = await asyncio.get_running_loop().run_in_executor(pool, self._connect)
+        except BaseException:
+            self._pool = None
+            pool.shutdown(wait=False)
+            raise
+
+    async def close(self) -> None:
+        """Wait for queued work, close the database. Idempotent."""
+        pool, conn = self._pool, self._conn
+        if pool is None:
+            return
+        self._pool = self._conn = None
+        try:
+            if conn is not None:
+                # Shielded: a cancelled close must still close the connection.
+                closing = asyncio.get_running_loop().run_in_executor(pool, conn.close)
+                await asyncio.shield(closing)
+        finally:
+            pool.shutdown(wait=False)  # the worker is idle now; it exits on its own
+
+    async def __aenter__(self) -> Journal:
+        await self.open()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ signals
+    async def accept(self, signal: Signal, *, now: float,
+                     offset: tuple[str, int] | None = None) -> tuple[SignalRecord, bool]:
+        """Journal `signal` as ACCEPTED with the next sequence number, committed before this
+        returns; True if new. A known id returns its existing record and False, unchanged.
+
+        `offset` = (name, value), if given, is stored in the same transaction (new or duplicate),
+        so a spool line is never both accepted and re-read after a crash (SPEC §4.2).
+        """
+        body = orjson.dumps(signal.to_record()).decode()
+
+        def work(conn: sqlite3.Connection) -> tuple[SignalRecord, bool]:
+            with _transaction(conn):
+                if offset is not None:
+                    _set_offset(conn, *offset)
+                existing = _select_signal(conn, signal.id)
+                if existing is not None:
+                    return existing, False
+                (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM signals").fetchone()
+                conn.execute(
+                    "INSERT INTO signals (id, seq, symbol, state, reason, accepted_at, "
+                    "updated_at, body) VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
+                    (signal.id, seq, signal.symbol, SignalState.ACCEPTED.value, now, now, body))
+            return SignalRecord(signal, SignalState.ACCEPTED, None, seq, now, now), True
+
+        return await self._run(work)
+
+    async def get_signal(self, signal_id: str) -> SignalRecord | None:
+        """The journaled record of `signal_id`, or None."""
+        return await self._run(lambda conn: _select_signal(conn, signal_id))
+
+    async def set_signal_state(self, signal_id: str, state: SignalState, *, reason: str | None,
+                               now: float) -> SignalRecord:
+        """Move a signal to `state` with `reason`; `updated_at` becomes `now`. Returns the new
+        record. Raises ``KeyError`` for an unknown id and ``ValueError`` for a move SPEC §5.7
+        forbids: out of a terminal state, or back to ACCEPTED. Setting a terminal signal to the
+        state it already has changes nothing (its first reason stands) and returns the record.
+        """
+        def work(conn: sqlite3.Connection) -> SignalRecord:
+            with _transaction(conn):
+                old = _select_signal(conn, signal_id)
+                if old is None:
+                    raise KeyError(signal_id)
+                if old.state.is_terminal and state is old.state:
+                    return old
+                if old.state.is_terminal or (state is SignalState.ACCEPTED
+                                             and old.state is not SignalState.ACCEPTED):
+                    raise ValueError(f"signal {signal_id!r}: cannot move from "
+                                     f"{old.state.value} to {state.value}")
+                conn.execute("UPDATE signals SET state = ?, reason = ?, updated_at = ? "
+                             "WHERE id = ?", (state.value, reason, now, signal_id))
+            return SignalRecord(old.signal, state, reason, old.seq, old.accepted_at, now)
+
+        return await self._run(work)
+
+    async def non_terminal_signals(self) -> list[SignalRecord]:
+        """Signals still ACCEPTED or RUNNING, in acceptance order: what recovery resumes."""
+        sql = (f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE state IN "
+               f"({_marks(_NON_TERMINAL)}) ORDER BY seq")
+        return await self._run(
+            lambda conn: [_signal_record(row) for row in conn.execute(sql, _NON_TERMINAL)])
+
+    async def counts(self) -> dict[str, int]:
+        """Signals per state, every state present (0 when none)."""
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT state, COUNT(*) FROM signals GROUP BY state")
+            return {state.value: 0 for state in SignalState} | dict(rows.fetchall())
+
+        return await self._run(work)
+
+    # ------------------------------------------------------------------ intents
+    async def put_intent(self, intent: Intent) -> None:
+        """Insert or update the intent keyed by its client id, committed before this returns.
+        Raises ``KeyError`` if its signal is not journaled and ``ValueError`` if the client id
+        already belongs to another signal or leg, or a decimal is not finite."""
+        for value in (intent.quantity, intent.price):
+            if value is not None and not value.is_finite():
+                raise ValueError(f"intent {intent.client_id!r}: not a finite decimal: {value}")
+        row = _intent_row(intent)
+
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                owner = conn.execute("SELECT signal_id, leg FROM intents WHERE client_id = ?",
+                                     (intent.client_id,)).fetchone()
+                if owner is None:
+                    known = conn.execute("SELECT 1 FROM signals WHERE id = ?",
+                                         (intent.signal_id,)).fetchone()
+                    if known is None:
+                        raise KeyError(intent.signal_id)
+                elif tuple(owner) != (intent.signal_id, intent.leg.value):
+                    raise ValueError(
+                        f"client id {intent.client_id!r} belongs to signal {owner[0]!r} leg "
+                        f"{owner[1]}, not signal {intent.signal_id!r} leg {intent.leg.value}")
+                conn.execute(
+                    f"INSERT INTO intents ({_INTENT_COLUMNS}) VALUES ({_marks(row)}) "
+                    "ON CONFLICT (client_id) DO UPDATE SET symbol = excluded.symbol, "
+                    "side = excluded.side, order_type = excluded.order_type, "
+                    "quantity = excluded.quantity, price = excluded.price, "
+                    "reduce_only = excluded.reduce_only, state = excluded.state, "
+                    "exchange_id = excluded.exchange_id, error_code = excluded.error_code, "
+                    "error_message = excluded.error_message, updated_at = excluded.updated_at",
+                    row)
+
+        await self._run(work)
+
+    async def get_intent(self, client_id: str) -> Intent | None:
+        """The intent with `client_id`, or None."""
+        sql = f"SELECT {_INTENT_COLUMNS} FROM intents WHERE client_id = ?"
+        rows = await self._intents(sql, (client_id,))
+        return rows[0] if rows else None
+
+    async def intents_for(self, signal_id: str) -> list[Intent]:
+        """The signal's intents in leg order (E, S, T, C), then by client id."""
+        sql = f"SELECT {_INTENT_COLUMNS} FROM intents WHERE signal_id = ?"
+        intents = await self._intents(sql, (signal_id,))
+        return sorted(intents, key=lambda i: (_LEG_ORDER[i.leg], i.client_id))
+
+    async def intents_in_states(self, states: Iterable[IntentState]) -> list[Intent]:
+        """Every intent in one of `states`, in the order first journaled."""
+        values = tuple(sorted({state.value for state in states}))
+        if not values:
+            return []
+        sql = (f"SELECT {_INTENT_COLUMNS} FROM intents WHERE state IN ({_marks(values)}) "
+               "ORDER BY seq")
+        return await self._intents(sql, values)
+
+    async def live_protective(self, symbol: str) -> list[Intent]:
+        """Stop-loss and take-profit intents PLACED (open on the exchange) for `symbol`, oldest
+        (first journaled) first."""
+        sql = (f"SELECT {_INTENT_COLUMNS} FROM intents WHERE state = ? AND symbol = ? "
+               "AND leg IN (?, ?) ORDER BY seq")
+        return await self._intents(sql, (IntentState.PLACED.value, symbol, *_PROTECTIVE))
+
+    async def live_protective_all(self) -> list[Intent]:
+        """`live_protective` over every symbol (the orphan watcher's view), oldest first."""
+        sql = (f"SELECT {_INTENT_COLUMNS} FROM intents WHERE state = ? AND leg IN (?, ?) "
+               "ORDER BY seq")
+        return await self._intents(sql, (IntentState.PLACED.value, *_PROTECTIVE))
+
+    # ------------------------------------------------------------------ offsets
+    async def get_offset(self, name: str) -> int | None:
+        """The stored read offset called `name` (e.g. a spool file), or None."""
+        def work(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT value FROM offsets WHERE name = ?", (name,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run(work)
+
+    async def set_offset(self, name: str, value: int) -> None:
+        """Store the read offset `name` (≥ 0, else ``ValueError``), committed before return."""
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _set_offset(conn, name, value)
+
+        await self._run(work)
+
+    # ------------------------------------------------------------------ plumbing
+    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        pool, conn = self._pool, self._conn
+        if pool is None or conn is None:
+            raise RuntimeError(f"journal {str(self.path)!r} is not open")
+        return await asyncio.get_running_loop().run_in_executor(pool, work, conn)
+
+    async def _intents(self, sql: str, params: Sequence[object]) -> list[Intent]:
+        return await self._run(lambda conn: [_intent(row) for row in conn.execute(sql, params)])
+
+    def _connect(self) -> sqlite3.Connection:
+        """On the worker thread: connect, configure, migrate."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; _transaction() says BEGIN itself.
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"journal {str(self.path)!r}: WAL mode unavailable ({mode})")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # validated in __init__
+            conn.execute("PRAGMA foreign_keys = ON")
+            _migrate(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction: the write lock is taken up front, committed on success, rolled back
+    on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    with _transaction(conn):
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > len(_MIGRATIONS):
+            raise RuntimeError(f"journal {str(path)!r} has schema version {version}; this "
+                               f"execd knows up to {len(_MIGRATIONS)}")
+        for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number:d}")  # PRAGMA takes no parameters
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _set_offset(conn: sqlite3.Connection, name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"offset {name!r} must be an integer ≥ 0, got {value!r}")
+    conn.execute("INSERT INTO offsets (name, value) VALUES (?, ?) "
+                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+
+
+def _select_signal(conn: sqlite3.Connection, signal_id: str) -> SignalRecord | None:
+    row = conn.execute(f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE id = ?",
+                       (signal_id,)).fetchone()
+    return None if row is None else _signal_record(row)
+
+
+def _signal_record(row: Sequence[Any]) -> SignalRecord:
+    body, state, reason, seq, accepted_at, updated_at = row
+    return SignalRecord(Signal.from_record(orjson.loads(body)), SignalState(state), reason, seq,
+                        accepted_at, updated_at)
+
+
+def _intent_row(intent: Intent) -> tuple[object, ...]:
+    return (intent.signal_id, intent.leg.value, intent.client_id, intent.symbol,
+            intent.side.value, intent.order_type.value, _text(intent.quantity),
+            _text(intent.price), int(intent.reduce_only), intent.state.value, intent.exchange_id,
+            intent.error_code, intent.error_message, intent.updated_at)
+
+
+def _intent(row: Sequence[Any]) -> Intent:
+    (signal_id, leg, client_id, symbol, side, order_type, quantity, price, reduce_only, state,
+     exchange_id, error_code, error_message, updated_at) = row
+    return Intent(
+        signal_id=signal_id, leg=Leg(leg), client_id=client_id, symbol=symbol, side=Side(side),
+        order_type=OrderType(order_type), quantity=_decimal(quantity), price=_decimal(price),
+        reduce_only=bool(reduce_only), state=IntentState(state), exchange_id=exchange_id,
+        error_code=error_code, error_message=error_message, updated_at=updated_at,
+    )
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)  # str() round-trips a Decimal exactly
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
