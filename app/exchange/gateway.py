@@ -373,13 +373,14 @@ class Gateway:
         return AlgoState.from_wire(raw)
 
     async def cancel_algo_order(self, client_algo_id: str) -> bool:
-        """Cancel an open algo order; False if it is unknown or no longer open."""
+        """Cancel an open algo order; False if it is unknown or no longer open. Audited at
+        debug: the executor reports the decision (``order_cancelled`` with its reason)."""
         try:
             await self._call(ep.CANCEL_ALGO, lambda: self.client.futures_cancel_algo_order(
                 clientAlgoId=client_algo_id))
         except OrderNotFound:
             return False
-        self._log.info(AuditEvent.ORDER_CANCELLED, client_order_id=client_algo_id, algo=True)
+        self._log.debug(AuditEvent.ORDER_CANCELLED, client_order_id=client_algo_id, algo=True)
         return True
 
     async def open_algo_orders(self, symbol: str) -> list[AlgoState]:

@@ -29,6 +29,7 @@ class AuditEvent(StrEnum):
     SIGNAL_ACCEPTED = "signal_accepted"
     SIGNAL_REJECTED = "signal_rejected"
     SIGNAL_DUPLICATE = "signal_duplicate"
+    SIGNAL_DEFERRED = "signal_deferred"
     SIGNAL_EXPIRED = "signal_expired"
     SIGNAL_DONE = "signal_done"
     SIGNAL_FAILED = "signal_failed"
@@ -96,6 +97,7 @@ GROUPS: tuple[EventGroup, ...] = (
             _E.SIGNAL_ACCEPTED,
             _E.SIGNAL_REJECTED,
             _E.SIGNAL_DUPLICATE,
+            _E.SIGNAL_DEFERRED,
             _E.SIGNAL_EXPIRED,
             _E.SIGNAL_DONE,
             _E.SIGNAL_FAILED,

@@ -1,0 +1,1 @@
+"""Signals to orders, exactly once (SPEC §5): executor, protective orders, reconciliation."""

@@ -1,0 +1,262 @@
+"""The executor: one signal in, the right orders out, every step journaled (SPEC §5.2).
+
+``execute(record)`` is resumable: it reads the signal's journaled intents and skips what is
+already done, so restart recovery (``reconcile.recover``) calls it again for every non-terminal
+signal. Entries: symbol rules and the mark price are checked locally first (a rule violation is
+``REJECTED`` naming the rule, before any order), leverage and margin type are set once per
+symbol and cached, the MARKET entry goes out through the exactly-once sender, then the
+protective orders. Closes: a reduce-only MARKET order capped at the open position, then the
+symbol's protective orders are cancelled once it is flat. While the exchange certainly refuses
+work (breaker open, outage, throttling) and nothing has been sent, the signal waits
+(``signal_deferred``) — up to its TTL: a signal past its TTL is never executed. An entry that
+already filled is still protected after its TTL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+
+from structlog.contextvars import bound_contextvars
+
+from app.clock import Clock
+from app.domain import Intent, IntentState, Leg, MarginType, OrderType, Signal, SignalState
+from app.errors import ExchangeError, OrderRejected
+from app.exchange.symbols import SymbolRuleError, SymbolRules, UnknownSymbol
+from app.execution.client_ids import client_id
+from app.execution.ports import ExchangePort
+from app.execution.protect import Protector, Unprotected
+from app.execution.reconcile import NOT_TAKEN, OrderSender, order_outcome
+from app.execution.settings import ExecutorSettings
+from app.journal import Journal, SignalRecord
+from app.observability.audit import AuditEvent
+from app.observability.logging import AuditLogger
+from app.resilience.limiter import Priority
+
+
+class SignalRejected(Exception):
+    """The signal breaks a rule checked before any order (symbol, filters, mark side)."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+class Executor:
+    def __init__(self, exchange: ExchangePort, rules: Callable[[str], SymbolRules],
+                 journal: Journal, clock: Clock, log: AuditLogger,
+                 settings: ExecutorSettings) -> None:
+        self._exchange = exchange
+        self._rules = rules
+        self._journal = journal
+        self._clock = clock
+        self._log = log
+        self.settings = settings
+        self.sender = OrderSender(journal, clock, log, settings)
+        self.protector = Protector(exchange, self.sender, journal, clock, log, settings)
+        self._leverage: dict[str, int] = {}
+        self._margin: dict[str, MarginType] = {}
+
+    # ------------------------------------------------------------------ one signal
+    async def execute(self, record: SignalRecord) -> SignalRecord:
+        """Run (or resume) a signal to a terminal state and return its final record."""
+        signal = record.signal
+        if record.state.is_terminal:
+            return record
+        with bound_contextvars(signal_id=signal.id, symbol=signal.symbol):
+            if signal.is_expired(self._clock.time()) and not await self._started(signal):
+                return await self._finish(signal, SignalState.EXPIRED, "expired before execution",
+                                          AuditEvent.SIGNAL_EXPIRED)
+            if record.state is SignalState.ACCEPTED:
+                await self._journal.set_signal_state(signal.id, SignalState.RUNNING,
+                                                     reason=None, now=self._clock.time())
+            try:
+                reason = await self._run_until_taken(signal)
+            except SignalRejected as rejected:
+                return await self._finish(signal, SignalState.REJECTED, str(rejected),
+                                          AuditEvent.SIGNAL_REJECTED, field=rejected.field,
+                                          detail=rejected.detail)
+            except TimeoutError:
+                return await self._finish(signal, SignalState.EXPIRED,
+                                          "expired before the order could be sent",
+                                          AuditEvent.SIGNAL_EXPIRED)
+            except Unprotected as naked:
+                what = "flattened" if naked.flattened else "left open (on_unprotected=alert)"
+                return await self._finish(signal, SignalState.FAILED,
+                                          f"{naked.reason}; position {what}",
+                                          AuditEvent.SIGNAL_FAILED)
+            except ExchangeError as error:
+                return await self._finish(signal, SignalState.FAILED,
+                                          f"{error.error_class}: {error.message}",
+                                          AuditEvent.SIGNAL_FAILED, **error.fields())
+            return await self._finish(signal, SignalState.DONE, reason, AuditEvent.SIGNAL_DONE)
+
+    async def _started(self, signal: Signal) -> bool:
+        """Whether any order of the signal may have left (an intent past ``PENDING``)."""
+        return any(i.state is not IntentState.PENDING
+                   for i in await self._journal.intents_for(signal.id))
+
+    async def _run_until_taken(self, signal: Signal) -> str:
+        """Run the signal's flow from its journaled intents. While the exchange certainly
+        refuses work for now (breaker open, outage, throttled) and nothing has been sent, wait
+        and run it again — up to the signal's TTL: a signal past its TTL never starts
+        (``TimeoutError`` → ``EXPIRED``)."""
+        while True:
+            journaled = {i.leg: i for i in await self._journal.intents_for(signal.id)}
+            try:
+                if signal.type.is_entry:
+                    return await self._entry(signal, journaled)
+                return await self._close(signal, journaled)
+            except NOT_TAKEN as busy:
+                now = self._clock.time()
+                if await self._started(signal):
+                    raise
+                if now >= signal.expires_at:
+                    raise TimeoutError("expired while the exchange refused work") from busy
+                pause = min(busy.retry_after or self.settings.busy_retry_s,
+                            signal.expires_at - now)
+                self._log.info(AuditEvent.SIGNAL_DEFERRED, error_class=busy.error_class,
+                               message=busy.message, retry_in_s=round(pause, 3))
+                await self._clock.sleep(pause)
+
+    async def _finish(self, signal: Signal, state: SignalState, reason: str,
+                      event: AuditEvent, **fields: object) -> SignalRecord:
+        record = await self._journal.set_signal_state(signal.id, state, reason=reason,
+                                                      now=self._clock.time())
+        intents = [{"leg": i.leg.value, "client_id": i.client_id, "state": i.state.value,
+                    "exchange_id": i.exchange_id}
+                   for i in await self._journal.intents_for(signal.id)]
+        level = self._log.info if state is SignalState.DONE else self._log.warning
+        level(event, state=state.value, reason=reason, intents=intents, **fields)
+        return record
+
+    # ------------------------------------------------------------------ entries
+    async def _entry(self, signal: Signal, journaled: dict[Leg, Intent]) -> str:
+        entry = journaled.get(Leg.ENTRY)
+        if entry is None or entry.state is not IntentState.FILLED:
+            if entry is None or entry.state is IntentState.PENDING:
+                entry = await self._new_entry(signal, entry)
+            pending = entry
+            quantity = pending.quantity
+            assert quantity is not None
+            placement = await self.sender.send(
+                pending,
+                place=lambda: self._exchange.place_order(
+                    signal.symbol, pending.side, quantity, pending.client_id,
+                    priority=Priority.NORMAL),
+                lookup=lambda: self._exchange.get_order(signal.symbol, pending.client_id,
+                                                        priority=Priority.NORMAL),
+                describe=order_outcome, deadline=signal.expires_at)
+            entry = placement.intent
+            if entry.state is not IntentState.FILLED:
+                raise OrderRejected(f"entry ended {entry.state.value}, not filled",
+                                    endpoint="POST /fapi/v1/order")
+        journaled[Leg.ENTRY] = entry
+        reason = f"entry filled: {entry.quantity} {signal.symbol}"
+        if signal.stop_loss is None and signal.take_profit is None:
+            return reason
+        warning = await self.protector.protect(signal, journaled)
+        return f"{reason}; {warning}" if warning else f"{reason}; protected"
+
+    async def _new_entry(self, signal: Signal, journaled: Intent | None) -> Intent:
+        """Check the signal against the symbol's rules and the mark; the entry intent."""
+        rules = self._symbol_rules(signal.symbol)
+        assert signal.quantity is not None
+        mark = await self._exchange.mark_price(signal.symbol)
+        quantity = rules.quantize_qty(signal.quantity, market=True)
+        try:
+            rules.check_order(quantity, mark, market=True, reduce_only=False)
+        except SymbolRuleError as error:
+            raise SignalRejected("quantity", f"{error.rule}: {error.detail}") from None
+        self._check_protective(signal, rules, mark)
+        await self._ensure_account_settings(signal)
+        intent = journaled or Intent(
+            signal_id=signal.id, leg=Leg.ENTRY,
+            client_id=client_id(self.settings.client_id_prefix, signal.id, Leg.ENTRY),
+            symbol=signal.symbol, side=signal.type.order_side, order_type=OrderType.MARKET,
+            quantity=quantity, price=None, reduce_only=False, state=IntentState.PENDING,
+            updated_at=self._clock.time())
+        await self._journal.put_intent(intent)
+        return intent
+
+    def _symbol_rules(self, symbol: str) -> SymbolRules:
+        try:
+            rules = self._rules(symbol)
+        except UnknownSymbol:
+            raise SignalRejected("symbol", f"{symbol} is not a symbol of this exchange") from None
+        if not rules.trading:
+            raise SignalRejected("symbol", f"{symbol} is {rules.status}, not TRADING")
+        return rules
+
+    def _check_protective(self, signal: Signal, rules: SymbolRules, mark: Decimal) -> None:
+        """tp/sl on the tick grid and on the right side of the mark (LONG: sl < mark < tp)."""
+        long = signal.type.position_sign > 0
+        for field, price in (("stop_loss", signal.stop_loss), ("take_profit", signal.take_profit)):
+            if price is None:
+                continue
+            if rules.quantize_price(price) != price:
+                raise SignalRejected(field, f"PRICE_FILTER.tickSize: {price} is not a multiple "
+                                            f"of the tick {rules.tick_size}")
+            below = (field == "stop_loss") == long
+            if below and price >= mark:
+                raise SignalRejected(field, f"must be below the mark price {mark} for "
+                                            f"{signal.type.value}")
+            if not below and price <= mark:
+                raise SignalRejected(field, f"must be above the mark price {mark} for "
+                                            f"{signal.type.value}")
+
+    async def _ensure_account_settings(self, signal: Signal) -> None:
+        """Margin type and leverage, set once per symbol and cached (-4046 is success)."""
+        symbol = signal.symbol
+        if signal.margin_type is not None and self._margin.get(symbol) != signal.margin_type:
+            await self._exchange.set_margin_type(symbol, signal.margin_type)
+            self._margin[symbol] = signal.margin_type
+        if signal.leverage is not None and self._leverage.get(symbol) != signal.leverage:
+            self._leverage[symbol] = await self._exchange.set_leverage(symbol, signal.leverage)
+
+    # ------------------------------------------------------------------ closes
+    async def _close(self, signal: Signal, journaled: dict[Leg, Intent]) -> str:
+        close = journaled.get(Leg.CLOSE)
+        wanted = "LONG" if signal.type.position_sign > 0 else "SHORT"
+        if close is None or close.state is IntentState.PENDING:
+            position = await self._exchange.get_position(signal.symbol)
+            if position is None or (position.amount > 0) != (signal.type.position_sign > 0):
+                note = f"no {wanted} position to close"
+                self._log.info(AuditEvent.POSITION_QUERY, note=note,
+                               amount=str(position.amount) if position else "0")
+                return note
+            rules = self._symbol_rules(signal.symbol)
+            size = abs(position.amount)
+            quantity = size if signal.quantity is None else min(signal.quantity, size)
+            quantity = rules.quantize_qty(quantity, market=True)
+            if quantity <= 0:
+                raise SignalRejected("quantity", f"{signal.quantity} rounds to 0 with step "
+                                                 f"{rules.market_step_size}")
+            close = close or Intent(
+                signal_id=signal.id, leg=Leg.CLOSE,
+                client_id=client_id(self.settings.client_id_prefix, signal.id, Leg.CLOSE),
+                symbol=signal.symbol, side=signal.type.order_side, order_type=OrderType.MARKET,
+                quantity=quantity, price=None, reduce_only=True, state=IntentState.PENDING,
+                updated_at=self._clock.time())
+        if close.state is not IntentState.FILLED:
+            intent = close
+            assert intent.quantity is not None
+            qty = intent.quantity
+            try:
+                placement = await self.sender.send(
+                    intent,
+                    place=lambda: self._exchange.place_order(
+                        signal.symbol, intent.side, qty, intent.client_id, reduce_only=True,
+                        priority=Priority.CRITICAL),
+                    lookup=lambda: self._exchange.get_order(signal.symbol, intent.client_id,
+                                                            priority=Priority.CRITICAL),
+                    describe=order_outcome, deadline=signal.expires_at)
+            except OrderRejected as error:
+                if error.code != -2022:
+                    raise
+                return f"no {wanted} position to close (reduce-only rejected: already flat)"
+            close = placement.intent
+        if await self._exchange.get_position(signal.symbol) is None:
+            await self.protector.cancel_protective(signal.symbol, reason="position closed")
+        return f"closed {close.quantity} {signal.symbol}"

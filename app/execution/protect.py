@@ -1,0 +1,194 @@
+"""Protective orders (SPEC §5.4): stop-loss first, then take-profit, both algo orders that
+close the whole position; replacement; the unprotected path; orphan clean-up.
+
+A new entry with tp/sl replaces the symbol's protective orders: the new ones are placed first
+and the old ones cancelled after, so the position is never without a stop in between. If the
+stop-loss cannot be placed (``-2021`` "would immediately trigger", a rejection, or the exchange
+refusing until the deadline), the position is unprotected: ``position_unprotected`` (critical)
+and then, with ``on_unprotected = "flatten"``, a reduce-only market close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+from app.clock import Clock
+from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal
+from app.errors import ExchangeError
+from app.execution.client_ids import client_id
+from app.execution.ports import ExchangePort
+from app.execution.reconcile import OrderSender, algo_outcome, order_outcome
+from app.execution.settings import ExecutorSettings, OnUnprotected
+from app.journal import Journal
+from app.observability.audit import AuditEvent
+from app.observability.logging import AuditLogger
+from app.resilience.limiter import Priority
+
+#: How long the exchange may refuse a protective or flattening order before we give up on it.
+PROTECT_DEADLINE_S = 30.0
+
+
+class Unprotected(Exception):
+    """The stop-loss could not be placed; ``flattened`` says whether the position was closed."""
+
+    def __init__(self, reason: str, *, flattened: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.flattened = flattened
+
+
+class Protector:
+    def __init__(self, exchange: ExchangePort, sender: OrderSender, journal: Journal,
+                 clock: Clock, log: AuditLogger, settings: ExecutorSettings) -> None:
+        self._exchange = exchange
+        self._sender = sender
+        self._journal = journal
+        self._clock = clock
+        self._log = log
+        self._settings = settings
+
+    def _intent(self, signal: Signal, leg: Leg, side: Side, order_type: OrderType,
+                price: Decimal) -> Intent:
+        return Intent(
+            signal_id=signal.id, leg=leg,
+            client_id=client_id(self._settings.client_id_prefix, signal.id, leg),
+            symbol=signal.symbol, side=side, order_type=order_type, quantity=None,
+            price=price, reduce_only=True, state=IntentState.PENDING,
+            updated_at=self._clock.time())
+
+    async def protect(self, signal: Signal, journaled: dict[Leg, Intent]) -> str | None:
+        """Place the signal's stop-loss and take-profit (skipping legs already live), then
+        cancel the symbol's older protective orders. Returns a warning when only the
+        take-profit failed; raises ``Unprotected`` when the stop-loss failed."""
+        close_side = signal.type.order_side.opposite
+        own = {i.client_id for i in journaled.values()}
+        older = [i for i in await self._journal.live_protective(signal.symbol)
+                 if i.client_id not in own]
+        deadline = self._clock.time() + PROTECT_DEADLINE_S
+        warning = None
+        placed: dict[str, str] = {}
+        if signal.stop_loss is not None:
+            sl = journaled.get(Leg.STOP_LOSS) or self._intent(
+                signal, Leg.STOP_LOSS, close_side, OrderType.STOP_MARKET, signal.stop_loss)
+            if sl.state is not IntentState.PLACED:
+                try:
+                    sl = await self._place(sl, deadline)
+                except (ExchangeError, TimeoutError) as error:
+                    await self.unprotected(signal, f"stop-loss not placed: {error}")
+            placed["stop_loss"] = sl.client_id
+        if signal.take_profit is not None:
+            tp = journaled.get(Leg.TAKE_PROFIT) or self._intent(
+                signal, Leg.TAKE_PROFIT, close_side, OrderType.TAKE_PROFIT_MARKET,
+                signal.take_profit)
+            if tp.state is not IntentState.PLACED:
+                try:
+                    tp = await self._place(tp, deadline)
+                    placed["take_profit"] = tp.client_id
+                except (ExchangeError, TimeoutError) as error:
+                    warning = f"take-profit not placed: {error}"
+            else:
+                placed["take_profit"] = tp.client_id
+        self._log.info(AuditEvent.PROTECTIVE_PLACED, replaced=[i.client_id for i in older],
+                       **placed)
+        for old in older:
+            await self.retire(old, reason="replaced")
+        return warning
+
+    async def _place(self, intent: Intent, deadline: float) -> Intent:
+        assert intent.price is not None
+        placement = await self._sender.send(
+            intent,
+            place=lambda: self._exchange.place_algo_order(
+                intent.symbol, intent.side, intent.order_type, intent.price or Decimal(0),
+                intent.client_id, priority=Priority.CRITICAL),
+            lookup=lambda: self._exchange.get_algo_order(intent.client_id,
+                                                         priority=Priority.CRITICAL),
+            describe=algo_outcome, deadline=deadline)
+        return placement.intent
+
+    async def unprotected(self, signal: Signal, reason: str) -> None:
+        """Report the naked position, flatten it if so configured, and raise Unprotected."""
+        action = self._settings.on_unprotected
+        self._log.critical(AuditEvent.POSITION_UNPROTECTED, reason=reason, action=action.value)
+        if action is OnUnprotected.ALERT:
+            raise Unprotected(reason, flattened=False)
+        flattened = await self.flatten(signal)
+        raise Unprotected(reason, flattened=flattened)
+
+    async def flatten(self, signal: Signal) -> bool:
+        """Close the signal's whole position with a reduce-only market order (leg C)."""
+        position = await self._exchange.get_position(signal.symbol, priority=Priority.CRITICAL)
+        if position is None:
+            self._log.info(AuditEvent.POSITION_FLATTENED, amount="0", note="already flat")
+            return True
+        quantity = abs(position.amount)
+        intent = Intent(
+            signal_id=signal.id, leg=Leg.CLOSE,
+            client_id=client_id(self._settings.client_id_prefix, signal.id, Leg.CLOSE),
+            symbol=signal.symbol, side=position.side.opposite, order_type=OrderType.MARKET,
+            quantity=quantity, price=None, reduce_only=True, state=IntentState.PENDING,
+            updated_at=self._clock.time())
+        try:
+            await self._sender.send(
+                intent,
+                place=lambda: self._exchange.place_order(
+                    intent.symbol, intent.side, quantity, intent.client_id, reduce_only=True,
+                    priority=Priority.CRITICAL),
+                lookup=lambda: self._exchange.get_order(intent.symbol, intent.client_id,
+                                                        priority=Priority.CRITICAL),
+                describe=order_outcome,
+                deadline=self._clock.time() + PROTECT_DEADLINE_S)
+        except (ExchangeError, TimeoutError) as error:
+            self._log.critical(AuditEvent.POSITION_UNPROTECTED, reason=f"flatten failed: {error}",
+                               action="none")
+            return False
+        self._log.warning(AuditEvent.POSITION_FLATTENED, amount=str(position.amount))
+        await self.cancel_protective(signal.symbol, reason="flattened")
+        return True
+
+    async def retire(self, intent: Intent, *, reason: str) -> None:
+        """Cancel one protective order; journal it CANCELLED (or FILLED if it had fired)."""
+        cancelled = await self._exchange.cancel_algo_order(intent.client_id)
+        state = IntentState.CANCELLED
+        if not cancelled:
+            found = await self._exchange.get_algo_order(intent.client_id)
+            state = algo_outcome(found)[0] if found is not None else IntentState.CANCELLED
+            if state is IntentState.PLACED:
+                state = IntentState.CANCELLED
+        await self._journal.put_intent(intent.with_state(state, now=self._clock.time()))
+        self._log.info(AuditEvent.ORDER_CANCELLED, client_order_id=intent.client_id,
+                       leg=intent.leg.value, reason=reason, final_state=state.value)
+
+    async def cancel_protective(self, symbol: str, *, reason: str) -> int:
+        """Retire every live protective order of ``symbol`` (the position is flat)."""
+        live = await self._journal.live_protective(symbol)
+        for intent in live:
+            await self.retire(intent, reason=reason)
+        return len(live)
+
+    async def check_orphans(self) -> int:
+        """One watcher pass: for each symbol with live protective orders whose position is
+        flat (a stop fired, or a close elsewhere), cancel what is left. Returns how many."""
+        symbols = {i.symbol for i in await self._journal.live_protective_all()}
+        retired = 0
+        for symbol in sorted(symbols):
+            position = await self._exchange.get_position(symbol, priority=Priority.LOW)
+            if position is None:
+                retired += await self.cancel_protective(symbol, reason="position flat")
+        return retired
+
+    async def watch(self) -> None:
+        """The orphan watcher (SPEC §5.4): a pass every ``watch_interval_s`` until cancelled.
+        Its queries are LOW priority, so the limiter serves them only from spare weight, and a
+        symbol without live protective orders costs nothing. A failed pass is reported and
+        the next one tries again; it never stops the watcher."""
+        while True:
+            await self._clock.sleep(self._settings.position_poll_s)
+            try:
+                await self.check_orphans()
+            except asyncio.CancelledError:
+                raise
+            except ExchangeError as error:
+                self._log.warning(AuditEvent.API_ERROR, operation="orphan_watch",
+                                  error_class=error.error_class, message=error.message)

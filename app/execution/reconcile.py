@@ -1,0 +1,251 @@
+"""Exactly once: the unknown-outcome protocol (SPEC §5.3) and restart recovery (§5.6).
+
+Every order goes out through ``OrderSender.send``: the intent is journaled as ``SENDING``
+before the request leaves, the definite answer is journaled after it, and an unknown outcome
+(timeout, reset, 5xx, -1007) is never resent blindly: the order is looked up by its client id,
+with a short backoff, for up to ``resolve_window_s`` (Binance may report a just-placed order as
+unknown for a few seconds). Found → adopted. Not found after the window → resent with the same
+id, at most ``max_send_attempts`` times in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from app.clock import Clock
+from app.domain import Intent, IntentState
+from app.errors import (
+    CircuitOpen,
+    ExchangeError,
+    InvalidRequest,
+    OrderRejected,
+    RateLimited,
+    TransientError,
+    UnknownOutcome,
+)
+from app.exchange.models import AlgoState, OrderState
+from app.execution.settings import ExecutorSettings
+from app.journal import Journal, SignalRecord
+from app.observability.audit import AuditEvent
+from app.observability.logging import AuditLogger
+from app.resilience.limiter import Priority
+
+S = TypeVar("S")
+
+#: Answers that prove the exchange did not take the order (it may be sent again).
+NOT_TAKEN = (TransientError, RateLimited, CircuitOpen)
+
+
+def order_outcome(state: OrderState) -> tuple[IntentState, str]:
+    if state.is_filled:
+        return IntentState.FILLED, str(state.order_id)
+    if state.is_open:
+        return IntentState.PLACED, str(state.order_id)
+    mapping = {"CANCELED": IntentState.CANCELLED, "EXPIRED": IntentState.EXPIRED,
+               "REJECTED": IntentState.REJECTED}
+    return mapping.get(state.status, IntentState.EXPIRED), str(state.order_id)
+
+
+def algo_outcome(state: AlgoState) -> tuple[IntentState, str]:
+    mapping = {"NEW": IntentState.PLACED, "TRIGGERING": IntentState.PLACED,
+               "TRIGGERED": IntentState.FILLED, "FINISHED": IntentState.FILLED,
+               "CANCELED": IntentState.CANCELLED, "EXPIRED": IntentState.EXPIRED,
+               "REJECTED": IntentState.REJECTED}
+    return mapping.get(state.status, IntentState.PLACED), str(state.algo_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement(Generic[S]):
+    """How an intent ended up on the exchange: its state there and the journaled intent."""
+
+    state: S
+    intent: Intent
+    adopted: bool
+
+
+class OrderSender:
+    def __init__(self, journal: Journal, clock: Clock, log: AuditLogger,
+                 settings: ExecutorSettings) -> None:
+        self._journal = journal
+        self._clock = clock
+        self._log = log
+        self._settings = settings
+
+    async def send(self, intent: Intent, place: Callable[[], Awaitable[S]],
+                   lookup: Callable[[], Awaitable[S | None]],
+                   describe: Callable[[S], tuple[IntentState, str]],
+                   *, deadline: float) -> Placement[S]:
+        """Place ``intent`` exactly once. ``describe`` maps the exchange state to the intent's
+        state and exchange id. ``deadline`` (``clock.time()``) bounds when a send may start:
+        an entry must not go out after its signal expired, and a protective order that the
+        exchange keeps refusing must not leave a position unprotected for ever.
+
+        Raises ``OrderRejected``/``InvalidRequest`` (journaled REJECTED), ``UnknownOutcome``
+        when the order stayed unknown through every attempt (journaled SENDING: restart
+        recovery resolves it), or ``TimeoutError`` when ``deadline`` passed before a send.
+        """
+        log = self._log.bind(client_order_id=intent.client_id, leg=intent.leg.value)
+        intent = intent.with_state(IntentState.SENDING, now=self._clock.time())
+        await self._journal.put_intent(intent)
+        attempts = 0
+        while True:
+            if self._clock.time() >= deadline:
+                raise TimeoutError("deadline passed before the order could be sent")
+            attempts += 1
+            log.info(AuditEvent.ORDER_SUBMITTED, symbol=intent.symbol, side=intent.side.value,
+                     order_type=intent.order_type.value, attempt=attempts,
+                     quantity=str(intent.quantity) if intent.quantity is not None else None,
+                     price=str(intent.price) if intent.price is not None else None)
+            try:
+                state = await place()
+            except NOT_TAKEN as error:
+                # Certainly not executed: wait as the error says, then try again.
+                pause = error.retry_after or self._settings.busy_retry_s
+                await self._clock.sleep(max(0.0, min(pause, deadline - self._clock.time())))
+                attempts -= 1
+                continue
+            except (OrderRejected, InvalidRequest) as error:
+                if error.code == -4116 and attempts > 1:
+                    found = await lookup()            # our earlier send did land after all
+                    if found is not None:
+                        return await self._adopt(intent, found, describe, log)
+                await self._record_rejection(intent, error, log)
+                raise
+            except UnknownOutcome as error:
+                log.warning(AuditEvent.ORDER_UNKNOWN_OUTCOME, error_class=error.error_class,
+                            code=error.code, http_status=error.http_status,
+                            message=error.message, attempt=attempts)
+                if not self._settings.unknown_outcome_protocol:
+                    if attempts >= self._settings.max_send_attempts:
+                        raise
+                    continue                          # the seeds' blind retry (test seam)
+                found = await self._resolve(lookup)
+                if found is not None:
+                    return await self._adopt(intent, found, describe, log)
+                log.warning(AuditEvent.ORDER_RESOLVED, outcome="not_found",
+                            resend=attempts < self._settings.max_send_attempts,
+                            window_s=self._settings.resolve_window_s)
+                if attempts >= self._settings.max_send_attempts:
+                    raise
+                continue
+            return await self._record(intent, state, describe, log, adopted=False)
+
+    async def _resolve(self, lookup: Callable[[], Awaitable[S | None]]) -> S | None:
+        """Look the order up until found or ``resolve_window_s`` has passed."""
+        deadline = self._clock.monotonic() + self._settings.resolve_window_s
+        delay = 0.1
+        while True:
+            try:
+                found = await lookup()
+            except (ExchangeError, TimeoutError):
+                found = None                          # the lookup itself failed: try again
+            if found is not None:
+                return found
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                return None
+            await self._clock.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+
+    async def resolve(self, lookup: Callable[[], Awaitable[S | None]]) -> S | None:
+        """One pass of the lookup protocol, for restart recovery."""
+        return await self._resolve(lookup)
+
+    async def _adopt(self, intent: Intent, found: S, describe: Callable[[S], tuple[IntentState,
+                     str]], log: AuditLogger) -> Placement[S]:
+        log.info(AuditEvent.ORDER_RESOLVED, outcome="found", adopted=True)
+        return await self._record(intent, found, describe, log, adopted=True)
+
+    async def _record(self, intent: Intent, state: S,
+                      describe: Callable[[S], tuple[IntentState, str]], log: AuditLogger, *,
+                      adopted: bool) -> Placement[S]:
+        new_state, exchange_id = describe(state)
+        intent = intent.with_state(new_state, exchange_id=exchange_id, now=self._clock.time())
+        await self._journal.put_intent(intent)
+        event = AuditEvent.ORDER_FILLED if new_state is IntentState.FILLED else (
+            AuditEvent.ORDER_PLACED)
+        log.info(event, exchange_id=exchange_id, state=new_state.value, adopted=adopted)
+        return Placement(state, intent, adopted)
+
+    async def _record_rejection(self, intent: Intent, error: ExchangeError,
+                                log: AuditLogger) -> None:
+        await self._journal.put_intent(intent.with_state(
+            IntentState.REJECTED, error_code=error.code, error_message=error.message,
+            now=self._clock.time()))
+        log.warning(AuditEvent.ORDER_REJECTED, code=error.code, message=error.message,
+                    error_class=error.error_class)
+
+
+class Resumable(Protocol):
+    async def execute(self, record: SignalRecord) -> SignalRecord: ...
+
+
+class Lookups(Protocol):
+    async def get_order(self, symbol: str, client_id: str, *,
+                        priority: Priority | None = None) -> OrderState | None: ...
+
+    async def get_algo_order(self, client_algo_id: str, *,
+                             priority: Priority | None = None) -> AlgoState | None: ...
+
+
+async def recover(journal: Journal, exchange: Lookups, sender: OrderSender, executor: Resumable,
+                  log: AuditLogger) -> dict[str, int]:
+    """Restart recovery (SPEC §5.6), before intake opens.
+
+    1. Every intent left ``SENDING`` is looked up by client id: found → adopted with the
+       exchange's state; not found after the resolve window → back to ``PENDING``, so the
+       signal sends it (once, with the same id) when it resumes.
+    2. Every non-terminal signal resumes through the executor, in acceptance order: an entry
+       that filled without protection gets its protective orders; an expired signal that sent
+       nothing becomes ``EXPIRED``.
+    A mismatch never blocks start-up: it is reported. Returns counts for the audit event.
+    """
+    sending = await journal.intents_in_states([IntentState.SENDING])
+    pending = await journal.non_terminal_signals()
+    log.info(AuditEvent.RECONCILE_STARTED, sending=len(sending), non_terminal=len(pending))
+    counts = {"adopted": 0, "not_found": 0, "lookup_failed": 0}
+
+    async def settle(intent: Intent) -> None:
+        ilog = log.bind(signal_id=intent.signal_id, symbol=intent.symbol,
+                        client_order_id=intent.client_id, leg=intent.leg.value)
+        try:
+            if intent.is_algo:
+                found_algo = await sender.resolve(lambda: exchange.get_algo_order(
+                    intent.client_id, priority=Priority.LOW))
+                described = algo_outcome(found_algo) if found_algo is not None else None
+            else:
+                found_order = await sender.resolve(lambda: exchange.get_order(
+                    intent.symbol, intent.client_id, priority=Priority.LOW))
+                described = order_outcome(found_order) if found_order is not None else None
+        except Exception as error:  # a lookup must never stop start-up: report it
+            counts["lookup_failed"] += 1
+            ilog.error(AuditEvent.ORDER_RECONCILED, outcome="lookup_failed", error=repr(error))
+            return
+        if described is None:
+            counts["not_found"] += 1
+            await journal.put_intent(intent.with_state(IntentState.PENDING))
+            ilog.warning(AuditEvent.ORDER_RECONCILED, outcome="not_found", action="resend")
+            return
+        state, exchange_id = described
+        counts["adopted"] += 1
+        await journal.put_intent(intent.with_state(state, exchange_id=exchange_id))
+        ilog.info(AuditEvent.ORDER_RECONCILED, outcome="adopted", state=state.value,
+                  exchange_id=exchange_id)
+
+    await asyncio.gather(*(settle(intent) for intent in sending))
+    finals: dict[str, int] = {}
+    for record in pending:
+        try:
+            final = await executor.execute(record)
+        except Exception as error:  # report and go on: one bad signal must not block start-up
+            log.error(AuditEvent.RECONCILE_FINISHED, signal_id=record.signal.id,
+                      error=repr(error), partial=True)
+            finals["error"] = finals.get("error", 0) + 1
+            continue
+        finals[final.state.value] = finals.get(final.state.value, 0) + 1
+    summary = counts | {f"signals_{k.lower()}": v for k, v in finals.items()}
+    log.info(AuditEvent.RECONCILE_FINISHED, **summary)
+    return summary

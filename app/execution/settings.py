@@ -1,0 +1,34 @@
+"""The executor's settings: the ``[execution]`` config section plus knobs that are not config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.config_schema import ExecutionSettings, OnUnprotected
+
+__all__ = ["ExecutorSettings", "OnUnprotected"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorSettings:
+    client_id_prefix: str = "xd"
+    #: How long an unknown outcome is looked up by client id before the order is resent.
+    resolve_window_s: float = 10.0
+    on_unprotected: OnUnprotected = OnUnprotected.FLATTEN
+    #: Seconds between two passes of the orphan watcher (LOW priority position queries).
+    position_poll_s: float = 5.0
+    #: Sends of one intent (the first plus resends after an unknown outcome not found).
+    max_send_attempts: int = 3
+    #: Pause before trying again after the exchange certainly refused to take the order for
+    #: now (breaker open, throttled): the signal's TTL bounds how long an entry keeps trying.
+    busy_retry_s: float = 0.5
+    #: Test seam: False resends blindly on an unknown outcome, as the seeds did. Never in
+    #: production: it exists to prove the exactly-once test can fail.
+    unknown_outcome_protocol: bool = True
+
+    @classmethod
+    def from_config(cls, config: ExecutionSettings) -> ExecutorSettings:
+        return cls(client_id_prefix=config.client_id_prefix,
+                   resolve_window_s=config.resolve_window_s,
+                   on_unprotected=config.on_unprotected,
+                   position_poll_s=config.position_poll_s)

@@ -1,0 +1,124 @@
+"""Fixtures: simulator + real gateway + journal + executor, wired as the daemon wires them."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import structlog
+
+from app.clock import SystemClock
+from app.domain import Signal
+from app.exchange.gateway import Gateway, GatewaySettings
+from app.execution.executor import Executor
+from app.execution.settings import ExecutorSettings
+from app.journal import Journal, SignalRecord
+from app.resilience.breaker import BreakerSettings
+from app.resilience.retry import RetrySettings
+from app.sim import SimConfig, SimServer
+
+_ids = itertools.count(1)
+
+
+def quiet_sim() -> SimConfig:
+    base = SimConfig()
+    return replace(base, market=replace(base.market, volatility_per_minute=0.0,
+                                        tick_interval_s=0.0))
+
+
+@pytest.fixture
+def sim_config() -> SimConfig:
+    return quiet_sim()
+
+
+@pytest.fixture
+async def sim(sim_config: SimConfig) -> AsyncIterator[SimServer]:
+    async with SimServer(sim_config) as server:
+        yield server
+
+
+class Admin:
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session, self.base = session, base
+
+    async def get(self, path: str) -> Any:
+        async with self.session.get(f"{self.base}/_sim/{path}") as resp:
+            return orjson.loads(await resp.read())
+
+    async def post(self, path: str, body: object) -> Any:
+        async with self.session.post(f"{self.base}/_sim/{path}",
+                                     data=orjson.dumps(body)) as resp:
+            assert resp.status == 200, await resp.text()
+            return orjson.loads(await resp.read())
+
+    async def orders(self, kind: str | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self.get("orders")
+        return [r for r in rows if kind is None or r["kind"] == kind]
+
+    async def position(self, symbol: str) -> str:
+        state = await self.get("state")
+        return next((p["positionAmt"] for p in state["positions"] if p["symbol"] == symbol),
+                    "0")
+
+
+@pytest.fixture
+async def admin(sim: SimServer) -> AsyncIterator[Admin]:
+    async with aiohttp.ClientSession() as session:
+        yield Admin(session, sim.url)
+
+
+@pytest.fixture
+async def gateway(sim: SimServer) -> AsyncIterator[Gateway]:
+    gw = Gateway(GatewaySettings(
+        base_url=sim.url, api_key="sim-key", api_secret="sim-secret", timeout_s=2.0,
+        retry=RetrySettings(max_retries=2, initial_delay=0.01, max_delay=0.05, jitter=0.0),
+        breaker=BreakerSettings(failure_threshold=1000)), SystemClock(), structlog.get_logger())
+    await gw.start()
+    yield gw
+    await gw.close()
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    j = Journal(tmp_path / "journal.sqlite3")
+    await j.open()
+    yield j
+    await j.close()
+
+
+@pytest.fixture
+def exec_settings() -> ExecutorSettings:
+    return ExecutorSettings(resolve_window_s=5.0, busy_retry_s=0.05)
+
+
+@pytest.fixture
+def executor(gateway: Gateway, journal: Journal, exec_settings: ExecutorSettings) -> Executor:
+    return Executor(gateway, gateway.symbols.get, journal, SystemClock(),
+                    structlog.get_logger(), exec_settings)
+
+
+def make_signal(body: dict[str, Any], *, ttl: float = 60.0) -> Signal:
+    body = {"id": f"t{next(_ids)}-{int(time.time() * 1000)}", **body}
+    return Signal.from_json(body, now=time.time(), default_ttl_s=ttl, new_id=lambda: "unused")
+
+
+Submit = Callable[[dict[str, Any]], Any]
+
+
+@pytest.fixture
+def run(executor: Executor, journal: Journal) -> Callable[..., Any]:
+    """Accept a signal body into the journal and execute it: the final SignalRecord."""
+
+    async def go(body: dict[str, Any], *, ttl: float = 60.0) -> SignalRecord:
+        signal = make_signal(body, ttl=ttl)
+        record, _ = await journal.accept(signal, now=time.time())
+        return await executor.execute(record)
+
+    return go

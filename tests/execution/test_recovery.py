@@ -1,0 +1,86 @@
+"""Restart recovery (SPEC §5.6): a journal left mid-flight is resolved before intake opens."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from decimal import Decimal
+
+import structlog
+from structlog.testing import capture_logs
+
+from app.domain import Intent, IntentState, Leg, OrderType, Side, SignalState
+from app.exchange.gateway import Gateway
+from app.execution.client_ids import client_id
+from app.execution.executor import Executor
+from app.execution.reconcile import recover
+from app.journal import Journal
+from tests.execution.conftest import Admin, make_signal
+
+
+def entry_intent(signal_id: str, symbol: str, qty: str, state: IntentState) -> Intent:
+    return Intent(signal_id=signal_id, leg=Leg.ENTRY, client_id=client_id("xd", signal_id,
+                  Leg.ENTRY), symbol=symbol, side=Side.BUY, order_type=OrderType.MARKET,
+                  quantity=Decimal(qty), price=None, reduce_only=False, state=state,
+                  updated_at=time.time())
+
+
+async def test_sending_intents_are_adopted_or_sent_once(
+        gateway: Gateway, journal: Journal, executor: Executor, admin: Admin) -> None:
+    """Applied SENDING intents are adopted, unapplied ones sent once, protection completed,
+    expired signals never sent."""
+    now = time.time()
+    applied = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
+                           "stop_loss": "60000.0", "take_profit": "70000.0"})
+    lost = make_signal({"symbol": "ETHUSDT", "type": "LONG_ENTRY", "quantity": "0.100"})
+    expired = make_signal({"symbol": "SOLUSDT", "type": "LONG_ENTRY", "quantity": "1"})
+    expired = dataclasses.replace(expired, expires_at=now - 1)
+    for signal in (applied, lost, expired):
+        await journal.accept(signal, now=now)
+        await journal.set_signal_state(signal.id, SignalState.RUNNING, reason=None, now=now)
+    # The crash happened after the BTC entry reached the exchange but before its answer was
+    # journaled; the ETH and SOL entries were journaled SENDING but never left.
+    btc = entry_intent(applied.id, "BTCUSDT", "0.010", IntentState.SENDING)
+    await journal.put_intent(btc)
+    await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), btc.client_id)
+    await journal.put_intent(entry_intent(lost.id, "ETHUSDT", "0.100", IntentState.SENDING))
+    await journal.put_intent(entry_intent(expired.id, "SOLUSDT", "1", IntentState.SENDING))
+
+    with capture_logs() as logs:
+        summary = await recover(journal, gateway, executor.sender, executor,
+                                structlog.get_logger())
+    assert (summary["adopted"], summary["not_found"]) == (1, 2)
+    assert (await journal.get_signal(applied.id)).state is SignalState.DONE
+    assert (await journal.get_signal(lost.id)).state is SignalState.DONE
+    assert (await journal.get_signal(expired.id)).state is SignalState.EXPIRED
+    rows = await admin.orders()
+    by_client = [r["client_id"] for r in rows]
+    assert by_client.count(btc.client_id) == 1                 # adopted, not resent
+    assert by_client.count(client_id("xd", lost.id, Leg.ENTRY)) == 1
+    assert client_id("xd", expired.id, Leg.ENTRY) not in by_client
+    algos = [r for r in rows if r["kind"] == "algo"]
+    assert {a["type"] for a in algos} == {"STOP_MARKET", "TAKE_PROFIT_MARKET"}
+    events = [e["event"] for e in logs]
+    assert events[0] == "reconcile_started"
+    assert events.count("order_reconciled") == 3
+    assert events[-1] == "reconcile_finished"
+
+
+async def test_filled_entry_without_protection_gets_it(
+        gateway: Gateway, journal: Journal, executor: Executor, admin: Admin) -> None:
+    """A RUNNING entry whose fill was journaled but whose stop was not placed is protected."""
+    now = time.time()
+    signal = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
+                          "stop_loss": "60000.0"})
+    await journal.accept(signal, now=now)
+    await journal.set_signal_state(signal.id, SignalState.RUNNING, reason=None, now=now)
+    intent = entry_intent(signal.id, "BTCUSDT", "0.010", IntentState.SENDING)
+    await journal.put_intent(intent)
+    placed = await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), intent.client_id)
+    await journal.put_intent(intent.with_state(IntentState.FILLED,
+                                               exchange_id=str(placed.order_id)))
+    await recover(journal, gateway, executor.sender, executor, structlog.get_logger())
+    assert (await journal.get_signal(signal.id)).state is SignalState.DONE
+    algos = await admin.orders("algo")
+    assert [(a["type"], a["status"]) for a in algos] == [("STOP_MARKET", "NEW")]
+    assert len(await admin.orders("order")) == 1
