@@ -1,0 +1,148 @@
+"""The bounded signal queue and its per-symbol lanes (SPEC §4.3).
+
+Accepted signals wait in one lane per symbol and run there strictly in acceptance order; lanes
+of different symbols run concurrently, at most ``max_concurrency`` signals at a time. The bus
+holds at most ``capacity`` signals (waiting or running): a source first *reserves* a place —
+``reserve_nowait`` raises ``QueueFull`` for the HTTP API's 429, ``reserve`` waits for the
+in-process API and the spool — then journals the signal, then ``push``es it (or ``release``s
+the place if the journal says it is a duplicate). Reserving before journaling means a signal
+that was refused with 429 was never journaled, so it never runs later by surprise.
+
+A lane's task exists only while the lane has work. A signal whose execution raises is reported
+and left to restart recovery; it never stops its lane. ``aclose`` cancels running signals: they
+stay ``RUNNING`` in the journal and resume at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from app.journal import SignalRecord
+from app.observability.audit import AuditEvent
+from app.observability.logging import AuditLogger
+
+__all__ = ["BusSnapshot", "QueueFull", "SignalBus"]
+
+
+class QueueFull(Exception):
+    """No place for another signal now; try again after ``retry_after`` seconds."""
+
+    def __init__(self, capacity: int, retry_after: float) -> None:
+        super().__init__(f"the signal queue is full ({capacity} signals waiting or running)")
+        self.capacity = capacity
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class BusSnapshot:
+    capacity: int
+    pending: int
+    running: int
+    max_concurrency: int
+    lanes: dict[str, int]
+
+
+class SignalBus:
+    def __init__(self, execute: Callable[[SignalRecord], Awaitable[object]], *, capacity: int,
+                 max_concurrency: int, log: AuditLogger, retry_after_s: float = 1.0) -> None:
+        if capacity < 1 or max_concurrency < 1:
+            raise ValueError("capacity and max_concurrency must be at least 1")
+        self._execute = execute
+        self.capacity = capacity
+        self.max_concurrency = max_concurrency
+        self._log = log
+        self._retry_after_s = retry_after_s
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._lanes: dict[str, collections.deque[SignalRecord]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._reserved = 0
+        self._running = 0
+        self._changed = asyncio.Event()   # set whenever a place frees up
+
+    # ------------------------------------------------------------------ places
+    @property
+    def pending(self) -> int:
+        """Signals reserved, waiting or running."""
+        return self._reserved
+
+    def reserve_nowait(self) -> None:
+        if self._reserved >= self.capacity:
+            raise QueueFull(self.capacity, self._retry_after_s)
+        self._reserved += 1
+
+    async def reserve(self) -> None:
+        while self._reserved >= self.capacity:
+            self._changed.clear()
+            await self._changed.wait()
+        self._reserved += 1
+
+    def release(self) -> None:
+        """Give back a place reserved for a signal that will not be pushed."""
+        self._reserved -= 1
+        self._notify()
+
+    def push(self, record: SignalRecord) -> None:
+        """Queue a journaled signal on its symbol's lane (its place reserved before)."""
+        symbol = record.signal.symbol
+        self._lanes.setdefault(symbol, collections.deque()).append(record)
+        if symbol not in self._tasks:
+            self._tasks[symbol] = asyncio.create_task(self._lane(symbol),
+                                                      name=f"execd-lane-{symbol}")
+
+    # ------------------------------------------------------------------ lanes
+    async def _lane(self, symbol: str) -> None:
+        lane = self._lanes[symbol]
+        try:
+            while lane:
+                record = lane[0]
+                async with self._slots:
+                    self._running += 1
+                    try:
+                        await self._execute(record)
+                    except Exception as error:  # report; restart recovery resumes it
+                        self._log.error(AuditEvent.SIGNAL_FAILED, signal_id=record.signal.id,
+                                        symbol=symbol, state=record.state.value,
+                                        reason=f"internal error, resumes at restart: {error!r}")
+                    finally:
+                        self._running -= 1
+                lane.popleft()
+                self._reserved -= 1
+                self._notify()
+        finally:
+            del self._tasks[symbol]
+            if not lane:
+                del self._lanes[symbol]
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    # ------------------------------------------------------------------ shutdown
+    async def drain(self, within_s: float) -> bool:
+        """Wait until every queued signal finished, at most ``within_s``; True if it did."""
+        async def idle() -> None:
+            while self._reserved > 0:
+                self._changed.clear()
+                await self._changed.wait()
+        try:
+            await asyncio.wait_for(idle(), within_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Cancel the lanes; signals still queued or running stay in the journal."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def snapshot(self) -> BusSnapshot:
+        return BusSnapshot(capacity=self.capacity, pending=self._reserved, running=self._running,
+                           max_concurrency=self.max_concurrency,
+                           lanes={s: len(q) for s, q in self._lanes.items()})

@@ -1,0 +1,150 @@
+"""The one accept path every source uses (SPEC §4.2, §4.3): look the id up, validate, reserve a
+place on the bus, journal durably, then queue.
+
+- A known id returns its record unchanged (HTTP 200), checked **before** validation, so a
+  client retrying a POST gets the same answer whatever the mark did meanwhile.
+- A malformed body raises ``SignalError`` naming the field and the rule (HTTP 400); so does a
+  symbol the exchange does not list as TRADING. Nothing is journaled or queued for it.
+- ``QueueFull`` (HTTP 429) is raised before anything is journaled; ``IntakeClosed`` (HTTP 503)
+  while starting or stopping.
+- A signal is journaled (committed) before ``accept`` returns, so an acknowledgement always means
+  it survives a crash.
+
+``submit`` is the in-process API for strategies running in the daemon: it waits for a place.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from app.clock import Clock
+from app.domain import Signal, SignalError
+from app.exchange.symbols import SymbolRules, UnknownSymbol
+from app.intake.bus import SignalBus
+from app.journal import Journal, SignalRecord
+from app.observability.audit import AuditEvent
+from app.observability.logging import AuditLogger
+
+__all__ = ["Accepted", "IntakeClosed", "IntakeState", "Service"]
+
+
+class IntakeState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+class IntakeClosed(Exception):
+    """Intake is not open (still starting, or stopping)."""
+
+    def __init__(self, state: IntakeState) -> None:
+        super().__init__(f"intake is {state.value}")
+        self.state = state
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    record: SignalRecord
+    created: bool
+
+
+class Service:
+    def __init__(self, journal: Journal, bus: SignalBus, rules: Callable[[str], SymbolRules],
+                 clock: Clock, log: AuditLogger, *, default_ttl_s: float,
+                 new_id: Callable[[], str] | None = None) -> None:
+        self.journal = journal
+        self.bus = bus
+        self._rules = rules
+        self._clock = clock
+        self._log = log
+        self._default_ttl_s = default_ttl_s
+        self._new_id = new_id or (lambda: uuid.uuid4().hex)
+        self.state = IntakeState.STARTING
+        #: Symbols that had a signal accepted in this run (``execd status`` shows them).
+        self.symbols: set[str] = set()
+
+    def open(self) -> None:
+        self.state = IntakeState.READY
+
+    def close(self) -> None:
+        self.state = IntakeState.STOPPING
+
+    async def accept(self, data: object, *, source: str, wait: bool = False,
+                     offset: tuple[str, int] | None = None) -> Accepted:
+        """Accept a decoded JSON body from ``source`` (``http``, ``spool``, ``cli``…).
+
+        ``wait`` waits for a place on the bus instead of raising ``QueueFull``. ``offset`` is
+        stored in the same journal transaction (the spool's read position)."""
+        if self.state is not IntakeState.READY:
+            raise IntakeClosed(self.state)
+        self._log.info(AuditEvent.SIGNAL_RECEIVED, source=source)
+        known = await self._known(data)
+        if known is not None:
+            if offset is not None:
+                await self.journal.set_offset(*offset)
+            return self._duplicate(known, source)
+        now = self._clock.time()
+        try:
+            signal = Signal.from_json(data, now=now, default_ttl_s=self._default_ttl_s,
+                                      new_id=self._new_id)
+            self._check_symbol(signal.symbol)
+        except SignalError as error:
+            self._log.warning(AuditEvent.SIGNAL_REJECTED, source=source, field=error.field,
+                              detail=error.detail)
+            raise
+        return await self._journal_and_queue(signal, source=source, wait=wait, offset=offset)
+
+    async def submit(self, signal: Signal) -> SignalRecord:
+        """In-process intake: journal and queue ``signal``, waiting for a place if needed.
+        A known id returns its existing record."""
+        if self.state is not IntakeState.READY:
+            raise IntakeClosed(self.state)
+        self._check_symbol(signal.symbol)
+        return (await self._journal_and_queue(signal, source=signal.source or "in-process",
+                                              wait=True, offset=None)).record
+
+    async def _known(self, data: object) -> SignalRecord | None:
+        if not isinstance(data, dict):
+            return None
+        signal_id = data.get("id")
+        if not isinstance(signal_id, str) or not 0 < len(signal_id) <= 64:
+            return None
+        return await self.journal.get_signal(signal_id)
+
+    def _duplicate(self, record: SignalRecord, source: str) -> Accepted:
+        self._log.info(AuditEvent.SIGNAL_DUPLICATE, signal_id=record.signal.id,
+                       symbol=record.signal.symbol, source=source, state=record.state.value)
+        return Accepted(record, created=False)
+
+    def _check_symbol(self, symbol: str) -> None:
+        try:
+            rules = self._rules(symbol)
+        except UnknownSymbol:
+            raise SignalError("symbol", f"{symbol} is not a symbol of this exchange") from None
+        if not rules.trading:
+            raise SignalError("symbol", f"{symbol} is {rules.status}, not TRADING")
+
+    async def _journal_and_queue(self, signal: Signal, *, source: str, wait: bool,
+                                 offset: tuple[str, int] | None) -> Accepted:
+        if wait:
+            await self.bus.reserve()
+        else:
+            self.bus.reserve_nowait()
+        try:
+            record, created = await self.journal.accept(signal, now=self._clock.time(),
+                                                        offset=offset)
+        except BaseException:
+            self.bus.release()
+            raise
+        if not created:
+            self.bus.release()
+            return self._duplicate(record, source)
+        self._log.info(AuditEvent.SIGNAL_ACCEPTED, signal_id=signal.id, symbol=signal.symbol,
+                       source=source, type=signal.type.value, seq=record.seq,
+                       expires_at=signal.expires_at)
+        self.symbols.add(signal.symbol)
+        self.bus.push(record)
+        return Accepted(record, created=True)

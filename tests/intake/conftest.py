@@ -1,0 +1,45 @@
+"""Fixtures: the real accept path (journal + bus + executor) against the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import structlog
+
+from app.clock import SystemClock
+from app.exchange.gateway import Gateway
+from app.execution.executor import Executor
+from app.intake.bus import SignalBus
+from app.intake.service import Service
+from app.journal import Journal
+from tests.execution.conftest import (  # noqa: F401  (fixtures, re-exported for pytest)
+    admin,
+    exec_settings,
+    executor,
+    gateway,
+    journal,
+    sim,
+    sim_config,
+)
+
+
+@pytest.fixture
+def capacity() -> int:
+    return 1000
+
+
+@pytest.fixture
+async def bus(executor: Executor, capacity: int) -> AsyncIterator[SignalBus]:  # noqa: F811
+    b = SignalBus(executor.execute, capacity=capacity, max_concurrency=8,
+                  log=structlog.get_logger())
+    yield b
+    await b.aclose()
+
+
+@pytest.fixture
+def service(journal: Journal, bus: SignalBus, gateway: Gateway) -> Service:  # noqa: F811
+    s = Service(journal, bus, gateway.symbols.get, SystemClock(), structlog.get_logger(),
+                default_ttl_s=30.0)
+    s.open()
+    return s
