@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -90,8 +91,11 @@ class SignalBus:
         symbol = record.signal.symbol
         self._lanes.setdefault(symbol, collections.deque()).append(record)
         if symbol not in self._tasks:
+            # A fresh context: what the accepting source bound (a spool line, a request) must
+            # not stick to every later signal of the lane.
             self._tasks[symbol] = asyncio.create_task(self._lane(symbol),
-                                                      name=f"execd-lane-{symbol}")
+                                                      name=f"execd-lane-{symbol}",
+                                                      context=contextvars.Context())
 
     # ------------------------------------------------------------------ lanes
     async def _lane(self, symbol: str) -> None:

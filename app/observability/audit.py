@@ -33,6 +33,10 @@ class AuditEvent(StrEnum):
     SIGNAL_EXPIRED = "signal_expired"
     SIGNAL_DONE = "signal_done"
     SIGNAL_FAILED = "signal_failed"
+    # the spool source
+    SPOOL_WAITING = "spool_waiting"
+    SPOOL_TRUNCATED = "spool_truncated"
+    SPOOL_UNREADABLE = "spool_unreadable"
     # orders
     ORDER_SUBMITTED = "order_submitted"
     ORDER_PLACED = "order_placed"
@@ -102,6 +106,11 @@ GROUPS: tuple[EventGroup, ...] = (
             _E.SIGNAL_DONE,
             _E.SIGNAL_FAILED,
         ),
+    ),
+    EventGroup(
+        "spool",
+        "The spool file source (SPEC §4.2): waiting for the file, truncation, read errors.",
+        (_E.SPOOL_WAITING, _E.SPOOL_TRUNCATED, _E.SPOOL_UNREADABLE),
     ),
     EventGroup(
         "orders",

@@ -1,0 +1,311 @@
+"""The spool file source (SPEC §4.2 item 4): tail a JSONL file, one signal body per line.
+
+Each complete line (ending in ``\\n``) goes through `Service.accept` with ``source="spool"``.
+
+- **Offsets.** The read position lives in the journal under `spool_name` (``spool:<resolved
+  path>``). An accepted line's end offset is committed in the same transaction as its signal, so
+  a restart neither skips nor repeats a line; a rejected or blank line's offset is stored after it.
+- **Ids.** A line without an ``id`` (or with ``"id": null``) gets one derived from the spool name,
+  a truncation generation and the line's start offset, so re-reading a line (a crash between
+  reading and storing its offset, an operator rewinding the offset) finds the same signal again
+  instead of making a second one. An id the line has is never replaced.
+- **Bad lines** (over `MAX_LINE_BYTES`, not UTF-8, not JSON, not an object, invalid as a signal)
+  are audited as ``signal_rejected`` with ``spool_line`` (1-based) and ``spool_offset`` (bytes)
+  and skipped; the tail goes on. Validation errors are audited by the service, which sees the two
+  spool fields through structlog's bound context; the rest are audited here.
+- **The file** may not exist yet (one ``spool_waiting`` event, then quiet). If it becomes shorter
+  than the offset it was truncated or replaced: ``spool_truncated``, and reading restarts at 0
+  with a new id generation, so new lines at old offsets are not taken for the old ones. A file
+  replaced by a *longer* one is not detected; append only.
+
+All file I/O runs in worker threads, in chunks of at most `CHUNK_BYTES`. `run()` polls every
+``poll_interval_s`` seconds on the injected clock: a trade-off for portability (no inotify), at
+the cost of up to one interval of latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import orjson
+from structlog.contextvars import bound_contextvars
+
+from app.clock import Clock
+from app.domain import SignalError
+from app.intake.service import IntakeClosed, IntakeState, Service
+from app.journal import Journal
+from app.observability.audit import AuditEvent
+from app.observability.logging import AuditLogger
+
+__all__ = ["CHUNK_BYTES", "MAX_LINE_BYTES", "SpoolTail", "spool_name"]
+
+MAX_LINE_BYTES: Final = 65_536  # the control API's body limit, newline excluded
+CHUNK_BYTES: Final = 1 << 20  # must exceed MAX_LINE_BYTES
+
+
+def spool_name(path: Path) -> str:
+    """The journal offset name of the spool at `path` (resolves it: a few ``stat`` calls)."""
+    return f"spool:{path.resolve()}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    offset: str  # the read offset's name in the journal
+    generation: str  # how many times the file was found truncated
+    id_prefix: str
+
+    @classmethod
+    def of(cls, path: Path) -> _Keys:
+        name = spool_name(path)
+        digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+        return cls(name, f"spool-generation:{name.removeprefix('spool:')}",
+                   f"spool-{digest}-")
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    size: int  # the file's size when read
+    data: bytes  # up to `limit` bytes from the offset (empty if the file is shorter)
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Where one `SpoolTail.catch_up` stands in the file (byte offsets)."""
+
+    offset: int  # start of the next line to handle
+    pos: int  # next byte to read: past `offset` only inside an over-long line
+    stored: int  # the offset last committed to the journal
+    handled: int = 0
+
+
+def _read(path: Path, offset: int, limit: int) -> _Chunk | None:
+    """In a worker thread: the bytes from `offset`, or None if the file does not exist."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, 2)
+            if size <= offset:
+                return _Chunk(size, b"")
+            file.seek(offset)
+            return _Chunk(size, file.read(limit))
+    except FileNotFoundError:
+        return None
+
+
+def _count_lines(path: Path, start: int, stop: int) -> int:
+    """In a worker thread: the newlines in bytes [start, stop) of the file."""
+    count = 0
+    with path.open("rb") as file:
+        file.seek(start)
+        while start < stop:
+            data = file.read(min(CHUNK_BYTES, stop - start))
+            if not data:
+                break
+            count += data.count(b"\n")
+            start += len(data)
+    return count
+
+
+def _decode(raw: bytes) -> dict[str, object]:
+    """One line as a JSON object; `SignalError` (field ``body``) if it is not one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SignalError("body", f"is not UTF-8 (bad byte at {error.start})") from None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise SignalError("body", f"is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise SignalError("body", "must be a JSON object")
+    return data
+
+
+class SpoolTail:
+    """Feeds the JSONL file at `path` to `service`, one signal per line (module docstring).
+
+    `poll_interval_s` is seconds between reads in `run()`. One tail per file: two tails on the
+    same file and journal would not repeat signals (the ids) but would race on the offset.
+    """
+
+    def __init__(self, path: Path, service: Service, journal: Journal, clock: Clock,
+                 log: AuditLogger, *, poll_interval_s: float = 0.2) -> None:
+        self.path = path
+        self._service = service
+        self._journal = journal
+        self._clock = clock
+        self._log = log
+        self._poll_interval_s = poll_interval_s
+        self._keys: _Keys | None = None  # resolved on first use, off the loop
+        self._generation = 0
+        self._anchor = (0, 1)  # (offset, number of the line starting there), when known
+        self._skip: tuple[int, int] | None = None  # over-long line: (start, bytes scanned to)
+        self._waiting = False
+        self._unreadable: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<SpoolTail {str(self.path)!r} generation={self._generation}>"
+
+    async def run(self) -> None:
+        """Tail the file until cancelled, or until intake closes for shutdown (then return).
+
+        While intake is still starting, lines wait. An unreadable file (other than a missing
+        one) is audited as ``spool_unreadable`` once and retried."""
+        while True:
+            try:
+                await self.catch_up()
+                self._unreadable = None
+            except IntakeClosed as closed:
+                if closed.state is IntakeState.STOPPING:
+                    return
+            except OSError as error:
+                if repr(error) != self._unreadable:
+                    self._unreadable = repr(error)
+                    self._log.warning(AuditEvent.SPOOL_UNREADABLE, path=str(self.path),
+                                      error=repr(error))
+            await self._clock.sleep(self._poll_interval_s)
+
+    async def catch_up(self) -> int:
+        """Handle every complete line after the stored offset; return how many (accepted,
+        duplicate or rejected; blank lines are not counted).
+
+        Raises `IntakeClosed` when the service is not open (the line is left for later) and
+        ``OSError`` if the file exists but cannot be read."""
+        keys = await self._load_keys()
+        offset = await self._journal.get_offset(keys.offset) or 0
+        cursor = _Cursor(offset, offset, offset)
+        if self._skip is not None and self._skip[0] == offset:
+            cursor.pos = self._skip[1]
+        else:
+            self._skip = None  # none, or the offset was moved under us
+        while True:
+            chunk = await asyncio.to_thread(_read, self.path, cursor.pos, CHUNK_BYTES)
+            if chunk is None:
+                self._note_missing()
+                break
+            self._waiting = False
+            if chunk.size < cursor.pos:
+                await self._restart(keys, cursor.offset, chunk.size)
+                cursor = _Cursor(0, 0, 0, cursor.handled)
+                continue
+            if self._skip is not None:
+                more = await self._skip_long_line(keys, cursor, chunk.data)
+            else:
+                more = await self._lines(keys, cursor, chunk.data)
+            if not more:
+                break
+        if cursor.stored != cursor.offset:  # blank lines at the end: do not read them again
+            await self._journal.set_offset(keys.offset, cursor.offset)
+        return cursor.handled
+
+    async def _lines(self, keys: _Keys, cursor: _Cursor, data: bytes) -> bool:
+        """Handle the complete lines of `data` (read at `cursor.pos`); True to read on."""
+        start = 0
+        while (newline := data.find(b"\n", start)) >= 0:
+            end = cursor.pos + newline + 1
+            if await self._line(keys, data[start:newline], cursor.pos + start, end):
+                cursor.handled, cursor.stored = cursor.handled + 1, end
+            start = newline + 1
+        cursor.offset = cursor.pos + start
+        if len(data) - start > MAX_LINE_BYTES:  # no end in sight: reject now, skip to its end
+            await self._reject(keys, cursor.offset, None, "body",
+                               f"is longer than {MAX_LINE_BYTES} bytes")
+            cursor.pos += len(data)
+            self._skip = (cursor.offset, cursor.pos)
+        else:
+            cursor.pos = cursor.offset
+        return len(data) == CHUNK_BYTES
+
+    async def _skip_long_line(self, keys: _Keys, cursor: _Cursor, data: bytes) -> bool:
+        """Look for the end of the over-long line at `cursor.offset` in `data`, read at
+        `cursor.pos`; store the offset past it once found. True to read on."""
+        newline = data.find(b"\n")
+        if newline < 0:
+            cursor.pos += len(data)
+            self._skip = (cursor.offset, cursor.pos)
+            return len(data) == CHUNK_BYTES
+        end = cursor.pos + newline + 1
+        await self._journal.set_offset(keys.offset, end)
+        self._advance(cursor.offset, end)
+        self._skip = None
+        cursor.handled += 1
+        cursor.offset = cursor.stored = cursor.pos = end
+        return True
+
+    async def _line(self, keys: _Keys, raw: bytes, start: int, end: int) -> bool:
+        """One complete line at bytes [start, end); False if it was blank (offset not stored)."""
+        if len(raw) > MAX_LINE_BYTES:
+            await self._reject(keys, start, end, "body", f"is longer than {MAX_LINE_BYTES} bytes")
+            return True
+        if not raw.strip():
+            self._advance(start, end)
+            return False
+        try:
+            data = _decode(raw)
+        except SignalError as error:
+            await self._reject(keys, start, end, error.field, error.detail)
+            return True
+        if data.get("id") is None:  # absent or null: derive one, stable across re-reads
+            generation = f"g{self._generation}-" if self._generation else ""
+            data["id"] = f"{keys.id_prefix}{generation}{start}"
+        number = await self._line_number(start)
+        with bound_contextvars(spool_line=number, spool_offset=start):
+            try:
+                await self._service.accept(data, source="spool", wait=True,
+                                           offset=(keys.offset, end))
+            except SignalError:  # the service audited it, with the bound spool fields
+                await self._journal.set_offset(keys.offset, end)
+        self._advance(start, end)
+        return True
+
+    async def _reject(self, keys: _Keys, start: int, end: int | None, field: str,
+                      detail: str) -> None:
+        """Audit a line this module cannot hand to the service; store the offset past it if
+        its end (`end`) is known."""
+        number = await self._line_number(start)
+        self._log.warning(AuditEvent.SIGNAL_REJECTED, source="spool", field=field, detail=detail,
+                          spool_line=number, spool_offset=start)
+        if end is not None:
+            await self._journal.set_offset(keys.offset, end)
+            self._advance(start, end)
+
+    async def _line_number(self, start: int) -> int:
+        """The 1-based number of the line starting at byte `start` (counted from the last known
+        line once, after a restart or a rewound offset)."""
+        at, number = self._anchor
+        if at != start:
+            if at > start:
+                at, number = 0, 1
+            number += await asyncio.to_thread(_count_lines, self.path, at, start)
+            self._anchor = (start, number)
+        return number
+
+    def _advance(self, start: int, end: int) -> None:
+        at, number = self._anchor
+        if at == start:
+            self._anchor = (end, number + 1)
+
+    async def _load_keys(self) -> _Keys:
+        if self._keys is None:
+            keys = await asyncio.to_thread(_Keys.of, self.path)
+            self._generation = await self._journal.get_offset(keys.generation) or 0
+            self._keys = keys
+        return self._keys
+
+    async def _restart(self, keys: _Keys, offset: int, size: int) -> None:
+        """The file is shorter than where we were: read it again from 0 under a new generation
+        (stored first, so a crash in between only bumps it twice)."""
+        self._log.warning(AuditEvent.SPOOL_TRUNCATED, path=str(self.path), offset=offset,
+                          size=size)
+        self._generation += 1
+        await self._journal.set_offset(keys.generation, self._generation)
+        await self._journal.set_offset(keys.offset, 0)
+        self._anchor, self._skip = (0, 1), None
+
+    def _note_missing(self) -> None:
+        if not self._waiting:
+            self._waiting = True
+            self._log.info(AuditEvent.SPOOL_WAITING, path=str(self.path))
