@@ -11,7 +11,9 @@ any window — clock-aligned or rolling — over the limit:
   its last ``end_guard`` — so the budget is spread over the window instead of spent in its
   first milliseconds, and nothing lands in the next window by latency;
 * **priority**: ``CRITICAL`` ignores pacing (not the caps), ``LOW`` gets at most ``low_share``;
-  waiters are served strictly by priority, FIFO within one;
+  waiters are served strictly by priority, FIFO within one — except that a queue head which
+  cannot fit before the next window of one of its buckets does not hold up later waiters of
+  its own priority that fit now (*skip-ahead*, see ``_drain``); the head keeps its place;
 * **pauses**: ``penalize`` (a 429) pauses buckets until ``Retry-After``; ``ban`` (a 418) stops
   everything until the ban ends.
 
@@ -21,11 +23,13 @@ Once a window is over, ordering its responses by header value attributes every h
 our own requests or to someone else, which gives the foreign cost of that window exactly (for
 everything counted up to our last response). The reserve is the larger of the last two windows'
 foreign cost (plus ``foreign_margin``), raised live when a header shows more than our own
-admitted cost can explain.
+admitted cost can explain. A header above our own count for a request sent within
+``straddle_s`` of the window's start is not taken as foreign use: the exchange probably counted
+that request in the previous window (see ``observe``).
 
-Waiters are woken by one timer (the clock's ``sleep``) set for the earliest moment the queue's
-head can be admitted; there is no polling loop. All times are seconds of exchange time
-(``clock.time() + offset()``).
+Waiters are woken by one timer (the clock's ``sleep``) set for the earliest moment a waiter of
+the highest waiting priority can be admitted; there is no polling loop. All times are seconds of
+exchange time (``clock.time() + offset()``).
 """
 
 from __future__ import annotations
@@ -56,6 +60,19 @@ class BucketSpec:
 
 @dataclass(frozen=True, slots=True)
 class LimiterSettings:
+    """Shares are fractions of a window's budget or length; times are seconds.
+
+    * ``headroom``: share of each limit never used.
+    * ``low_share``: most of a window's budget that ``LOW`` may use.
+    * ``pace_lead``: share of the budget available ahead of the pace at any moment.
+    * ``end_guard``: last share of a paced window in which nothing new is admitted.
+    * ``foreign_margin``: extra kept on top of the co-tenant estimate.
+    * ``max_reserve``: most of the budget ever reserved for co-tenants.
+    * ``warning_threshold``: use at which ``on_warning`` fires, once per window.
+    * ``straddle_s``: how long after a window's start a header above our own count is taken
+      for the previous window's (the uncertainty of our estimate of exchange time).
+    """
+
     headroom: float = 0.02
     low_share: float = 0.8
     pace_lead: float = 0.1
@@ -63,6 +80,7 @@ class LimiterSettings:
     foreign_margin: float = 0.1
     max_reserve: float = 0.9
     warning_threshold: float = 0.8
+    straddle_s: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +95,7 @@ class BucketStats:
     reserve: int
     paused_until: float
     waiting: int
+    straddled: int
 
 
 WarningListener = Callable[[str, int, int], None]
@@ -96,6 +115,7 @@ class _Bucket:
     responses: list[tuple[int, int, float]] = field(default_factory=list)
     foreign_history: deque[float] = field(default_factory=lambda: deque(maxlen=2))
     live_foreign: int = 0
+    straddled: int = 0                 # headers set aside by the straddle rule, ever
 
     def index(self, now: float) -> int:
         return math.floor(now / self.spec.interval_s)
@@ -139,7 +159,8 @@ class WeightLimiter:
 
     async def acquire(self, costs: Mapping[str, int], priority: Priority = Priority.NORMAL
                       ) -> None:
-        """Wait until ``costs`` (bucket name → cost) fit; FIFO within ``priority``."""
+        """Wait until ``costs`` (bucket name → cost) fit; FIFO within ``priority``, except for
+        skip-ahead past a head deferred to its next window (``_drain``)."""
         for name, cost in costs.items():
             bucket = self._buckets.get(name)
             if bucket is None:
@@ -169,14 +190,32 @@ class WeightLimiter:
 
     def observe(self, name: str, used: int, *, cost: int, sent_at: float) -> None:
         """Feed one response's counter for ``name`` (the exchange's used value, this request
-        included). ``sent_at`` is the exchange time the request was admitted."""
+        included). ``sent_at`` is the exchange time the request was admitted.
+
+        Values that cannot be placed in the current window are set aside:
+
+        * the request was sent in an earlier window (by our clock): the value belongs to that
+          window or to this one, we cannot tell;
+        * *straddle rule*: the request was sent less than ``straddle_s`` after this window's
+          start and the value exceeds everything we admitted in this window. Our exchange time
+          is only known to within the time-sync error, so the exchange probably counted the
+          request in the previous window, and the value is that window's total. Taken at face
+          value it would be read as foreign use: the whole excess reserved now, and again in
+          the next windows' co-tenant estimate. The cost of setting it aside: a co-tenant's
+          burst in the first ``straddle_s`` of a window is seen only from the next response
+          sent after that (the estimate of past windows still reserves room for it).
+        """
         bucket = self._buckets.get(name)
         if bucket is None:
             return
         now = self.now()
         self._roll(bucket, now)
         if bucket.index(sent_at) != bucket.window:
-            return  # straddled a boundary: the value may belong to either window
+            return
+        if (used > bucket.own
+                and sent_at - bucket.start(bucket.window) < self._settings.straddle_s):
+            bucket.straddled += 1
+            return
         bucket.server = max(bucket.server, used)
         bucket.responses.append((used, cost, sent_at))
         excess = used - bucket.own
@@ -213,6 +252,7 @@ class WeightLimiter:
                 own=bucket.own, server=bucket.server, reserve=self._reserve(bucket, now),
                 paused_until=max(bucket.paused_until, self._banned_until),
                 waiting=sum(len(q) for q in self._queues.values()),
+                straddled=bucket.straddled,
             ))
         return out
 
@@ -258,7 +298,12 @@ class WeightLimiter:
 
     def _foreign_of_window(self, bucket: _Bucket) -> float:
         """Foreign cost of the window just over, attributed from header values, scaled to
-        the whole window from where our last response was counted."""
+        the whole window from where our last response was counted.
+
+        Responses are taken in the order the exchange counted them, i.e. by header value;
+        among equal values (a refused or zero-cost response beside the request that set the
+        value) the costlier comes first, so our own cost is credited before the value is
+        compared and a tie never shows up as foreign use."""
         if not bucket.responses:
             # Nothing seen in that window: keep half of the last estimate, so a co-tenant
             # that went quiet stops costing us room within a few windows.
@@ -266,7 +311,7 @@ class WeightLimiter:
         own_before = 0
         foreign = 0
         last_at = bucket.start(bucket.window)
-        for used, cost, sent_at in sorted(bucket.responses):
+        for used, cost, sent_at in sorted(bucket.responses, key=lambda r: (r[0], -r[1])):
             own_before += cost
             foreign = max(foreign, used - own_before)
             last_at = max(last_at, sent_at)
@@ -349,27 +394,83 @@ class WeightLimiter:
                     break
         return ready
 
+    def _deferred(self, costs: Mapping[str, int], priority: Priority, now: float) -> bool:
+        """True if one of the buckets cannot take ``costs`` before its next window starts
+        (its budget or pacing is spent for this window, a pause or a rolling cap outlasts it)."""
+        for name, cost in costs.items():
+            bucket = self._buckets[name]
+            next_window = bucket.start(bucket.window + 1)
+            if self._bucket_ready_at(bucket, cost, priority, now) >= next_window:
+                return True
+        return False
+
     def _drain(self) -> None:
-        """Admit queue heads in priority order while they fit; arm the timer for the rest."""
+        """Admit waiters in priority order while they fit; arm the timer for the rest.
+
+        Priorities are strict: nobody goes while a waiter of a higher priority is queued.
+        Within a priority the head goes first, and normally nobody passes it. The exception
+        is *skip-ahead*: when the head cannot fit before the next window of one of its buckets
+        starts, waiting for it would leave the rest of this window's room unused (a weight-20
+        head with 15 left would idle the queue until the roll). Then later waiters of the same
+        priority that fit now are admitted, in queue order. The head keeps its place: once its
+        window rolls it fits within that window, so it is no longer deferred and nobody passes
+        it again — it is served first. Every waiter becomes the head in turn, so nothing
+        starves (a head that can never fit, its cost above the room the co-tenant reserve
+        leaves, no longer holds up the others either).
+        """
         now = self.now()
         wake = math.inf
         for priority in Priority:
             queue = self._queues[priority]
-            while queue:
-                head = queue[0]
-                if head.future.done():
-                    queue.popleft()
-                    continue
-                ready = self._ready_at(head.costs, priority, now)
-                if ready is not None:
-                    wake = ready
-                    break
-                queue.popleft()
-                self._admit(head.costs, now)
-                head.future.set_result(None)
-            if wake < math.inf:
-                break  # strict priority: nobody below a blocked head goes first
+            ready = self._serve_in_order(queue, priority, now)
+            if ready is None:
+                continue                                    # this queue is empty
+            wake = ready
+            if self._banned_until <= now and self._deferred(queue[0].costs, priority, now):
+                wake = min(wake, self._skip_ahead(queue, priority, now))
+            break
         self._arm(wake)
+
+    def _serve_in_order(self, queue: deque[_Waiter], priority: Priority, now: float
+                        ) -> float | None:
+        """Admit heads while they fit. None once the queue is empty, else the blocked head's
+        ready time."""
+        while queue:
+            head = queue[0]
+            if head.future.done():
+                queue.popleft()
+                continue
+            ready = self._ready_at(head.costs, priority, now)
+            if ready is not None:
+                return ready
+            queue.popleft()
+            self._admit(head.costs, now)
+            head.future.set_result(None)
+        return None
+
+    def _skip_ahead(self, queue: deque[_Waiter], priority: Priority, now: float) -> float:
+        """Admit, in queue order, the waiters behind the (deferred) head that fit now. Returns
+        the earliest ready time among those left, for the timer."""
+        head = queue[0]
+        wake = math.inf
+        kept = [head]
+        for waiter in list(queue)[1:]:
+            if waiter.future.done():
+                continue
+            if _covers(waiter.costs, head.costs):
+                kept.append(waiter)        # needs at least what the head needs: cannot fit
+                continue
+            ready = self._ready_at(waiter.costs, priority, now)
+            if ready is None:
+                self._admit(waiter.costs, now)
+                waiter.future.set_result(None)
+            else:
+                kept.append(waiter)
+                wake = min(wake, ready)
+        if len(kept) != len(queue):
+            queue.clear()
+            queue.extend(kept)
+        return wake
 
     def _arm(self, wake: float) -> None:
         if wake == self._timer_at and self._timer is not None and not self._timer.done():
@@ -388,3 +489,10 @@ class WeightLimiter:
         self._timer = None
         self._timer_at = math.inf
         self._drain()
+
+
+def _covers(costs: Mapping[str, int], other: Mapping[str, int]) -> bool:
+    """True if ``costs`` needs at least ``other`` in every bucket ``other`` uses. Admission is
+    monotone in cost, so at one priority and moment such a request cannot fit if ``other``
+    cannot."""
+    return all(name in costs and costs[name] >= cost for name, cost in other.items())

@@ -110,16 +110,109 @@ async def test_headroom_is_never_used() -> None:
 
 
 async def test_fifo_within_a_priority() -> None:
-    """Waiters of one priority are admitted in arrival order, a big one not overtaken."""
+    """Waiters of one priority that become admissible together go in arrival order."""
     clock = FakeClock()
     limiter = make(clock, paced=False)
     rec = Recorder(limiter)
     rec.submit(90)
     await settle()
-    for cost in (40, 1, 1, 1):
+    for cost in (8, 7, 6, 5):                        # only 8 left: all wait for the next window
         rec.submit(cost)
-    await run_until(clock, 30)
-    assert [c for _, c, _ in rec.admitted] == [90, 40, 1, 1, 1]
+    await settle()
+    assert [c for _, c, _ in rec.admitted] == [90, 8]
+    await run_until(clock, W + 0.001)
+    assert [c for _, c, _ in rec.admitted] == [90, 8, 7, 6, 5]
+    await limiter.close()
+
+
+async def test_fifo_is_kept_while_the_head_can_still_fit_this_window() -> None:
+    """A head held only by pacing within the window is not overtaken, however small the rest."""
+    clock = FakeClock()
+    limiter = make(clock, pace_lead=0.1)
+    rec = Recorder(limiter)
+    rec.submit(9)                                     # the pace lead: floor(98 × 0.1) = 9
+    await settle()
+    rec.submit(20)                                    # paced: fits at 0.196 of the window
+    rec.submit(1)                                     # alone it would fit at once
+    await run_until(clock, 1.9)
+    assert [c for _, c, _ in rec.admitted] == [9]
+    await run_until(clock, 2.1)
+    assert [c for _, c, _ in rec.admitted] == [9, 20, 1]
+    await limiter.close()
+
+
+async def test_deferred_head_does_not_block_smaller_requests_that_fit() -> None:
+    """Skip-ahead: a head that cannot fit before the next window lets later waiters of its
+    priority that fit now go, in arrival order."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    rec = Recorder(limiter)
+    rec.submit(90)
+    await settle()
+    for cost in (40, 1, 9, 2, 3):                     # 8 left: 1, 2 and 3 fit, 40 and 9 do not
+        rec.submit(cost)
+    await settle()
+    assert [c for _, c, _ in rec.admitted] == [90, 1, 2, 3]
+    await limiter.close()
+
+
+async def test_deferred_head_is_served_first_when_the_window_rolls() -> None:
+    """The head passed over by skip-ahead keeps its place: it goes first in the next window,
+    before the waiters queued behind it, and before those that arrive after the roll."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    rec = Recorder(limiter)
+    rec.submit(90)
+    await settle()
+    rec.submit(60)
+    rec.submit(9)
+    rec.submit(5)
+    await settle()
+    assert [c for _, c, _ in rec.admitted] == [90, 5]
+    await run_until(clock, W + 0.001)
+    rec.submit(1)
+    await settle()
+    assert [c for _, c, _ in rec.admitted] == [90, 5, 60, 9, 1]
+    await limiter.close()
+
+
+async def test_skip_ahead_never_passes_a_higher_priority() -> None:
+    """Skip-ahead stays within one priority: NORMAL waits while a deferred CRITICAL head does."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    rec = Recorder(limiter)
+    rec.submit(90)
+    await settle()
+    rec.submit(20, Priority.CRITICAL)
+    rec.submit(1, Priority.NORMAL)
+    rec.submit(2, Priority.CRITICAL)
+    await settle()
+    assert [(c, p) for _, c, p in rec.admitted] == [(90, Priority.NORMAL),
+                                                     (2, Priority.CRITICAL)]
+    await run_until(clock, W + 0.001)
+    assert [(c, p) for _, c, p in rec.admitted][2:] == [(20, Priority.CRITICAL),
+                                                         (1, Priority.NORMAL)]
+    await limiter.close()
+
+
+async def test_skip_ahead_passes_a_head_held_by_a_paused_bucket() -> None:
+    """A head waiting on a paused bucket does not hold up same-priority requests that do not
+    use that bucket; those that do use it wait too."""
+    clock = FakeClock()
+    limiter = WeightLimiter([BucketSpec("w", 100, 10, paced=False),
+                             BucketSpec("o", 10, 10, paced=False)], clock)
+    limiter.penalize(["o"], 10.0)
+    order = asyncio.get_running_loop().create_task(limiter.acquire({"w": 1, "o": 1}))
+    await settle()
+    query = asyncio.get_running_loop().create_task(limiter.acquire({"w": 1}))
+    other_order = asyncio.get_running_loop().create_task(limiter.acquire({"o": 1, "w": 5}))
+    await settle()
+    assert query.done()
+    assert not order.done()
+    assert not other_order.done()
+    await run_until(clock, 10.001)
+    assert order.done()
+    assert other_order.done()
     await limiter.close()
 
 
@@ -188,6 +281,7 @@ async def test_server_header_raises_the_local_count() -> None:
     """Another process on the IP, seen only through headers, reduces what we admit."""
     clock = FakeClock()
     limiter = make(clock, paced=False)
+    clock.advance(1.0)                                          # past the straddle span
     rec = Recorder(limiter)
     rec.submit(10)
     await settle()
@@ -200,10 +294,58 @@ async def test_server_header_raises_the_local_count() -> None:
     await limiter.close()
 
 
+async def test_straddling_header_is_not_counted_as_foreign() -> None:
+    """A header above our own count, for a request sent within straddle_s of the window's
+    start, is taken for the previous window's total: no foreign use now or later."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False, straddle_s=0.1)
+    clock.advance(0.05)
+    await limiter.acquire({"w": 10})
+    limiter.observe("w", 95, cost=10, sent_at=limiter.now())
+    assert limiter.used("w") == 10
+    stats = limiter.statistics()[0]
+    assert (stats.server, stats.reserve, stats.straddled) == (0, 0, 1)
+    rec = Recorder(limiter)
+    for _ in range(88):
+        rec.submit(1)
+    await settle()
+    assert len(rec.admitted) == 88                             # 10 + 88 = the whole budget
+    await run_until(clock, W + 0.001)
+    assert limiter.statistics()[0].reserve == 0                # nor in the next window
+    await limiter.close()
+
+
+async def test_header_after_the_straddle_span_counts_as_foreign() -> None:
+    """The same header for a request sent after straddle_s is the exchange's count."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False, straddle_s=0.1)
+    clock.advance(0.15)
+    await limiter.acquire({"w": 10})
+    limiter.observe("w", 95, cost=10, sent_at=limiter.now())
+    assert limiter.used("w") == 95
+    assert limiter.statistics()[0].straddled == 0
+    await limiter.close()
+
+
+async def test_equal_header_values_credit_our_cost_first() -> None:
+    """A refused response showing the same value as our admitted one is not foreign use."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False, foreign_margin=0.0)
+    clock.advance(1.0)
+    await limiter.acquire({"w": 5})
+    limiter.observe("w", 20, cost=0, sent_at=limiter.now())   # a 429 answered first
+    limiter.observe("w", 20, cost=5, sent_at=limiter.now())
+    await run_until(clock, W + 0.001)
+    assert limiter.statistics()[0].reserve == 30               # 15 foreign by 0.5 of W, not 20
+    await limiter.close()
+
+
 async def test_foreign_usage_of_past_windows_is_reserved() -> None:
     """Foreign cost attributed from a finished window's headers is reserved in the next one."""
     clock = FakeClock()
-    limiter = make(clock, paced=False, foreign_margin=0.0)
+    # The first response comes from the window's first instant; the straddle rule (tested on
+    # its own below) would set it aside.
+    limiter = make(clock, paced=False, foreign_margin=0.0, straddle_s=0.0)
     sent = limiter.now()
     for i in range(5):                                         # own 5 × 4, foreign 6 per gap
         await limiter.acquire({"w": 4})
