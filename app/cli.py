@@ -1,8 +1,8 @@
 """The ``execd`` command line (SPEC §11.1); also ``python -m app``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error (the message names the key).
-``run`` and ``sim`` work; ``signal``, ``status``, ``logs`` and ``monitor`` parse their arguments
-but need the daemon's control API, which lands in a later issue.
+``run``, ``sim``, ``signal`` and ``status`` work; ``logs`` and ``monitor`` parse their arguments
+and land in a later issue.
 """
 
 from __future__ import annotations
@@ -11,9 +11,20 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import __version__
-from app.config import ConfigError, ExchangeMode, config_dir, load_settings, sim_config_paths
+from app.config import (
+    ConfigError,
+    ExchangeMode,
+    Settings,
+    config_dir,
+    load_settings,
+    sim_config_paths,
+)
+
+if TYPE_CHECKING:
+    from app.client import ControlClient
 
 __all__ = ["main"]
 
@@ -62,6 +73,34 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         faults_path=args.faults,
         seed=args.seed,
     )
+
+
+def _cmd_signal(args: argparse.Namespace) -> int:
+    from app.cli_control import send_signal
+
+    return _with_client(args, send_signal)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from app.cli_control import show_status
+
+    return _with_client(args, show_status)
+
+
+def _with_client(args: argparse.Namespace,
+                 command: Callable[[argparse.Namespace, ControlClient, Settings], int]) -> int:
+    from app.client import ControlClient, DaemonUnreachable
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return command(args, ControlClient.from_settings(settings), settings)
+    except DaemonUnreachable as exc:
+        print(f"execd {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _not_available(args: argparse.Namespace) -> int:
@@ -114,12 +153,17 @@ def _build_parser() -> argparse.ArgumentParser:
     sig.add_argument("--sl", metavar="P", help="stop-loss trigger price")
     sig.add_argument("--leverage", type=int, metavar="N", help="leverage, 1-125")
     sig.add_argument("--id", metavar="ID", help="idempotency key (generated when absent)")
+    sig.add_argument("--margin-type", choices=("ISOLATED", "CROSSED"), help="margin type")
+    sig.add_argument("--ttl", type=float, metavar="S", help="seconds the signal stays valid")
     sig.add_argument("--wait", action="store_true",
                      help="wait for the final state; exit 0 only for DONE")
-    sig.set_defaults(handler=_not_available)
+    sig.add_argument("--config", type=Path, metavar="FILE", help="extra TOML config file")
+    sig.set_defaults(handler=_cmd_signal)
 
     status = commands.add_parser("status", help="one-shot status of the running daemon")
-    status.set_defaults(handler=_not_available)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument("--config", type=Path, metavar="FILE", help="extra TOML config file")
+    status.set_defaults(handler=_cmd_status)
 
     logs = commands.add_parser("logs", help="read or follow the audit log")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new events")

@@ -23,6 +23,7 @@ unknown ``EXECD_`` variables, which its environment source would silently ignore
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -51,8 +52,10 @@ __all__ = [
     "Credentials",
     "ExchangeMode",
     "Settings",
+    "api_token_path",
     "config_dir",
     "load_settings",
+    "resolve_api_token",
     "sim_config_paths",
 ]
 
@@ -309,3 +312,30 @@ def _sim_credentials(sim_config: Path) -> tuple[str, str]:
         key = str(section.get("api_key", key))
         secret = str(section.get("api_secret", secret))
     return key, secret
+
+
+def api_token_path(settings: Settings) -> Path:
+    """Where a generated control API token lives: ``api-token`` beside the journal
+    (``data/api-token`` by default), so ``EXECD_JOURNAL__PATH`` moves both."""
+    return settings.journal.path.parent / "api-token"
+
+
+def resolve_api_token(settings: Settings, *, create: bool) -> str | None:
+    """The control API token: ``api.token`` (``EXECD_API_TOKEN``) if set, else the token file;
+    with ``create`` a missing file is generated (32 random bytes, mode 0600). Blocking file I/O:
+    the daemon calls this in a thread."""
+    if settings.api.token is not None and settings.api.token.get_secret_value():
+        return settings.api.token.get_secret_value()
+    path = api_token_path(settings)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = ""
+    if token or not create:
+        return token or None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    return token

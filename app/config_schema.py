@@ -204,7 +204,7 @@ class ApiSettings(BaseModel):
     model_config = _SECTION
 
     host: str = Field(default="127.0.0.1", min_length=1)
-    port: int = Field(default=8470, ge=1, le=65_535)
+    port: int = Field(default=8470, ge=0, le=65_535)
     token: OptionalSecret = Field(default=None, validate_default=True)
     max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
 

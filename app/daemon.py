@@ -1,34 +1,50 @@
 """The composition root and lifecycle of the execd daemon (SPEC §3.2, §11.1).
 
 This is the one place that builds things and wires them together: the clock, the audit log, the
-exchange (the embedded simulator in ``sim`` mode) and, in later issues, the limiter, breakers,
-gateway, journal, executor, bus and intake sources, all passed in explicitly.
+exchange (the embedded simulator in ``sim`` mode), the gateway (limiter, breakers, retry), the
+journal, the executor, the bus, the intake service and its sources, all passed in explicitly.
 
 Lifecycle, top to bottom:
 
-- start (`Daemon.__aenter__`): check credentials → audit log → exchange → SIGTERM/SIGINT
-  handlers → ``daemon_started`` → ready line on stdout;
-- serve (`Daemon.serve`): workers run under one `asyncio.TaskGroup` until SIGTERM/SIGINT;
-- stop (`Daemon.__aexit__`): ``daemon_stopping`` → stop the exchange → ``daemon_stopped`` →
-  flush and close the audit log. Everything started is registered on one `AsyncExitStack`, so
-  shutdown runs in reverse order of start-up even when start-up fails half-way.
+- start (`Daemon.__aenter__`): check credentials and the API token → audit log → exchange →
+  gateway (time sync, exchangeInfo, limiter) → journal → executor, bus, service → control API
+  (``/healthz`` says ``starting``) → restart recovery (§5.6) → intake opens → SIGTERM/SIGINT
+  handlers → ``daemon_started`` → ready lines on stdout;
+- serve (`Daemon.serve`): the orphan watcher and the spool tail run under one
+  `asyncio.TaskGroup` until SIGTERM/SIGINT; then intake closes (HTTP 503), queued and running
+  signals get ``execution.shutdown_timeout_s`` to finish, and what is left stays in the journal,
+  resumable at the next start;
+- stop (`Daemon.__aexit__`): ``daemon_stopping`` → everything started, in reverse order →
+  ``daemon_stopped`` → flush and close the audit log. Everything started is registered on one
+  `AsyncExitStack`, so shutdown runs in reverse order of start-up even when start-up fails
+  half-way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TextIO
 
 from app import __version__
 from app.clock import Clock, SystemClock
-from app.config import ConfigError, Credentials, Settings, sim_config_paths
+from app.config import ConfigError, Credentials, Settings, resolve_api_token, sim_config_paths
 from app.exchange.gateway import Gateway, GatewaySettings
+from app.execution.executor import Executor
+from app.execution.reconcile import recover
+from app.execution.settings import ExecutorSettings
+from app.intake.bus import SignalBus
+from app.intake.http_api import ControlApi
+from app.intake.service import Service
+from app.intake.spool import SpoolTail
+from app.journal import Journal
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger, configure_logging
 from app.resilience.breaker import BreakerSettings
@@ -72,6 +88,14 @@ class Daemon:
         self._started_at = self.clock.monotonic()
         self.log: AuditLogger | None = None
         self.gateway: Gateway | None = None
+        self.journal: Journal | None = None
+        self.executor: Executor | None = None
+        self.bus: SignalBus | None = None
+        self.service: Service | None = None
+        self.api: ControlApi | None = None
+        self.recovery: dict[str, int] = {}
+        self._stopping_logged = False
+        self._drain: dict[str, object] = {}
 
     async def __aenter__(self) -> Self:
         try:
@@ -84,12 +108,14 @@ class Daemon:
     async def _start(self) -> None:
         settings = self.settings
         credentials = settings.require_credentials()
+        token = await asyncio.to_thread(resolve_api_token, settings, create=True)
+        assert token is not None
         audit = configure_logging(
             settings.audit.log_dir,
             settings.audit.level,
             settings.audit.console,
             self.clock,
-            secrets=settings.secret_values(),
+            secrets=(*settings.secret_values(), token),
             retention_days=settings.audit.retention_days,
         )
         self._stack.push_async_callback(audit.aclose)
@@ -102,7 +128,27 @@ class Daemon:
                                                           self.exchange_url), self.clock, log)
         self._stack.push_async_callback(gateway.close)
         await gateway.start()  # time sync, exchangeInfo, limiter from its rateLimits
-        # Later issues: journal, executor, bus, control API.
+
+        self.journal = journal = Journal(settings.journal.path)
+        await journal.open()
+        self._stack.push_async_callback(journal.close)
+        ex = settings.execution
+        self.executor = executor = Executor(gateway, gateway.symbols.get, journal, self.clock,
+                                            log, ExecutorSettings.from_config(ex))
+        self.bus = bus = SignalBus(executor.execute, capacity=ex.queue_size,
+                                   max_concurrency=ex.max_concurrency, log=log)
+        self._stack.push_async_callback(bus.aclose)
+        self.service = service = Service(journal, bus, gateway.symbols.get, self.clock, log,
+                                         default_ttl_s=ex.default_ttl_s)
+        self.api = api = ControlApi(service, gateway, self.status, token=token,
+                                    host=settings.api.host, port=settings.api.port,
+                                    max_body_bytes=settings.api.max_body_bytes, log=log)
+        await api.start()                      # /healthz answers "starting" during recovery
+        self._stack.push_async_callback(api.close)
+        self._stack.callback(service.close)    # first thing on the way down: refuse intake
+
+        self.recovery = await recover(journal, gateway, executor.sender, executor, log)
+        service.open()
 
         self._handle_stop_signals()
         self._started_at = self.clock.monotonic()
@@ -116,16 +162,37 @@ class Daemon:
             embedded_sim=embedded,
             credentials=credentials.origin,
             log_file=str(log_file),
+            api_url=api.url,
+            journal=str(settings.journal.path),
             spool=str(self.spool) if self.spool else None,
+            recovered=self.recovery,
         )
         where = f"{self.exchange_url} (embedded simulator)" if embedded else self.exchange_url
-        # One short line, once: not worth a thread, and operators and tests wait for it.
+        # A few short lines, once: not worth a thread, and operators and tests wait for them.
         print(
             f"{READY_PREFIX} mode {settings.exchange.mode}, exchange {where}, "
-            f"audit log {log_file}",
+            f"control API {api.url}, audit log {log_file}",
             file=self._out,
             flush=True,
         )
+        example = await self._first_signal_example()
+        if example:
+            print(f"  send a first signal:  {example}", file=self._out, flush=True)
+        print("  watch what it does:   .venv/bin/execd logs -f    (Ctrl-C here stops execd)",
+              file=self._out, flush=True)
+
+    async def _first_signal_example(self) -> str | None:
+        """The exact command for a first signal, with tp/sl 2 % around the current mark."""
+        assert self.gateway is not None
+        try:
+            rules = self.gateway.symbols.get("BTCUSDT")
+            mark = await self.gateway.mark_price("BTCUSDT")
+        except Exception:  # only a hint: never fail start-up over it
+            return None
+        tp = rules.quantize_price(mark * Decimal("1.02"))
+        sl = rules.quantize_price(mark * Decimal("0.98"))
+        return (f".venv/bin/execd signal LONG_ENTRY BTCUSDT --qty 0.01 --tp {tp} --sl {sl} "
+                "--wait")
 
     async def _start_exchange(self) -> str:
         """The exchange base URL: given, configured, or that of a simulator started here."""
@@ -149,11 +216,49 @@ class Daemon:
             self._stack.callback(loop.remove_signal_handler, sig)
 
     async def serve(self) -> None:
-        """Run the workers until `request_stop()` (SIGTERM and SIGINT call it)."""
-        # Later issues start the executor, bus, spool tail and control API in this group;
-        # after the stop request they stop intake and drain within shutdown_timeout_s.
-        async with asyncio.TaskGroup():
+        """Run the workers until `request_stop()` (SIGTERM and SIGINT call it), then stop
+        intake and let queued signals finish within ``execution.shutdown_timeout_s``."""
+        assert self.executor is not None
+        assert self.service is not None
+        assert self.bus is not None
+        assert self.journal is not None
+        assert self.log is not None
+        async with asyncio.TaskGroup() as workers:
+            tasks = [workers.create_task(self.executor.protector.watch(), name="execd-watcher")]
+            if self.spool is not None:
+                tail = SpoolTail(self.spool, self.service, self.journal, self.clock, self.log)
+                tasks.append(workers.create_task(tail.run(), name="execd-spool"))
             await self._stop.wait()
+            self.service.close()
+            for task in tasks:
+                task.cancel()
+        timeout = self.settings.execution.shutdown_timeout_s
+        self._stopping_logged = True
+        self.log.info(AuditEvent.DAEMON_STOPPING, reason=self._stop_reason,
+                      in_flight=self.bus.pending, timeout_s=timeout)
+        drained = await self.bus.drain(timeout)
+        self._drain = {"drained": drained, "left_in_journal": self.bus.pending}
+        await self.bus.aclose()
+
+    def status(self) -> dict[str, object]:
+        """The daemon's state for ``GET /v1/status`` and ``execd status``."""
+        service, bus, gateway = self.service, self.bus, self.gateway
+        limiter = gateway.limiter if gateway is not None else None
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "state": service.state.value if service is not None else "starting",
+            "uptime_s": round(self.clock.monotonic() - self._started_at, 3),
+            "exchange": {"mode": self.settings.exchange.mode.value,
+                         "base_url": self.exchange_url},
+            "queue": dataclasses.asdict(bus.snapshot()) if bus is not None else None,
+            "symbols": sorted(service.symbols) if service is not None else [],
+            "limiter": [dataclasses.asdict(b) for b in limiter.statistics()] if limiter else [],
+            "breakers": {name.value: {"state": b.state.name.lower(),
+                                      "retry_after": round(b.retry_after(), 3)}
+                         for name, b in gateway.breakers.items()} if gateway else {},
+            "recovery": self.recovery,
+        }
 
     def request_stop(self, reason: str = "shutdown requested") -> None:
         """Ask `serve()` to return; the first reason given is the one audited."""
@@ -168,16 +273,16 @@ class Daemon:
         tb: TracebackType | None,
     ) -> None:
         if self.log is not None:
-            if exc is None:
-                self.log.info(AuditEvent.DAEMON_STOPPING, reason=self._stop_reason)
-            else:
+            if exc is not None:
                 self.log.error(AuditEvent.DAEMON_STOPPING, reason="error", exc_info=exc)
+            elif not self._stopping_logged:
+                self.log.info(AuditEvent.DAEMON_STOPPING, reason=self._stop_reason)
         await self._stack.aclose()
 
     def _emit_stopped(self) -> None:
         if self.log is not None:
             uptime = round(self.clock.monotonic() - self._started_at, 3)
-            self.log.info(AuditEvent.DAEMON_STOPPED, uptime_s=uptime)
+            self.log.info(AuditEvent.DAEMON_STOPPED, uptime_s=uptime, **self._drain)
 
 
 def gateway_settings(settings: Settings, credentials: Credentials, base_url: str

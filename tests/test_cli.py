@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -84,8 +85,6 @@ def test_testnet_without_credentials_exits_2(capsys: pytest.CaptureFixture[str])
 @pytest.mark.parametrize(
     "argv",
     [
-        ["signal", "LONG_ENTRY", "BTCUSDT", "--qty", "0.01", "--wait"],
-        ["status"],
         ["logs", "-f", "--event", "order_placed", "--since", "10m", "--json"],
         ["monitor", "--once", "--interval", "2"],
     ],
@@ -93,9 +92,33 @@ def test_testnet_without_credentials_exits_2(capsys: pytest.CaptureFixture[str])
 def test_client_commands_are_not_available_yet(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Commands needing the control API parse their arguments, then exit 1 saying why."""
+    """Commands of a later issue parse their arguments, then exit 1 saying why."""
     assert main(argv) == 1
     assert f"execd {argv[0]}: not available yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["signal", "LONG_ENTRY", "BTCUSDT", "--qty", "0.01", "--wait"], ["status"]],
+)
+def test_client_commands_without_a_daemon_exit_1(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """signal and status with nothing listening: exit 1 saying where they looked and why."""
+    monkeypatch.setenv("EXECD_API__PORT", str(free_port()))
+    monkeypatch.setenv("EXECD_JOURNAL__PATH", str(tmp_path / "journal.sqlite3"))
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no execd control API at http://127.0.0.1:" in err
+    assert "is the daemon running?" in err
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def test_sim_reports_a_bad_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,6 +137,7 @@ async def test_daemon_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
         "EXECD_AUDIT__LOG_DIR": str(tmp_path / "audit"),
         "EXECD_AUDIT__CONSOLE": "false",
         "EXECD_JOURNAL__PATH": str(tmp_path / "journal.sqlite3"),
+        "EXECD_API__PORT": str(free_port()),
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app", "run",

@@ -29,7 +29,8 @@ def _clean_structlog() -> Iterator[None]:
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
     env = {"BINANCE_API_SECRET": API_SECRET}
-    base = {"audit.log_dir": str(tmp_path / "audit"), "audit.console": False}
+    base = {"audit.log_dir": str(tmp_path / "audit"), "audit.console": False,
+            "journal.path": str(tmp_path / "data" / "journal.sqlite3"), "api.port": 0}
     return load_settings(overrides=base | overrides, environ=env)
 
 

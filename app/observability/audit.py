@@ -72,6 +72,8 @@ class AuditEvent(StrEnum):
     RECONCILE_STARTED = "reconcile_started"
     ORDER_RECONCILED = "order_reconciled"
     RECONCILE_FINISHED = "reconcile_finished"
+    # the control API
+    API_REQUEST_FAILED = "api_request_failed"
     # operator attention
     ALERT = "alert"
 
@@ -160,6 +162,11 @@ GROUPS: tuple[EventGroup, ...] = (
         "recovery",
         "The restart reconciliation pass over journaled intents (SPEC §5.6).",
         (_E.RECONCILE_STARTED, _E.ORDER_RECONCILED, _E.RECONCILE_FINISHED),
+    ),
+    EventGroup(
+        "control_api",
+        "A control API request that failed inside execd (HTTP 500); the server keeps running.",
+        (_E.API_REQUEST_FAILED,),
     ),
     EventGroup(
         "alerts",

@@ -1,0 +1,319 @@
+"""The control API (SPEC §11.2): signals in, state and account operations out, over aiohttp.
+
+Every answer is JSON (``/metrics`` excepted); every error is ``{"error": "<code>", "detail":
+"...", ...}`` naming what is wrong. ``POST /v1/signals`` goes through `Service.accept`, the one
+accept path, so its statuses are the service's outcomes: 202 accepted (journaled), 200 duplicate
+(the body of ``GET /v1/signals/{id}``), 400 `SignalError`, 429 `QueueFull`, 503 `IntakeClosed`.
+
+Auth is ``Authorization: Bearer <token>`` on everything under ``/v1/``; ``/healthz`` and
+``/metrics`` are open. An empty token turns auth off, which the constructor allows on a loopback
+address only (the config already demands a token elsewhere; this is defence in depth).
+
+Bodies are never logged, nor is the ``Authorization`` header; aiohttp's access log is off. A
+request body is read at most ``max_body_bytes + 1`` bytes at a time, whatever Content-Length
+claims, so an oversized body costs no more memory than the limit.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
+from typing import Final, Protocol, TypeVar
+
+import orjson
+import prometheus_client
+from aiohttp import web
+
+from app.domain import Intent, SignalError
+from app.errors import ExchangeError, InvalidRequest
+from app.exchange.models import Balance, CancelCounts, Position
+from app.intake.bus import QueueFull
+from app.intake.service import IntakeClosed, IntakeState, Service
+from app.journal import SignalRecord
+from app.observability.audit import AuditEvent
+from app.observability.logging import AuditLogger
+
+__all__ = ["AccountPort", "ControlApi"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_T = TypeVar("_T")
+
+_SYMBOL: Final = re.compile(r"[A-Z0-9]{2,32}")
+_ASSET: Final = re.compile(r"[A-Z0-9]{2,16}")
+_INVALID_SYMBOL_CODE: Final = -1121  # Binance: "Invalid symbol."
+_PUBLIC: Final = frozenset({"/healthz", "/metrics"})
+
+
+class AccountPort(Protocol):
+    """The gateway as the control API sees it (SPEC §5.5)."""
+
+    async def get_position(self, symbol: str) -> Position | None: ...
+
+    async def get_account_balance(self, asset: str = "USDT") -> Balance: ...
+
+    async def cancel_all_orders(self, symbol: str) -> CancelCounts: ...
+
+
+class _Problem(Exception):
+    """An answer other than success, raised from a handler and rendered by the middleware."""
+
+    def __init__(self, status: int, body: Mapping[str, object],
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+class ControlApi:
+    """The control API server. ``start()`` binds (``port=0`` picks a free port), ``close()``
+    stops it. Raises ``ValueError`` for a non-loopback ``host`` with an empty ``token``."""
+
+    def __init__(self, service: Service, exchange: AccountPort,
+                 status: Callable[[], Mapping[str, object]], *, token: str,
+                 host: str = "127.0.0.1", port: int = 8470, max_body_bytes: int = 65536,
+                 log: AuditLogger,
+                 registry: prometheus_client.CollectorRegistry | None = None) -> None:
+        if not token and not _is_loopback(host):
+            raise ValueError(f"refusing to serve the control API on {host!r} without a token")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be at least 1")
+        self._service = service
+        self._exchange = exchange
+        self._status = status
+        self._token = token.encode()
+        self._host = host
+        self._port = port
+        self._max_body = max_body_bytes
+        self._log = log
+        self._registry = prometheus_client.CollectorRegistry() if registry is None else registry
+        self._runner: web.AppRunner | None = None
+        self._app = web.Application(middlewares=[self._errors], client_max_size=max_body_bytes)
+        self._app.router.add_get("/healthz", self._healthz)
+        self._app.router.add_get("/metrics", self._metrics)
+        self._app.router.add_post("/v1/signals", self._post_signal)
+        self._app.router.add_get("/v1/signals/{id}", self._get_signal)
+        self._app.router.add_get("/v1/status", self._get_status)
+        self._app.router.add_get("/v1/positions/{symbol}", self._get_position)
+        self._app.router.add_get("/v1/balance", self._get_balance)
+        self._app.router.add_post("/v1/cancel-all/{symbol}", self._cancel_all)
+
+    def __repr__(self) -> str:
+        where = self.url if self._runner is not None else "not started"
+        return f"<ControlApi {where}>"
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Bind and serve. Raises ``OSError`` if the address is taken."""
+        if self._runner is not None:
+            raise RuntimeError("control API already started")
+        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=5.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._port = runner.addresses[0][1]
+        self._runner = runner
+
+    async def close(self) -> None:
+        """Stop listening; requests in flight get up to 5 s to finish. Idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    # ------------------------------------------------------------------ middleware
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.path not in _PUBLIC and request.match_info.http_exception is None:
+                self._authorize(request)
+            return await handler(request)
+        except _Problem as problem:
+            return _json(problem.status, problem.body, problem.headers)
+        except web.HTTPException as error:  # the router's 404 / 405
+            return _routing_error(request, error)
+        except Exception as error:
+            self._log.error(AuditEvent.API_REQUEST_FAILED, method=request.method,
+                            path=request.path, error_class=type(error).__name__, exc_info=True)
+            return _json(500, {"error": "internal_error",
+                               "detail": f"unexpected {type(error).__name__}; see the audit log"})
+
+    def _authorize(self, request: web.Request) -> None:
+        if not self._token:
+            return
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        try:  # aiohttp decodes headers as UTF-8 with surrogateescape: this gives the raw bytes
+            given = credentials.strip().encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            given = b""
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self._token):
+            raise _Problem(401, {"error": "unauthorized",
+                                 "detail": "send Authorization: Bearer <token>"},
+                           {"WWW-Authenticate": "Bearer"})
+
+    # ------------------------------------------------------------------ open endpoints
+    async def _healthz(self, request: web.Request) -> web.Response:
+        state = self._service.state
+        return _json(200 if state is IntakeState.READY else 503, {"status": state.value})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=prometheus_client.generate_latest(self._registry),
+                            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+    # ------------------------------------------------------------------ signals
+    async def _post_signal(self, request: web.Request) -> web.Response:
+        raw = await self._read_body(request)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise _Problem(400, {"error": "invalid_json", "detail": str(error)}) from None
+        try:
+            accepted = await self._service.accept(data, source="http")
+        except SignalError as error:
+            raise _Problem(400, error.body()) from None
+        except QueueFull as error:
+            seconds = max(1, math.ceil(error.retry_after))
+            raise _Problem(429, {"error": "queue_full", "detail": str(error),
+                                 "retry_after": seconds, "capacity": error.capacity},
+                           {"Retry-After": str(seconds)}) from None
+        except IntakeClosed as error:
+            raise _Problem(503, {"error": error.state.value, "detail": str(error)}) from None
+        if accepted.created:  # just journaled: nothing has run yet
+            return _json(202, _signal_view(accepted.record, []))
+        intents = await self._service.journal.intents_for(accepted.record.signal.id)
+        return _json(200, _signal_view(accepted.record, intents))
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        too_big = _Problem(413, {"error": "body_too_large",
+                                 "detail": f"the body must be at most {self._max_body} bytes",
+                                 "limit": self._max_body})
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise too_big
+        body = bytearray()
+        while chunk := await request.content.read(self._max_body + 1 - len(body)):
+            body += chunk
+            if len(body) > self._max_body:
+                raise too_big
+        return bytes(body)
+
+    async def _get_signal(self, request: web.Request) -> web.Response:
+        signal_id = request.match_info["id"]
+        journal = self._service.journal
+        record = await journal.get_signal(signal_id)
+        if record is None:
+            raise _Problem(404, {"error": "not_found", "detail": f"no signal {signal_id!r}"})
+        return _json(200, _signal_view(record, await journal.intents_for(signal_id)))
+
+    # ------------------------------------------------------------------ state and account
+    async def _get_status(self, request: web.Request) -> web.Response:
+        return _json(200, self._status())
+
+    async def _get_position(self, request: web.Request) -> web.Response:
+        symbol = _symbol(request)
+        position = await self._exchange_call(symbol, self._exchange.get_position(symbol))
+        if position is None:
+            return _json(200, {"symbol": symbol, "amount": "0"})
+        return _json(200, {"symbol": position.symbol, "amount": position.amount,
+                           "side": position.side.value, "entry_price": position.entry_price,
+                           "mark_price": position.mark_price,
+                           "unrealized_pnl": position.unrealized_pnl,
+                           "update_time_ms": position.update_time_ms})
+
+    async def _get_balance(self, request: web.Request) -> web.Response:
+        asset = request.query.get("asset", "USDT")
+        if _ASSET.fullmatch(asset) is None:
+            raise _Problem(400, {"error": "invalid_asset", "field": "asset",
+                                 "detail": "must be 2-16 characters of A-Z 0-9"})
+        balance = await self._exchange_call(None, self._exchange.get_account_balance(asset))
+        return _json(200, {"asset": balance.asset, "wallet": balance.wallet,
+                           "available": balance.available,
+                           "unrealized_pnl": balance.unrealized_pnl})
+
+    async def _cancel_all(self, request: web.Request) -> web.Response:
+        symbol = _symbol(request)
+        counts = await self._exchange_call(symbol, self._exchange.cancel_all_orders(symbol))
+        return _json(200, {"symbol": symbol, "regular": counts.regular, "algo": counts.algo})
+
+    async def _exchange_call(self, symbol: str | None, call: Awaitable[_T]) -> _T:
+        try:
+            return await call
+        except InvalidRequest as error:
+            if symbol is not None and error.code == _INVALID_SYMBOL_CODE:
+                raise _Problem(400, {"error": "invalid_symbol", "field": "symbol",
+                                     "detail": f"{symbol} is not a symbol of this exchange"}
+                               ) from None
+            raise _Problem(502, _exchange_error(error)) from None
+        except ExchangeError as error:
+            raise _Problem(502, _exchange_error(error)) from None
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only "localhost" is known to stay on this machine
+        return False
+
+
+def _symbol(request: web.Request) -> str:
+    symbol = request.match_info["symbol"]
+    if _SYMBOL.fullmatch(symbol) is None:
+        raise _Problem(400, {"error": "invalid_symbol", "field": "symbol",
+                             "detail": "must be 2-32 characters of A-Z 0-9"})
+    return symbol
+
+
+def _signal_view(record: SignalRecord, intents: list[Intent]) -> dict[str, object]:
+    """The body of ``GET /v1/signals/{id}`` (and of a duplicate POST)."""
+    signal = record.signal
+    return {
+        "id": signal.id, "symbol": signal.symbol, "type": signal.type.value,
+        "state": record.state.value, "reason": record.reason,
+        "intents": [{"leg": i.leg.value, "client_id": i.client_id, "state": i.state.value,
+                     "exchange_id": i.exchange_id} for i in intents],
+    }
+
+
+def _exchange_error(error: ExchangeError) -> dict[str, object]:
+    return {"error": "exchange_error", "detail": error.message, "error_class": error.error_class,
+            "message": error.message, "code": error.code, "retry_after": error.retry_after}
+
+
+def _routing_error(request: web.Request, error: web.HTTPException) -> web.Response:
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(error.allowed_methods))
+        return _json(405, {"error": "method_not_allowed",
+                           "detail": f"{request.method} {request.path}: allowed {allowed}"},
+                     {"Allow": allowed})
+    if isinstance(error, web.HTTPNotFound):
+        return _json(404, {"error": "not_found", "detail": f"no endpoint {request.path}"})
+    return _json(error.status, {"error": (error.reason or "error").lower().replace(" ", "_"),
+                                "detail": error.text or error.reason})
+
+
+def _default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return format(value, "f")  # never "1E-7"
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _json(status: int, body: Mapping[str, object],
+          headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, headers=headers, content_type="application/json",
+                        body=orjson.dumps(dict(body), default=_default,
+                                          option=orjson.OPT_NON_STR_KEYS))

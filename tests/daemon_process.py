@@ -1,0 +1,89 @@
+"""Run ``execd run`` as a real process for end-to-end tests (SIGTERM, kill -9, the CLI)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app.config import PROJECT_ROOT
+
+READY_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def daemon_env(tmp_path: Path, api_port: int, **extra: str) -> dict[str, str]:
+    """A clean environment: audit, journal and token under ``tmp_path``; a fixed API token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECD_", "BINANCE_"))}
+    return env | {
+        "EXECD_AUDIT__LOG_DIR": str(tmp_path / "audit"),
+        "EXECD_AUDIT__CONSOLE": "false",
+        "EXECD_JOURNAL__PATH": str(tmp_path / "data" / "journal.sqlite3"),
+        "EXECD_API__PORT": str(api_port),
+    } | extra
+
+
+class DaemonProcess:
+    """``python -m app run`` started with ``env``; ``ready`` holds its ready lines."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.env = env
+        self.args = args
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready: list[str] = []
+
+    async def start(self) -> DaemonProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app", "run", *self.args, cwd=PROJECT_ROOT, env=self.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert self.proc.stdout is not None
+        first = await asyncio.wait_for(self.proc.stdout.readline(), READY_TIMEOUT_S)
+        if not first.startswith(b"execd ready:"):
+            _, err = await asyncio.wait_for(self.proc.communicate(), READY_TIMEOUT_S)
+            raise AssertionError(f"no ready line: {first!r}\n{err.decode()}")
+        self.ready.append(first.decode())
+        for _ in range(2):
+            self.ready.append((await self.proc.stdout.readline()).decode())
+        return self
+
+    async def stop(self, *, kill: bool = False) -> tuple[int, str]:
+        """SIGTERM (or SIGKILL) and wait: (exit code, stderr)."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+        _, err = await asyncio.wait_for(self.proc.communicate(), 60)
+        assert self.proc.returncode is not None
+        return self.proc.returncode, err.decode()
+
+    async def ensure_dead(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", *args, cwd=PROJECT_ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def audit_events(tmp_path: Path) -> list[dict[str, Any]]:
+    files = sorted((tmp_path / "audit").glob("audit-*.jsonl"))
+    return [orjson.loads(line) for f in files for line in f.read_bytes().splitlines()]

@@ -1,0 +1,161 @@
+"""The daemon's lifecycle under load, as a real process against a simulator that outlives it:
+SIGTERM during a burst exits 0 with every accepted signal done or resumable and every event on
+disk; kill -9 during a burst, then a restart, ends every accepted signal with one order per
+client id."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from app.domain import SignalState
+from app.journal import Journal
+from app.sim import SimConfig, SimServer
+from tests.daemon_process import DaemonProcess, audit_events, daemon_env, free_port
+
+TOKEN = "lifecycle-test-token"
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT")
+QTY = {"BTCUSDT": "0.002", "ETHUSDT": "0.050", "SOLUSDT": "1", "BNBUSDT": "0.20"}
+BURST = 160
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimServer]:
+    base = SimConfig()
+    config = replace(base, market=replace(base.market, volatility_per_minute=0.0,
+                                          tick_interval_s=0.0))
+    async with SimServer(config) as server, aiohttp.ClientSession() as session:
+        plan = {"seed": 1, "rules": [{"endpoint": "*", "fault": "latency", "probability": 1,
+                                      "latency_ms": 15}]}
+        async with session.post(f"{server.url}/_sim/faults", data=orjson.dumps(plan)) as resp:
+            assert resp.status == 200
+        yield server
+
+
+def body(i: int) -> dict[str, Any]:
+    symbol = SYMBOLS[i % len(SYMBOLS)]
+    if (i // len(SYMBOLS)) % 2 == 0:
+        return {"id": f"burst-{i:04d}", "symbol": symbol, "type": "LONG_ENTRY",
+                "quantity": QTY[symbol], "ttl_s": 600}
+    return {"id": f"burst-{i:04d}", "symbol": symbol, "type": "CLOSE_LONG", "ttl_s": 600}
+
+
+async def burst(api_port: int, *, interrupt: Any) -> tuple[set[str], set[str]]:
+    """POST the burst, calling ``interrupt()`` halfway; (acknowledged ids, unknown ids)."""
+    acked: set[str] = set()
+    unknown: set[str] = set()
+    url = f"http://127.0.0.1:{api_port}/v1/signals"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for i in range(BURST):
+            if i == BURST // 2:
+                interrupt()
+            signal = body(i)
+            try:
+                async with session.post(url, data=orjson.dumps(signal)) as resp:
+                    if resp.status in (200, 202):
+                        acked.add(signal["id"])
+                    else:
+                        assert resp.status == 503, await resp.text()
+            except aiohttp.ClientError:
+                unknown.add(signal["id"])       # the answer was lost: may or may not be in
+    return acked, unknown
+
+
+async def journal_states(tmp_path: Path) -> dict[str, SignalState]:
+    async with Journal(tmp_path / "data" / "journal.sqlite3") as journal:
+        states = {}
+        for i in range(BURST):
+            record = await journal.get_signal(f"burst-{i:04d}")
+            if record is not None:
+                states[record.signal.id] = record.state
+        return states
+
+
+async def sim_orders(sim: SimServer) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{sim.url}/_sim/orders") as resp:
+        rows: list[dict[str, Any]] = orjson.loads(await resp.read())
+        return rows
+
+
+@pytest.mark.timeout(180)
+async def test_sigterm_during_a_burst(tmp_path: Path, sim: SimServer) -> None:
+    """Exit 0; accepted signals are DONE or resumable (and a restart finishes them); every
+    event the daemon emitted is on disk, daemon_stopped last."""
+    port = free_port()
+    env = daemon_env(tmp_path, port, EXECD_API_TOKEN=TOKEN,
+                     EXECD_EXECUTION__SHUTDOWN_TIMEOUT_S="0.3",
+                     EXECD_EXECUTION__MAX_CONCURRENCY="2")
+    daemon = await DaemonProcess(env, "--exchange-url", sim.url).start()
+    try:
+        assert daemon.proc is not None
+        acked, unknown = await burst(port, interrupt=daemon.proc.terminate)
+        code, err = await daemon.stop()
+    finally:
+        await daemon.ensure_dead()
+    assert code == 0, err
+    assert not unknown or all(i not in acked for i in unknown)
+    states = await journal_states(tmp_path)
+    assert acked <= set(states)
+    resumable = {SignalState.ACCEPTED, SignalState.RUNNING}
+    assert {states[i] for i in acked} <= {SignalState.DONE} | resumable
+    assert any(states[i] in resumable for i in acked)     # the stop did interrupt the burst
+    events = audit_events(tmp_path)
+    assert events[-1]["event"] == "daemon_stopped"
+    accepted_events = {e["signal_id"] for e in events if e["event"] == "signal_accepted"}
+    assert accepted_events == set(states)
+    done_events = {e["signal_id"] for e in events if e["event"] == "signal_done"}
+    assert done_events == {i for i, s in states.items() if s is SignalState.DONE}
+
+    # A restart resumes what the stop left and ends every signal.
+    daemon = await DaemonProcess(env, "--exchange-url", sim.url).start()
+    try:
+        code, err = await daemon.stop()
+    finally:
+        await daemon.ensure_dead()
+    assert code == 0, err
+    assert set((await journal_states(tmp_path)).values()) == {SignalState.DONE}
+
+
+@pytest.mark.timeout(180)
+async def test_kill_9_during_a_burst_then_restart(tmp_path: Path, sim: SimServer) -> None:
+    """kill -9 mid-burst; after a restart every accepted signal is terminal and every client
+    id has exactly one order on the exchange."""
+    port = free_port()
+    env = daemon_env(tmp_path, port, EXECD_API_TOKEN=TOKEN)
+    daemon = await DaemonProcess(env, "--exchange-url", sim.url).start()
+    try:
+        assert daemon.proc is not None
+        acked, _ = await burst(port, interrupt=daemon.proc.kill)
+        code, _ = await daemon.stop()
+    finally:
+        await daemon.ensure_dead()
+    assert code == -9
+    before = await journal_states(tmp_path)
+    assert acked <= set(before)
+    assert not all(state.is_terminal for state in before.values())   # killed mid-burst
+
+    daemon = await DaemonProcess(env, "--exchange-url", sim.url).start()
+    try:
+        recovered = daemon.ready[0]
+        assert "execd ready:" in recovered
+        code, err = await daemon.stop()
+    finally:
+        await daemon.ensure_dead()
+    assert code == 0, err
+    after = await journal_states(tmp_path)
+    assert set(after) == set(before)
+    assert all(state.is_terminal for state in after.values())
+    assert {after[i] for i in acked} == {SignalState.DONE}
+    counts = collections.Counter(r["client_id"] for r in await sim_orders(sim)
+                                 if r["kind"] != "triggered")
+    assert counts
+    assert max(counts.values()) == 1
