@@ -8,7 +8,10 @@ by nature; nothing else here is):
 3. a timestamper: ``ts`` as UTC ISO-8601 with milliseconds, from the injected clock's ``time()``
 4. ``format_exc_info``: ``exc_info`` becomes an ``exception`` string (so it can be redacted)
 5. the `Redactor` (``redact.py``): keys, secrets, signatures, ``Authorization`` values
-6. rendering with orjson to one JSON line (``ts``, ``level``, ``event`` first), handed to the
+6. the taps: listeners registered with `LogHandle.add_tap` (metrics, the error monitor) see each
+   redacted event dict, synchronously on the emitting thread — they must be cheap and must not
+   raise (a tap that raises is reported on stderr once and removed);
+7. rendering with orjson to one JSON line (``ts``, ``level``, ``event`` first), handed to the
    `AuditWriter` thread (``writer.py``), which appends it to ``audit-YYYYMMDD.jsonl`` for the UTC
    day of ``ts`` and copies it to the console.
 
@@ -23,7 +26,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TextIO, cast
@@ -38,6 +41,7 @@ from app.observability.writer import AuditWriter, WriterStats, audit_file_name
 
 __all__ = [
     "AuditLogger",
+    "EventTap",
     "LogHandle",
     "configure_logging",
     "format_timestamp",
@@ -45,6 +49,8 @@ __all__ = [
 ]
 
 AuditLogger = FilteringBoundLogger
+#: A listener of every audit event that passes the level filter (see `LogHandle.add_tap`).
+EventTap = Callable[[Mapping[str, Any]], None]
 
 _LEVELS = {
     "DEBUG": logging.DEBUG,
@@ -69,10 +75,20 @@ class LogHandle:
     far is on disk; `aclose()` does the same from a worker thread so the event loop stays free.
     """
 
-    def __init__(self, logger: AuditLogger, writer: AuditWriter, clock: Clock) -> None:
+    def __init__(self, logger: AuditLogger, writer: AuditWriter, clock: Clock,
+                 taps: _Taps | None = None) -> None:
         self.logger = logger
         self._writer = writer
         self._clock = clock
+        self._taps = taps if taps is not None else _Taps()
+
+    def add_tap(self, tap: EventTap) -> None:
+        """Call ``tap(event)`` for every event emitted from now on (after redaction, before
+        rendering; ``event`` has ``event``, ``level``, ``ts`` and the fields)."""
+        self._taps.add(tap)
+
+    def remove_tap(self, tap: EventTap) -> None:
+        self._taps.remove(tap)
 
     @property
     def log_dir(self) -> Path:
@@ -142,6 +158,7 @@ def configure_logging(
     pretty = None
     if console is not False and (console is True or stream.isatty()):
         pretty = _PrettyConsole(colors=stream.isatty())
+    taps = _Taps()
     writer = AuditWriter(
         log_dir,
         retention_days=retention_days,
@@ -155,6 +172,7 @@ def configure_logging(
             _Timestamper(clock),
             structlog.processors.format_exc_info,
             Redactor(secrets),
+            taps,
             _Renderer(writer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
@@ -162,7 +180,7 @@ def configure_logging(
         # Not cached: tests and restarts reconfigure, and the hot path binds once anyway.
         cache_logger_on_first_use=False,
     )
-    return LogHandle(get_audit_logger(), writer, clock)
+    return LogHandle(get_audit_logger(), writer, clock, taps)
 
 
 def get_audit_logger() -> AuditLogger:
@@ -179,6 +197,28 @@ class _Timestamper:
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         event_dict["ts"] = format_timestamp(self._clock.time())
+        return event_dict
+
+
+class _Taps:
+    """The tap processor: hands each event to the registered listeners, unchanged."""
+
+    def __init__(self) -> None:
+        self._taps: tuple[EventTap, ...] = ()
+
+    def add(self, tap: EventTap) -> None:
+        self._taps = (*self._taps, tap)
+
+    def remove(self, tap: EventTap) -> None:
+        self._taps = tuple(t for t in self._taps if t is not tap)
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        for tap in self._taps:
+            try:
+                tap(event_dict)
+            except Exception as error:  # a broken listener must not lose the audit event
+                self.remove(tap)
+                print(f"execd: audit tap {tap!r} removed after {error!r}", file=sys.stderr)
         return event_dict
 
 

@@ -197,3 +197,26 @@ def test_unknown_level_is_rejected(tmp_path: Path) -> None:
     """configure_logging refuses a level name it does not know."""
     with pytest.raises(ValueError, match="unknown log level"):
         configure_logging(tmp_path, "LOUD", False)
+
+
+def test_taps_see_every_event_redacted_and_a_broken_tap_is_removed(
+        tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tap gets each event that passes the level, after redaction; one that raises is
+    dropped and the event is still written."""
+    seen: list[dict[str, object]] = []
+    with configure_logging(tmp_path, "INFO", console=False, clock=clock,
+                           secrets=["hunter2-secret"]) as handle:
+        handle.add_tap(lambda event: seen.append(dict(event)))
+
+        def broken(event: object) -> None:
+            raise RuntimeError("boom")
+
+        handle.add_tap(broken)
+        handle.logger.debug("order_placed", note="below the level")
+        handle.logger.info("order_placed", note="key hunter2-secret")
+        handle.logger.info("order_filled")
+    assert [e["event"] for e in seen] == ["order_placed", "order_filled"]
+    assert "hunter2-secret" not in str(seen)
+    assert "audit tap" in capsys.readouterr().err
+    lines = handle.current_file().read_bytes().splitlines()
+    assert len(lines) == 2
