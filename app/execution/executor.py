@@ -26,7 +26,7 @@ from app.exchange.symbols import SymbolRuleError, SymbolRules, UnknownSymbol
 from app.execution.client_ids import client_id
 from app.execution.ports import ExchangePort
 from app.execution.protect import Protector, Unprotected
-from app.execution.reconcile import NOT_TAKEN, OrderSender, order_outcome
+from app.execution.reconcile import DECISION_STARTED, NOT_TAKEN, OrderSender, order_outcome
 from app.execution.settings import ExecutorSettings
 from app.journal import Journal, SignalRecord
 from app.observability.audit import AuditEvent
@@ -61,9 +61,16 @@ class Executor:
     # ------------------------------------------------------------------ one signal
     async def execute(self, record: SignalRecord) -> SignalRecord:
         """Run (or resume) a signal to a terminal state and return its final record."""
-        signal = record.signal
         if record.state.is_terminal:
             return record
+        decision = DECISION_STARTED.set(self._clock.monotonic())
+        try:
+            return await self._execute(record)
+        finally:
+            DECISION_STARTED.reset(decision)
+
+    async def _execute(self, record: SignalRecord) -> SignalRecord:
+        signal = record.signal
         with bound_contextvars(signal_id=signal.id, symbol=signal.symbol):
             if signal.is_expired(self._clock.time()) and not await self._started(signal):
                 return await self._finish(signal, SignalState.EXPIRED, "expired before execution",

@@ -11,6 +11,7 @@ id, at most ``max_send_attempts`` times in all.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -37,6 +38,11 @@ S = TypeVar("S")
 
 #: Answers that prove the exchange did not take the order (it may be sent again).
 NOT_TAKEN = (TransientError, RateLimited, CircuitOpen)
+
+#: When the running signal was dequeued (``clock.monotonic()``), until its first order leaves:
+#: the executor sets it, the sender reports the decision latency once and clears it.
+DECISION_STARTED: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "execd_decision_started", default=None)
 
 
 def order_outcome(state: OrderState) -> tuple[IntentState, str]:
@@ -73,6 +79,8 @@ class OrderSender:
         self._clock = clock
         self._log = log
         self._settings = settings
+        #: Called with the seconds from dequeue to a signal's first order on the wire.
+        self.on_decision: Callable[[float], None] | None = None
 
     async def send(self, intent: Intent, place: Callable[[], Awaitable[S]],
                    lookup: Callable[[], Awaitable[S | None]],
@@ -99,6 +107,11 @@ class OrderSender:
                      order_type=intent.order_type.value, attempt=attempts,
                      quantity=str(intent.quantity) if intent.quantity is not None else None,
                      price=str(intent.price) if intent.price is not None else None)
+            started = DECISION_STARTED.get()
+            if started is not None:
+                DECISION_STARTED.set(None)
+                if self.on_decision is not None:
+                    self.on_decision(self._clock.monotonic() - started)
             try:
                 state = await place()
             except NOT_TAKEN as error:

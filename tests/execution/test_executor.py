@@ -196,3 +196,15 @@ async def test_watcher_task_cleans_up_on_its_own(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+async def test_decision_latency_is_reported_once_per_signal(
+        run: Run, executor: Executor) -> None:
+    """Dequeue → first order on the wire is reported once, for the entry only."""
+    seen: list[float] = []
+    executor.sender.on_decision = seen.append
+    await run(LONG)
+    assert len(seen) == 1
+    assert 0 <= seen[0] < 5
+    await run({"symbol": "BTCUSDT", "type": "CLOSE_LONG"})
+    assert len(seen) == 2
