@@ -17,6 +17,7 @@ strings first and scanned too, so the renderer never stringifies an unredacted o
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
@@ -65,9 +66,23 @@ _PATTERNS = (
 )
 
 
-def _is_secret_key(key: object) -> bool:
-    name = str(key).lower().replace("-", "_")
+# Every pattern needs one of these (or a registered literal) to match, and at least this many
+# characters: texts without them are returned as they are, without running the regex (the
+# common case, and most of the redactor's cost otherwise).
+_TRIGGERS = ("=", ":")
+_MIN_MATCH = _MIN_LITERAL
+# Fields execd itself writes before the redactor runs: never secret, never scanned.
+_OWN_FIELDS = frozenset({"ts", "level"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(name: str) -> bool:
+    name = name.lower().replace("-", "_")
     return name in _SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
+
+
+def _is_secret_key(key: object) -> bool:
+    return _is_secret_name(key if isinstance(key, str) else str(key))
 
 
 class Redactor:
@@ -80,9 +95,14 @@ class Redactor:
             patterns.append("(?P<lit>" + "|".join(re.escape(s) for s in literals) + ")")
         self._pattern = re.compile("|".join(patterns), re.IGNORECASE)
         self._literal_count = len(literals)
+        self._lowered_literals = tuple(s.lower() for s in literals)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        return self.redact_mapping(event_dict)
+        return {
+            key: value if key in _OWN_FIELDS
+            else MASK if value is not None and _is_secret_key(key) else self.redact(value)
+            for key, value in event_dict.items()
+        }
 
     def redact_mapping(self, mapping: Mapping[Any, Any], depth: int = 0) -> dict[Any, Any]:
         """A copy of `mapping` with secret-named keys masked and every value redacted."""
@@ -115,7 +135,13 @@ class Redactor:
 
     def redact_text(self, text: str) -> str:
         """`text` with secret parameters, header values, bearer tokens and literals masked."""
-        return self._pattern.sub(_mask_match, text) if text else text
+        if len(text) < _MIN_MATCH:
+            return text
+        if not any(t in text for t in _TRIGGERS):
+            lowered = text.lower()
+            if "bearer" not in lowered and not any(s in lowered for s in self._lowered_literals):
+                return text
+        return self._pattern.sub(_mask_match, text)
 
     def __repr__(self) -> str:
         return f"Redactor(literals={self._literal_count})"

@@ -7,11 +7,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.clock import FakeClock
 from app.observability.audit import AuditEvent
 from app.observability.logging import configure_logging
-from app.observability.redact import MASK, Redactor
+from app.observability.redact import MASK, Redactor, _mask_match
 
 API_KEY = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A"
 API_SECRET = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j"
@@ -102,3 +104,13 @@ def test_other_values_become_json_strings() -> None:
     assert redactor.redact(
         [Decimal("0.001"), Path("/tmp/x"), ValueError(f"bad {API_KEY}")]
     ) == ["0.001", "/tmp/x", f"bad {MASK}"]
+
+
+@given(st.text(alphabet=st.sampled_from(list("aBc=:& \"'xyzSIGNATUREsignaturebearerBEARERtoken"
+                                             "Authorization-_0123456789LITERALsecret")),
+               max_size=80))
+@settings(max_examples=500, deadline=None)
+def test_the_fast_path_never_skips_a_match(text: str) -> None:
+    """Texts the pre-check lets through unscanned are exactly those the regex leaves alone."""
+    redactor = Redactor(["literal-secret", "LITERALsecret"])
+    assert redactor.redact_text(text) == redactor._pattern.sub(_mask_match, text)
