@@ -1,8 +1,8 @@
 """The ``execd`` command line (SPEC §11.1); also ``python -m app``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error (the message names the key).
-``run``, ``sim``, ``signal`` and ``status`` work; ``logs`` and ``monitor`` parse their arguments
-and land in a later issue.
+``run``, ``sim``, ``signal``, ``status`` and ``logs`` work; ``monitor`` parses its arguments and
+lands with the dashboard.
 """
 
 from __future__ import annotations
@@ -103,6 +103,17 @@ def _with_client(args: argparse.Namespace,
         return 1
 
 
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from app.logview import run_logs
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    return run_logs(args, settings)
+
+
 def _not_available(args: argparse.Namespace) -> int:
     print(f"execd {args.command}: not available yet (needs the daemon's control API)",
           file=sys.stderr)
@@ -173,7 +184,8 @@ def _build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--level", metavar="L", help="only this level and above")
     logs.add_argument("--since", metavar="AGE", help="only events newer than AGE, e.g. 10m")
     logs.add_argument("--json", action="store_true", help="print the raw audit lines only")
-    logs.set_defaults(handler=_not_available)
+    logs.add_argument("--config", type=Path, metavar="FILE", help="extra TOML config file")
+    logs.set_defaults(handler=_cmd_logs)
 
     monitor = commands.add_parser("monitor", help="live terminal dashboard")
     monitor.add_argument("--once", action="store_true", help="print one snapshot and exit")

@@ -85,7 +85,6 @@ def test_testnet_without_credentials_exits_2(capsys: pytest.CaptureFixture[str])
 @pytest.mark.parametrize(
     "argv",
     [
-        ["logs", "-f", "--event", "order_placed", "--since", "10m", "--json"],
         ["monitor", "--once", "--interval", "2"],
     ],
 )
