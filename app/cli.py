@@ -1,8 +1,8 @@
 """The ``execd`` command line (SPEC §11.1); also ``python -m app``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error (the message names the key).
-``run``, ``sim``, ``signal``, ``status`` and ``logs`` work; ``monitor`` parses its arguments and
-lands with the dashboard.
+Every command works: ``run`` and ``sim`` serve, ``signal``, ``status`` and ``monitor`` talk to the
+daemon's control API, ``logs`` reads the audit files.
 """
 
 from __future__ import annotations
@@ -103,6 +103,12 @@ def _with_client(args: argparse.Namespace,
         return 1
 
 
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from app.observability.dashboard import run_monitor
+
+    return _with_client(args, run_monitor)
+
+
 def _cmd_logs(args: argparse.Namespace) -> int:
     from app.logview import run_logs
 
@@ -112,12 +118,6 @@ def _cmd_logs(args: argparse.Namespace) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     return run_logs(args, settings)
-
-
-def _not_available(args: argparse.Namespace) -> int:
-    print(f"execd {args.command}: not available yet (needs the daemon's control API)",
-          file=sys.stderr)
-    return 1
 
 
 def _url(value: str) -> str:
@@ -193,5 +193,6 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="refresh interval in seconds (default 1)")
     monitor.add_argument("--export", type=Path, metavar="FILE",
                          help="also write the snapshot as JSON")
-    monitor.set_defaults(handler=_not_available)
+    monitor.add_argument("--config", type=Path, metavar="FILE", help="extra TOML config file")
+    monitor.set_defaults(handler=_cmd_monitor)
     return parser

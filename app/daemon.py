@@ -47,6 +47,8 @@ from app.intake.spool import SpoolTail
 from app.journal import Journal
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger, configure_logging
+from app.observability.metrics import LoopLagProbe, Metrics, gauges_from_status
+from app.observability.monitor import ErrorMonitor
 from app.resilience.breaker import BreakerSettings
 from app.resilience.limiter import LimiterSettings
 from app.resilience.retry import RetrySettings
@@ -94,6 +96,9 @@ class Daemon:
         self.service: Service | None = None
         self.api: ControlApi | None = None
         self.recovery: dict[str, int] = {}
+        self.metrics = Metrics()
+        self.monitor: ErrorMonitor | None = None
+        self.lag = LoopLagProbe(self.metrics.loop_lag.observe)
         self._stopping_logged = False
         self._drain: dict[str, object] = {}
 
@@ -121,6 +126,10 @@ class Daemon:
         self._stack.push_async_callback(audit.aclose)
         self.log = log = audit.logger
         self._stack.callback(self._emit_stopped)
+        audit.add_tap(self.metrics.tap)
+        self.monitor = monitor = ErrorMonitor(settings.monitor, self.clock, log)
+        audit.add_tap(monitor.tap)
+        self._stack.push_async_callback(monitor.aclose)   # before the log closes: its POSTs
 
         embedded = self.exchange_url is None and settings.exchange.base_url() is None
         self.exchange_url = await self._start_exchange()
@@ -135,14 +144,17 @@ class Daemon:
         ex = settings.execution
         self.executor = executor = Executor(gateway, gateway.symbols.get, journal, self.clock,
                                             log, ExecutorSettings.from_config(ex))
+        executor.sender.on_decision = self.metrics.observe_decision
         self.bus = bus = SignalBus(executor.execute, capacity=ex.queue_size,
                                    max_concurrency=ex.max_concurrency, log=log)
         self._stack.push_async_callback(bus.aclose)
         self.service = service = Service(journal, bus, gateway.symbols.get, self.clock, log,
                                          default_ttl_s=ex.default_ttl_s)
+        self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
         self.api = api = ControlApi(service, gateway, self.status, token=token,
                                     host=settings.api.host, port=settings.api.port,
-                                    max_body_bytes=settings.api.max_body_bytes, log=log)
+                                    max_body_bytes=settings.api.max_body_bytes, log=log,
+                                    registry=self.metrics.registry)
         await api.start()                      # /healthz answers "starting" during recovery
         self._stack.push_async_callback(api.close)
         self._stack.callback(service.close)    # first thing on the way down: refuse intake
@@ -224,7 +236,8 @@ class Daemon:
         assert self.journal is not None
         assert self.log is not None
         async with asyncio.TaskGroup() as workers:
-            tasks = [workers.create_task(self.executor.protector.watch(), name="execd-watcher")]
+            tasks = [workers.create_task(self.executor.protector.watch(), name="execd-watcher"),
+                     workers.create_task(self.lag.run(), name="execd-loop-lag")]
             if self.spool is not None:
                 tail = SpoolTail(self.spool, self.service, self.journal, self.clock, self.log)
                 tasks.append(workers.create_task(tail.run(), name="execd-spool"))
@@ -258,6 +271,8 @@ class Daemon:
                                       "retry_after": round(b.retry_after(), 3)}
                          for name, b in gateway.breakers.items()} if gateway else {},
             "recovery": self.recovery,
+            "errors": self.monitor.snapshot() if self.monitor is not None else None,
+            "loop_lag": self.lag.statistics(),
         }
 
     def request_stop(self, reason: str = "shutdown requested") -> None:

@@ -84,27 +84,14 @@ def test_testnet_without_credentials_exits_2(capsys: pytest.CaptureFixture[str])
 
 @pytest.mark.parametrize(
     "argv",
-    [
-        ["monitor", "--once", "--interval", "2"],
-    ],
-)
-def test_client_commands_are_not_available_yet(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Commands of a later issue parse their arguments, then exit 1 saying why."""
-    assert main(argv) == 1
-    assert f"execd {argv[0]}: not available yet" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [["signal", "LONG_ENTRY", "BTCUSDT", "--qty", "0.01", "--wait"], ["status"]],
+    [["signal", "LONG_ENTRY", "BTCUSDT", "--qty", "0.01", "--wait"], ["status"],
+     ["monitor", "--once"]],
 )
 def test_client_commands_without_a_daemon_exit_1(
     argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    """signal and status with nothing listening: exit 1 saying where they looked and why."""
+    """signal, status and monitor with nothing listening: exit 1 saying where and why."""
     monkeypatch.setenv("EXECD_API__PORT", str(free_port()))
     monkeypatch.setenv("EXECD_JOURNAL__PATH", str(tmp_path / "journal.sqlite3"))
     assert main(argv) == 1

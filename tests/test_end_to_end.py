@@ -5,8 +5,10 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_process import DaemonProcess, daemon_env, free_port, run_cli
 
@@ -44,6 +46,26 @@ async def test_signal_wait_prints_done_and_status_shows_the_position(tmp_path: P
         assert code == 0
         assert "BTCUSDT" in out
         assert "LONG" in out
+
+        export = tmp_path / "monitor.json"
+        code, out, err = await run_cli(env, "monitor", "--once", "--export", str(export))
+        assert code == 0, err
+        assert "BTCUSDT" in out
+        assert "weight:1m" in out
+        exported = orjson.loads(export.read_bytes())
+        assert exported["exchange"] == status["exchange"]
+        assert [p["symbol"] for p in exported["positions"]] == ["BTCUSDT"]
+
+        async with aiohttp.ClientSession() as session, session.get(
+                daemon.ready[0].split("control API ")[1].split(",")[0] + "/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        signals = {s.labels["state"]: s.value for s in families["execd_signals"].samples
+                   if s.name == "execd_signals_total"}
+        assert signals.get("DONE", 0) >= 1
+        assert families["execd_decision_latency_seconds"].samples
+        assert any(s.value > 0 for s in families["execd_limiter_used"].samples)
 
         code, out, err = await run_cli(env, "signal", "LONG_ENTRY", "BTCUSDT", "--qty", "0.01",
                                        "--sl", "99999999", "--wait")
