@@ -65,8 +65,9 @@ class Daemon:
 
     `exchange_url` (no ``/fapi``) names a running exchange and overrides the configured one; in
     ``sim`` mode without any URL the simulator is started in-process on a free loopback port.
-    `spool` is the signal spool file to tail (intake lands in a later issue). `out` receives the
-    ready line (default stdout). Raises ConfigError when the mode's credentials are missing or
+    `spool` is the signal spool file to tail. `out` receives the ready lines (default stdout).
+    `executor_settings` replaces the ``[execution]`` section's executor settings (benchmarks
+    use it to run the seeds' blind-retry baseline; production never passes it). Raises ConfigError when the mode's credentials are missing or
     the simulator config is invalid.
     """
 
@@ -78,8 +79,10 @@ class Daemon:
         spool: Path | None = None,
         clock: Clock | None = None,
         out: TextIO | None = None,
+        executor_settings: ExecutorSettings | None = None,
     ) -> None:
         self.settings = settings
+        self._executor_settings = executor_settings
         self.exchange_url = exchange_url
         self.spool = spool
         self.clock: Clock = SystemClock() if clock is None else clock
@@ -143,7 +146,8 @@ class Daemon:
         self._stack.push_async_callback(journal.close)
         ex = settings.execution
         self.executor = executor = Executor(gateway, gateway.symbols.get, journal, self.clock,
-                                            log, ExecutorSettings.from_config(ex))
+                                            log, self._executor_settings
+                                            or ExecutorSettings.from_config(ex))
         executor.sender.on_decision = self.metrics.observe_decision
         self.bus = bus = SignalBus(executor.execute, capacity=ex.queue_size,
                                    max_concurrency=ex.max_concurrency, log=log)
