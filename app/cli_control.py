@@ -101,25 +101,7 @@ def show_status(args: argparse.Namespace, client: ControlClient, settings: Setti
 
 def _print_table(status: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    console = Console()
-    exchange = status.get("exchange", {})
-    queue = status.get("queue") or {}
-    console.print(f"[bold]execd {status.get('version')}[/] {status.get('state')} · "
-                  f"{exchange.get('mode')} {exchange.get('base_url')} · "
-                  f"up {status.get('uptime_s')} s · queue {queue.get('pending', 0)}/"
-                  f"{queue.get('capacity', '?')} ({queue.get('running', 0)} running)")
-    table = Table("symbol", "side", "amount", "entry price", "mark", "unrealized PnL",
-                  title="positions")
-    for p in status["positions"]:
-        amount = str(p.get("amount", "0"))
-        side = "flat" if amount in ("0", "0.0") else ("SHORT" if amount.startswith("-")
-                                                        else "LONG")
-        table.add_row(p.get("symbol", "?"), side, amount, str(p.get("entry_price", "-")),
-                      str(p.get("mark_price", "-")), str(p.get("unrealized_pnl", "-")))
-    console.print(table)
-    breakers = Table("breaker", "state", title="breakers")
-    for name, info in (status.get("breakers") or {}).items():
-        breakers.add_row(name, info.get("state", "?"))
-    console.print(breakers)
+    from app.observability.dashboard import render
+
+    Console().print(render(status))

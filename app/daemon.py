@@ -67,8 +67,8 @@ class Daemon:
     ``sim`` mode without any URL the simulator is started in-process on a free loopback port.
     `spool` is the signal spool file to tail. `out` receives the ready lines (default stdout).
     `executor_settings` replaces the ``[execution]`` section's executor settings (benchmarks
-    use it to run the seeds' blind-retry baseline; production never passes it). Raises ConfigError when the mode's credentials are missing or
-    the simulator config is invalid.
+    use it to run the seeds' blind-retry baseline; production never passes it). Raises
+    ConfigError when the mode's credentials are missing or the simulator config is invalid.
     """
 
     def __init__(

@@ -148,8 +148,8 @@ def _positions(positions: Sequence[Mapping[str, Any]]) -> Panel:
                   expand=True)
     for p in positions:
         amount = str(p.get("amount", "0"))
-        side = p.get("side") or ("flat" if amount.strip("-0.") == "" else
-                                 "SHORT" if amount.startswith("-") else "LONG")
+        side = ("flat" if amount.strip("-0.") == "" else
+                "SHORT" if amount.startswith("-") else "LONG")
         table.add_row(str(p.get("symbol", "?")), str(side), amount,
                       str(p.get("entry_price", "-")), str(p.get("mark_price", "-")),
                       str(p.get("unrealized_pnl", "-")))
