@@ -25,9 +25,9 @@ from app.errors import ExchangeError, OrderRejected
 from app.exchange.symbols import SymbolRuleError, SymbolRules, UnknownSymbol
 from app.execution.client_ids import client_id
 from app.execution.ports import ExchangePort
-from app.execution.protect import Protector, Unprotected
+from app.execution.protect import PROTECT_DEADLINE_S, Protector, Unprotected
 from app.execution.reconcile import DECISION_STARTED, NOT_TAKEN, OrderSender, order_outcome
-from app.execution.settings import ExecutorSettings
+from app.execution.settings import ExecutorSettings, OnUnprotected
 from app.journal import Journal, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
@@ -89,7 +89,12 @@ class Executor:
                                           "expired before the order could be sent",
                                           AuditEvent.SIGNAL_EXPIRED)
             except Unprotected as naked:
-                what = "flattened" if naked.flattened else "left open (on_unprotected=alert)"
+                if naked.flattened:
+                    what = "flattened"
+                elif self.settings.on_unprotected is OnUnprotected.FLATTEN:
+                    what = "left open: the flattening close failed"
+                else:
+                    what = "left open (on_unprotected=alert)"
                 return await self._finish(signal, SignalState.FAILED,
                                           f"{naked.reason}; position {what}",
                                           AuditEvent.SIGNAL_FAILED)
@@ -106,9 +111,12 @@ class Executor:
 
     async def _run_until_taken(self, signal: Signal) -> str:
         """Run the signal's flow from its journaled intents. While the exchange certainly
-        refuses work for now (breaker open, outage, throttled) and nothing has been sent, wait
-        and run it again — up to the signal's TTL: a signal past its TTL never starts
-        (``TimeoutError`` → ``EXPIRED``)."""
+        refuses work for now (breaker open, outage, throttled), wait and run it again: the flow
+        resumes from the journal, so nothing done is done twice. Before anything was sent, up
+        to the signal's TTL (past it a signal never starts: ``TimeoutError`` → ``EXPIRED``);
+        once an order may have left, for up to ``PROTECT_DEADLINE_S`` more, so that a filled
+        entry still gets its protection and a close still cleans up (then the error stands)."""
+        finish_by: float | None = None
         while True:
             journaled = {i.leg: i for i in await self._journal.intents_for(signal.id)}
             try:
@@ -118,11 +126,16 @@ class Executor:
             except NOT_TAKEN as busy:
                 now = self._clock.time()
                 if await self._started(signal):
-                    raise
-                if now >= signal.expires_at:
+                    if finish_by is None:
+                        finish_by = max(signal.expires_at, now + PROTECT_DEADLINE_S)
+                    until = finish_by
+                    if now >= until:
+                        raise
+                elif now >= signal.expires_at:
                     raise TimeoutError("expired while the exchange refused work") from busy
-                pause = min(busy.retry_after or self.settings.busy_retry_s,
-                            signal.expires_at - now)
+                else:
+                    until = signal.expires_at
+                pause = min(busy.retry_after or self.settings.busy_retry_s, until - now)
                 self._log.info(AuditEvent.SIGNAL_DEFERRED, error_class=busy.error_class,
                                message=busy.message, retry_in_s=round(pause, 3))
                 await self._clock.sleep(pause)

@@ -3,9 +3,13 @@
 Every order goes out through ``OrderSender.send``: the intent is journaled as ``SENDING``
 before the request leaves, the definite answer is journaled after it, and an unknown outcome
 (timeout, reset, 5xx, -1007) is never resent blindly: the order is looked up by its client id,
-with a short backoff, for up to ``resolve_window_s`` (Binance may report a just-placed order as
-unknown for a few seconds). Found → adopted. Not found after the window → resent with the same
-id, at most ``max_send_attempts`` times in all.
+with a short backoff, for at least ``resolve_window_s`` (Binance may report a just-placed order
+as unknown for a few seconds). Found → adopted. Definitely not found (the exchange answered
+"unknown order") by a lookup made after the window → resent with the same id, at most
+``max_send_attempts`` times in all. A lookup that fails (timeout, outage, breaker open) proves
+nothing: the search goes on past the window, up to the send's deadline; then the outcome stays
+unknown (``UnknownOutcome``, the intent left ``SENDING`` for restart recovery) — never a resend.
+An intent handed to ``send`` already ``SENDING`` (a restart) is looked up before anything else.
 """
 
 from __future__ import annotations
@@ -96,9 +100,15 @@ class OrderSender:
         recovery resolves it), or ``TimeoutError`` when ``deadline`` passed before a send.
         """
         log = self._log.bind(client_order_id=intent.client_id, leg=intent.leg.value)
+        attempts = 0
+        if intent.state is IntentState.SENDING and self._settings.unknown_outcome_protocol:
+            # An earlier run sent it and never learnt the outcome: look before sending again.
+            found = await self._resolve(lookup, deadline)
+            if found is not None:
+                return await self._adopt(intent, found, describe, log)
+            attempts = 1
         intent = intent.with_state(IntentState.SENDING, now=self._clock.time())
         await self._journal.put_intent(intent)
-        attempts = 0
         while True:
             if self._clock.time() >= deadline:
                 raise TimeoutError("deadline passed before the order could be sent")
@@ -135,7 +145,7 @@ class OrderSender:
                     if attempts >= self._settings.max_send_attempts:
                         raise
                     continue                          # the seeds' blind retry (test seam)
-                found = await self._resolve(lookup)
+                found = await self._resolve(lookup, deadline)
                 if found is not None:
                     return await self._adopt(intent, found, describe, log)
                 log.warning(AuditEvent.ORDER_RESOLVED, outcome="not_found",
@@ -146,26 +156,39 @@ class OrderSender:
                 continue
             return await self._record(intent, state, describe, log, adopted=False)
 
-    async def _resolve(self, lookup: Callable[[], Awaitable[S | None]]) -> S | None:
-        """Look the order up until found or ``resolve_window_s`` has passed."""
-        deadline = self._clock.monotonic() + self._settings.resolve_window_s
+    async def _resolve(self, lookup: Callable[[], Awaitable[S | None]],
+                       deadline: float) -> S | None:
+        """Look the order up until it is found (returned), or definitely not found by a lookup
+        made once ``resolve_window_s`` has passed (None: it may be sent again). Failed lookups
+        prove nothing and never end the search; once ``deadline`` (``clock.time()``) has
+        passed too, ``UnknownOutcome`` is raised instead of guessing."""
+        window_end = self._clock.monotonic() + self._settings.resolve_window_s
         delay = 0.1
+        failure: BaseException | None = None
         while True:
             try:
                 found = await lookup()
-            except (ExchangeError, TimeoutError):
-                found = None                          # the lookup itself failed: try again
-            if found is not None:
-                return found
-            remaining = deadline - self._clock.monotonic()
-            if remaining <= 0:
-                return None
-            await self._clock.sleep(min(delay, remaining))
+            except (ExchangeError, TimeoutError) as error:
+                failure = error                       # the lookup itself failed: try again
+            else:
+                if found is not None:
+                    return found
+                if self._clock.monotonic() >= window_end:
+                    return None                       # a definite "unknown order", late enough
+            past_window = self._clock.monotonic() >= window_end
+            if past_window and self._clock.time() >= deadline:
+                raise UnknownOutcome(f"order outcome still unknown: the lookups failed "
+                                     f"({failure!r})", endpoint="lookup by client id")
+            pause = delay
+            if not past_window:
+                pause = min(delay, max(0.0, window_end - self._clock.monotonic()) + 0.001)
+            await self._clock.sleep(pause)
             delay = min(delay * 2, 1.0)
 
     async def resolve(self, lookup: Callable[[], Awaitable[S | None]]) -> S | None:
-        """One pass of the lookup protocol, for restart recovery."""
-        return await self._resolve(lookup)
+        """One lookup pass for restart recovery: found, None (definitely not found) or
+        ``UnknownOutcome`` when the exchange could not answer within the window."""
+        return await self._resolve(lookup, self._clock.time() + self._settings.resolve_window_s)
 
     async def _adopt(self, intent: Intent, found: S, describe: Callable[[S], tuple[IntentState,
                      str]], log: AuditLogger) -> Placement[S]:

@@ -105,3 +105,26 @@ async def test_blind_retry_seam_shows_duplicates(
     await admin.post("faults", plan(hidden_s=1.0))
     await lanes(replace(exec_settings, unknown_outcome_protocol=False))
     assert len(duplicates(await admin.orders())) > 10
+
+
+@pytest.mark.timeout(60)
+async def test_failed_lookups_never_license_a_resend(
+        gateway: Gateway, journal: Journal, admin: Admin,
+        exec_settings: ExecutorSettings) -> None:
+    """The entry is applied but its answer is lost and it stays hidden for 1 s; then the
+    exchange goes down for longer than the resolve window. Lookups that fail prove nothing:
+    execd keeps looking instead of resending, and adopts the order once the exchange is back."""
+    await admin.post("faults", {"seed": 1, "rules": [
+        {"endpoint": "POST /fapi/v1/order", "fault": "reset_after_apply", "probability": 1,
+         "visibility_delay_s": 1.0}],
+        "outages": [{"start_s": 0.6, "duration_s": 3.0}]})
+    executor = Executor(gateway, gateway.symbols.get, journal, SystemClock(),
+                        structlog.get_logger(), replace(exec_settings, resolve_window_s=1.0))
+    record, _ = await journal.accept(make_signal(
+        {"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010"}, ttl=30),
+        now=time.time())
+    final = await executor.execute(record)
+    assert final.state is SignalState.DONE, final.reason
+    rows = await admin.orders("order")
+    assert len(rows) == 1
+    assert await admin.position("BTCUSDT") == "0.010"
