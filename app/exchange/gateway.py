@@ -1,10 +1,11 @@
 """The one component that talks HTTP to the exchange (SPEC §6).
 
-Every call goes limiter → breaker → python-binance → per-request headers → classify → audit,
-inside a retry policy built per call. Reads retry every retryable class; order placement
-retries only what certainly did not reach the matching engine (``TransientError``,
-``RateLimited``, ``ClockSkew`` after a resync): an ``UnknownOutcome`` goes back to the caller,
-who looks the order up by its client id (SPEC §5.3) instead of resending blindly.
+Every call goes limiter → breaker → python-binance → per-request headers → classify → audit;
+after a retryable failure a retry policy (built per call) takes over. Reads retry every
+retryable class; order placement retries only what certainly did not reach the matching engine
+(``TransientError``, ``RateLimited``, ``ClockSkew`` after a resync): an ``UnknownOutcome`` goes
+back to the caller, who looks the order up by its client id (SPEC §5.3) instead of resending
+blindly.
 
 Lifecycle: ``await gateway.start()`` syncs time, loads exchangeInfo (those two calls precede the
 limiter, which is configured from exchangeInfo ``rateLimits``), then every call is limited;
@@ -86,6 +87,17 @@ def placement_may_retry(exc: BaseException) -> bool:
     return isinstance(exc, TransientError | RateLimited | ClockSkew)
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What every call of one endpoint needs, worked out once (per limiter configuration)."""
+
+    endpoint: Endpoint
+    #: Bucket → cost; shared by all calls of the route and never mutated.
+    costs: dict[str, int]
+    label: str
+    breaker: CircuitBreaker
+
+
 def _format(value: Decimal) -> str:
     text = format(value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
@@ -114,6 +126,8 @@ class Gateway:
         self.limiter: WeightLimiter | None = None
         self.buckets: list[BucketSpec] = []
         self._header_buckets: dict[str, str] = {}
+        #: (endpoint name, has_symbol) → its route; emptied whenever the buckets change.
+        self._routes: dict[tuple[str, bool], _Route] = {}
         self.symbols = SymbolCache(self.exchange_info, clock,
                                    ttl_s=settings.exchange_info_ttl_s,
                                    min_refresh_interval_s=settings.exchange_info_min_refresh_s,
@@ -131,9 +145,11 @@ class Gateway:
     def configure_limiter(self, rate_limits: Iterable[RateLimit]) -> WeightLimiter:
         self.buckets = buckets_from_rate_limits(rate_limits)
         self._header_buckets = header_names(self.buckets)
+        timesync = self.timesync
         self.limiter = WeightLimiter(self.buckets, self._clock, self.settings.limiter,
-                                     offset=lambda: self.timesync.offset_s,
+                                     offset=lambda: timesync.offset_ms / 1000,  # = offset_s
                                      on_warning=self._on_rate_warning)
+        self._routes = {}
         return self.limiter
 
     async def close(self) -> None:
@@ -143,31 +159,59 @@ class Gateway:
         await self.client.close_connection()
 
     # ------------------------------------------------------------------ the pipeline
+    #
+    # This runs on every call, between stretches of aiohttp work that evict it from the CPU
+    # caches, so each layer costs more than a tight loop shows (bench/overhead.py): the first
+    # attempt is made here, not through the retry policy, which takes over only after a
+    # retryable failure; the breaker is entered with its plain methods, not ``async with``.
     async def _call(self, endpoint: Endpoint, fn: Callable[[], Awaitable[T]], *,
                     has_symbol: bool = True, priority: Priority | None = None,
                     retry_if: Callable[[BaseException], bool] = should_retry) -> T:
-        async def attempt() -> T:
-            return await self._once(endpoint, fn, has_symbol, priority or endpoint.priority)
+        """``fn()`` through the pipeline, retried as ``RetryPolicy.run`` would retry it."""
+        if priority is None:
+            priority = endpoint.priority
+        try:
+            return await self._once(endpoint, fn, has_symbol, priority)
+        except Exception as exc:
+            if not self._retry.may_retry(exc, retry_if):
+                raise
+            first = exc
 
-        return await self._retry.run(endpoint.name, attempt, retry_if=retry_if)
+        async def again() -> T:            # a coroutine function: tenacity awaits only those
+            return await self._once(endpoint, fn, has_symbol, priority)
+
+        return await self._retry.resume(endpoint.name, again, first, retry_if=retry_if)
+
+    def _new_route(self, endpoint: Endpoint, has_symbol: bool) -> _Route:
+        """Work out (and keep) what calls of ``endpoint`` need; ``_once`` looks it up."""
+        costs = ({} if self.limiter is None
+                 else costs_for(endpoint, self.buckets, has_symbol=has_symbol))
+        route = _Route(endpoint, costs, endpoint.label, self.breakers[endpoint.group])
+        self._routes[endpoint.name, has_symbol] = route
+        return route
 
     async def _once(self, endpoint: Endpoint, fn: Callable[[], Awaitable[T]],
                     has_symbol: bool, priority: Priority) -> T:
-        costs: dict[str, int] = {}
-        if self.limiter is not None:
-            costs = costs_for(endpoint, self.buckets, has_symbol=has_symbol)
-            await self.limiter.acquire(costs, priority)
-            sent_at = self.limiter.now()
+        route = self._routes.get((endpoint.name, has_symbol))
+        if route is None or route.endpoint is not endpoint:
+            route = self._new_route(endpoint, has_symbol)
+        limiter = self.limiter
+        if limiter is not None:
+            admitted = limiter.try_acquire(route.costs, priority)
+            sent_at = (admitted if admitted is not None
+                       else await limiter.acquire(route.costs, priority))
         else:
             sent_at = self.timesync.server_time()
         if self._reset_pending is not None:
             await self._reset_session(self._reset_pending)
-        async with self.breakers[endpoint.group]:
-            token = CURRENT_CALL.set(CallContext(endpoint.label, costs, sent_at))
+        breaker = route.breaker
+        probe = breaker.enter()
+        try:
+            token = CURRENT_CALL.set(CallContext(route.label, route.costs, sent_at))
             try:
                 result = await fn()
             except Exception as exc:
-                error = classify_exception(exc, endpoint=endpoint.label,
+                error = classify_exception(exc, endpoint=route.label,
                                            now=self.timesync.server_time())
                 if error is None:
                     raise
@@ -175,12 +219,17 @@ class Gateway:
                 raise error from exc
             finally:
                 CURRENT_CALL.reset(token)
+        except BaseException as outcome:   # cancellation too: `exit` never counts it
+            breaker.exit(outcome, probe)
+            raise
+        breaker.exit(None, probe)
         self._transport_failures = 0
         return result
 
     def _on_response(self, call: CallContext) -> None:
         """Every HTTP response (errors included): feed the exchange's counters to the limiter."""
-        if self.limiter is None:
+        limiter = self.limiter
+        if limiter is None:
             return
         headers = call.headers
         refused = call.status in (429, 418)    # the exchange counted nothing for these
@@ -188,7 +237,7 @@ class Gateway:
             value = headers.get(header)
             if value is not None and value.isdigit():
                 cost = 0 if refused else call.costs.get(bucket, 0)
-                self.limiter.observe(bucket, int(value), cost=cost, sent_at=call.sent_at)
+                limiter.observe(bucket, int(value), cost=cost, sent_at=call.sent_at)
 
     async def _after_error(self, endpoint: Endpoint, error: ExchangeError,
                            cause: BaseException) -> None:

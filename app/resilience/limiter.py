@@ -50,6 +50,11 @@ class Priority(IntEnum):
     LOW = 2
 
 
+# For the per-call paths: ``EnumType`` has a ``__getattr__``, which makes every ``Priority.X``
+# lookup on the class take the slow attribute path (~0.1 µs each).
+_CRITICAL, _NORMAL, _LOW = Priority.CRITICAL, Priority.NORMAL, Priority.LOW
+
+
 @dataclass(frozen=True, slots=True)
 class BucketSpec:
     name: str
@@ -106,6 +111,9 @@ class _Bucket:
     spec: BucketSpec
     budget: int
     window: int = -1
+    #: ``start(window)`` and ``start(window + 1)``, kept by ``_roll`` (read on every call).
+    window_start: float = 0.0
+    next_start: float = 0.0
     own: int = 0
     server: int = 0
     warned: bool = False
@@ -116,6 +124,13 @@ class _Bucket:
     foreign_history: deque[float] = field(default_factory=lambda: deque(maxlen=2))
     live_foreign: int = 0
     straddled: int = 0                 # headers set aside by the straddle rule, ever
+    #: ``any(foreign_history)`` and ``max(foreign_history, default=0.0)``, kept by ``_roll``.
+    foreign_seen: bool = False
+    foreign_estimate: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.window_start = self.start(self.window)
+        self.next_start = self.start(self.window + 1)
 
     def index(self, now: float) -> int:
         return math.floor(now / self.spec.interval_s)
@@ -128,7 +143,7 @@ class _Bucket:
 class _Waiter:
     costs: Mapping[str, int]
     priority: Priority
-    future: asyncio.Future[None]
+    future: asyncio.Future[float]      # the result: the exchange time of admission
 
 
 class WeightLimiter:
@@ -158,28 +173,21 @@ class WeightLimiter:
         return self._clock.time() + self._offset()
 
     async def acquire(self, costs: Mapping[str, int], priority: Priority = Priority.NORMAL
-                      ) -> None:
+                      ) -> float:
         """Wait until ``costs`` (bucket name → cost) fit; FIFO within ``priority``, except for
-        skip-ahead past a head deferred to its next window (``_drain``)."""
-        for name, cost in costs.items():
-            bucket = self._buckets.get(name)
-            if bucket is None:
-                raise KeyError(f"unknown bucket {name!r}")
-            if cost < 0 or cost > bucket.budget:
-                raise ValueError(f"cost {cost} for bucket {name!r} outside 0..{bucket.budget}")
-        queues = self._queues
-        ahead = bool(queues[Priority.CRITICAL]) or (
-            priority >= Priority.NORMAL and bool(queues[Priority.NORMAL])) or (
-            priority is Priority.LOW and bool(queues[Priority.LOW]))
-        now = self.now()
-        if not ahead and self._ready_at(costs, priority, now) is None:
-            self._admit(costs, now)
-            return
+        skip-ahead past a head deferred to its next window (``_drain``). Returns the exchange
+        time at which the request was admitted (what ``observe`` takes as ``sent_at``).
+
+        Raises ``KeyError`` for an unknown bucket, ``ValueError`` for a cost outside
+        ``0..budget``; nothing is admitted then."""
+        admitted = self.try_acquire(costs, priority)
+        if admitted is not None:
+            return admitted
         waiter = _Waiter(costs, priority, asyncio.get_running_loop().create_future())
         self._queues[priority].append(waiter)
         self._drain()
         try:
-            await waiter.future
+            return await waiter.future
         except asyncio.CancelledError:
             if waiter in self._queues[priority]:
                 self._queues[priority].remove(waiter)
@@ -187,6 +195,33 @@ class WeightLimiter:
             elif waiter.future.done() and not waiter.future.cancelled():
                 pass  # admitted just before the cancellation: its cost stays spent
             raise
+
+    def try_acquire(self, costs: Mapping[str, int], priority: Priority = Priority.NORMAL
+                    ) -> float | None:
+        """Admit ``costs`` now if `acquire` would admit them without waiting: nobody waits at
+        ``priority`` or above, no ban, every bucket takes them now. Returns the exchange time
+        of admission, or None with nothing spent and nothing queued (then await `acquire`).
+
+        Raises like `acquire`. For callers on a hot path: no coroutine when nobody waits."""
+        buckets = self._buckets
+        queues = self._queues
+        now = self._clock.time() + self._offset()
+        # The check ``_ready_at(costs, priority, now) is None`` spelt out, fused with the
+        # validation of ``costs``.
+        now_ok = not (queues[_CRITICAL] or (priority >= _NORMAL and queues[_NORMAL]) or (
+            priority is _LOW and queues[_LOW])) and self._banned_until <= now
+        for name, cost in costs.items():
+            bucket = buckets.get(name)
+            if bucket is None:
+                raise KeyError(f"unknown bucket {name!r}")
+            if cost < 0 or cost > bucket.budget:
+                raise ValueError(f"cost {cost} for bucket {name!r} outside 0..{bucket.budget}")
+            if now_ok and self._bucket_ready_at(bucket, cost, priority, now) > now:
+                now_ok = False
+        if not now_ok:
+            return None
+        self._admit(costs, now)
+        return now
 
     def observe(self, name: str, used: int, *, cost: int, sent_at: float) -> None:
         """Feed one response's counter for ``name`` (the exchange's used value, this request
@@ -208,15 +243,18 @@ class WeightLimiter:
         bucket = self._buckets.get(name)
         if bucket is None:
             return
-        now = self.now()
-        self._roll(bucket, now)
-        if bucket.index(sent_at) != bucket.window:
+        now = self._clock.time() + self._offset()
+        interval = bucket.spec.interval_s
+        log = bucket.log
+        if math.floor(now / interval) != bucket.window or (log and log[0][0] <= now - interval):
+            self._roll(bucket, now)
+        if math.floor(sent_at / interval) != bucket.window:
             return
-        if (used > bucket.own
-                and sent_at - bucket.start(bucket.window) < self._settings.straddle_s):
+        if used > bucket.own and sent_at - bucket.window_start < self._settings.straddle_s:
             bucket.straddled += 1
             return
-        bucket.server = max(bucket.server, used)
+        if used > bucket.server:
+            bucket.server = used
         bucket.responses.append((used, cost, sent_at))
         excess = used - bucket.own
         if excess > bucket.live_foreign:
@@ -287,6 +325,10 @@ class WeightLimiter:
                 for n in range(max(1, skipped - 1), skipped + 1):
                     bucket.foreign_history.append(last / 2**n)
             bucket.window = index
+            bucket.window_start = bucket.start(index)
+            bucket.next_start = bucket.start(index + 1)
+            bucket.foreign_seen = any(bucket.foreign_history)
+            bucket.foreign_estimate = max(bucket.foreign_history, default=0.0)
             bucket.own = 0
             bucket.server = 0
             bucket.warned = False
@@ -323,68 +365,96 @@ class WeightLimiter:
         """Room kept for other users of the bucket. CRITICAL calls reserve only what the
         exchange has shown them using; the reserve never exceeds ``max_reserve`` of the budget,
         so a greedy co-tenant cannot starve us completely."""
-        if not bucket.live_foreign and not any(bucket.foreign_history):
+        live_foreign = bucket.live_foreign
+        if not live_foreign and not bucket.foreign_seen:
             return 0
-        if priority is Priority.CRITICAL:
-            return min(bucket.live_foreign, bucket.budget - 1)
-        estimate = max(bucket.foreign_history, default=0.0)
-        planned = estimate * (1 + self._settings.foreign_margin)
-        fraction = (now - bucket.start(bucket.window)) / bucket.spec.interval_s
-        live = bucket.live_foreign + estimate * max(0.0, 1 - fraction)
+        if priority is _CRITICAL:
+            return min(live_foreign, bucket.budget - 1)
+        # With a co-tenant this runs on every call: the max() / min() below are spelt out
+        # (each keeps the first of equal values, as the builtins do).
+        estimate = bucket.foreign_estimate
+        wanted = estimate * (1 + self._settings.foreign_margin)      # planned
+        left = 1 - (now - bucket.window_start) / bucket.spec.interval_s
+        live = live_foreign + estimate * (left if left > 0.0 else 0.0)
+        if live > wanted:
+            wanted = live
+        if live_foreign > wanted:
+            wanted = live_foreign
         cap = bucket.budget * self._settings.max_reserve
-        wanted = max(planned, live, bucket.live_foreign)
-        return math.ceil(min(wanted, max(cap, bucket.live_foreign)))
+        if live_foreign > cap:
+            cap = live_foreign
+        return math.ceil(cap if cap < wanted else wanted)
 
     def _admit(self, costs: Mapping[str, int], now: float) -> None:
+        """Spend ``costs`` at ``now``. Every caller has just checked them with
+        ``_bucket_ready_at`` at this same ``now``, which rolled each bucket to it."""
+        buckets = self._buckets
         for name, cost in costs.items():
-            bucket = self._buckets[name]
-            self._roll(bucket, now)
+            bucket = buckets[name]
             bucket.own += cost
             if cost:
                 bucket.log.append((now, cost))
                 bucket.rolling += cost
-            used = self._used(bucket)
-            limit = bucket.spec.limit
-            if (not bucket.warned and self._on_warning is not None
-                    and used >= self._settings.warning_threshold * limit):
-                bucket.warned = True
-                self._on_warning(name, used, limit)
+            if not bucket.warned and self._on_warning is not None:
+                used = bucket.own + bucket.live_foreign         # _used(bucket), inlined
+                if bucket.server > used:
+                    used = bucket.server
+                limit = bucket.spec.limit
+                if used >= self._settings.warning_threshold * limit:
+                    bucket.warned = True
+                    self._on_warning(name, used, limit)
 
     # ------------------------------------------------------------------ admission
     def _ready_at(self, costs: Mapping[str, int], priority: Priority, now: float
                   ) -> float | None:
         """None if admissible now, else the earliest exchange time worth re-checking."""
         latest = now if self._banned_until <= now else self._banned_until
+        buckets = self._buckets
         for name, cost in costs.items():
-            at = self._bucket_ready_at(self._buckets[name], cost, priority, now)
-            latest = max(latest, at)
+            at = self._bucket_ready_at(buckets[name], cost, priority, now)
+            if at > latest:
+                latest = at
         return None if latest <= now else latest
 
     def _bucket_ready_at(self, bucket: _Bucket, cost: int, priority: Priority,
                          now: float) -> float:
-        self._roll(bucket, now)
-        s = self._settings
+        """``now`` if ``cost`` fits in ``bucket`` now, else the earliest exchange time worth
+        re-checking (a pause's end, the next window, the rolling cap's release). Rolls the
+        bucket to ``now`` first.
+
+        Runs on every call: the roll is skipped when it would change nothing, and no builtin
+        ``max`` / ``min`` on the common path (the arithmetic is the same)."""
         length = bucket.spec.interval_s
-        next_window = bucket.start(bucket.window + 1)
+        log = bucket.log
+        if math.floor(now / length) != bucket.window or (log and log[0][0] <= now - length):
+            self._roll(bucket, now)
         if bucket.paused_until > now:
             return bucket.paused_until
         if cost == 0:
             return now
-        room = bucket.budget - self._reserve(bucket, now, priority)
-        if bucket.own + cost > room or bucket.server + cost > bucket.budget:
-            return next_window
-        fraction = (now - bucket.start(bucket.window)) / length
+        budget = bucket.budget
+        room = budget
+        if bucket.live_foreign or bucket.foreign_seen:
+            room = budget - self._reserve(bucket, now, priority)
+        own = bucket.own + cost
+        if own > room or bucket.server + cost > budget:
+            return bucket.next_start
         ready = now
-        if bucket.spec.paced and priority is not Priority.CRITICAL:
-            if fraction >= 1 - s.end_guard:
-                return next_window
-            share = s.low_share if priority is Priority.LOW else 1.0
-            needed = (bucket.own + cost) / (room * share) - s.pace_lead
+        s = self._settings
+        if bucket.spec.paced and priority is not _CRITICAL:
+            start = bucket.window_start
+            if (now - start) / length >= 1 - s.end_guard:
+                return bucket.next_start
+            share = s.low_share if priority is _LOW else 1.0
+            needed = own / (room * share) - s.pace_lead
             if needed > 1 - s.end_guard:
-                return next_window
-            ready = max(ready, bucket.start(bucket.window) + max(0.0, needed) * length)
-        elif priority is Priority.LOW and bucket.own + cost > room * s.low_share:
-            return next_window
+                return bucket.next_start
+            if needed > 0.0:
+                start += needed * length
+            if start > ready:
+                ready = start
+        elif priority is _LOW and own > room * s.low_share:
+            return bucket.next_start
         if bucket.rolling + cost > room:
             excess = bucket.rolling + cost - room
             for at, spent in bucket.log:
@@ -445,7 +515,7 @@ class WeightLimiter:
                 return ready
             queue.popleft()
             self._admit(head.costs, now)
-            head.future.set_result(None)
+            head.future.set_result(now)
         return None
 
     def _skip_ahead(self, queue: deque[_Waiter], priority: Priority, now: float) -> float:
@@ -463,7 +533,7 @@ class WeightLimiter:
             ready = self._ready_at(waiter.costs, priority, now)
             if ready is None:
                 self._admit(waiter.costs, now)
-                waiter.future.set_result(None)
+                waiter.future.set_result(now)
             else:
                 kept.append(waiter)
                 wake = min(wake, ready)

@@ -82,13 +82,31 @@ class RetryPolicy:
         building a retrying object per call costs more CPU than the call's own bookkeeping.
         Only a retryable failure builds one (a fresh one: a shared instance is not task-safe).
         """
-        attempts = self.settings.max_retries + 1
         try:
             return await fn()
         except Exception as exc:
-            if attempts == 1 or not retry_if(exc):
+            if not self.may_retry(exc, retry_if):
                 raise
             first = exc
+        return await self.resume(operation, fn, first, retry_if=retry_if)
+
+    def may_retry(self, exc: BaseException,
+                  retry_if: Callable[[BaseException], bool] = should_retry) -> bool:
+        """Whether a first attempt that raised ``exc`` gets another: retries are allowed and
+        ``retry_if`` accepts the error."""
+        return self.settings.max_retries != 0 and retry_if(exc)
+
+    async def resume(self, operation: str, fn: Callable[[], Awaitable[T]],
+                     first: BaseException, *,
+                     retry_if: Callable[[BaseException], bool] = should_retry) -> T:
+        """What `run` does after its first attempt failed with ``first`` (for which
+        `may_retry` holds): wait, notify and call ``fn`` again, as `run` would.
+
+        For a caller that makes the first attempt itself, to spare the common case the extra
+        closure and coroutine; ``run(op, fn)`` is that first attempt plus ``resume``. As for
+        `run`, ``fn`` must be a coroutine function (tenacity awaits nothing else).
+        """
+        attempts = self.settings.max_retries + 1
         delay = backoff_delay(self.settings, 1, first, self._rng)
         self._notify(operation, 1, attempts, delay, first)
         await self._clock.sleep(delay)

@@ -446,6 +446,38 @@ async def test_cost_larger_than_budget_is_rejected() -> None:
     await limiter.close()
 
 
+async def test_acquire_returns_the_admission_time() -> None:
+    """acquire returns the exchange time it admitted at, also for a waiter admitted later."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    assert await limiter.acquire({"w": 90}) == limiter.now()
+    late = asyncio.get_running_loop().create_task(limiter.acquire({"w": 20}))
+    await run_until(clock, W + 0.5)
+    assert late.done()
+    assert math.floor(late.result() / W) == math.floor(limiter.now() / W)  # the next window
+    assert late.result() <= limiter.now()
+    await limiter.close()
+
+
+async def test_try_acquire_admits_only_what_acquire_would_admit_at_once() -> None:
+    """try_acquire admits when nothing holds the request, else returns None and queues
+    nothing: not past a waiter ahead, not over the budget."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    assert limiter.try_acquire({"w": 90}) == limiter.now()
+    assert limiter.try_acquire({"w": 20}) is None                  # only 8 left
+    waiter = asyncio.get_running_loop().create_task(limiter.acquire({"w": 20}))
+    await settle()
+    assert limiter.try_acquire({"w": 1}) is None                   # would pass the waiter
+    assert limiter.statistics()[0].own == 90
+    assert limiter.statistics()[0].waiting == 1
+    waiter.cancel()
+    await settle()
+    assert limiter.try_acquire({"w": 1}) is not None
+    assert limiter.statistics()[0].own == 91
+    await limiter.close()
+
+
 def test_repr_shows_live_state() -> None:
     """repr names each bucket's use and the waiting count."""
     limiter = make(FakeClock())
