@@ -27,11 +27,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy --strict app
 
+# Every bench/*.py script, one after another; a failed one (or a target not met) does not stop
+# the others: the failures are listed at the end and make fails.
+BENCH_RUN = failed=""; for f in bench/*.py; do echo "== $$f"; t0=$$(date +%s); \
+	  $(BIN)/python $$f $(1) || failed="$$failed $$f"; echo "== $$f: $$(( $$(date +%s) - t0 )) s"; \
+	done; if [ -n "$$failed" ]; then echo "failed or target NOT met:$$failed"; exit 1; fi
+
 bench: $(STAMP)
-	@ls bench/*.py >/dev/null 2>&1 && for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f --short || exit 1; done || echo "no benchmarks yet"
+	@$(call BENCH_RUN,--short)
 
 bench-full: $(STAMP)
-	@ls bench/*.py >/dev/null 2>&1 && for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done || echo "no benchmarks yet"
+	@$(call BENCH_RUN,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

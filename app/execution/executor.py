@@ -79,7 +79,9 @@ class Executor:
                 await self._journal.set_signal_state(signal.id, SignalState.RUNNING,
                                                      reason=None, now=self._clock.time())
             try:
-                reason = await self._run_until_taken(signal)
+                # An ACCEPTED signal has no intents yet (RUNNING is journaled before the first).
+                fresh = record.state is SignalState.ACCEPTED
+                reason = await self._run_until_taken(signal, fresh=fresh)
             except SignalRejected as rejected:
                 return await self._finish(signal, SignalState.REJECTED, str(rejected),
                                           AuditEvent.SIGNAL_REJECTED, field=rejected.field,
@@ -109,7 +111,7 @@ class Executor:
         return any(i.state is not IntentState.PENDING
                    for i in await self._journal.intents_for(signal.id))
 
-    async def _run_until_taken(self, signal: Signal) -> str:
+    async def _run_until_taken(self, signal: Signal, *, fresh: bool) -> str:
         """Run the signal's flow from its journaled intents. While the exchange certainly
         refuses work for now (breaker open, outage, throttled), wait and run it again: the flow
         resumes from the journal, so nothing done is done twice. Before anything was sent, up
@@ -118,7 +120,10 @@ class Executor:
         entry still gets its protection and a close still cleans up (then the error stands)."""
         finish_by: float | None = None
         while True:
-            journaled = {i.leg: i for i in await self._journal.intents_for(signal.id)}
+            journaled: dict[Leg, Intent] = {}
+            if not fresh:
+                journaled = {i.leg: i for i in await self._journal.intents_for(signal.id)}
+            fresh = False
             try:
                 if signal.type.is_entry:
                     return await self._entry(signal, journaled)
@@ -180,7 +185,8 @@ class Executor:
         return f"{reason}; {warning}" if warning else f"{reason}; protected"
 
     async def _new_entry(self, signal: Signal, journaled: Intent | None) -> Intent:
-        """Check the signal against the symbol's rules and the mark; the entry intent."""
+        """Check the signal against the symbol's rules and the mark; the entry intent (the
+        sender journals it, as SENDING, before it leaves)."""
         rules = self._symbol_rules(signal.symbol)
         assert signal.quantity is not None
         mark = await self._exchange.mark_price(signal.symbol)
@@ -197,7 +203,6 @@ class Executor:
             symbol=signal.symbol, side=signal.type.order_side, order_type=OrderType.MARKET,
             quantity=quantity, price=None, reduce_only=False, state=IntentState.PENDING,
             updated_at=self._clock.time())
-        await self._journal.put_intent(intent)
         return intent
 
     def _symbol_rules(self, symbol: str) -> SymbolRules:
