@@ -86,12 +86,7 @@ def show_status(args: argparse.Namespace, client: ControlClient, settings: Setti
     if answer.status != 200:
         return _refused(answer, client, settings)
     status: dict[str, Any] = answer.body
-    positions = []
-    for symbol in status.get("symbols", []):
-        got = client.get(f"/v1/positions/{symbol}")
-        if got.status == 200:
-            positions.append(got.body)
-    status["positions"] = positions
+    status["positions"] = client.positions(status.get("symbols", []))
     if args.json:
         print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
         return 0

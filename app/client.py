@@ -53,6 +53,11 @@ class ControlClient:
     def get(self, path: str) -> ApiAnswer:
         return self._call("GET", path, None)
 
+    def positions(self, symbols: list[str]) -> list[Any]:
+        """``/v1/positions/{symbol}`` of each symbol; symbols whose lookup fails are left out."""
+        answers = (self.get(f"/v1/positions/{symbol}") for symbol in symbols)
+        return [answer.body for answer in answers if answer.status == 200]
+
     def post(self, path: str, body: object) -> ApiAnswer:
         return self._call("POST", path, orjson.dumps(body))
 

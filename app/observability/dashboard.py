@@ -169,12 +169,7 @@ def fetch_status(client: ControlClient) -> dict[str, Any]:
         raise StatusUnavailable(f"HTTP {answer.status}: "
                                 f"{body.get('error') or body.get('detail') or answer.body}")
     status: dict[str, Any] = answer.body
-    positions = []
-    for symbol in status.get("symbols", []):
-        got = client.get(f"/v1/positions/{symbol}")
-        if got.status == 200:
-            positions.append(got.body)
-    status["positions"] = positions
+    status["positions"] = client.positions(status.get("symbols", []))
     return status
 
 
