@@ -16,11 +16,13 @@ The cache of these rules (expiry, refresh on precision errors) is `symbol_cache.
 from __future__ import annotations
 
 import decimal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from app.domain import SignalError
 
 __all__ = [
     "ExchangeInfo",
@@ -31,6 +33,7 @@ __all__ = [
     "format_price",
     "format_qty",
     "parse_exchange_info",
+    "trading_rules",
 ]
 
 TRADING = "TRADING"
@@ -419,3 +422,16 @@ def parse_exchange_info(data: Mapping[str, Any]) -> ExchangeInfo:
             rules[parsed.symbol] = parsed
     rate_limits = tuple(RateLimit.from_exchange_info(entry) for entry in limits)
     return ExchangeInfo(rules=rules, invalid=invalid, rate_limits=rate_limits)
+
+
+def trading_rules(lookup: Callable[[str], SymbolRules], symbol: str) -> SymbolRules:
+    """The rules of ``symbol`` from ``lookup``; ``SignalError`` on field ``symbol`` when the
+    exchange does not list it or it is not TRADING (SPEC §4.1). Intake and the executor both
+    check this, at acceptance and again just before the first order."""
+    try:
+        rules = lookup(symbol)
+    except UnknownSymbol:
+        raise SignalError("symbol", f"{symbol} is not a symbol of this exchange") from None
+    if not rules.trading:
+        raise SignalError("symbol", f"{symbol} is {rules.status}, not {TRADING}")
+    return rules

@@ -20,9 +20,18 @@ from decimal import Decimal
 from structlog.contextvars import bound_contextvars
 
 from app.clock import Clock
-from app.domain import Intent, IntentState, Leg, MarginType, OrderType, Signal, SignalState
+from app.domain import (
+    Intent,
+    IntentState,
+    Leg,
+    MarginType,
+    OrderType,
+    Signal,
+    SignalError,
+    SignalState,
+)
 from app.errors import ExchangeError, OrderRejected
-from app.exchange.symbols import SymbolRuleError, SymbolRules, UnknownSymbol
+from app.exchange.symbols import SymbolRuleError, SymbolRules, trading_rules
 from app.execution.client_ids import client_id
 from app.execution.ports import ExchangePort
 from app.execution.protect import PROTECT_DEADLINE_S, Protector, Unprotected
@@ -32,15 +41,6 @@ from app.journal import Journal, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 from app.resilience.limiter import Priority
-
-
-class SignalRejected(Exception):
-    """The signal breaks a rule checked before any order (symbol, filters, mark side)."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
 
 
 class Executor:
@@ -82,7 +82,7 @@ class Executor:
                 # An ACCEPTED signal has no intents yet (RUNNING is journaled before the first).
                 fresh = record.state is SignalState.ACCEPTED
                 reason = await self._run_until_taken(signal, fresh=fresh)
-            except SignalRejected as rejected:
+            except SignalError as rejected:
                 return await self._finish(signal, SignalState.REJECTED, str(rejected),
                                           AuditEvent.SIGNAL_REJECTED, field=rejected.field,
                                           detail=rejected.detail)
@@ -187,14 +187,14 @@ class Executor:
     async def _new_entry(self, signal: Signal, journaled: Intent | None) -> Intent:
         """Check the signal against the symbol's rules and the mark; the entry intent (the
         sender journals it, as SENDING, before it leaves)."""
-        rules = self._symbol_rules(signal.symbol)
+        rules = trading_rules(self._rules, signal.symbol)
         assert signal.quantity is not None
         mark = await self._exchange.mark_price(signal.symbol)
         quantity = rules.quantize_qty(signal.quantity, market=True)
         try:
             rules.check_order(quantity, mark, market=True, reduce_only=False)
         except SymbolRuleError as error:
-            raise SignalRejected("quantity", f"{error.rule}: {error.detail}") from None
+            raise SignalError("quantity", f"{error.rule}: {error.detail}") from None
         self._check_protective(signal, rules, mark)
         await self._ensure_account_settings(signal)
         intent = journaled or Intent(
@@ -205,15 +205,6 @@ class Executor:
             updated_at=self._clock.time())
         return intent
 
-    def _symbol_rules(self, symbol: str) -> SymbolRules:
-        try:
-            rules = self._rules(symbol)
-        except UnknownSymbol:
-            raise SignalRejected("symbol", f"{symbol} is not a symbol of this exchange") from None
-        if not rules.trading:
-            raise SignalRejected("symbol", f"{symbol} is {rules.status}, not TRADING")
-        return rules
-
     def _check_protective(self, signal: Signal, rules: SymbolRules, mark: Decimal) -> None:
         """tp/sl on the tick grid and on the right side of the mark (LONG: sl < mark < tp)."""
         long = signal.type.position_sign > 0
@@ -221,14 +212,14 @@ class Executor:
             if price is None:
                 continue
             if rules.quantize_price(price) != price:
-                raise SignalRejected(field, f"PRICE_FILTER.tickSize: {price} is not a multiple "
+                raise SignalError(field, f"PRICE_FILTER.tickSize: {price} is not a multiple "
                                             f"of the tick {rules.tick_size}")
             below = (field == "stop_loss") == long
             if below and price >= mark:
-                raise SignalRejected(field, f"must be below the mark price {mark} for "
+                raise SignalError(field, f"must be below the mark price {mark} for "
                                             f"{signal.type.value}")
             if not below and price <= mark:
-                raise SignalRejected(field, f"must be above the mark price {mark} for "
+                raise SignalError(field, f"must be above the mark price {mark} for "
                                             f"{signal.type.value}")
 
     async def _ensure_account_settings(self, signal: Signal) -> None:
@@ -251,12 +242,12 @@ class Executor:
                 self._log.info(AuditEvent.POSITION_QUERY, note=note,
                                amount=str(position.amount) if position else "0")
                 return note
-            rules = self._symbol_rules(signal.symbol)
+            rules = trading_rules(self._rules, signal.symbol)
             size = abs(position.amount)
             quantity = size if signal.quantity is None else min(signal.quantity, size)
             quantity = rules.quantize_qty(quantity, market=True)
             if quantity <= 0:
-                raise SignalRejected("quantity", f"{signal.quantity} rounds to 0 with step "
+                raise SignalError("quantity", f"{signal.quantity} rounds to 0 with step "
                                                  f"{rules.market_step_size}")
             close = close or Intent(
                 signal_id=signal.id, leg=Leg.CLOSE,

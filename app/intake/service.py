@@ -22,7 +22,7 @@ from enum import StrEnum
 
 from app.clock import Clock
 from app.domain import Signal, SignalError
-from app.exchange.symbols import SymbolRules, UnknownSymbol
+from app.exchange.symbols import SymbolRules, trading_rules
 from app.intake.bus import SignalBus
 from app.journal import Journal, SignalRecord
 from app.observability.audit import AuditEvent
@@ -90,7 +90,7 @@ class Service:
         try:
             signal = Signal.from_json(data, now=now, default_ttl_s=self._default_ttl_s,
                                       new_id=self._new_id)
-            self._check_symbol(signal.symbol)
+            trading_rules(self._rules, signal.symbol)
         except SignalError as error:
             self._log.warning(AuditEvent.SIGNAL_REJECTED, source=source, field=error.field,
                               detail=error.detail)
@@ -102,7 +102,7 @@ class Service:
         A known id returns its existing record."""
         if self.state is not IntakeState.READY:
             raise IntakeClosed(self.state)
-        self._check_symbol(signal.symbol)
+        trading_rules(self._rules, signal.symbol)
         return (await self._journal_and_queue(signal, source=signal.source or "in-process",
                                               wait=True, offset=None)).record
 
@@ -118,14 +118,6 @@ class Service:
         self._log.info(AuditEvent.SIGNAL_DUPLICATE, signal_id=record.signal.id,
                        symbol=record.signal.symbol, source=source, state=record.state.value)
         return Accepted(record, created=False)
-
-    def _check_symbol(self, symbol: str) -> None:
-        try:
-            rules = self._rules(symbol)
-        except UnknownSymbol:
-            raise SignalError("symbol", f"{symbol} is not a symbol of this exchange") from None
-        if not rules.trading:
-            raise SignalError("symbol", f"{symbol} is {rules.status}, not TRADING")
 
     async def _journal_and_queue(self, signal: Signal, *, source: str, wait: bool,
                                  offset: tuple[str, int] | None) -> Accepted:
