@@ -51,12 +51,9 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -75,6 +72,7 @@ from app.config import Settings, load_settings  # noqa: E402
 from app.daemon import Daemon  # noqa: E402
 from app.domain import SignalState  # noqa: E402
 from app.execution.settings import ExecutorSettings  # noqa: E402
+from bench._simproc import simulator as sim_process  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
 SEED = 20260707
@@ -182,53 +180,16 @@ def fault_plan(seed: int, *, outage_start_s: float, outage_s: float) -> dict[str
 
 
 # ---------------------------------------------------------------------------- the simulator
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def sim_toml(limits: dict[str, int]) -> str:
     lines = ["[limits]", *(f"{k} = {v}" for k, v in limits.items()),
              "", "[market]", "volatility_per_minute = 0", "tick_interval_s = 0", ""]
     return "\n".join(lines)
 
 
-def prepare(workdir: Path, config: Path, text: str) -> io.BufferedWriter:
-    """Create ``workdir``, write the simulator's config; its stderr log, open."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config.write_text(text, encoding="utf-8")
-    return (workdir / "sim.stderr").open("wb")
-
-
-@contextlib.asynccontextmanager
-async def simulator(workdir: Path, limits: dict[str, int] | None = None) -> AsyncIterator[str]:
-    """``python -m app sim`` on a free port with ``limits``; yields its base URL; SIGTERM after."""
-    config = workdir / "sim.toml"
-    errlog = await asyncio.to_thread(prepare, workdir, config,
-                                     sim_toml(SIM_LIMITS if limits is None else limits))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "sim", "--port", str(free_port()), "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=errlog, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
-        if b"listening on" not in line:
-            errlog.flush()
-            raise RuntimeError("simulator did not start: "
-                               + (workdir / "sim.stderr").read_text(errors="replace")[-2000:])
-        yield line.decode().split("listening on", 1)[1].strip()
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.feed_eof()
-        errlog.close()
+def simulator(workdir: Path, limits: dict[str, int] | None = None
+              ) -> contextlib.AbstractAsyncContextManager[str]:
+    """``python -m app sim`` with ``limits`` (default SIM_LIMITS); yields its base URL."""
+    return sim_process(workdir, sim_toml(SIM_LIMITS if limits is None else limits))
 
 
 class Admin:

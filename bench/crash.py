@@ -59,6 +59,7 @@ import chaos  # noqa: E402
 
 from app.domain import SignalState  # noqa: E402
 from app.journal import Journal  # noqa: E402
+from bench._simproc import free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "crash.json"
 SEED = 20260808
@@ -311,7 +312,7 @@ async def crash_run(rounds: int, *, seed: int = SEED, rate: float = 40.0,
     """The whole bench in ``workdir``; the result object (without the table)."""
     rng = random.Random(seed)
     bodies = chaos.make_signals(20_000, seed, prefix="crash")
-    port = chaos.free_port()
+    port = free_port()
     env = daemon_env(workdir, port)
     began = time.monotonic()
     async with chaos.simulator(workdir / "sim", SIM_LIMITS) as base, \

@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import pstats
-import socket
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ import structlog  # noqa: E402
 from app.config import load_settings  # noqa: E402
 from app.daemon import Daemon  # noqa: E402
 from app.execution.reconcile import DECISION_STARTED  # noqa: E402
+from bench._simproc import simulator  # noqa: E402
 
 TARGET_DECISION_P99_S = 0.002     # at 50 signals/s
 TARGET_LAG_P99_S = 0.005          # at 100 signals/s
@@ -66,25 +66,6 @@ QUANTITIES = {"BTCUSDT": "0.002", "ETHUSDT": "0.01", "SOLUSDT": "1", "BNBUSDT": 
 SIM_CONFIG = ("[limits]\nrequest_weight = 100000000\norders_short = 100000000\n"
               "orders_long = 100000000\n[account]\nbalance = \"1000000000\"\n"
               "[market]\nvolatility_per_minute = 0\n")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def start_sim(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """The simulator in its own process; (process, base URL)."""
-    config = workdir / "sim.toml"
-    config.write_text(SIM_CONFIG)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "sim", "--port", str(free_port()), "--config", str(config),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
-    assert line.startswith("listening on "), line
-    return proc, line.removeprefix("listening on ")
 
 
 def make_daemon(workdir: Path, url: str, **overrides: object) -> Daemon:
@@ -322,14 +303,10 @@ async def main() -> int:
     profiler = cProfile.Profile() if args.profile else None
     runs: list[RateRun] = []
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = await start_sim(Path(tmp))
-        try:
+        async with simulator(Path(tmp) / "sim", SIM_CONFIG) as url:
             for rate in rates:
                 runs.append(await run_rate(url, rate, args.seconds, profiler, args.keep,
                                           args.breakdown))
-        finally:
-            proc.terminate()
-            await proc.wait()
 
     print(f"{args.seconds:g} s of feed per rate, in-process accept, daemon vs simulator process, "
           "INFO audit on disk")

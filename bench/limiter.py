@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -36,13 +35,11 @@ import os
 import platform
 import random
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,9 +60,12 @@ from app.resilience.limiter import (  # noqa: E402
     Priority,
     WeightLimiter,
 )
+from bench._simproc import simulator  # noqa: E402
 
 LIMIT = 300
 WINDOW_S = 5
+SIM_TOML = (f"[limits]\nrequest_weight = {LIMIT}\nrequest_weight_interval_s = {WINDOW_S}\n"
+            "ban_after_429s = 1000\n\n[market]\nvolatility_per_minute = 0\n")
 WORKERS = 16
 WEIGHTS = (1, 5, 10, 20)
 SEED = 20260101
@@ -480,40 +480,6 @@ def analyze(own: list[Rec], foreign: list[Rec], first: int, count: int) -> dict[
     }
 
 
-# ---------------------------------------------------------------------------- the simulator
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def simulator(workdir: Path) -> AsyncIterator[str]:
-    config = workdir / "sim.toml"
-    port = free_port()
-    errlog = (workdir / "sim.stderr").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "sim", "--port", str(port), "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=errlog, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
-        if b"listening on" not in line:
-            errlog.flush()
-            raise RuntimeError("simulator did not start: "
-                               + (workdir / "sim.stderr").read_text(errors="replace")[-2000:])
-        yield line.decode().split("listening on", 1)[1].strip()
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        errlog.close()
-
-
 # ---------------------------------------------------------------------------- report
 def settings_from(text: str) -> LimiterSettings:
     known = {f.name for f in fields(LimiterSettings)}
@@ -584,7 +550,8 @@ async def measure(args: argparse.Namespace, settings: LimiterSettings, workdir: 
     }
     chosen = [p for p in POLICIES if p in args.only.split(",")] if args.only else list(POLICIES)
     rows: list[dict[str, Any]] = []
-    async with simulator(workdir) as base, aiohttp.ClientSession() as admin:
+    async with simulator(workdir / "sim", SIM_TOML) as base, \
+            aiohttp.ClientSession() as admin:
         for name in chosen:
             shared = name.endswith("-shared")
             kind = name.removesuffix("-shared")
@@ -614,12 +581,7 @@ def main(args: argparse.Namespace) -> int:
     settings = settings_from(args.execd_settings)
     began = time.time()
     with tempfile.TemporaryDirectory(prefix="execd-bench-") as tmp:
-        workdir = Path(tmp)
-        (workdir / "sim.toml").write_text(
-            f"[limits]\nrequest_weight = {LIMIT}\nrequest_weight_interval_s = {WINDOW_S}\n"
-            "ban_after_429s = 1000\n\n[market]\nvolatility_per_minute = 0\n",
-            encoding="utf-8")
-        rows = asyncio.run(measure(args, settings, workdir))
+        rows = asyncio.run(measure(args, settings, Path(tmp)))
     report = table(rows, args.windows)
     print(f"limiter bench: L={LIMIT} per W={WINDOW_S}s, {WORKERS} workers, weights {WEIGHTS}, "
           f"{args.windows} measured windows after warm-up, start phase {args.phase}")

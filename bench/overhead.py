@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,28 +32,11 @@ from binance import AsyncClient  # noqa: E402
 from app.clock import SystemClock  # noqa: E402
 from app.exchange.gateway import Gateway, GatewaySettings  # noqa: E402
 from app.observability.logging import configure_logging  # noqa: E402
+from bench._simproc import simulator  # noqa: E402
 
 TARGET = 1.15
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def start_sim(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    config = workdir / "sim.toml"
-    config.write_text("[limits]\nrequest_weight = 10000000\norders_short = 10000000\n"
-                      "orders_long = 10000000\n[market]\nvolatility_per_minute = 0\n")
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "sim", "--port", str(port), "--config", str(config),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
-    assert line.startswith("listening on "), line
-    return proc, line.removeprefix("listening on ")
+SIM_CONFIG = ("[limits]\nrequest_weight = 10000000\norders_short = 10000000\n"
+              "orders_long = 10000000\n[market]\nvolatility_per_minute = 0\n")
 
 
 async def make_raw(url: str) -> AsyncClient:
@@ -95,8 +77,7 @@ async def main() -> int:
         args.calls, args.rounds = 300, 10
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        proc, url = await start_sim(workdir)
-        try:
+        async with simulator(workdir / "sim", SIM_CONFIG) as url:
             handle = configure_logging(workdir / "logs", "INFO", console=False)
             gateway = Gateway(GatewaySettings(base_url=url, api_key="sim-key",
                                               api_secret="sim-secret"),
@@ -115,9 +96,6 @@ async def main() -> int:
             gw[-1] += (time.process_time() - close_start) / args.calls
             await gateway.close()
             await client.close_connection()
-        finally:
-            proc.terminate()
-            await proc.wait()
     raw_us, gw_us = statistics.fmean(raw) * 1e6, statistics.fmean(gw) * 1e6
     ratio = gw_us / raw_us
     verdict = "met" if ratio <= TARGET else "NOT met"

@@ -32,7 +32,6 @@ import io
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.config import load_settings  # noqa: E402
 from app.daemon import Daemon  # noqa: E402
+from bench._simproc import simulator  # noqa: E402
 
 TARGET_GROWTH_MB = 20.0
 CHECKPOINT = 10_000
@@ -62,25 +62,6 @@ SIM_CONFIG = ("[limits]\nrequest_weight = 100000000\norders_short = 100000000\n"
               "[market]\nvolatility_per_minute = 0\n")
 #: (entry, close) by cycle: long, then short.
 CYCLE = (("LONG_ENTRY", "CLOSE_LONG"), ("SHORT_ENTRY", "CLOSE_SHORT"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def start_sim(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """The simulator in its own process; (process, base URL)."""
-    config = workdir / "sim.toml"
-    config.write_text(SIM_CONFIG)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "sim", "--port", str(free_port()), "--config", str(config),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
-    assert line.startswith("listening on "), line
-    return proc, line.removeprefix("listening on ")
 
 
 def rss_mb() -> float:
@@ -207,12 +188,8 @@ async def main() -> int:
         args.signals = 10_000
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = await start_sim(Path(tmp))
-        try:
+        async with simulator(Path(tmp) / "sim", SIM_CONFIG) as url:
             result = await soak(url, Path(tmp), args)
-        finally:
-            proc.terminate()
-            await proc.wait()
     load_after = os.getloadavg()[0]
     growth = result["end_mb"] - result["baseline_mb"]
     met = growth < TARGET_GROWTH_MB

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from app.cli import main
 from app.config import PROJECT_ROOT
+from tests.daemon_process import free_port
 
 COMMANDS = ("run", "sim", "signal", "status", "logs", "monitor")
 READY_TIMEOUT_S = 30.0
@@ -98,13 +98,6 @@ def test_client_commands_without_a_daemon_exit_1(
     err = capsys.readouterr().err
     assert "no execd control API at http://127.0.0.1:" in err
     assert "is the daemon running?" in err
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_sim_reports_a_bad_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
