@@ -42,7 +42,7 @@ from app.resilience.breaker import BreakerSettings
 from app.resilience.retry import RetrySettings
 from app.sim import SimServer
 from tests.exchange.conftest import sim_config
-from tests.execution.conftest import Admin, make_signal, quiet_sim
+from tests.execution.conftest import Admin, make_signal
 from tests.execution.test_recovery import entry_intent
 from tests.execution.test_ttl import ENTRY, accept, outage
 from tests.execution.test_unprotected import MarketMovesBeforeTheStop, executor_for
@@ -136,7 +136,7 @@ class World:
 
 @asynccontextmanager
 async def world(tmp_path: Path, log: AuditLogger) -> AsyncIterator[World]:
-    async with (SimServer(quiet_sim()) as sim, aiohttp.ClientSession() as session,
+    async with (SimServer(sim_config()) as sim, aiohttp.ClientSession() as session,
                 started_gateway(sim, log) as gateway):
         journal = Journal(tmp_path / "components" / "journal.sqlite3")
         await journal.open()
@@ -162,7 +162,7 @@ async def breaker_flow(log: AuditLogger) -> None:
     """An outage opens the trade breaker (api_error, breaker_opened), a call while open is
     refused (breaker_rejected), after it probes go through (breaker_half_open, breaker_closed);
     as in tests/exchange/test_gateway.py."""
-    async with SimServer(quiet_sim()) as sim, aiohttp.ClientSession() as session:
+    async with SimServer(sim_config()) as sim, aiohttp.ClientSession() as session:
         admin = Admin(session, sim.url)
         async with started_gateway(
                 sim, log, retry=fast_retry(0),
@@ -183,7 +183,7 @@ async def breaker_flow(log: AuditLogger) -> None:
 async def session_reset_flow(log: AuditLogger) -> None:
     """Connections dropped after applying a read: retried (retry_attempt), then the HTTP
     session is replaced (session_reset) before the next call."""
-    async with SimServer(quiet_sim()) as sim, aiohttp.ClientSession() as session:
+    async with SimServer(sim_config()) as sim, aiohttp.ClientSession() as session:
         admin = Admin(session, sim.url)
         async with started_gateway(sim, log) as gateway:
             await admin.post("faults", {"seed": 0, "rules": [

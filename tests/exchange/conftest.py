@@ -52,6 +52,17 @@ class Admin:
             assert resp.status == 200, await resp.text()
             return orjson.loads(await resp.read())
 
+    async def orders(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """``/_sim/orders``, optionally only one ``kind`` (order, algo, triggered)."""
+        rows: list[dict[str, Any]] = await self.get("orders")
+        return [r for r in rows if kind is None or r["kind"] == kind]
+
+    async def position(self, symbol: str) -> str:
+        """The position amount of ``symbol`` as the simulator shows it ("0" when flat)."""
+        state = await self.get("state")
+        return next((p["positionAmt"] for p in state["positions"] if p["symbol"] == symbol),
+                    "0")
+
 
 @pytest.fixture
 async def admin(sim: SimServer) -> AsyncIterator[Admin]:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import structlog
 
@@ -23,49 +21,21 @@ from app.journal import Journal, SignalRecord
 from app.resilience.breaker import BreakerSettings
 from app.resilience.retry import RetrySettings
 from app.sim import SimConfig, SimServer
+from tests.exchange.conftest import Admin
+from tests.exchange.conftest import sim_config as quiet_sim_config
 
 _ids = itertools.count(1)
 
 
-def quiet_sim() -> SimConfig:
-    base = SimConfig()
-    return replace(base, market=replace(base.market, volatility_per_minute=0.0,
-                                        tick_interval_s=0.0))
-
-
 @pytest.fixture
 def sim_config() -> SimConfig:
-    return quiet_sim()
+    return quiet_sim_config()
 
 
 @pytest.fixture
 async def sim(sim_config: SimConfig) -> AsyncIterator[SimServer]:
     async with SimServer(sim_config) as server:
         yield server
-
-
-class Admin:
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
-        self.session, self.base = session, base
-
-    async def get(self, path: str) -> Any:
-        async with self.session.get(f"{self.base}/_sim/{path}") as resp:
-            return orjson.loads(await resp.read())
-
-    async def post(self, path: str, body: object) -> Any:
-        async with self.session.post(f"{self.base}/_sim/{path}",
-                                     data=orjson.dumps(body)) as resp:
-            assert resp.status == 200, await resp.text()
-            return orjson.loads(await resp.read())
-
-    async def orders(self, kind: str | None = None) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await self.get("orders")
-        return [r for r in rows if kind is None or r["kind"] == kind]
-
-    async def position(self, symbol: str) -> str:
-        state = await self.get("state")
-        return next((p["positionAmt"] for p in state["positions"] if p["symbol"] == symbol),
-                    "0")
 
 
 @pytest.fixture
