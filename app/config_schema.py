@@ -38,6 +38,7 @@ __all__ = [
     "OnUnprotected",
     "RateLimitSettings",
     "RetrySettings",
+    "is_loopback",
 ]
 
 _SECTION = ConfigDict(frozen=True, extra="forbid")
@@ -212,17 +213,18 @@ class ApiSettings(BaseModel):
     @classmethod
     def _token_off_loopback(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         host = info.data.get("host")
-        if value is None and host is not None and not _is_loopback(host):
+        if value is None and host is not None and not is_loopback(host):
             raise ValueError(f"required when api.host ({host}) is not a loopback address")
         return value
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` stays on this machine (a loopback address or ``localhost``)."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+    except ValueError:  # a host name: only "localhost" is known to stay on this machine
         return False
 
 

@@ -124,7 +124,8 @@ MAX_TTL_S: Final = 86_400.0
 _FIELDS: Final = ("id", "symbol", "type", "quantity", "take_profit", "stop_loss", "leverage",
                   "margin_type", "expires_at", "ttl_s", "source")
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_SYMBOL = re.compile(r"[A-Z0-9]{2,32}")
+SYMBOL_RE: Final = re.compile(r"[A-Z0-9]{2,32}")
+SYMBOL_RULE: Final = "must be 2-32 characters of A-Z 0-9"
 _DECIMAL = re.compile(r"[0-9]{1,32}(?:\.[0-9]{1,18})?")
 _DECIMAL_RULE: Final = ('must be a plain decimal string like "0.01": digits with an optional '
                         "point, at most 32 before and 18 after it, no sign or exponent")
@@ -186,7 +187,7 @@ class Signal:
         body: dict[str, object] = data
 
         signal_id = _string(body, "id", _ID, "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
-        symbol = _string(body, "symbol", _SYMBOL, "must be 2-32 characters of A-Z 0-9")
+        symbol = _string(body, "symbol", SYMBOL_RE, SYMBOL_RULE)
         if symbol is None:
             raise SignalError("symbol", "is required")
         kind = _enum(body, "type", SignalType, f"must be one of {_TYPES}")

@@ -17,7 +17,6 @@ claims, so an oversized body costs no more memory than the limit.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,7 +27,8 @@ import orjson
 import prometheus_client
 from aiohttp import web
 
-from app.domain import Intent, SignalError
+from app.config_schema import is_loopback
+from app.domain import SYMBOL_RE, SYMBOL_RULE, Intent, SignalError
 from app.errors import ExchangeError, InvalidRequest
 from app.exchange.models import Balance, CancelCounts, Position
 from app.intake.bus import QueueFull
@@ -42,7 +42,6 @@ __all__ = ["AccountPort", "ControlApi"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _T = TypeVar("_T")
 
-_SYMBOL: Final = re.compile(r"[A-Z0-9]{2,32}")
 _ASSET: Final = re.compile(r"[A-Z0-9]{2,16}")
 _INVALID_SYMBOL_CODE: Final = -1121  # Binance: "Invalid symbol."
 _PUBLIC: Final = frozenset({"/healthz", "/metrics"})
@@ -78,7 +77,7 @@ class ControlApi:
                  host: str = "127.0.0.1", port: int = 8470, max_body_bytes: int = 65536,
                  log: AuditLogger,
                  registry: prometheus_client.CollectorRegistry | None = None) -> None:
-        if not token and not _is_loopback(host):
+        if not token and not is_loopback(host):
             raise ValueError(f"refusing to serve the control API on {host!r} without a token")
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be at least 1")
@@ -261,20 +260,11 @@ class ControlApi:
 
 # ---------------------------------------------------------------------- helpers
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: only "localhost" is known to stay on this machine
-        return False
-
-
 def _symbol(request: web.Request) -> str:
     symbol = request.match_info["symbol"]
-    if _SYMBOL.fullmatch(symbol) is None:
+    if SYMBOL_RE.fullmatch(symbol) is None:
         raise _Problem(400, {"error": "invalid_symbol", "field": "symbol",
-                             "detail": "must be 2-32 characters of A-Z 0-9"})
+                             "detail": SYMBOL_RULE})
     return symbol
 
 
