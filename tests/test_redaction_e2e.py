@@ -4,6 +4,7 @@ every order path, then every file under the log directory and the console output
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -20,6 +21,7 @@ from tests.daemon_process import DaemonProcess, daemon_env, free_port
 API_KEY = "KeyQq7Zp3Vx9Lm2Rt5Wy8Nb4Hc6Jd1Fg0"
 API_SECRET = "SecretUu1Ii2Oo3Pp4Aa5Ss6Dd7Ff8Gg9Hh0"
 TOKEN = "TokenZz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1"
+FINAL = ("DONE", "REJECTED", "FAILED", "EXPIRED")
 
 
 @pytest.fixture
@@ -37,12 +39,16 @@ async def test_no_key_secret_token_or_signature_in_any_log(tmp_path: Path, sim: 
     port = free_port()
     env = daemon_env(tmp_path, port, BINANCE_API_KEY=API_KEY, BINANCE_API_SECRET=API_SECRET,
                      EXECD_API_TOKEN=TOKEN, EXECD_AUDIT__CONSOLE="true",
-                     EXECD_AUDIT__LEVEL="DEBUG", EXECD_EXECUTION__RESOLVE_WINDOW_S="1")
+                     EXECD_AUDIT__LEVEL="DEBUG", EXECD_EXECUTION__RESOLVE_WINDOW_S="1",
+                     EXECD_BREAKER__RECOVERY_TIMEOUT_S="0.5")
     faults = {"seed": 3, "rules": [
         {"endpoint": endpoint, "fault": fault, "probability": 0.25}
         for endpoint in ("POST /fapi/v1/order", "POST /fapi/v1/algoOrder",
                          "GET /fapi/v3/positionRisk", "GET /fapi/v1/premiumIndex")
-        for fault in ("http_500", "unknown_503", "timeout_1007", "reset_after_apply")]}
+        for fault in ("http_500", "unknown_503", "timeout_1007", "reset_after_apply")] + [
+        # Last, so that every entry that met none of the faults above still has an unknown
+        # outcome: the error paths that carry request text are taken on every run.
+        {"endpoint": "POST /fapi/v1/order", "fault": "unknown_503", "probability": 1.0}]}
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{sim.url}/_sim/faults", data=orjson.dumps(faults)) as resp:
             assert resp.status == 200, await resp.text()
@@ -56,10 +62,21 @@ async def test_no_key_secret_token_or_signature_in_any_log(tmp_path: Path, sim: 
                        "stop_loss": "66000.0"},                      # wrong side: rejected
                       {"symbol": "ETHUSDT", "type": "LONG_ENTRY", "quantity": "oops"},
                       {"symbol": "BTCUSDT", "type": "CLOSE_LONG"}] * 5
+            accepted = []
             for n, body in enumerate(bodies):
                 async with session.post(f"{api}/v1/signals", headers=headers,
                                         data=orjson.dumps({"id": f"r{n}", **body})) as resp:
                     assert resp.status in (200, 202, 400), await resp.text()
+                    if resp.status == 202:
+                        accepted.append(f"r{n}")
+            async with asyncio.timeout(90):           # let every signal take its error paths
+                for signal_id in accepted:
+                    while True:
+                        async with session.get(f"{api}/v1/signals/{signal_id}",
+                                               headers=headers) as resp:
+                            if (await resp.json())["state"] in FINAL:
+                                break
+                        await asyncio.sleep(0.1)
             async with session.post(f"{api}/v1/signals",
                                     headers={"Authorization": f"Bearer {TOKEN}x"},
                                     data=b"{}") as resp:
