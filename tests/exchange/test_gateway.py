@@ -88,14 +88,21 @@ async def test_rejection_is_classified_not_retried(gateway: Gateway, admin: Admi
 async def test_concurrent_calls_leave_limiter_equal_to_exchange(gateway: Gateway,
                                                                 admin: Admin) -> None:
     """50 concurrent calls: the limiter's view equals the simulator's used weight."""
-    into_minute = gateway.timesync.server_time() % 60
-    if into_minute > 57:                      # both views reset at the minute: not across it
-        await asyncio.sleep(60 - into_minute + 0.05)
+    await clear_of_minute_end(gateway)        # both views reset at the minute: not across it
     await asyncio.gather(*(gateway.get_position("BTCUSDT") for _ in range(25)),
                          *(gateway.mark_price("ETHUSDT") for _ in range(25)))
     state = await admin.get("state")
     assert gateway.limiter is not None
     assert gateway.limiter.used("weight:1m") == state["used_weight"]["1m"]
+
+
+async def clear_of_minute_end(gateway: Gateway) -> None:
+    """Wait for the next minute if this one is in its last 4 s. The 1-minute weight window
+    rolls there, and NORMAL requests are held through its last 5 % (3 s, the limiter's end
+    guard), which would stretch a test's timing by up to 3 s."""
+    into_minute = gateway.timesync.server_time() % 60
+    if into_minute > 56:
+        await asyncio.sleep(60 - into_minute + 0.05)
 
 
 class TestSmallWindows:
@@ -179,6 +186,7 @@ async def test_outage_opens_trade_breaker_and_probe_closes_it(
         breaker=BreakerSettings(failure_threshold=3, recovery_timeout=0.3,
                                 success_threshold=2))
     await gateway.start()
+    await clear_of_minute_end(gateway)        # calls held by the end guard outlast the outage
     await admin.post("faults", {"seed": 0, "rules": [],
                                 "outages": [{"start_s": 0, "duration_s": 1.0}]})
     breaker = gateway.breakers[BreakerGroup.TRADE]
