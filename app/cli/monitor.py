@@ -28,7 +28,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from app.client import ControlClient, DaemonUnreachable
+from app.cli.client import ControlClient, DaemonUnreachable
 from app.config import Settings
 
 __all__ = ["StatusUnavailable", "fetch_status", "render", "run_monitor"]

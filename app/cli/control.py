@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from app.client import ApiAnswer, ControlClient
+from app.cli.client import ApiAnswer, ControlClient
 from app.config import Settings
 
 __all__ = ["send_signal", "show_status"]
@@ -97,6 +97,6 @@ def show_status(args: argparse.Namespace, client: ControlClient, settings: Setti
 def _print_table(status: dict[str, Any]) -> None:
     from rich.console import Console
 
-    from app.observability.dashboard import render
+    from app.cli.monitor import render
 
     Console().print(render(status))

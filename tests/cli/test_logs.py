@@ -1,4 +1,4 @@
-"""``execd logs``: reading, filtering and following the audit files (app/logview.py)."""
+"""``execd logs``: reading, filtering and following the audit files (app/cli/logs.py)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import orjson
 import pytest
 import structlog
 
+from app.cli.logs import run_logs
 from app.clock import FakeClock
 from app.config import PROJECT_ROOT, Settings
-from app.logview import run_logs
 from app.observability.audit import AuditEvent
 from app.observability.logging import configure_logging
 

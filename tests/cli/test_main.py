@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.cli import main
+from app.cli.main import main
 from app.config import PROJECT_ROOT
 from tests.daemon_process import free_port
 

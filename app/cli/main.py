@@ -24,7 +24,7 @@ from app.config import (
 )
 
 if TYPE_CHECKING:
-    from app.client import ControlClient
+    from app.cli.client import ControlClient
 
 __all__ = ["main"]
 
@@ -76,20 +76,20 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_signal(args: argparse.Namespace) -> int:
-    from app.cli_control import send_signal
+    from app.cli.control import send_signal
 
     return _with_client(args, send_signal)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from app.cli_control import show_status
+    from app.cli.control import show_status
 
     return _with_client(args, show_status)
 
 
 def _with_client(args: argparse.Namespace,
                  command: Callable[[argparse.Namespace, ControlClient, Settings], int]) -> int:
-    from app.client import ControlClient, DaemonUnreachable
+    from app.cli.client import ControlClient, DaemonUnreachable
 
     try:
         settings = load_settings(args.config)
@@ -104,13 +104,13 @@ def _with_client(args: argparse.Namespace,
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from app.observability.dashboard import run_monitor
+    from app.cli.monitor import run_monitor
 
     return _with_client(args, run_monitor)
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from app.logview import run_logs
+    from app.cli.logs import run_logs
 
     try:
         settings = load_settings(args.config)

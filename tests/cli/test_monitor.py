@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from rich.console import Console
 
-from app.client import ControlClient
+from app.cli.client import ControlClient
+from app.cli.monitor import render, run_monitor
 from app.config import Settings
 from app.intake.bus import BusSnapshot
-from app.observability.dashboard import render, run_monitor
 from app.resilience.limiter import BucketStats
 
 
