@@ -59,7 +59,7 @@ def admin_routes(sim: Simulator) -> list[web.RouteDef]:
         if not isinstance(body, dict):
             return _problem("body must be an object with symbol and price")
         symbol = body.get("symbol")
-        if symbol not in sim.exchange.symbols:
+        if symbol not in sim.exchange.state.symbols:
             return _problem(f"symbol: unknown symbol {symbol!r}")
         raw = body.get("price")
         if not isinstance(raw, str | int | float) or isinstance(raw, bool):
@@ -71,9 +71,9 @@ def admin_routes(sim: Simulator) -> list[web.RouteDef]:
         if not price.is_finite() or price <= 0:
             return _problem("price: must be a positive decimal")
         sim.set_mark(symbol, price)
-        spec = sim.exchange.symbols[symbol]
-        return json_response({"symbol": symbol,
-                              "price": fixed(sim.exchange.marks[symbol], spec.price_precision)})
+        st = sim.exchange.state
+        return json_response({"symbol": symbol, "price": fixed(
+            st.marks[symbol], st.symbols[symbol].price_precision)})
 
     async def set_faults(request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
@@ -90,7 +90,7 @@ def admin_routes(sim: Simulator) -> list[web.RouteDef]:
         return json_response(sim.faults.plan.to_json())
 
     async def orders(request: web.Request) -> web.StreamResponse:
-        return json_response(sim.exchange.ledger.rows())
+        return json_response(sim.exchange.state.ledger.rows())
 
     async def state(request: web.Request) -> web.StreamResponse:
         return json_response(snapshot(sim))
@@ -111,10 +111,10 @@ def admin_routes(sim: Simulator) -> list[web.RouteDef]:
 
 def snapshot(sim: Simulator) -> dict[str, object]:
     """``GET /_sim/state``: open positions, balance, marks, limits and throttling counts."""
-    ex = sim.exchange
+    st = sim.exchange.state
     now = sim.clock()
     positions = []
-    for symbol, pos in ex.positions.items():
+    for symbol, pos in st.positions.items():
         if not pos.amount:
             continue
         spec = pos.spec
@@ -122,15 +122,15 @@ def snapshot(sim: Simulator) -> dict[str, object]:
             "symbol": symbol,
             "positionAmt": fixed(pos.amount, spec.quantity_precision),
             "entryPrice": fixed(pos.entry_price, max(spec.price_precision, 8)),
-            "unRealizedProfit": fixed(pos.unrealized(ex.marks[symbol]), 8),
+            "unRealizedProfit": fixed(pos.unrealized(st.marks[symbol]), 8),
             "leverage": pos.leverage,
             "marginType": pos.margin_type,
         })
     return {
         "positions": positions,
-        "balance": {"asset": "USDT", "walletBalance": fixed(ex.wallet, 8),
-                    "availableBalance": fixed(ex.available_balance(), 8)},
-        "mark": {s: fixed(p, ex.symbols[s].price_precision) for s, p in ex.marks.items()},
+        "balance": {"asset": "USDT", "walletBalance": fixed(st.wallet, 8),
+                    "availableBalance": fixed(sim.exchange.account.available_balance(), 8)},
+        "mark": {s: fixed(p, st.symbols[s].price_precision) for s, p in st.marks.items()},
         "used_weight": sim.limits.used_weight(now),
         "order_count": sim.limits.order_counts(now),
         "throttled": {"429": sim.limits.count_429, "418": sim.limits.count_418},

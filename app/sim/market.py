@@ -36,8 +36,8 @@ class MarkWalk:
             return
         sigma = self._volatility * math.sqrt(dt / 60)
         ex = self._exchange
-        for symbol, spec in ex.symbols.items():
+        for symbol, spec in ex.state.symbols.items():
             factor = Decimal(repr(math.exp(self._rng.gauss(0.0, sigma))))
-            moved = to_tick(spec, ex.marks[symbol] * factor)
-            if moved != ex.marks[symbol]:
+            moved = to_tick(spec, ex.state.marks[symbol] * factor)
+            if moved != ex.state.marks[symbol]:
                 ex.set_mark(symbol, moved)

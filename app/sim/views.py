@@ -89,18 +89,18 @@ def exchange_info(config: SimConfig, now: float) -> dict[str, object]:
 
 
 def _specs(ex: Exchange, params: Params) -> list[SymbolSpec]:
-    spec = ex.spec(params, required=False)
-    return [spec] if spec is not None else list(ex.symbols.values())
+    spec = ex.state.spec(params, required=False)
+    return [spec] if spec is not None else list(ex.state.symbols.values())
 
 
 def premium_index(ex: Exchange, params: Params) -> object:
-    now = ex.now()
+    now = ex.state.now()
     next_funding = (int(now) // FUNDING_INTERVAL_S + 1) * FUNDING_INTERVAL_S
     rows = [{
         "symbol": spec.symbol,
-        "markPrice": fixed(ex.marks[spec.symbol], 8),
-        "indexPrice": fixed(ex.marks[spec.symbol], 8),
-        "estimatedSettlePrice": fixed(ex.marks[spec.symbol], 8),
+        "markPrice": fixed(ex.state.marks[spec.symbol], 8),
+        "indexPrice": fixed(ex.state.marks[spec.symbol], 8),
+        "estimatedSettlePrice": fixed(ex.state.marks[spec.symbol], 8),
         "lastFundingRate": "0.00010000",
         "interestRate": "0.00010000",
         "nextFundingTime": next_funding * 1000,
@@ -110,8 +110,9 @@ def premium_index(ex: Exchange, params: Params) -> object:
 
 
 def ticker_price(ex: Exchange, params: Params) -> object:
-    rows = [{"symbol": spec.symbol, "price": fixed(ex.marks[spec.symbol], spec.price_precision),
-             "time": ms(ex.now())} for spec in _specs(ex, params)]
+    marks = ex.state.marks
+    rows = [{"symbol": spec.symbol, "price": fixed(marks[spec.symbol], spec.price_precision),
+             "time": ms(ex.state.now())} for spec in _specs(ex, params)]
     return rows[0] if params.get("symbol") else rows
 
 
@@ -135,7 +136,7 @@ def _money(value: Decimal) -> str:
 
 
 def _position_numbers(ex: Exchange, pos: Position) -> dict[str, str]:
-    mark = ex.marks[pos.spec.symbol]
+    mark = ex.state.marks[pos.spec.symbol]
     pp = pos.spec.price_precision
     notional = pos.amount * mark
     margin = pos.initial_margin(mark)
@@ -163,7 +164,7 @@ def _position_numbers(ex: Exchange, pos: Position) -> dict[str, str]:
 def position_risk_v2(ex: Exchange, params: Params) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for spec in _specs(ex, params):
-        pos = ex.positions[spec.symbol]
+        pos = ex.state.positions[spec.symbol]
         n = _position_numbers(ex, pos)
         rows.append({
             "symbol": spec.symbol, "positionAmt": n["positionAmt"],
@@ -182,8 +183,8 @@ def position_risk_v2(ex: Exchange, params: Params) -> list[dict[str, object]]:
 def position_risk_v3(ex: Exchange, params: Params) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for spec in _specs(ex, params):
-        pos = ex.positions[spec.symbol]
-        if not pos.amount and not ex.has_open_orders(spec):
+        pos = ex.state.positions[spec.symbol]
+        if not pos.amount and not ex.state.has_open_orders(spec):
             continue
         n = _position_numbers(ex, pos)
         rows.append({
@@ -201,13 +202,14 @@ def position_risk_v3(ex: Exchange, params: Params) -> list[dict[str, object]]:
 
 
 def _totals(ex: Exchange) -> dict[str, Decimal]:
-    unrealized = sum((p.unrealized(ex.marks[s]) for s, p in ex.positions.items()), ZERO)
-    margin = sum((p.initial_margin(ex.marks[s]) for s, p in ex.positions.items()), ZERO)
-    maint = sum((abs(p.amount) * ex.marks[s] * Decimal("0.004")
-                 for s, p in ex.positions.items()), ZERO)
-    available = ex.available_balance()
-    return {"wallet": ex.wallet, "unrealized": unrealized, "margin": margin, "maint": maint,
-            "available": available, "withdraw": max(ZERO, min(available, ex.wallet))}
+    st = ex.state
+    unrealized = sum((p.unrealized(st.marks[s]) for s, p in st.positions.items()), ZERO)
+    margin = sum((p.initial_margin(st.marks[s]) for s, p in st.positions.items()), ZERO)
+    maint = sum((abs(p.amount) * st.marks[s] * Decimal("0.004")
+                 for s, p in st.positions.items()), ZERO)
+    available = ex.account.available_balance()
+    return {"wallet": st.wallet, "unrealized": unrealized, "margin": margin, "maint": maint,
+            "available": available, "withdraw": max(ZERO, min(available, st.wallet))}
 
 
 def balance(ex: Exchange) -> list[dict[str, object]]:
@@ -216,7 +218,7 @@ def balance(ex: Exchange) -> list[dict[str, object]]:
         "accountAlias": ACCOUNT_ALIAS, "asset": "USDT", "balance": _money(t["wallet"]),
         "crossWalletBalance": _money(t["wallet"]), "crossUnPnl": _money(t["unrealized"]),
         "availableBalance": _money(t["available"]), "maxWithdrawAmount": _money(t["withdraw"]),
-        "marginAvailable": True, "updateTime": ms(ex.now()),
+        "marginAvailable": True, "updateTime": ms(ex.state.now()),
     }]
 
 
@@ -242,11 +244,11 @@ def account(ex: Exchange, version: int) -> dict[str, object]:
         "positionInitialMargin": _money(t["margin"]), "openOrderInitialMargin": _money(ZERO),
         "crossWalletBalance": _money(t["wallet"]), "crossUnPnl": _money(t["unrealized"]),
         "availableBalance": _money(t["available"]), "maxWithdrawAmount": _money(t["withdraw"]),
-        "marginAvailable": True, "updateTime": ms(ex.now()),
+        "marginAvailable": True, "updateTime": ms(ex.state.now()),
     }
     positions: list[dict[str, object]] = []
-    for symbol, pos in ex.positions.items():
-        if version == 3 and not pos.amount and not ex.has_open_orders(pos.spec):
+    for symbol, pos in ex.state.positions.items():
+        if version == 3 and not pos.amount and not ex.state.has_open_orders(pos.spec):
             continue
         n = _position_numbers(ex, pos)
         row: dict[str, object] = {
@@ -278,10 +280,10 @@ def account(ex: Exchange, version: int) -> dict[str, object]:
 
 def ticker_24hr(ex: Exchange, params: Params) -> object:
     """A flat day: open = high = low = last = the mark (the simulator keeps no candles)."""
-    now = ms(ex.now())
+    now = ms(ex.state.now())
     rows = []
     for spec in _specs(ex, params):
-        last = fixed(ex.marks[spec.symbol], spec.price_precision)
+        last = fixed(ex.state.marks[spec.symbol], spec.price_precision)
         rows.append({
             "symbol": spec.symbol, "priceChange": fixed(ZERO, spec.price_precision),
             "priceChangePercent": "0.000", "weightedAvgPrice": last, "lastPrice": last,
@@ -294,7 +296,7 @@ def ticker_24hr(ex: Exchange, params: Params) -> object:
 
 
 def _quotes(ex: Exchange, spec: SymbolSpec) -> tuple[str, str]:
-    mark = ex.marks[spec.symbol]
+    mark = ex.state.marks[spec.symbol]
     pp = spec.price_precision
     return fixed(mark - spec.tick_size, pp), fixed(mark + spec.tick_size, pp)
 
@@ -305,7 +307,7 @@ def book_ticker(ex: Exchange, params: Params) -> object:
         bid, ask = _quotes(ex, spec)
         size = fixed(spec.market_max_qty, spec.quantity_precision)
         rows.append({"symbol": spec.symbol, "bidPrice": bid, "bidQty": size, "askPrice": ask,
-                     "askQty": size, "time": ms(ex.now())})
+                     "askQty": size, "time": ms(ex.state.now())})
     return rows[0] if params.get("symbol") else rows
 
 
@@ -319,18 +321,16 @@ def depth_weight(params: Params) -> int:
 
 def depth(ex: Exchange, params: Params) -> object:
     """A thin book of one level each side, one tick around the mark."""
-    spec = ex.spec(params)
-    assert spec is not None
+    spec = ex.state.require_spec(params)
     bid, ask = _quotes(ex, spec)
     size = fixed(spec.market_max_qty, spec.quantity_precision)
-    now = ms(ex.now())
+    now = ms(ex.state.now())
     return {"lastUpdateId": now, "E": now, "T": now, "bids": [[bid, size]],
             "asks": [[ask, size]]}
 
 
 def commission_rate(ex: Exchange, cfg: SimConfig, params: Params) -> object:
-    spec = ex.spec(params)
-    assert spec is not None
+    spec = ex.state.require_spec(params)
     return {"symbol": spec.symbol, "makerCommissionRate": f"{cfg.account.maker_fee:f}",
             "takerCommissionRate": f"{cfg.account.taker_fee:f}"}
 

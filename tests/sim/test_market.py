@@ -31,7 +31,7 @@ def walk(server: SimServer, clock: SimClock, steps: int) -> list[dict[str, Decim
     for _ in range(steps):
         clock.advance(STEP_S)
         server.sim.tick()
-        marks.append(dict(server.sim.exchange.marks))
+        marks.append(dict(server.sim.exchange.state.marks))
     return marks
 
 
@@ -85,7 +85,7 @@ async def test_walked_mark_is_what_the_api_reports(walking: SimServer, walking_r
                                                    clock: SimClock) -> None:
     """After a walk, /_sim/state and the ticker show the walked mark."""
     walk(walking, clock, 5)
-    mark = walking.sim.exchange.marks["BTCUSDT"]
+    mark = walking.sim.exchange.state.marks["BTCUSDT"]
     assert mark != Decimal("65000.00")
     assert (await state(walking_raw))["mark"]["BTCUSDT"] == f"{mark:.2f}"
     ticker = await walking_raw.public("/fapi/v1/ticker/price", {"symbol": "BTCUSDT"})
@@ -104,17 +104,17 @@ async def test_different_seed_gives_a_different_walk() -> None:
 
 async def test_zero_volatility_never_moves(server: SimServer, clock: SimClock) -> None:
     """With volatility 0 the mark stays put however much time passes."""
-    initial = dict(server.sim.exchange.marks)
+    initial = dict(server.sim.exchange.state.marks)
     for marks in walk(server, clock, 100):
         assert marks == initial
 
 
 async def test_tick_without_elapsed_time_does_not_move(walking: SimServer) -> None:
     """Ticks at one instant draw nothing and move nothing."""
-    initial = dict(walking.sim.exchange.marks)
+    initial = dict(walking.sim.exchange.state.marks)
     for _ in range(20):
         walking.sim.tick()
-    assert walking.sim.exchange.marks == initial
+    assert walking.sim.exchange.state.marks == initial
 
 
 async def test_reset_restarts_the_walk(walking: SimServer, walking_raw: RawClient,

@@ -1,0 +1,128 @@
+"""The simulated account's shared state, and the few methods every order change goes through.
+
+One ``SimState`` per exchange holds the symbols and their marks, the one-way positions, the USDT
+wallet, regular orders, algo orders, trades, the acceptance ledger and the id sequences. The
+components in ``orders``, ``algos`` and ``account`` keep no state of their own.
+
+Orders and algo orders enter the account only through ``add_order`` / ``add_algo``, change
+status only through ``set_order_status`` / ``set_algo_status``, and fill only through
+``record_fill``; positions and the wallet change only in ``account.Account`` (``settle``,
+``set_leverage``, ``set_margin_type``). Whatever must see every account change hooks in there.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from decimal import Decimal
+
+from app.sim import errors
+from app.sim.config import SimConfig, SymbolSpec
+from app.sim.models import AlgoOrder, Ledger, Order, Position, Trade
+from app.sim.rules import Params
+
+
+class SimState:
+    """The account's data. ``clock`` returns epoch seconds (injectable for tests)."""
+
+    def __init__(self, config: SimConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self._clock = clock
+        self.symbols: dict[str, SymbolSpec] = {s.symbol: s for s in config.symbols}
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the configured start: initial marks, flat positions, no orders or trades."""
+        cfg = self.config
+        self.marks: dict[str, Decimal] = {s.symbol: s.price for s in cfg.symbols}
+        self.positions: dict[str, Position] = {
+            s.symbol: Position(s, cfg.account.default_leverage) for s in cfg.symbols
+        }
+        self.wallet: Decimal = cfg.account.balance
+        self.ledger = Ledger()
+        self.orders: dict[int, Order] = {}
+        self.algos: dict[int, AlgoOrder] = {}
+        self.trades: list[Trade] = []
+        self._order_ids = itertools.count(8_389_765_000_000)
+        self._algo_ids = itertools.count(4_000_000_230_000_000)
+        self._trade_ids = itertools.count(1_000_000)
+        self._auto_ids = itertools.count(1)
+
+    def now(self) -> float:
+        """Server time in epoch seconds."""
+        return self._clock()
+
+    # ----------------------------------------------------------------- lookups
+    def spec(self, params: Params, *, required: bool = True) -> SymbolSpec | None:
+        """The symbol named by ``params`` (None if absent and not required); raises -1102 when
+        required and absent, -1121 when unknown."""
+        symbol = params.get("symbol")
+        if not symbol:
+            if required:
+                raise errors.mandatory("symbol")
+            return None
+        spec = self.symbols.get(symbol)
+        if spec is None:
+            raise errors.invalid_symbol()
+        return spec
+
+    def require_spec(self, params: Params) -> SymbolSpec:
+        """The symbol named by ``params``; raises as ``spec`` does when it is absent."""
+        spec = self.spec(params)
+        assert spec is not None
+        return spec
+
+    def open_client_ids(self) -> set[str]:
+        """Client ids in use by open orders and open algo orders (-4116 on reuse)."""
+        ids = {o.client_id for o in self.orders.values() if o.is_open}
+        ids.update(a.client_algo_id for a in self.algos.values() if a.is_open)
+        return ids
+
+    def has_open_orders(self, spec: SymbolSpec) -> bool:
+        return any(o.is_open and o.spec is spec for o in self.orders.values()) or any(
+            a.is_open and a.spec is spec for a in self.algos.values())
+
+    # ----------------------------------------------------------------- ids
+    def auto_client_id(self, prefix: str) -> str:
+        """A client id for a request that sent none (``web_…``, ``algo…``)."""
+        return f"{prefix}{next(self._auto_ids):022d}"
+
+    def next_order_id(self) -> int:
+        return next(self._order_ids)
+
+    def next_algo_id(self) -> int:
+        return next(self._algo_ids)
+
+    def next_trade_id(self) -> int:
+        return next(self._trade_ids)
+
+    # ----------------------------------------------------------------- changes
+    def add_order(self, order: Order) -> None:
+        """Accept a new regular order: into the book and the ledger."""
+        self.orders[order.order_id] = order
+        self.ledger.entries.append(order)
+
+    def set_order_status(self, order: Order, status: str, now: float) -> None:
+        """Move ``order`` to ``status`` (``CANCELED``, ``EXPIRED``) at server time ``now``."""
+        order.status = status
+        order.updated = now
+
+    def record_fill(self, order: Order, trade: Trade) -> None:
+        """Book ``trade`` against ``order``, which is then ``FILLED``. The position and wallet
+        side of the fill is ``Account.settle``."""
+        order.executed_qty += trade.qty
+        order.cum_quote += trade.qty * trade.price
+        order.status = "FILLED"
+        order.updated = trade.time
+        self.trades.append(trade)
+
+    def add_algo(self, algo: AlgoOrder) -> None:
+        """Accept a new algo order: into the book and the ledger."""
+        self.algos[algo.algo_id] = algo
+        self.ledger.entries.append(algo)
+
+    def set_algo_status(self, algo: AlgoOrder, status: str, now: float) -> None:
+        """Move ``algo`` to ``status`` (``CANCELED``, ``TRIGGERED``, ``FINISHED``, ``EXPIRED``)
+        at server time ``now``."""
+        algo.status = status
+        algo.updated = now
