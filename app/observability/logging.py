@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +35,7 @@ import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from app.clock import Clock, SystemClock
+from app.domain import format_timestamp
 from app.observability.redact import Redactor
 from app.observability.writer import AuditWriter, WriterStats, audit_file_name
 
@@ -60,12 +60,6 @@ _LEVELS = {
     "CRITICAL": logging.CRITICAL,
 }
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
-
-
-def format_timestamp(epoch: float) -> str:
-    """`epoch` seconds as UTC ISO-8601 with milliseconds: ``2026-11-23T19:05:01.123Z``."""
-    seconds, millis = divmod(round(epoch * 1000), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 class LogHandle:

@@ -13,8 +13,9 @@ import pytest
 import structlog
 
 from app.clock import FakeClock
+from app.domain import format_timestamp
 from app.observability.audit import AuditEvent
-from app.observability.logging import configure_logging, format_timestamp, get_audit_logger
+from app.observability.logging import configure_logging, get_audit_logger
 
 ReadEvents = Callable[[Path], list[dict[str, Any]]]
 
