@@ -34,16 +34,16 @@ from pydantic import PrivateAttr, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from app.config_schema import (
-    ApiSettings,
-    AuditSettings,
-    BreakerSettings,
+    ApiConfig,
+    AuditConfig,
+    BreakerConfig,
+    ExchangeConfig,
     ExchangeMode,
-    ExchangeSettings,
-    ExecutionSettings,
-    JournalSettings,
-    MonitorSettings,
-    RateLimitSettings,
-    RetrySettings,
+    ExecutionConfig,
+    JournalConfig,
+    MonitorConfig,
+    RateLimitConfig,
+    RetryConfig,
 )
 
 __all__ = [
@@ -94,15 +94,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, extra="forbid")
 
-    exchange: ExchangeSettings = ExchangeSettings()
-    execution: ExecutionSettings = ExecutionSettings()
-    retry: RetrySettings = RetrySettings()
-    rate_limit: RateLimitSettings = RateLimitSettings()
-    breaker: BreakerSettings = BreakerSettings()
-    audit: AuditSettings = AuditSettings()
-    api: ApiSettings = ApiSettings()
-    journal: JournalSettings = JournalSettings()
-    monitor: MonitorSettings = MonitorSettings()
+    exchange: ExchangeConfig = ExchangeConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+    retry: RetryConfig = RetryConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    audit: AuditConfig = AuditConfig()
+    api: ApiConfig = ApiConfig()
+    journal: JournalConfig = JournalConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     # Not a config key: resolved by load_settings() from the environment or key files.
     _credentials: Credentials | None = PrivateAttr(default=None)
@@ -259,7 +259,7 @@ def _describe(exc: ValidationError, origin: Mapping[_Path, str]) -> str:
     return "; ".join(lines.values())
 
 
-def _resolve_credentials(exchange: ExchangeSettings, env: Mapping[str, str]) -> Credentials | None:
+def _resolve_credentials(exchange: ExchangeConfig, env: Mapping[str, str]) -> Credentials | None:
     key = env.get(API_KEY_ENV) or _read_secret(exchange.api_key_file, "exchange.api_key_file")
     secret = env.get(API_SECRET_ENV) or _read_secret(
         exchange.api_secret_file, "exchange.api_secret_file"

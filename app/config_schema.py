@@ -26,18 +26,18 @@ from pydantic import (
 )
 
 __all__ = [
-    "ApiSettings",
-    "AuditSettings",
-    "BreakerSettings",
+    "ApiConfig",
+    "AuditConfig",
+    "BreakerConfig",
+    "ExchangeConfig",
     "ExchangeMode",
-    "ExchangeSettings",
-    "ExecutionSettings",
-    "JournalSettings",
+    "ExecutionConfig",
+    "JournalConfig",
     "LogLevel",
-    "MonitorSettings",
+    "MonitorConfig",
     "OnUnprotected",
-    "RateLimitSettings",
-    "RetrySettings",
+    "RateLimitConfig",
+    "RetryConfig",
     "is_loopback",
 ]
 
@@ -99,7 +99,7 @@ Share = Annotated[float, Field(gt=0, le=1)]
 Seconds = Annotated[float, Field(gt=0)]
 
 
-class ExchangeSettings(BaseModel):
+class ExchangeConfig(BaseModel):
     """Which exchange to talk to and how (SPEC §6.2)."""
 
     model_config = _SECTION
@@ -132,7 +132,7 @@ class ExchangeSettings(BaseModel):
         }[self.mode]
 
 
-class ExecutionSettings(BaseModel):
+class ExecutionConfig(BaseModel):
     """How signals become orders (SPEC §4.3, §5)."""
 
     model_config = _SECTION
@@ -147,7 +147,7 @@ class ExecutionSettings(BaseModel):
     position_poll_s: float = Field(default=5.0, gt=0, le=3600)
 
 
-class RetrySettings(BaseModel):
+class RetryConfig(BaseModel):
     """Backoff for retryable calls (SPEC §7.3). Delays and jitter are seconds."""
 
     model_config = _SECTION
@@ -167,7 +167,7 @@ class RetrySettings(BaseModel):
         return value
 
 
-class RateLimitSettings(BaseModel):
+class RateLimitConfig(BaseModel):
     """Weight limiter shares (SPEC §7.1)."""
 
     model_config = _SECTION
@@ -177,7 +177,7 @@ class RateLimitSettings(BaseModel):
     headroom: float = Field(default=0.02, ge=0, lt=0.5)
 
 
-class BreakerSettings(BaseModel):
+class BreakerConfig(BaseModel):
     """Circuit breakers, one per endpoint group (SPEC §7.2)."""
 
     model_config = _SECTION
@@ -188,7 +188,7 @@ class BreakerSettings(BaseModel):
     success_threshold: int = Field(default=2, ge=1, le=100)
 
 
-class AuditSettings(BaseModel):
+class AuditConfig(BaseModel):
     """The audit log (SPEC §8)."""
 
     model_config = _SECTION
@@ -199,7 +199,7 @@ class AuditSettings(BaseModel):
     console: Annotated[bool | None, BeforeValidator(_parse_console)] = None
 
 
-class ApiSettings(BaseModel):
+class ApiConfig(BaseModel):
     """The control API (SPEC §11.2)."""
 
     model_config = _SECTION
@@ -228,7 +228,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class JournalSettings(BaseModel):
+class JournalConfig(BaseModel):
     """The durable signal store (SPEC §4.3)."""
 
     model_config = _SECTION
@@ -236,7 +236,7 @@ class JournalSettings(BaseModel):
     path: Path = Path("data/journal.sqlite3")
 
 
-class MonitorSettings(BaseModel):
+class MonitorConfig(BaseModel):
     """Error-rate alerts (SPEC §9)."""
 
     model_config = _SECTION

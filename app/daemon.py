@@ -2,7 +2,9 @@
 
 This is the one place that builds things and wires them together: the clock, the audit log, the
 exchange (the embedded simulator in ``sim`` mode), the gateway (limiter, breakers, retry), the
-journal, the executor, the bus, the intake service and its sources, all passed in explicitly.
+journal, the sender, protector and executor, the bus, the intake service and its sources, the
+control API, all passed in explicitly. ``app/factory.py`` holds the builders and the settings
+mapping it uses; no component builds another or reaches into another's attributes.
 
 Lifecycle, top to bottom:
 
@@ -29,29 +31,34 @@ import os
 import signal
 import sys
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TextIO
 
 from app import __version__
 from app.clock import Clock, SystemClock
-from app.config import ConfigError, Credentials, Settings, resolve_api_token, sim_config_paths
-from app.exchange.gateway import Gateway, GatewaySettings
-from app.execution.executor import Executor
+from app.config import ConfigError, Settings, resolve_api_token, sim_config_paths
+from app.control.http_api import ControlApi
+from app.exchange.symbols import trading_rules
 from app.execution.reconcile import recover
 from app.execution.settings import ExecutorSettings
+from app.factory import (
+    ExchangeParts,
+    ExecutionParts,
+    build_execution,
+    exchange_setup,
+    executor_settings,
+    open_exchange,
+)
 from app.intake.bus import SignalBus
-from app.intake.http_api import ControlApi
 from app.intake.service import Service
 from app.intake.spool import SpoolTail
 from app.journal import Journal
+from app.observability.alerts import ErrorMonitor
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger, configure_logging
 from app.observability.metrics import LoopLagProbe, Metrics, gauges_from_status
-from app.observability.monitor import ErrorMonitor
-from app.resilience.breaker import BreakerSettings
-from app.resilience.limiter import LimiterSettings
-from app.resilience.retry import RetrySettings
 from app.sim import SimConfigError, SimServer, load_sim_config
 
 __all__ = ["READY_PREFIX", "Daemon", "run"]
@@ -92,9 +99,9 @@ class Daemon:
         self._stop_reason = "shutdown requested"
         self._started_at = self.clock.monotonic()
         self.log: AuditLogger | None = None
-        self.gateway: Gateway | None = None
+        self.exchange: ExchangeParts | None = None
         self.journal: Journal | None = None
-        self.executor: Executor | None = None
+        self.execution: ExecutionParts | None = None
         self.bus: SignalBus | None = None
         self.service: Service | None = None
         self.api: ControlApi | None = None
@@ -136,26 +143,26 @@ class Daemon:
 
         embedded = self.exchange_url is None and settings.exchange.base_url() is None
         self.exchange_url = await self._start_exchange()
-        self.gateway = gateway = Gateway(gateway_settings(settings, credentials,
-                                                          self.exchange_url), self.clock, log)
-        self._stack.push_async_callback(gateway.close)
-        await gateway.start()  # time sync, exchangeInfo, limiter from its rateLimits
+        # time sync, exchangeInfo, then the limiter from its rateLimits
+        self.exchange = exchange = await self._stack.enter_async_context(open_exchange(
+            exchange_setup(settings, credentials, self.exchange_url), self.clock, log))
+        gateway, rules = exchange.gateway, exchange.symbols.get
 
         self.journal = journal = Journal(settings.journal.path)
         await journal.open()
         self._stack.push_async_callback(journal.close)
         ex = settings.execution
-        self.executor = executor = Executor(gateway, gateway.symbols.get, journal, self.clock,
-                                            log, self._executor_settings
-                                            or ExecutorSettings.from_config(ex))
-        executor.sender.on_decision = self.metrics.observe_decision
-        self.bus = bus = SignalBus(executor.execute, capacity=ex.queue_size,
+        self.execution = execution = build_execution(
+            gateway, rules, journal, self.clock, log,
+            self._executor_settings or executor_settings(ex),
+            on_decision=self.metrics.observe_decision)
+        self.bus = bus = SignalBus(execution.executor.execute, capacity=ex.queue_size,
                                    max_concurrency=ex.max_concurrency, log=log)
         self._stack.push_async_callback(bus.aclose)
-        self.service = service = Service(journal, bus, gateway.symbols.get, self.clock, log,
-                                         default_ttl_s=ex.default_ttl_s)
+        self.service = service = Service(journal, bus, partial(trading_rules, rules), self.clock,
+                                         log, default_ttl_s=ex.default_ttl_s)
         self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
-        self.api = api = ControlApi(service, gateway, self.status, token=token,
+        self.api = api = ControlApi(service, journal, gateway, self.status, token=token,
                                     host=settings.api.host, port=settings.api.port,
                                     max_body_bytes=settings.api.max_body_bytes, log=log,
                                     registry=self.metrics.registry)
@@ -163,7 +170,8 @@ class Daemon:
         self._stack.push_async_callback(api.close)
         self._stack.callback(service.close)    # first thing on the way down: refuse intake
 
-        self.recovery = await recover(journal, gateway, executor.sender, executor, log)
+        self.recovery = await recover(journal, gateway, execution.sender, execution.executor,
+                                      log)
         service.open()
 
         self._handle_stop_signals()
@@ -199,10 +207,10 @@ class Daemon:
 
     async def _first_signal_example(self) -> str | None:
         """The exact command for a first signal, with tp/sl 2 % around the current mark."""
-        assert self.gateway is not None
+        assert self.exchange is not None
         try:
-            rules = self.gateway.symbols.get("BTCUSDT")
-            mark = await self.gateway.mark_price("BTCUSDT")
+            rules = self.exchange.symbols.get("BTCUSDT")
+            mark = await self.exchange.gateway.mark_price("BTCUSDT")
         except Exception:  # only a hint: never fail start-up over it
             return None
         tp = rules.quantize_price(mark * Decimal("1.02"))
@@ -234,13 +242,13 @@ class Daemon:
     async def serve(self) -> None:
         """Run the workers until `request_stop()` (SIGTERM and SIGINT call it), then stop
         intake and let queued signals finish within ``execution.shutdown_timeout_s``."""
-        assert self.executor is not None
+        assert self.execution is not None
         assert self.service is not None
         assert self.bus is not None
         assert self.journal is not None
         assert self.log is not None
         async with asyncio.TaskGroup() as workers:
-            tasks = [workers.create_task(self.executor.protector.watch(), name="execd-watcher"),
+            tasks = [workers.create_task(self.execution.protector.watch(), name="execd-watcher"),
                      workers.create_task(self.lag.run(), name="execd-loop-lag")]
             if self.spool is not None:
                 tail = SpoolTail(self.spool, self.service, self.journal, self.clock, self.log)
@@ -259,8 +267,7 @@ class Daemon:
 
     def status(self) -> dict[str, object]:
         """The daemon's state for ``GET /v1/status`` and ``execd status``."""
-        service, bus, gateway = self.service, self.bus, self.gateway
-        limiter = gateway.limiter if gateway is not None else None
+        service, bus, exchange = self.service, self.bus, self.exchange
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -270,10 +277,11 @@ class Daemon:
                          "base_url": self.exchange_url},
             "queue": dataclasses.asdict(bus.snapshot()) if bus is not None else None,
             "symbols": sorted(service.symbols) if service is not None else [],
-            "limiter": [dataclasses.asdict(b) for b in limiter.statistics()] if limiter else [],
+            "limiter": ([dataclasses.asdict(b) for b in exchange.limiter.statistics()]
+                        if exchange else []),
             "breakers": {name.value: {"state": b.state.name.lower(),
                                       "retry_after": round(b.retry_after(), 3)}
-                         for name, b in gateway.breakers.items()} if gateway else {},
+                         for name, b in exchange.breakers.items()} if exchange else {},
             "recovery": self.recovery,
             "errors": self.monitor.snapshot() if self.monitor is not None else None,
             "loop_lag": self.lag.statistics(),
@@ -302,28 +310,6 @@ class Daemon:
         if self.log is not None:
             uptime = round(self.clock.monotonic() - self._started_at, 3)
             self.log.info(AuditEvent.DAEMON_STOPPED, uptime_s=uptime, **self._drain)
-
-
-def gateway_settings(settings: Settings, credentials: Credentials, base_url: str
-                     ) -> GatewaySettings:
-    """The gateway's settings from the daemon's configuration."""
-    rl, br, rt = settings.rate_limit, settings.breaker, settings.retry
-    return GatewaySettings(
-        base_url=base_url,
-        api_key=credentials.api_key.get_secret_value(),
-        api_secret=credentials.api_secret.get_secret_value(),
-        recv_window_ms=settings.exchange.recv_window_ms,
-        timeout_s=settings.exchange.request_timeout_s,
-        limiter=LimiterSettings(headroom=rl.headroom, low_share=rl.low_share,
-                                warning_threshold=rl.warning_threshold),
-        breaker=BreakerSettings(failure_threshold=br.failure_threshold,
-                                recovery_timeout=br.recovery_timeout_s,
-                                half_open_max_calls=br.half_open_max_calls,
-                                success_threshold=br.success_threshold),
-        retry=RetrySettings(max_retries=rt.max_retries, initial_delay=rt.initial_delay,
-                            backoff_factor=rt.backoff_factor, max_delay=rt.max_delay,
-                            jitter=rt.jitter),
-    )
 
 
 def run(settings: Settings, *, exchange_url: str | None = None, spool: Path | None = None) -> int:

@@ -63,10 +63,10 @@ async def outage(base: str, seconds: float) -> None:
 
 
 async def hammer(daemon: Daemon, calls: int) -> None:
-    assert daemon.gateway is not None
+    assert daemon.exchange is not None
     for _ in range(calls):
         with contextlib.suppress(ExchangeError):
-            await daemon.gateway.get_position("BTCUSDT")
+            await daemon.exchange.gateway.get_position("BTCUSDT")
 
 
 @pytest.mark.timeout(60)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,16 @@ import structlog
 
 from app.clock import SystemClock
 from app.config import load_settings, resolve_api_token
+from app.control.http_api import ControlApi
 from app.daemon import Daemon
 from app.domain import IntentState, SignalState
 from app.errors import ExchangeError, UnknownOutcome
-from app.exchange.gateway import Gateway, GatewaySettings
+from app.exchange.gateway import Gateway
+from app.exchange.symbols import trading_rules
 from app.execution.executor import Executor
 from app.execution.settings import ExecutorSettings
+from app.factory import ExchangeParts, build_execution, open_exchange
 from app.intake.bus import SignalBus
-from app.intake.http_api import ControlApi
 from app.intake.service import Service
 from app.intake.spool import SpoolTail
 from app.journal import Journal
@@ -42,7 +45,7 @@ from app.resilience.breaker import BreakerSettings
 from app.resilience.retry import RetrySettings
 from app.sim import SimServer
 from tests.exchange.conftest import sim_config
-from tests.execution.conftest import Admin, make_signal
+from tests.execution.conftest import Admin, make_signal, setup_for
 from tests.execution.test_recovery import entry_intent
 from tests.execution.test_ttl import ENTRY, accept, outage
 from tests.execution.test_unprotected import MarketMovesBeforeTheStop, executor_for
@@ -106,18 +109,13 @@ def fast_retry(max_retries: int = 2) -> RetrySettings:
 
 
 @asynccontextmanager
-async def started_gateway(sim: SimServer, log: AuditLogger,
-                          **overrides: Any) -> AsyncIterator[Gateway]:
-    """A started gateway against `sim`, as tests/exchange/conftest.py builds it."""
-    settings = GatewaySettings(base_url=sim.url, api_key="sim-key", api_secret="sim-secret",
-                               timeout_s=2.0, retry=fast_retry(),
-                               breaker=BreakerSettings(failure_threshold=1000))
-    gateway = Gateway(dataclasses.replace(settings, **overrides), SystemClock(), log)
-    try:
-        await gateway.start()                 # time_synced, exchange_info_refreshed
-        yield gateway
-    finally:
-        await gateway.close()
+async def started_exchange(sim: SimServer, log: AuditLogger,
+                           **overrides: Any) -> AsyncIterator[ExchangeParts]:
+    """A started exchange side against `sim`, as tests/exchange/conftest.py builds it
+    (time_synced, exchange_info_refreshed)."""
+    overrides.setdefault("breaker", BreakerSettings(failure_threshold=1000))
+    async with open_exchange(setup_for(sim.url, **overrides), SystemClock(), log) as parts:
+        yield parts
 
 
 @dataclass
@@ -126,6 +124,7 @@ class World:
 
     sim: SimServer
     admin: Admin
+    exchange: ExchangeParts
     gateway: Gateway
     journal: Journal
     executor: Executor
@@ -137,19 +136,21 @@ class World:
 @asynccontextmanager
 async def world(tmp_path: Path, log: AuditLogger) -> AsyncIterator[World]:
     async with (SimServer(sim_config()) as sim, aiohttp.ClientSession() as session,
-                started_gateway(sim, log) as gateway):
+                started_exchange(sim, log) as exchange):
+        gateway, rules = exchange.gateway, exchange.symbols.get
         journal = Journal(tmp_path / "components" / "journal.sqlite3")
         await journal.open()
         try:
-            executor = Executor(gateway, gateway.symbols.get, journal, SystemClock(), log,
-                                ExecutorSettings(resolve_window_s=5.0, busy_retry_s=0.05))
+            executor = build_execution(gateway, rules, journal, SystemClock(), log,
+                                       ExecutorSettings(resolve_window_s=5.0,
+                                                        busy_retry_s=0.05)).executor
             bus = SignalBus(executor.execute, capacity=100, max_concurrency=4, log=log)
-            service = Service(journal, bus, gateway.symbols.get, SystemClock(), log,
+            service = Service(journal, bus, partial(trading_rules, rules), SystemClock(), log,
                               default_ttl_s=30.0)
             service.open()
             try:
-                yield World(sim, Admin(session, sim.url), gateway, journal, executor, bus,
-                            service, log)
+                yield World(sim, Admin(session, sim.url), exchange, gateway, journal, executor,
+                            bus, service, log)
             finally:
                 await bus.aclose()
         finally:
@@ -164,10 +165,11 @@ async def breaker_flow(log: AuditLogger) -> None:
     as in tests/exchange/test_gateway.py."""
     async with SimServer(sim_config()) as sim, aiohttp.ClientSession() as session:
         admin = Admin(session, sim.url)
-        async with started_gateway(
+        async with started_exchange(
                 sim, log, retry=fast_retry(0),
                 breaker=BreakerSettings(failure_threshold=3, recovery_timeout=0.3,
-                                        success_threshold=2)) as gateway:
+                                        success_threshold=2)) as exchange:
+            gateway = exchange.gateway
             await admin.post("faults", outage(60.0))
             for _ in range(3):
                 with pytest.raises(ExchangeError, match="Service Unavailable"):
@@ -185,7 +187,8 @@ async def session_reset_flow(log: AuditLogger) -> None:
     session is replaced (session_reset) before the next call."""
     async with SimServer(sim_config()) as sim, aiohttp.ClientSession() as session:
         admin = Admin(session, sim.url)
-        async with started_gateway(sim, log) as gateway:
+        async with started_exchange(sim, log) as exchange:
+            gateway = exchange.gateway
             await admin.post("faults", {"seed": 0, "rules": [
                 {"endpoint": "GET /fapi/v1/premiumIndex", "fault": "reset_after_apply",
                  "probability": 1.0}]})
@@ -204,12 +207,13 @@ async def throttling_flow(log: AuditLogger, seen: Collector) -> None:
     config = dataclasses.replace(base, ban=dataclasses.replace(base.ban, initial_s=3.0))
     window = 2.0
     async with (SimServer(config) as sim, aiohttp.ClientSession() as other,
-                started_gateway(sim, log) as gateway):
+                started_exchange(sim, log) as exchange):
         async with asyncio.timeout(10):
             while "rate_limit_warning" not in seen.seen:
-                await gateway.mark_price("BTCUSDT")
-        await rate_limited_call(gateway, other, window, seen)
-        async with started_gateway(sim, log, retry=fast_retry(0)) as fresh:
+                await exchange.gateway.mark_price("BTCUSDT")
+        await rate_limited_call(exchange, sim.url, other, window, seen)
+        async with started_exchange(sim, log, retry=fast_retry(0)) as fresh_side:
+            fresh = fresh_side.gateway
             url = f"{sim.url}/fapi/v1/time"
             for _ in range(500):                         # the co-tenant that ignores 429s
                 async with other.get(url) as resp:
@@ -221,14 +225,15 @@ async def throttling_flow(log: AuditLogger, seen: Collector) -> None:
                 await fresh.mark_price("BTCUSDT")
 
 
-async def rate_limited_call(gateway: Gateway, other: aiohttp.ClientSession, window: float,
+async def rate_limited_call(exchange: ExchangeParts, base_url: str,
+                            other: aiohttp.ClientSession, window: float,
                             seen: Collector) -> None:
     """Another process on our IP uses up a weight window early on; our call in that window is
     answered 429 and retried after Retry-After. The burst and our call must share one window
     (see TestSharedIp in tests/exchange/test_gateway.py), so a try that straddles is repeated."""
-    url = f"{gateway.settings.base_url}/fapi/v1/time"
+    url = f"{base_url}/fapi/v1/time"
     for _ in range(5):
-        left = window - gateway.timesync.server_time() % window
+        left = window - exchange.timesync.server_time() % window
         if left < 1.5:
             await asyncio.sleep(left + 0.02)
         for _ in range(100):                              # the other process on our IP
@@ -237,7 +242,7 @@ async def rate_limited_call(gateway: Gateway, other: aiohttp.ClientSession, wind
                     break
         else:
             pytest.fail("the other process was never answered 429")
-        assert await gateway.mark_price("BTCUSDT") == Decimal("65000.00000000")
+        assert await exchange.gateway.mark_price("BTCUSDT") == Decimal("65000.00000000")
         if "rate_limit" in seen.seen:
             return
     pytest.fail("no 429 reached the gateway in five windows")
@@ -264,7 +269,7 @@ async def execution_flows(w: World) -> None:
     assert adopted.state is SignalState.DONE, adopted.reason
 
     settings = ExecutorSettings(resolve_window_s=5.0, busy_retry_s=0.05)
-    naked = executor_for(MarketMovesBeforeTheStop(w.gateway, w.admin, "59000.0"), w.gateway,
+    naked = executor_for(MarketMovesBeforeTheStop(w.gateway, w.admin, "59000.0"), w.exchange,
                          w.journal, settings)
     failed = await naked.execute(await accept(w.journal, {
         "symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
@@ -300,7 +305,7 @@ async def api_failure_flow(w: World) -> None:
     def broken_status() -> Mapping[str, object]:
         raise RuntimeError("status exploded")
 
-    api = ControlApi(w.service, w.gateway, broken_status, token="catalog-token", port=0,
+    api = ControlApi(w.service, w.journal, w.gateway, broken_status, token="catalog-token", port=0,
                      log=w.log)
     await api.start()
     try:

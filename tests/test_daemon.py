@@ -57,9 +57,9 @@ async def test_start_connects_the_gateway(tmp_path: Path) -> None:
     """Before daemon_started the gateway syncs time and loads exchangeInfo and the limits."""
     async with Daemon(_settings(tmp_path), out=io.StringIO()) as daemon:
         daemon.request_stop()
-        assert daemon.gateway is not None
-        assert {b.name for b in daemon.gateway.buckets} == {"weight:1m", "orders:10s",
-                                                             "orders:1m"}
+        assert daemon.exchange is not None
+        assert {b.name for b in daemon.exchange.buckets} == {"weight:1m", "orders:10s",
+                                                              "orders:1m"}
     names = [e["event"] for e in _events(tmp_path)]
     assert names.index("time_synced") < names.index("daemon_started")
     assert names.index("exchange_info_refreshed") < names.index("daemon_started")

@@ -7,16 +7,19 @@ retryable class; order placement retries only what certainly did not reach the m
 back to the caller, who looks the order up by its client id (SPEC §5.3) instead of resending
 blindly.
 
-Lifecycle: ``await gateway.start()`` syncs time, loads exchangeInfo (those two calls precede the
-limiter, which is configured from exchangeInfo ``rateLimits``), then every call is limited;
-``await gateway.close()`` closes the HTTP session.
+The gateway builds none of its collaborators: the composition root (``app/factory.py``) builds
+the python-binance client, time sync, symbol cache, breakers and retry policy, points their
+listeners at the gateway's ``on_*`` methods, and passes them in. Lifecycle: ``await
+gateway.start()`` syncs time and loads exchangeInfo (those two calls precede the limiter, which
+is configured from exchangeInfo ``rateLimits``); the factory then hands the gateway its limiter
+(``use_limiter``) and every call is limited from there on. Whoever built a collaborator closes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -36,7 +39,7 @@ from app.exchange import endpoints as ep
 from app.exchange.classify import classify_exception
 from app.exchange.client import CURRENT_CALL, BinanceClient, CallContext
 from app.exchange.endpoints import BreakerGroup, Endpoint
-from app.exchange.limits import buckets_from_rate_limits, costs_for, header_names
+from app.exchange.limits import costs_for, header_names
 from app.exchange.models import (
     AlgoState,
     Balance,
@@ -46,35 +49,18 @@ from app.exchange.models import (
     Position,
 )
 from app.exchange.symbol_cache import SymbolCache
-from app.exchange.symbols import RateLimit
+from app.exchange.symbols import RateLimit, format_price, format_qty
 from app.exchange.timesync import TimeSync
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
-from app.resilience.breaker import BreakerSettings, BreakerState, BreakerStats, CircuitBreaker
-from app.resilience.limiter import BucketSpec, LimiterSettings, Priority, WeightLimiter
-from app.resilience.retry import RetryInfo, RetryPolicy, RetrySettings, should_retry
+from app.resilience.breaker import BreakerState, BreakerStats, CircuitBreaker
+from app.resilience.limiter import BucketSpec, Priority, WeightLimiter
+from app.resilience.retry import RetryInfo, RetryPolicy, should_retry
 
 T = TypeVar("T")
 
 #: Rejections that may mean our exchangeInfo is stale: reload it (rate-limited).
 PRECISION_CODES = frozenset({-1111, -4014, -4023})
-
-
-@dataclass(frozen=True, slots=True)
-class GatewaySettings:
-    base_url: str
-    api_key: str
-    api_secret: str
-    recv_window_ms: int = 5000
-    timeout_s: float = 10.0
-    limiter: LimiterSettings = field(default_factory=LimiterSettings)
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    retry: RetrySettings = field(default_factory=RetrySettings)
-    #: Consecutive connection-level failures before the HTTP session is replaced.
-    session_reset_after: int = 3
-    #: exchangeInfo expiry, and the least time between reloads forced by precision errors.
-    exchange_info_ttl_s: float = 86_400.0
-    exchange_info_min_refresh_s: float = 60.0
 
 
 def is_breaker_failure(exc: BaseException) -> bool:
@@ -98,65 +84,42 @@ class _Route:
     breaker: CircuitBreaker
 
 
-def _format(value: Decimal) -> str:
-    text = format(value, "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
 class Gateway:
     """Typed exchange operations; see the module docstring for the pipeline."""
 
-    def __init__(self, settings: GatewaySettings, clock: Clock, log: AuditLogger) -> None:
-        self.settings = settings
+    def __init__(self, client: BinanceClient, timesync: TimeSync, symbols: SymbolCache,
+                 breakers: Mapping[BreakerGroup, CircuitBreaker], retry: RetryPolicy,
+                 clock: Clock, log: AuditLogger, *, session_reset_after: int = 3) -> None:
+        """``session_reset_after``: consecutive connection-level failures before the HTTP
+        session is replaced."""
+        self._client = client
+        self._timesync = timesync
+        self._symbols = symbols
+        self._breakers = breakers
+        self._retry = retry
         self._clock = clock
         self._log = log
-        self.client = BinanceClient(
-            settings.api_key, settings.api_secret, base_url=settings.base_url,
-            recv_window_ms=settings.recv_window_ms, timeout_s=settings.timeout_s,
-            on_response=self._on_response)
-        self.timesync = TimeSync(self._fetch_server_ms, clock, on_sync=self._on_time_synced)
-        self.breakers = {
-            group: CircuitBreaker(group.value, clock, settings.breaker,
-                                  is_failure=is_breaker_failure,
-                                  on_state_change=self._on_breaker_change,
-                                  on_reject=self._on_breaker_reject)
-            for group in BreakerGroup
-        }
-        self._retry = RetryPolicy(settings.retry, clock, on_retry=self._on_retry)
-        self.limiter: WeightLimiter | None = None
-        self.buckets: list[BucketSpec] = []
+        self._session_reset_after = session_reset_after
+        self._limiter: WeightLimiter | None = None
+        self._buckets: list[BucketSpec] = []
         self._header_buckets: dict[str, str] = {}
         #: (endpoint name, has_symbol) → its route; emptied whenever the buckets change.
         self._routes: dict[tuple[str, bool], _Route] = {}
-        self.symbols = SymbolCache(self.exchange_info, clock,
-                                   ttl_s=settings.exchange_info_ttl_s,
-                                   min_refresh_interval_s=settings.exchange_info_min_refresh_s,
-                                   on_refresh=self._on_refresh)
         self._transport_failures = 0
         self._reset_pending: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Sync time, load exchangeInfo, configure the limiter from its ``rateLimits``."""
-        await self.timesync.sync()
-        await self.symbols.load()
-        self.configure_limiter(self.symbols.rate_limits)
+        """Sync time and load exchangeInfo (unlimited: the limiter comes from its answer)."""
+        await self._timesync.sync()
+        await self._symbols.load()
 
-    def configure_limiter(self, rate_limits: Iterable[RateLimit]) -> WeightLimiter:
-        self.buckets = buckets_from_rate_limits(rate_limits)
-        self._header_buckets = header_names(self.buckets)
-        timesync = self.timesync
-        self.limiter = WeightLimiter(self.buckets, self._clock, self.settings.limiter,
-                                     offset=lambda: timesync.offset_ms / 1000,  # = offset_s
-                                     on_warning=self._on_rate_warning)
+    def use_limiter(self, limiter: WeightLimiter, buckets: list[BucketSpec]) -> None:
+        """Limit every call from now on; ``buckets`` are the limiter's, from ``rateLimits``."""
+        self._limiter = limiter
+        self._buckets = buckets
+        self._header_buckets = header_names(buckets)
         self._routes = {}
-        return self.limiter
-
-    async def close(self) -> None:
-        await self.symbols.close()
-        if self.limiter is not None:
-            await self.limiter.close()
-        await self.client.close_connection()
 
     # ------------------------------------------------------------------ the pipeline
     #
@@ -184,9 +147,9 @@ class Gateway:
 
     def _new_route(self, endpoint: Endpoint, has_symbol: bool) -> _Route:
         """Work out (and keep) what calls of ``endpoint`` need; ``_once`` looks it up."""
-        costs = ({} if self.limiter is None
-                 else costs_for(endpoint, self.buckets, has_symbol=has_symbol))
-        route = _Route(endpoint, costs, endpoint.label, self.breakers[endpoint.group])
+        costs = ({} if self._limiter is None
+                 else costs_for(endpoint, self._buckets, has_symbol=has_symbol))
+        route = _Route(endpoint, costs, endpoint.label, self._breakers[endpoint.group])
         self._routes[endpoint.name, has_symbol] = route
         return route
 
@@ -195,13 +158,13 @@ class Gateway:
         route = self._routes.get((endpoint.name, has_symbol))
         if route is None or route.endpoint is not endpoint:
             route = self._new_route(endpoint, has_symbol)
-        limiter = self.limiter
+        limiter = self._limiter
         if limiter is not None:
             admitted = limiter.try_acquire(route.costs, priority)
             sent_at = (admitted if admitted is not None
                        else await limiter.acquire(route.costs, priority))
         else:
-            sent_at = self.timesync.server_time()
+            sent_at = self._timesync.server_time()
         if self._reset_pending is not None:
             await self._reset_session(self._reset_pending)
         breaker = route.breaker
@@ -212,7 +175,7 @@ class Gateway:
                 result = await fn()
             except Exception as exc:
                 error = classify_exception(exc, endpoint=route.label,
-                                           now=self.timesync.server_time())
+                                           now=self._timesync.server_time())
                 if error is None:
                     raise
                 await self._after_error(endpoint, error, exc)
@@ -226,9 +189,9 @@ class Gateway:
         self._transport_failures = 0
         return result
 
-    def _on_response(self, call: CallContext) -> None:
+    def on_response(self, call: CallContext) -> None:
         """Every HTTP response (errors included): feed the exchange's counters to the limiter."""
-        limiter = self.limiter
+        limiter = self._limiter
         if limiter is None:
             return
         headers = call.headers
@@ -247,51 +210,51 @@ class Gateway:
             self._penalize(error)
         elif isinstance(error, IpBanned):
             wait = error.retry_after if error.retry_after is not None else 120.0
-            if self.limiter is not None:
-                self.limiter.ban(self.timesync.server_time() + wait)
+            if self._limiter is not None:
+                self._limiter.ban(self._timesync.server_time() + wait)
             self._log.critical(AuditEvent.IP_BANNED, endpoint=endpoint.label, retry_after=wait,
                                message=error.message)
         elif isinstance(error, ClockSkew):
-            self.timesync.reset()
-            await self.timesync.sync()
+            self._timesync.reset()
+            await self._timesync.sync()
         elif error.code in PRECISION_CODES:
-            await self.symbols.refresh_on_precision_error()
+            await self._symbols.refresh_on_precision_error()
         connection_level = isinstance(error, TransientError | UnknownOutcome) and (
             error.http_status is None)
         if connection_level:
             self._transport_failures += 1
-            if self._transport_failures >= self.settings.session_reset_after:
+            if self._transport_failures >= self._session_reset_after:
                 self._reset_pending = (f"{self._transport_failures} connection failures in "
                                        f"a row ({error.error_class})")
         del cause
 
     def _penalize(self, error: RateLimited) -> None:
         orders = error.code == -1015
-        names = [b.name for b in self.buckets if b.name.startswith("orders:") == orders]
+        names = [b.name for b in self._buckets if b.name.startswith("orders:") == orders]
         wait = error.retry_after
         if wait is None:
-            now = self.timesync.server_time()
-            wait = max((b.interval_s - now % b.interval_s for b in self.buckets
+            now = self._timesync.server_time()
+            wait = max((b.interval_s - now % b.interval_s for b in self._buckets
                         if b.name in names), default=1.0)
-        if self.limiter is not None:
-            self.limiter.penalize(names, wait)
+        if self._limiter is not None:
+            self._limiter.penalize(names, wait)
         self._log.warning(AuditEvent.RATE_LIMIT, endpoint=error.endpoint, buckets=names,
                           retry_after=wait, code=error.code)
 
     async def _reset_session(self, reason: str) -> None:
         self._reset_pending = None
         self._transport_failures = 0
-        await self.client.reset_session()
+        await self._client.reset_session()
         self._log.warning(AuditEvent.SESSION_RESET, reason=reason)
 
     # ------------------------------------------------------------------ listeners
-    def _on_retry(self, info: RetryInfo) -> None:
+    def on_retry(self, info: RetryInfo) -> None:
         error = info.error
         self._log.info(AuditEvent.RETRY_ATTEMPT, operation=info.operation, attempt=info.attempt,
                        max_attempts=info.max_attempts, delay=round(info.delay, 3),
                        error_class=type(error).__name__, code=getattr(error, "code", None))
 
-    def _on_breaker_change(self, name: str, old: BreakerState, new: BreakerState,
+    def on_breaker_change(self, name: str, old: BreakerState, new: BreakerState,
                            stats: BreakerStats) -> None:
         event = {BreakerState.OPEN: AuditEvent.BREAKER_OPENED,
                  BreakerState.HALF_OPEN: AuditEvent.BREAKER_HALF_OPEN,
@@ -302,35 +265,35 @@ class Gateway:
         if new is BreakerState.OPEN and stats.consecutive_opens >= 2:
             self._reset_pending = f"breaker {name} reopened {stats.consecutive_opens} times"
 
-    def _on_breaker_reject(self, name: str, count: int, retry_after: float) -> None:
+    def on_breaker_reject(self, name: str, count: int, retry_after: float) -> None:
         self._log.warning(AuditEvent.BREAKER_REJECTED, group=name, rejected=count,
                           retry_after=round(retry_after, 3))
 
-    def _on_rate_warning(self, bucket: str, used: int, limit: int) -> None:
+    def on_rate_warning(self, bucket: str, used: int, limit: int) -> None:
         self._log.warning(AuditEvent.RATE_LIMIT_WARNING, bucket=bucket, used=used, limit=limit)
 
-    def _on_time_synced(self, offset_ms: int, rtt_s: float, samples: int) -> None:
-        self.client.timestamp_offset = offset_ms
+    def on_time_synced(self, offset_ms: int, rtt_s: float, samples: int) -> None:
+        self._client.timestamp_offset = offset_ms
         self._log.info(AuditEvent.TIME_SYNCED, offset_ms=offset_ms, rtt_ms=round(rtt_s * 1000, 2),
                        samples=samples)
 
     # ------------------------------------------------------------------ market data
-    async def _fetch_server_ms(self) -> int:
-        raw = await self._call(ep.SERVER_TIME, self.client.futures_time)
+    async def server_time_ms(self) -> int:
+        raw = await self._call(ep.SERVER_TIME, self._client.futures_time)
         return int(raw["serverTime"])
 
     async def exchange_info(self) -> Mapping[str, Any]:
-        """The raw exchangeInfo answer; ``self.symbols`` holds it parsed and cached."""
+        """The raw exchangeInfo answer; ``self._symbols`` holds it parsed and cached."""
         info: Mapping[str, Any] = await self._call(ep.EXCHANGE_INFO,
-                                                   self.client.futures_exchange_info)
+                                                   self._client.futures_exchange_info)
         return info
 
-    def _on_refresh(self, symbols: int, rate_limits: list[RateLimit]) -> None:
+    def on_exchange_info(self, symbols: int, rate_limits: list[RateLimit]) -> None:
         self._log.info(AuditEvent.EXCHANGE_INFO_REFRESHED, symbols=symbols, rate_limits=[
             f"{r.rate_limit_type} {r.limit}/{r.interval_num} {r.interval}" for r in rate_limits])
 
     async def mark_price(self, symbol: str) -> Decimal:
-        raw = await self._call(ep.MARK_PRICE, lambda: self.client.futures_mark_price(
+        raw = await self._call(ep.MARK_PRICE, lambda: self._client.futures_mark_price(
             symbol=symbol))
         return Decimal(str(raw["markPrice"]))
 
@@ -346,16 +309,16 @@ class Gateway:
         """
         params: dict[str, Any] = {
             "symbol": symbol, "side": side.value, "type": order_type.value,
-            "quantity": _format(quantity), "newClientOrderId": client_id,
+            "quantity": format_qty(quantity), "newClientOrderId": client_id,
             "newOrderRespType": "RESULT",
         }
         if reduce_only:
             params["reduceOnly"] = "true"
         if price is not None:
-            params["price"] = _format(price)
+            params["price"] = format_price(price)
             params["timeInForce"] = time_in_force or "GTC"
         raw = await self._call(ep.PLACE_ORDER,
-                               lambda: self.client.futures_create_order(**params),
+                               lambda: self._client.futures_create_order(**params),
                                priority=priority, retry_if=placement_may_retry)
         return OrderState.from_wire(raw)
 
@@ -363,7 +326,7 @@ class Gateway:
                         priority: Priority | None = None) -> OrderState | None:
         """The order with this client id, or None if the exchange does not (yet) know it."""
         try:
-            raw = await self._call(ep.GET_ORDER, lambda: self.client.futures_get_order(
+            raw = await self._call(ep.GET_ORDER, lambda: self._client.futures_get_order(
                 symbol=symbol, origClientOrderId=client_id), priority=priority)
         except OrderNotFound:
             return None
@@ -372,7 +335,7 @@ class Gateway:
     async def cancel_order(self, symbol: str, client_id: str) -> OrderState | None:
         """Cancel an open order; None if it is unknown or no longer open (-2011)."""
         try:
-            raw = await self._call(ep.CANCEL_ORDER, lambda: self.client.futures_cancel_order(
+            raw = await self._call(ep.CANCEL_ORDER, lambda: self._client.futures_cancel_order(
                 symbol=symbol, origClientOrderId=client_id))
         except OrderNotFound:
             return None
@@ -381,7 +344,7 @@ class Gateway:
         return state
 
     async def open_orders(self, symbol: str) -> list[OrderState]:
-        raw = await self._call(ep.OPEN_ORDERS, lambda: self.client.futures_get_open_orders(
+        raw = await self._call(ep.OPEN_ORDERS, lambda: self._client.futures_get_open_orders(
             symbol=symbol))
         return [OrderState.from_wire(r) for r in raw]
 
@@ -399,23 +362,23 @@ class Gateway:
                                  endpoint=ep.PLACE_ALGO.label)
         params: dict[str, Any] = {
             "algoType": "CONDITIONAL", "symbol": symbol, "side": side.value,
-            "type": order_type.value, "triggerPrice": _format(trigger_price),
+            "type": order_type.value, "triggerPrice": format_price(trigger_price),
             "workingType": "MARK_PRICE", "priceProtect": "true", "clientAlgoId": client_algo_id,
         }
         if quantity is None:
             params["closePosition"] = "true"
         else:
-            params["quantity"] = _format(quantity)
+            params["quantity"] = format_qty(quantity)
             params["reduceOnly"] = "true"
         raw = await self._call(ep.PLACE_ALGO,
-                               lambda: self.client.futures_create_algo_order(**params),
+                               lambda: self._client.futures_create_algo_order(**params),
                                priority=priority, retry_if=placement_may_retry)
         return AlgoState.from_wire(raw)
 
     async def get_algo_order(self, client_algo_id: str, *,
                              priority: Priority | None = None) -> AlgoState | None:
         try:
-            raw = await self._call(ep.GET_ALGO, lambda: self.client.futures_get_algo_order(
+            raw = await self._call(ep.GET_ALGO, lambda: self._client.futures_get_algo_order(
                 clientAlgoId=client_algo_id), priority=priority)
         except OrderNotFound:
             return None
@@ -425,7 +388,7 @@ class Gateway:
         """Cancel an open algo order; False if it is unknown or no longer open. Audited at
         debug: the executor reports the decision (``order_cancelled`` with its reason)."""
         try:
-            await self._call(ep.CANCEL_ALGO, lambda: self.client.futures_cancel_algo_order(
+            await self._call(ep.CANCEL_ALGO, lambda: self._client.futures_cancel_algo_order(
                 clientAlgoId=client_algo_id))
         except OrderNotFound:
             return False
@@ -433,7 +396,7 @@ class Gateway:
         return True
 
     async def open_algo_orders(self, symbol: str) -> list[AlgoState]:
-        raw = await self._call(ep.OPEN_ALGOS, lambda: self.client.futures_get_open_algo_orders(
+        raw = await self._call(ep.OPEN_ALGOS, lambda: self._client.futures_get_open_algo_orders(
             symbol=symbol))
         return [AlgoState.from_wire(r) for r in raw]
 
@@ -443,10 +406,10 @@ class Gateway:
                                               self.open_algo_orders(symbol))
         if regular:
             await self._call(ep.CANCEL_ALL_ORDERS,
-                             lambda: self.client.futures_cancel_all_open_orders(symbol=symbol))
+                             lambda: self._client.futures_cancel_all_open_orders(symbol=symbol))
         if algos:
             await self._call(ep.CANCEL_ALL_ALGOS,
-                             lambda: self.client.futures_cancel_all_algo_open_orders(
+                             lambda: self._client.futures_cancel_all_algo_open_orders(
                                  symbol=symbol))
         counts = CancelCounts(regular=len(regular), algo=len(algos))
         self._log.info(AuditEvent.ORDER_CANCELLED, symbol=symbol, all=True,
@@ -455,7 +418,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ account
     async def set_leverage(self, symbol: str, leverage: int) -> int:
-        raw = await self._call(ep.SET_LEVERAGE, lambda: self.client.futures_change_leverage(
+        raw = await self._call(ep.SET_LEVERAGE, lambda: self._client.futures_change_leverage(
             symbol=symbol, leverage=leverage))
         value = int(raw["leverage"])
         self._log.info(AuditEvent.LEVERAGE_SET, symbol=symbol, leverage=value)
@@ -464,7 +427,7 @@ class Gateway:
     async def set_margin_type(self, symbol: str, margin_type: MarginType) -> MarginChange:
         """Set the margin type; -4046 ("No need to change") is success, ``changed=False``."""
         try:
-            await self._call(ep.SET_MARGIN_TYPE, lambda: self.client.futures_change_margin_type(
+            await self._call(ep.SET_MARGIN_TYPE, lambda: self._client.futures_change_margin_type(
                 symbol=symbol, marginType=margin_type.value))
             change = MarginChange(margin_type, changed=True)
         except InvalidRequest as error:
@@ -478,7 +441,7 @@ class Gateway:
     async def get_position(self, symbol: str, *, priority: Priority | None = None
                            ) -> Position | None:
         """The open position of ``symbol``, or None when flat."""
-        rows = await self._call(ep.POSITION_RISK, lambda: self.client.futures_position_information(
+        rows = await self._call(ep.POSITION_RISK, lambda: self._client.futures_position_information(
             symbol=symbol), priority=priority)
         position = next((Position.from_wire(r) for r in rows if r.get("symbol") == symbol
                          and Decimal(str(r.get("positionAmt") or "0")) != 0), None)
@@ -487,7 +450,7 @@ class Gateway:
         return position
 
     async def get_account_balance(self, asset: str = "USDT") -> Balance:
-        rows = await self._call(ep.BALANCE, self.client.futures_account_balance)
+        rows = await self._call(ep.BALANCE, self._client.futures_account_balance)
         for row in rows:
             if row.get("asset") == asset:
                 balance = Balance.from_wire(row)

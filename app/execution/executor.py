@@ -32,10 +32,10 @@ from app.domain import (
 )
 from app.errors import ExchangeError, OrderRejected
 from app.exchange.symbols import SymbolRuleError, SymbolRules, trading_rules
-from app.execution.client_ids import client_id
+from app.execution.client_ids import new_intent
 from app.execution.ports import ExchangePort
 from app.execution.protect import PROTECT_DEADLINE_S, Protector, Unprotected
-from app.execution.reconcile import DECISION_STARTED, NOT_TAKEN, OrderSender, order_outcome
+from app.execution.sender import DECISION_STARTED, NOT_TAKEN, OrderSender
 from app.execution.settings import ExecutorSettings, OnUnprotected
 from app.journal import Journal, SignalRecord
 from app.observability.audit import AuditEvent
@@ -44,17 +44,20 @@ from app.resilience.limiter import Priority
 
 
 class Executor:
+    """Runs signals; ``rules`` looks up a symbol's exchange rules. The sender and the
+    protector are its collaborators, built by the composition root."""
+
     def __init__(self, exchange: ExchangePort, rules: Callable[[str], SymbolRules],
-                 journal: Journal, clock: Clock, log: AuditLogger,
-                 settings: ExecutorSettings) -> None:
+                 sender: OrderSender, protector: Protector, journal: Journal, clock: Clock,
+                 log: AuditLogger, settings: ExecutorSettings) -> None:
         self._exchange = exchange
         self._rules = rules
+        self._sender = sender
+        self._protector = protector
         self._journal = journal
         self._clock = clock
         self._log = log
         self.settings = settings
-        self.sender = OrderSender(journal, clock, log, settings)
-        self.protector = Protector(exchange, self.sender, journal, clock, log, settings)
         self._leverage: dict[str, int] = {}
         self._margin: dict[str, MarginType] = {}
 
@@ -162,17 +165,8 @@ class Executor:
         if entry is None or entry.state is not IntentState.FILLED:
             if entry is None or entry.state is IntentState.PENDING:
                 entry = await self._new_entry(signal, entry)
-            pending = entry
-            quantity = pending.quantity
-            assert quantity is not None
-            placement = await self.sender.send(
-                pending,
-                place=lambda: self._exchange.place_order(
-                    signal.symbol, pending.side, quantity, pending.client_id,
-                    priority=Priority.NORMAL),
-                lookup=lambda: self._exchange.get_order(signal.symbol, pending.client_id,
-                                                        priority=Priority.NORMAL),
-                describe=order_outcome, deadline=signal.expires_at)
+            placement = await self._sender.send_order(entry, priority=Priority.NORMAL,
+                                                      deadline=signal.expires_at)
             entry = placement.intent
             if entry.state is not IntentState.FILLED:
                 raise OrderRejected(f"entry ended {entry.state.value}, not filled",
@@ -181,7 +175,7 @@ class Executor:
         reason = f"entry filled: {entry.quantity} {signal.symbol}"
         if signal.stop_loss is None and signal.take_profit is None:
             return reason
-        warning = await self.protector.protect(signal, journaled)
+        warning = await self._protector.protect(signal, journaled)
         return f"{reason}; {warning}" if warning else f"{reason}; protected"
 
     async def _new_entry(self, signal: Signal, journaled: Intent | None) -> Intent:
@@ -197,13 +191,9 @@ class Executor:
             raise SignalError("quantity", f"{error.rule}: {error.detail}") from None
         self._check_protective(signal, rules, mark)
         await self._ensure_account_settings(signal)
-        intent = journaled or Intent(
-            signal_id=signal.id, leg=Leg.ENTRY,
-            client_id=client_id(self.settings.client_id_prefix, signal.id, Leg.ENTRY),
-            symbol=signal.symbol, side=signal.type.order_side, order_type=OrderType.MARKET,
-            quantity=quantity, price=None, reduce_only=False, state=IntentState.PENDING,
-            updated_at=self._clock.time())
-        return intent
+        return journaled or new_intent(
+            self.settings.client_id_prefix, signal.id, signal.symbol, Leg.ENTRY,
+            signal.type.order_side, OrderType.MARKET, quantity=quantity, now=self._clock.time())
 
     def _check_protective(self, signal: Signal, rules: SymbolRules, mark: Decimal) -> None:
         """tp/sl on the tick grid and on the right side of the mark (LONG: sl < mark < tp)."""
@@ -249,30 +239,19 @@ class Executor:
             if quantity <= 0:
                 raise SignalError("quantity", f"{signal.quantity} rounds to 0 with step "
                                                  f"{rules.market_step_size}")
-            close = close or Intent(
-                signal_id=signal.id, leg=Leg.CLOSE,
-                client_id=client_id(self.settings.client_id_prefix, signal.id, Leg.CLOSE),
-                symbol=signal.symbol, side=signal.type.order_side, order_type=OrderType.MARKET,
-                quantity=quantity, price=None, reduce_only=True, state=IntentState.PENDING,
-                updated_at=self._clock.time())
+            close = close or new_intent(
+                self.settings.client_id_prefix, signal.id, signal.symbol, Leg.CLOSE,
+                signal.type.order_side, OrderType.MARKET, quantity=quantity,
+                now=self._clock.time())
         if close.state is not IntentState.FILLED:
-            intent = close
-            assert intent.quantity is not None
-            qty = intent.quantity
             try:
-                placement = await self.sender.send(
-                    intent,
-                    place=lambda: self._exchange.place_order(
-                        signal.symbol, intent.side, qty, intent.client_id, reduce_only=True,
-                        priority=Priority.CRITICAL),
-                    lookup=lambda: self._exchange.get_order(signal.symbol, intent.client_id,
-                                                            priority=Priority.CRITICAL),
-                    describe=order_outcome, deadline=signal.expires_at)
+                placement = await self._sender.send_order(close, priority=Priority.CRITICAL,
+                                                          deadline=signal.expires_at)
             except OrderRejected as error:
                 if error.code != -2022:
                     raise
                 return f"no {wanted} position to close (reduce-only rejected: already flat)"
             close = placement.intent
         if await self._exchange.get_position(signal.symbol) is None:
-            await self.protector.cancel_protective(signal.symbol, reason="position closed")
+            await self._protector.cancel_protective(signal.symbol, reason="position closed")
         return f"closed {close.quantity} {signal.symbol}"

@@ -16,9 +16,9 @@ from decimal import Decimal
 from app.clock import Clock
 from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal
 from app.errors import ExchangeError
-from app.execution.client_ids import client_id
+from app.execution.client_ids import new_intent
 from app.execution.ports import ExchangePort
-from app.execution.reconcile import OrderSender, algo_outcome, order_outcome
+from app.execution.sender import OrderSender, algo_outcome
 from app.execution.settings import ExecutorSettings, OnUnprotected
 from app.journal import Journal
 from app.observability.audit import AuditEvent
@@ -50,12 +50,8 @@ class Protector:
 
     def _intent(self, signal: Signal, leg: Leg, side: Side, order_type: OrderType,
                 price: Decimal) -> Intent:
-        return Intent(
-            signal_id=signal.id, leg=leg,
-            client_id=client_id(self._settings.client_id_prefix, signal.id, leg),
-            symbol=signal.symbol, side=side, order_type=order_type, quantity=None,
-            price=price, reduce_only=True, state=IntentState.PENDING,
-            updated_at=self._clock.time())
+        return new_intent(self._settings.client_id_prefix, signal.id, signal.symbol, leg, side,
+                          order_type, price=price, now=self._clock.time())
 
     async def protect(self, signal: Signal, journaled: dict[Leg, Intent]) -> str | None:
         """Place the signal's stop-loss and take-profit (skipping legs already live), then
@@ -96,15 +92,8 @@ class Protector:
         return warning
 
     async def _place(self, intent: Intent, deadline: float) -> Intent:
-        assert intent.price is not None
-        placement = await self._sender.send(
-            intent,
-            place=lambda: self._exchange.place_algo_order(
-                intent.symbol, intent.side, intent.order_type, intent.price or Decimal(0),
-                intent.client_id, priority=Priority.CRITICAL),
-            lookup=lambda: self._exchange.get_algo_order(intent.client_id,
-                                                         priority=Priority.CRITICAL),
-            describe=algo_outcome, deadline=deadline)
+        placement = await self._sender.send_algo(intent, priority=Priority.CRITICAL,
+                                                 deadline=deadline)
         return placement.intent
 
     async def unprotected(self, signal: Signal, reason: str) -> None:
@@ -122,23 +111,12 @@ class Protector:
         if position is None:
             self._log.info(AuditEvent.POSITION_FLATTENED, amount="0", note="already flat")
             return True
-        quantity = abs(position.amount)
-        intent = Intent(
-            signal_id=signal.id, leg=Leg.CLOSE,
-            client_id=client_id(self._settings.client_id_prefix, signal.id, Leg.CLOSE),
-            symbol=signal.symbol, side=position.side.opposite, order_type=OrderType.MARKET,
-            quantity=quantity, price=None, reduce_only=True, state=IntentState.PENDING,
-            updated_at=self._clock.time())
+        intent = new_intent(self._settings.client_id_prefix, signal.id, signal.symbol,
+                            Leg.CLOSE, position.side.opposite, OrderType.MARKET,
+                            quantity=abs(position.amount), now=self._clock.time())
         try:
-            await self._sender.send(
-                intent,
-                place=lambda: self._exchange.place_order(
-                    intent.symbol, intent.side, quantity, intent.client_id, reduce_only=True,
-                    priority=Priority.CRITICAL),
-                lookup=lambda: self._exchange.get_order(intent.symbol, intent.client_id,
-                                                        priority=Priority.CRITICAL),
-                describe=order_outcome,
-                deadline=self._clock.time() + PROTECT_DEADLINE_S)
+            await self._sender.send_order(intent, priority=Priority.CRITICAL,
+                                          deadline=self._clock.time() + PROTECT_DEADLINE_S)
         except (ExchangeError, TimeoutError) as error:
             self._log.critical(AuditEvent.POSITION_UNPROTECTED, reason=f"flatten failed: {error}",
                                action="none")

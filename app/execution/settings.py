@@ -1,10 +1,11 @@
-"""The executor's settings: the ``[execution]`` config section plus knobs that are not config."""
+"""The executor's settings: the ``[execution]`` config section (mapped by ``app/factory.py``)
+plus knobs that are not config."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.config_schema import ExecutionSettings, OnUnprotected
+from app.config_schema import OnUnprotected
 
 __all__ = ["ExecutorSettings", "OnUnprotected"]
 
@@ -25,10 +26,3 @@ class ExecutorSettings:
     #: Test seam: False resends blindly on an unknown outcome, as the seeds did. Never in
     #: production: it exists to prove the exactly-once test can fail.
     unknown_outcome_protocol: bool = True
-
-    @classmethod
-    def from_config(cls, config: ExecutionSettings) -> ExecutorSettings:
-        return cls(client_id_prefix=config.client_id_prefix,
-                   resolve_window_s=config.resolve_window_s,
-                   on_unprotected=config.on_unprotected,
-                   position_poll_s=config.position_poll_s)

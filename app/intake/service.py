@@ -22,7 +22,6 @@ from enum import StrEnum
 
 from app.clock import Clock
 from app.domain import Signal, SignalError
-from app.exchange.symbols import SymbolRules, trading_rules
 from app.intake.bus import SignalBus
 from app.intake.validate import parse_signal
 from app.journal import Journal, SignalRecord
@@ -53,12 +52,16 @@ class Accepted:
 
 
 class Service:
-    def __init__(self, journal: Journal, bus: SignalBus, rules: Callable[[str], SymbolRules],
+    """The one accept path. ``check_symbol(symbol)`` raises `SignalError` (field ``symbol``)
+    when the exchange does not list the symbol or it does not trade: the daemon passes the
+    exchange's check in, so intake needs nothing of the exchange (SPEC §3.2)."""
+
+    def __init__(self, journal: Journal, bus: SignalBus, check_symbol: Callable[[str], object],
                  clock: Clock, log: AuditLogger, *, default_ttl_s: float,
                  new_id: Callable[[], str] | None = None) -> None:
         self.journal = journal
         self.bus = bus
-        self._rules = rules
+        self._check_symbol = check_symbol
         self._clock = clock
         self._log = log
         self._default_ttl_s = default_ttl_s
@@ -91,7 +94,7 @@ class Service:
         try:
             signal = parse_signal(data, now=now, default_ttl_s=self._default_ttl_s,
                                   new_id=self._new_id)
-            trading_rules(self._rules, signal.symbol)
+            self._check_symbol(signal.symbol)
         except SignalError as error:
             self._log.warning(AuditEvent.SIGNAL_REJECTED, source=source, field=error.field,
                               detail=error.detail)
@@ -103,7 +106,7 @@ class Service:
         A known id returns its existing record."""
         if self.state is not IntakeState.READY:
             raise IntakeClosed(self.state)
-        trading_rules(self._rules, signal.symbol)
+        self._check_symbol(signal.symbol)
         return (await self._journal_and_queue(signal, source=signal.source or "in-process",
                                               wait=True, offset=None)).record
 

@@ -1,8 +1,10 @@
-"""Fixtures: the simulator on a loopback port (real clock) and a started gateway against it."""
+"""Fixtures: the simulator on a loopback port (real clock) and a started exchange side (gateway,
+limiter, breakers…, built by the daemon's factory) against it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -12,7 +14,8 @@ import pytest
 import structlog
 
 from app.clock import SystemClock
-from app.exchange.gateway import Gateway, GatewaySettings
+from app.exchange.gateway import Gateway
+from app.factory import ExchangeParts, ExchangeSetup, open_exchange
 from app.resilience.breaker import BreakerSettings
 from app.resilience.retry import RetrySettings
 from app.sim import SimConfig, SimServer
@@ -70,29 +73,35 @@ async def admin(sim: SimServer) -> AsyncIterator[Admin]:
         yield Admin(session, sim.url)
 
 
-GatewayFactory = Callable[..., Gateway]
+ExchangeFactory = Callable[..., Awaitable[ExchangeParts]]
+
+
+def setup_for(url: str, **overrides: Any) -> ExchangeSetup:
+    """The tests' exchange setup against a simulator at ``url``: short timeouts, fast retries;
+    keyword arguments override `ExchangeSetup` fields."""
+    setup = ExchangeSetup(
+        base_url=url, api_key="sim-key", api_secret="sim-secret", timeout_s=2.0,
+        retry=RetrySettings(max_retries=2, initial_delay=0.01, max_delay=0.05, jitter=0.0))
+    return replace(setup, **overrides)
 
 
 @pytest.fixture
-async def make_gateway(sim: SimServer) -> AsyncIterator[GatewayFactory]:
-    made: list[Gateway] = []
+async def make_exchange(sim: SimServer) -> AsyncIterator[ExchangeFactory]:
+    """Start an exchange side against ``sim``; keyword arguments override `ExchangeSetup`."""
+    async with contextlib.AsyncExitStack() as stack:
+        async def factory(**overrides: Any) -> ExchangeParts:
+            return await stack.enter_async_context(open_exchange(
+                setup_for(sim.url, breaker=BreakerSettings(recovery_timeout=0.5), **overrides),
+                SystemClock(), structlog.get_logger()))
 
-    def factory(**overrides: Any) -> Gateway:
-        settings = GatewaySettings(
-            base_url=sim.url, api_key="sim-key", api_secret="sim-secret", timeout_s=2.0,
-            retry=RetrySettings(max_retries=2, initial_delay=0.01, max_delay=0.05, jitter=0.0),
-            breaker=BreakerSettings(recovery_timeout=0.5))
-        gateway = Gateway(replace(settings, **overrides), SystemClock(), structlog.get_logger())
-        made.append(gateway)
-        return gateway
-
-    yield factory
-    for gateway in made:
-        await gateway.close()
+        yield factory
 
 
 @pytest.fixture
-async def gateway(make_gateway: GatewayFactory) -> Gateway:
-    gw = make_gateway()
-    await gw.start()
-    return gw
+async def exchange(make_exchange: ExchangeFactory) -> ExchangeParts:
+    return await make_exchange()
+
+
+@pytest.fixture
+def gateway(exchange: ExchangeParts) -> Gateway:
+    return exchange.gateway

@@ -12,15 +12,16 @@ from app.domain import MarginType, OrderType, Side
 from app.errors import CircuitOpen, OrderRejected, UnknownOutcome
 from app.exchange.endpoints import BreakerGroup
 from app.exchange.gateway import Gateway
+from app.factory import ExchangeParts
 from app.resilience.breaker import BreakerSettings, BreakerState
 from app.resilience.retry import RetrySettings
-from app.sim import SimConfig
-from tests.exchange.conftest import Admin, GatewayFactory, sim_config
+from app.sim import SimConfig, SimServer
+from tests.exchange.conftest import Admin, ExchangeFactory, sim_config
 
 
-async def test_start_configures_limiter_from_rate_limits(gateway: Gateway) -> None:
+async def test_start_configures_limiter_from_rate_limits(exchange: ExchangeParts) -> None:
     """Buckets come from exchangeInfo rateLimits, not from constants."""
-    assert {(b.name, b.limit, b.interval_s) for b in gateway.buckets} == {
+    assert {(b.name, b.limit, b.interval_s) for b in exchange.buckets} == {
         ("weight:1m", 2400, 60.0), ("orders:1m", 1200, 60.0), ("orders:10s", 300, 10.0)}
 
 
@@ -85,22 +86,22 @@ async def test_rejection_is_classified_not_retried(gateway: Gateway, admin: Admi
     assert state["order_count"]["10s"] == 1
 
 
-async def test_concurrent_calls_leave_limiter_equal_to_exchange(gateway: Gateway,
+async def test_concurrent_calls_leave_limiter_equal_to_exchange(exchange: ExchangeParts,
                                                                 admin: Admin) -> None:
     """50 concurrent calls: the limiter's view equals the simulator's used weight."""
-    await clear_of_minute_end(gateway)        # both views reset at the minute: not across it
+    gateway = exchange.gateway
+    await clear_of_minute_end(exchange)       # both views reset at the minute: not across it
     await asyncio.gather(*(gateway.get_position("BTCUSDT") for _ in range(25)),
                          *(gateway.mark_price("ETHUSDT") for _ in range(25)))
     state = await admin.get("state")
-    assert gateway.limiter is not None
-    assert gateway.limiter.used("weight:1m") == state["used_weight"]["1m"]
+    assert exchange.limiter.used("weight:1m") == state["used_weight"]["1m"]
 
 
-async def clear_of_minute_end(gateway: Gateway) -> None:
+async def clear_of_minute_end(exchange: ExchangeParts) -> None:
     """Wait for the next minute if this one is in its last 4 s. The 1-minute weight window
     rolls there, and NORMAL requests are held through its last 5 % (3 s, the limiter's end
     guard), which would stretch a test's timing by up to 3 s."""
-    into_minute = gateway.timesync.server_time() % 60
+    into_minute = exchange.timesync.server_time() % 60
     if into_minute > 56:
         await asyncio.sleep(60 - into_minute + 0.05)
 
@@ -142,11 +143,11 @@ async def test_unknown_outcome_on_placement_is_not_resent(gateway: Gateway,
     assert found is not None
 
 
-async def test_not_applied_placement_is_retried(make_gateway: GatewayFactory,
+async def test_not_applied_placement_is_retried(make_exchange: ExchangeFactory,
                                                 admin: Admin) -> None:
     """503 'Service Unavailable.' certainly did not execute: retried, one order in the end."""
-    gateway = make_gateway(retry=RetrySettings(max_retries=8, initial_delay=0.001, jitter=0.0))
-    await gateway.start()
+    gateway = (await make_exchange(retry=RetrySettings(max_retries=8, initial_delay=0.001,
+                                                       jitter=0.0))).gateway
     await admin.post("faults", {"seed": 3, "rules": [
         {"endpoint": "POST /fapi/v1/order", "fault": "service_unavailable",
          "probability": 0.6}]})
@@ -167,29 +168,29 @@ async def test_reads_retry_unknown_outcomes(gateway: Gateway, admin: Admin) -> N
     assert prices == [Decimal("65000.00000000")] * 5
 
 
-async def test_clock_skew_resyncs_and_retries(gateway: Gateway) -> None:
+async def test_clock_skew_resyncs_and_retries(exchange: ExchangeParts) -> None:
     """A wrong offset earns -1021; the gateway resyncs time and the call succeeds."""
-    gateway.client.timestamp_offset = -120_000
+    exchange.client.timestamp_offset = -120_000
     with capture_logs() as logs:
-        assert await gateway.get_position("BTCUSDT") is None
+        assert await exchange.gateway.get_position("BTCUSDT") is None
     events = [e["event"] for e in logs]
     assert "api_error" in events
     assert "time_synced" in events
-    assert abs(gateway.client.timestamp_offset) < 5_000
+    assert abs(exchange.client.timestamp_offset) < 5_000
 
 
 async def test_outage_opens_trade_breaker_and_probe_closes_it(
-        make_gateway: GatewayFactory, admin: Admin) -> None:
+        make_exchange: ExchangeFactory, admin: Admin) -> None:
     """During an outage the trade breaker opens; after it, probes close the breaker again."""
-    gateway = make_gateway(
+    exchange = await make_exchange(
         retry=RetrySettings(max_retries=0),
         breaker=BreakerSettings(failure_threshold=3, recovery_timeout=0.3,
                                 success_threshold=2))
-    await gateway.start()
-    await clear_of_minute_end(gateway)        # calls held by the end guard outlast the outage
+    gateway = exchange.gateway
+    await clear_of_minute_end(exchange)       # calls held by the end guard outlast the outage
     await admin.post("faults", {"seed": 0, "rules": [],
                                 "outages": [{"start_s": 0, "duration_s": 1.0}]})
-    breaker = gateway.breakers[BreakerGroup.TRADE]
+    breaker = exchange.breakers[BreakerGroup.TRADE]
     with capture_logs() as logs:
         for _ in range(3):
             with pytest.raises(Exception, match="Service Unavailable"):
@@ -208,35 +209,36 @@ async def test_outage_opens_trade_breaker_and_probe_closes_it(
     assert "breaker_rejected" in events
 
 
-async def test_repeated_connection_failures_reset_the_session(gateway: Gateway,
+async def test_repeated_connection_failures_reset_the_session(exchange: ExchangeParts,
                                                               admin: Admin) -> None:
     """Three dropped connections in a row replace the HTTP session (session_reset)."""
+    gateway = exchange.gateway
     await admin.post("faults", {"seed": 0, "rules": [
         {"endpoint": "GET /fapi/v1/premiumIndex", "fault": "reset_after_apply",
          "probability": 1.0}]})
-    before = gateway.client.session
+    before = exchange.client.session
     with capture_logs() as logs:
         with pytest.raises(UnknownOutcome):
             await gateway.mark_price("BTCUSDT")
         await admin.post("faults", {"seed": 0, "rules": []})
         assert await gateway.mark_price("BTCUSDT") == Decimal("65000.00000000")
     assert "session_reset" in [e["event"] for e in logs]
-    assert gateway.client.session is not before
+    assert exchange.client.session is not before
 
 
-async def test_precision_rejection_refreshes_exchange_info(make_gateway: GatewayFactory) -> None:
+async def test_precision_rejection_refreshes_exchange_info(make_exchange: ExchangeFactory
+                                                           ) -> None:
     """-1111 may mean stale filters: exchangeInfo is reloaded, at most once per interval."""
-    gateway = make_gateway(exchange_info_min_refresh_s=0.0)
-    await gateway.start()
+    exchange = await make_exchange(exchange_info_min_refresh_s=0.0)
+    gateway = exchange.gateway
     with capture_logs() as logs, pytest.raises(OrderRejected):
         await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.0015"), "xdT8E")
     assert [e["event"] for e in logs].count("exchange_info_refreshed") == 1
-    slow = make_gateway()                      # default: 60 s since the load at start
-    await slow.start()
+    slow = (await make_exchange()).gateway     # default: 60 s since the load at start
     with capture_logs() as logs, pytest.raises(OrderRejected):
         await slow.place_order("BTCUSDT", Side.BUY, Decimal("0.0015"), "xdT8F")
     assert [e["event"] for e in logs].count("exchange_info_refreshed") == 0
-    assert gateway.symbols.get("BTCUSDT").step_size == Decimal("0.001")
+    assert exchange.symbols.get("BTCUSDT").step_size == Decimal("0.001")
 
 
 class TestSharedIp:
@@ -244,12 +246,14 @@ class TestSharedIp:
     def config(self) -> SimConfig:
         return sim_config(request_weight=20, request_weight_interval_s=2, ban_after_429s=5)
 
-    async def test_429_pauses_then_retries_after_retry_after(self, gateway: Gateway,
-                                                             admin: Admin, sim: object) -> None:
+    async def test_429_pauses_then_retries_after_retry_after(self, exchange: ExchangeParts,
+                                                             admin: Admin, sim: SimServer
+                                                             ) -> None:
         """Another process used the IP's weight: our 429 pauses the bucket, the retry works."""
         import aiohttp
 
-        url = f"{gateway.settings.base_url}/fapi/v1/time"
+        gateway = exchange.gateway
+        url = f"{sim.url}/fapi/v1/time"
         window = 2.0                                      # request_weight_interval_s above
         async with aiohttp.ClientSession() as other:
             for _ in range(3):
@@ -257,15 +261,15 @@ class TestSharedIp:
                 # between (or our limiter's end guard holding the call into the next window)
                 # lets the call through without the 429 this test is about. So start early in
                 # a window, and check that the burst left time to spare (a loaded machine).
-                left = window - gateway.timesync.server_time() % window
+                left = window - exchange.timesync.server_time() % window
                 if left < 1.5:
                     await asyncio.sleep(left + 0.02)
-                start = gateway.timesync.server_time() // window
+                start = exchange.timesync.server_time() // window
                 while True:                               # the other process on our IP
                     async with other.get(url) as resp:    # weight 1 each
                         if resp.status == 429:
                             break
-                now = gateway.timesync.server_time()
+                now = exchange.timesync.server_time()
                 if now // window == start and now % window < window / 2:
                     break
             else:

@@ -1,4 +1,4 @@
-"""Fixtures: simulator + real gateway + journal + executor, wired as the daemon wires them."""
+"""Fixtures: simulator + real exchange side + journal + executor, built by the daemon's factory."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ import structlog
 
 from app.clock import SystemClock
 from app.domain import Signal
-from app.exchange.gateway import Gateway, GatewaySettings
+from app.exchange.gateway import Gateway
 from app.execution.executor import Executor
+from app.execution.ports import ExchangePort
 from app.execution.settings import ExecutorSettings
+from app.factory import ExchangeParts, ExecutionParts, build_execution, open_exchange
 from app.intake.validate import parse_signal
 from app.journal import Journal, SignalRecord
 from app.resilience.breaker import BreakerSettings
-from app.resilience.retry import RetrySettings
 from app.sim import SimConfig, SimServer
-from tests.exchange.conftest import Admin
+from tests.exchange.conftest import Admin, setup_for
 from tests.exchange.conftest import sim_config as quiet_sim_config
 
 _ids = itertools.count(1)
@@ -46,14 +47,15 @@ async def admin(sim: SimServer) -> AsyncIterator[Admin]:
 
 
 @pytest.fixture
-async def gateway(sim: SimServer) -> AsyncIterator[Gateway]:
-    gw = Gateway(GatewaySettings(
-        base_url=sim.url, api_key="sim-key", api_secret="sim-secret", timeout_s=2.0,
-        retry=RetrySettings(max_retries=2, initial_delay=0.01, max_delay=0.05, jitter=0.0),
-        breaker=BreakerSettings(failure_threshold=1000)), SystemClock(), structlog.get_logger())
-    await gw.start()
-    yield gw
-    await gw.close()
+async def exchange(sim: SimServer) -> AsyncIterator[ExchangeParts]:
+    async with open_exchange(setup_for(sim.url, breaker=BreakerSettings(failure_threshold=1000)),
+                             SystemClock(), structlog.get_logger()) as parts:
+        yield parts
+
+
+@pytest.fixture
+def gateway(exchange: ExchangeParts) -> Gateway:
+    return exchange.gateway
 
 
 @pytest.fixture
@@ -69,10 +71,23 @@ def exec_settings() -> ExecutorSettings:
     return ExecutorSettings(resolve_window_s=5.0, busy_retry_s=0.05)
 
 
+def execution_for(port: ExchangePort, exchange: ExchangeParts, journal: Journal,
+                  settings: ExecutorSettings) -> ExecutionParts:
+    """Sender, protector and executor over ``port`` (the gateway, or a wrapper that injects
+    a fault), with ``exchange``'s symbol rules."""
+    return build_execution(port, exchange.symbols.get, journal, SystemClock(),
+                           structlog.get_logger(), settings)
+
+
 @pytest.fixture
-def executor(gateway: Gateway, journal: Journal, exec_settings: ExecutorSettings) -> Executor:
-    return Executor(gateway, gateway.symbols.get, journal, SystemClock(),
-                    structlog.get_logger(), exec_settings)
+def execution(exchange: ExchangeParts, journal: Journal,
+              exec_settings: ExecutorSettings) -> ExecutionParts:
+    return execution_for(exchange.gateway, exchange, journal, exec_settings)
+
+
+@pytest.fixture
+def executor(execution: ExecutionParts) -> Executor:
+    return execution.executor
 
 
 def make_signal(body: dict[str, Any], *, ttl: float = 60.0) -> Signal:

@@ -17,15 +17,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-import structlog
 
-from app.clock import SystemClock
 from app.domain import SignalState
-from app.exchange.gateway import Gateway
-from app.execution.executor import Executor
 from app.execution.settings import ExecutorSettings
+from app.factory import ExchangeParts
 from app.journal import Journal
-from tests.execution.conftest import Admin, make_signal
+from tests.execution.conftest import Admin, execution_for, make_signal
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 QTY = {"BTCUSDT": "0.002", "ETHUSDT": "0.050", "SOLUSDT": "1"}
@@ -61,10 +58,9 @@ def bodies(symbol: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def lanes(gateway: Gateway, journal: Journal) -> Any:
+def lanes(exchange: ExchangeParts, journal: Journal) -> Any:
     async def run_all(settings: ExecutorSettings) -> list[SignalState]:
-        executor = Executor(gateway, gateway.symbols.get, journal, SystemClock(),
-                            structlog.get_logger(), settings)
+        executor = execution_for(exchange.gateway, exchange, journal, settings).executor
 
         async def lane(symbol: str) -> list[SignalState]:
             states = []
@@ -109,7 +105,7 @@ async def test_blind_retry_seam_shows_duplicates(
 
 @pytest.mark.timeout(60)
 async def test_failed_lookups_never_license_a_resend(
-        gateway: Gateway, journal: Journal, admin: Admin,
+        exchange: ExchangeParts, journal: Journal, admin: Admin,
         exec_settings: ExecutorSettings) -> None:
     """The entry is applied but its answer is lost and it stays hidden for 1 s; then the
     exchange goes down for longer than the resolve window. Lookups that fail prove nothing:
@@ -118,8 +114,8 @@ async def test_failed_lookups_never_license_a_resend(
         {"endpoint": "POST /fapi/v1/order", "fault": "reset_after_apply", "probability": 1,
          "visibility_delay_s": 1.0}],
         "outages": [{"start_s": 0.6, "duration_s": 3.0}]})
-    executor = Executor(gateway, gateway.symbols.get, journal, SystemClock(),
-                        structlog.get_logger(), replace(exec_settings, resolve_window_s=1.0))
+    executor = execution_for(exchange.gateway, exchange, journal,
+                             replace(exec_settings, resolve_window_s=1.0)).executor
     record, _ = await journal.accept(make_signal(
         {"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010"}, ttl=30),
         now=time.time())

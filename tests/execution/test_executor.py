@@ -15,10 +15,10 @@ from structlog.testing import capture_logs
 
 from app.clock import SystemClock
 from app.domain import IntentState, Leg, SignalState
-from app.execution.executor import Executor
 from app.execution.settings import ExecutorSettings
-from app.journal import Journal
-from tests.execution.conftest import Admin, make_signal
+from app.factory import ExchangeParts, ExecutionParts, build_execution
+from app.journal import Journal, SignalRecord
+from tests.execution.conftest import Admin, execution_for, make_signal
 
 Run = Callable[..., Any]
 
@@ -159,30 +159,30 @@ async def test_second_entry_replaces_protective_orders(run: Run, admin: Admin) -
 
 
 async def test_stop_fires_and_watcher_cancels_the_leftover_take_profit(
-        run: Run, admin: Admin, executor: Executor, journal: Journal) -> None:
+        run: Run, admin: Admin, execution: ExecutionParts, journal: Journal) -> None:
     """When the mark crosses the stop the position closes; the watcher cancels the TP."""
     entry = await run(LONG)
     await admin.post("price", {"symbol": "BTCUSDT", "price": "59990.0"})
     assert await admin.position("BTCUSDT") == "0"
-    assert await executor.protector.check_orphans() == 2
+    assert await execution.protector.check_orphans() == 2
     algos = {a["type"]: a["status"] for a in await admin.orders("algo")}
     assert algos == {"STOP_MARKET": "FINISHED", "TAKE_PROFIT_MARKET": "CANCELED"}
     states = {i.leg: i.state for i in await journal.intents_for(entry.signal.id)}
     assert states[Leg.STOP_LOSS] is IntentState.FILLED
     assert states[Leg.TAKE_PROFIT] is IntentState.CANCELLED
-    assert await executor.protector.check_orphans() == 0
+    assert await execution.protector.check_orphans() == 0
 
 
 async def test_watcher_task_cleans_up_on_its_own(
-        run: Run, admin: Admin, gateway: Any, journal: Journal,
+        run: Run, admin: Admin, exchange: ExchangeParts, journal: Journal,
         exec_settings: ExecutorSettings) -> None:
     """The running watcher (not a hand-called pass) cancels the TP left after the stop fired."""
-    executor = Executor(gateway, gateway.symbols.get, journal, SystemClock(),
-                        structlog.get_logger(), replace(exec_settings, position_poll_s=0.05))
+    execution = execution_for(exchange.gateway, exchange, journal,
+                              replace(exec_settings, position_poll_s=0.05))
     record, _ = await journal.accept(make_signal(LONG), now=time.time())
-    entry = await executor.execute(record)
+    entry = await execution.executor.execute(record)
     assert entry.state is SignalState.DONE
-    watcher = asyncio.create_task(executor.protector.watch())
+    watcher = asyncio.create_task(execution.protector.watch())
     try:
         await admin.post("price", {"symbol": "BTCUSDT", "price": "59990.0"})
         for _ in range(100):
@@ -199,10 +199,17 @@ async def test_watcher_task_cleans_up_on_its_own(
 
 
 async def test_decision_latency_is_reported_once_per_signal(
-        run: Run, executor: Executor) -> None:
+        exchange: ExchangeParts, journal: Journal, exec_settings: ExecutorSettings) -> None:
     """Dequeue → first order on the wire is reported once, for the entry only."""
     seen: list[float] = []
-    executor.sender.on_decision = seen.append
+    executor = build_execution(exchange.gateway, exchange.symbols.get, journal, SystemClock(),
+                               structlog.get_logger(), exec_settings,
+                               on_decision=seen.append).executor
+
+    async def run(body: dict[str, Any]) -> SignalRecord:
+        record, _ = await journal.accept(make_signal(body), now=time.time())
+        return await executor.execute(record)
+
     await run(LONG)
     assert len(seen) == 1
     assert 0 <= seen[0] < 5

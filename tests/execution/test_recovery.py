@@ -12,8 +12,8 @@ from structlog.testing import capture_logs
 from app.domain import Intent, IntentState, Leg, OrderType, Side, SignalState
 from app.exchange.gateway import Gateway
 from app.execution.client_ids import client_id
-from app.execution.executor import Executor
 from app.execution.reconcile import recover
+from app.factory import ExecutionParts
 from app.journal import Journal
 from tests.execution.conftest import Admin, make_signal
 
@@ -26,7 +26,7 @@ def entry_intent(signal_id: str, symbol: str, qty: str, state: IntentState) -> I
 
 
 async def test_sending_intents_are_adopted_or_sent_once(
-        gateway: Gateway, journal: Journal, executor: Executor, admin: Admin) -> None:
+        gateway: Gateway, journal: Journal, execution: ExecutionParts, admin: Admin) -> None:
     """Applied SENDING intents are adopted, unapplied ones sent once, protection completed,
     expired signals never sent."""
     now = time.time()
@@ -47,7 +47,7 @@ async def test_sending_intents_are_adopted_or_sent_once(
     await journal.put_intent(entry_intent(expired.id, "SOLUSDT", "1", IntentState.SENDING))
 
     with capture_logs() as logs:
-        summary = await recover(journal, gateway, executor.sender, executor,
+        summary = await recover(journal, gateway, execution.sender, execution.executor,
                                 structlog.get_logger())
     assert (summary["adopted"], summary["not_found"]) == (1, 2)
     assert (await journal.get_signal(applied.id)).state is SignalState.DONE
@@ -67,7 +67,7 @@ async def test_sending_intents_are_adopted_or_sent_once(
 
 
 async def test_filled_entry_without_protection_gets_it(
-        gateway: Gateway, journal: Journal, executor: Executor, admin: Admin) -> None:
+        gateway: Gateway, journal: Journal, execution: ExecutionParts, admin: Admin) -> None:
     """A RUNNING entry whose fill was journaled but whose stop was not placed is protected."""
     now = time.time()
     signal = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
@@ -79,7 +79,8 @@ async def test_filled_entry_without_protection_gets_it(
     placed = await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), intent.client_id)
     await journal.put_intent(intent.with_state(IntentState.FILLED,
                                                exchange_id=str(placed.order_id)))
-    await recover(journal, gateway, executor.sender, executor, structlog.get_logger())
+    await recover(journal, gateway, execution.sender, execution.executor,
+                  structlog.get_logger())
     assert (await journal.get_signal(signal.id)).state is SignalState.DONE
     algos = await admin.orders("algo")
     assert [(a["type"], a["status"]) for a in algos] == [("STOP_MARKET", "NEW")]

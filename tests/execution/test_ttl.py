@@ -14,14 +14,14 @@ from structlog.testing import capture_logs
 
 from app.clock import SystemClock
 from app.domain import SignalState
-from app.exchange.gateway import Gateway, GatewaySettings
 from app.execution.executor import Executor
 from app.execution.settings import ExecutorSettings
+from app.factory import ExchangeParts, open_exchange
 from app.journal import Journal, SignalRecord
 from app.resilience.breaker import BreakerSettings, BreakerState
 from app.resilience.retry import RetrySettings
 from app.sim import SimServer
-from tests.execution.conftest import Admin, make_signal
+from tests.execution.conftest import Admin, execution_for, make_signal, setup_for
 
 ENTRY = {"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
          "stop_loss": "60000.0", "take_profit": "70000.0"}
@@ -75,28 +75,26 @@ async def test_outage_past_the_ttl_expires_without_sending(
 
 
 @pytest.fixture
-async def fragile_gateway(sim: SimServer) -> AsyncIterator[Gateway]:
-    """A gateway whose breakers open after two failures and stay open for a minute."""
-    gw = Gateway(GatewaySettings(
-        base_url=sim.url, api_key="sim-key", api_secret="sim-secret", timeout_s=2.0,
-        retry=RetrySettings(max_retries=0, initial_delay=0.01, max_delay=0.05, jitter=0.0),
-        breaker=BreakerSettings(failure_threshold=2, recovery_timeout=60.0)),
-        SystemClock(), structlog.get_logger())
-    await gw.start()
-    yield gw
-    await gw.close()
+async def fragile(sim: SimServer) -> AsyncIterator[ExchangeParts]:
+    """An exchange side whose breakers open after two failures and stay open for a minute."""
+    async with open_exchange(setup_for(
+            sim.url, retry=RetrySettings(max_retries=0, initial_delay=0.01, max_delay=0.05,
+                                         jitter=0.0),
+            breaker=BreakerSettings(failure_threshold=2, recovery_timeout=60.0)),
+            SystemClock(), structlog.get_logger()) as parts:
+        yield parts
 
 
 async def test_open_breaker_past_the_ttl_expires_without_sending(
-        fragile_gateway: Gateway, journal: Journal, admin: Admin) -> None:
+        fragile: ExchangeParts, journal: Journal, admin: Admin) -> None:
     """A short outage opens the breakers for a minute; the exchange is back but the signal's
     TTL ends while the breaker still refuses: EXPIRED, never sent afterwards."""
-    executor = Executor(fragile_gateway, fragile_gateway.symbols.get, journal, SystemClock(),
-                        structlog.get_logger(), ExecutorSettings(busy_retry_s=0.05))
+    executor = execution_for(fragile.gateway, fragile, journal,
+                             ExecutorSettings(busy_retry_s=0.05)).executor
     await admin.post("faults", outage(0.5))
     first = await executor.execute(await accept(journal, ENTRY, ttl=1.5))
     assert first.state is SignalState.EXPIRED, first.reason
-    assert any(b.state is BreakerState.OPEN for b in fragile_gateway.breakers.values())
+    assert any(b.state is BreakerState.OPEN for b in fragile.breakers.values())
     second = await executor.execute(await accept(journal, ENTRY, ttl=1.0))
     assert second.state is SignalState.EXPIRED, second.reason
     assert await admin.orders() == []

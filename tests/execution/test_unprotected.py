@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-import structlog
 from structlog.testing import capture_logs
 
-from app.clock import SystemClock
 from app.domain import OrderType, Side, SignalState
 from app.exchange.gateway import Gateway
 from app.exchange.models import AlgoState
 from app.execution.executor import Executor
 from app.execution.settings import ExecutorSettings, OnUnprotected
+from app.factory import ExchangeParts
 from app.journal import Journal
 from app.resilience.limiter import Priority
-from tests.execution.conftest import Admin, make_signal
+from tests.execution.conftest import Admin, execution_for, make_signal
 
 
 class MarketMovesBeforeTheStop:
@@ -42,17 +40,16 @@ class MarketMovesBeforeTheStop:
                                                     priority=priority)
 
 
-def executor_for(exchange: Any, gateway: Gateway, journal: Journal,
+def executor_for(port: Any, exchange: ExchangeParts, journal: Journal,
                  settings: ExecutorSettings) -> Executor:
-    rules: Callable[[str], Any] = gateway.symbols.get
-    return Executor(exchange, rules, journal, SystemClock(), structlog.get_logger(), settings)
+    return execution_for(port, exchange, journal, settings).executor
 
 
 async def test_stop_that_would_trigger_flattens_the_position(
-        gateway: Gateway, journal: Journal, admin: Admin,
+        exchange: ExchangeParts, journal: Journal, admin: Admin,
         exec_settings: ExecutorSettings) -> None:
     """-2021 on the stop-loss: position_unprotected, then a reduce-only close (flatten)."""
-    executor = executor_for(MarketMovesBeforeTheStop(gateway, admin, "59000.0"), gateway,
+    executor = executor_for(MarketMovesBeforeTheStop(exchange.gateway, admin, "59000.0"), exchange,
                             journal, exec_settings)
     signal = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
                           "stop_loss": "60000.0", "take_profit": "70000.0"})
@@ -73,12 +70,12 @@ async def test_stop_that_would_trigger_flattens_the_position(
 
 
 async def test_alert_mode_leaves_the_position_and_reports(
-        gateway: Gateway, journal: Journal, admin: Admin,
+        exchange: ExchangeParts, journal: Journal, admin: Admin,
         exec_settings: ExecutorSettings) -> None:
     """on_unprotected = alert: the position stays open, the signal FAILED with the reason."""
     settings = ExecutorSettings(on_unprotected=OnUnprotected.ALERT,
                                  resolve_window_s=exec_settings.resolve_window_s)
-    executor = executor_for(MarketMovesBeforeTheStop(gateway, admin, "59000.0"), gateway,
+    executor = executor_for(MarketMovesBeforeTheStop(exchange.gateway, admin, "59000.0"), exchange,
                             journal, settings)
     signal = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
                           "stop_loss": "60000.0"})

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
 import structlog
 
 from app.clock import SystemClock
-from app.exchange.gateway import Gateway
+from app.exchange.symbols import trading_rules
 from app.execution.executor import Executor
+from app.factory import ExchangeParts
 from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.journal import Journal
 from tests.execution.conftest import (  # noqa: F401  (fixtures, re-exported for pytest)
     admin,
+    exchange,
     exec_settings,
+    execution,
     executor,
     gateway,
     journal,
@@ -38,8 +42,9 @@ async def bus(executor: Executor, capacity: int) -> AsyncIterator[SignalBus]:  #
 
 
 @pytest.fixture
-def service(journal: Journal, bus: SignalBus, gateway: Gateway) -> Service:  # noqa: F811
-    s = Service(journal, bus, gateway.symbols.get, SystemClock(), structlog.get_logger(),
-                default_ttl_s=30.0)
+def service(journal: Journal, bus: SignalBus, exchange: ExchangeParts  # noqa: F811
+            ) -> Service:
+    s = Service(journal, bus, partial(trading_rules, exchange.symbols.get), SystemClock(),
+                structlog.get_logger(), default_ttl_s=30.0)
     s.open()
     return s

@@ -7,6 +7,7 @@ real service, bus, executor and gateway against the simulator (tests/intake/conf
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -17,9 +18,11 @@ import structlog
 from structlog.testing import capture_logs
 
 from app.clock import SystemClock
+from app.control.http_api import ControlApi
 from app.exchange.gateway import Gateway
+from app.exchange.symbols import trading_rules
+from app.factory import ExchangeParts
 from app.intake.bus import SignalBus
-from app.intake.http_api import ControlApi
 from app.intake.service import Service
 from app.journal import Journal
 from tests.execution.conftest import Admin
@@ -44,9 +47,10 @@ def status() -> Callable[[], Mapping[str, object]]:
 
 
 @pytest.fixture
-async def api(service: Service, gateway: Gateway, registry: prometheus_client.CollectorRegistry,
+async def api(service: Service, journal: Journal, gateway: Gateway,
+              registry: prometheus_client.CollectorRegistry,
               status: Callable[[], Mapping[str, object]]) -> AsyncIterator[ControlApi]:
-    server = ControlApi(service, gateway, status, token=TOKEN, port=0,
+    server = ControlApi(service, journal, gateway, status, token=TOKEN, port=0,
                         log=structlog.get_logger(), registry=registry)
     await server.start()
     yield server
@@ -220,12 +224,12 @@ async def test_stopping_answers_503_and_healthz_says_so(
 
 
 async def test_starting_answers_503_and_healthz_says_so(
-        journal: Journal, bus: SignalBus, gateway: Gateway,
+        journal: Journal, bus: SignalBus, exchange: ExchangeParts, gateway: Gateway,
         http: aiohttp.ClientSession) -> None:
     """Before intake opens (recovery running), signals and /healthz answer 503 "starting"."""
-    service = Service(journal, bus, gateway.symbols.get, SystemClock(), structlog.get_logger(),
-                      default_ttl_s=30.0)
-    api = ControlApi(service, gateway, status_of_daemon, token=TOKEN, port=0,
+    service = Service(journal, bus, partial(trading_rules, exchange.symbols.get), SystemClock(),
+                      structlog.get_logger(), default_ttl_s=30.0)
+    api = ControlApi(service, journal, gateway, status_of_daemon, token=TOKEN, port=0,
                      log=structlog.get_logger())
     await api.start()
     try:
@@ -380,11 +384,11 @@ def broken_status() -> Callable[[], Mapping[str, object]]:
 
 
 async def test_unexpected_error_answers_500_and_the_server_lives_on(
-        service: Service, gateway: Gateway, http: aiohttp.ClientSession,
+        service: Service, journal: Journal, gateway: Gateway, http: aiohttp.ClientSession,
         broken_status: Callable[[], Mapping[str, object]]) -> None:
     """A handler that raises answers 500 JSON, is logged as api_request_failed, and the next request
     is served."""
-    api = ControlApi(service, gateway, broken_status, token=TOKEN, port=0,
+    api = ControlApi(service, journal, gateway, broken_status, token=TOKEN, port=0,
                      log=structlog.get_logger())
     await api.start()
     try:
@@ -402,19 +406,19 @@ async def test_unexpected_error_answers_500_and_the_server_lives_on(
 # ------------------------------------------------------------------ construction
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "example.com"])
-def test_non_loopback_without_token_is_refused(service: Service, gateway: Gateway,
-                                               host: str) -> None:
+def test_non_loopback_without_token_is_refused(service: Service, journal: Journal,
+                                               gateway: Gateway, host: str) -> None:
     """Binding a non-loopback address with an empty token raises ValueError."""
     with pytest.raises(ValueError, match="without a token"):
-        ControlApi(service, gateway, status_of_daemon, token="", host=host,
+        ControlApi(service, journal, gateway, status_of_daemon, token="", host=host,
                    log=structlog.get_logger())
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
-def test_loopback_without_token_is_allowed(service: Service, gateway: Gateway,
-                                           host: str) -> None:
+def test_loopback_without_token_is_allowed(service: Service, journal: Journal,
+                                           gateway: Gateway, host: str) -> None:
     """On loopback an empty token is allowed (auth off), as SPEC §11.2 permits."""
-    ControlApi(service, gateway, status_of_daemon, token="", host=host,
+    ControlApi(service, journal, gateway, status_of_daemon, token="", host=host,
                log=structlog.get_logger())
 
 

@@ -25,8 +25,8 @@ import structlog
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from app.control.http_api import ControlApi
 from app.exchange.gateway import Gateway
-from app.intake.http_api import ControlApi
 from app.intake.service import Service
 from app.journal import Journal
 from app.sim.config import DEFAULT_SYMBOLS
@@ -268,8 +268,9 @@ malformed = (broken_signals().map(encode) | not_an_object.map(encode) | broken_b
 
 
 @pytest.fixture
-async def api(service: Service, gateway: Gateway) -> AsyncIterator[ControlApi]:
-    server = ControlApi(service, gateway, status_of_daemon, token=TOKEN, port=0,
+async def api(service: Service, journal: Journal, gateway: Gateway
+              ) -> AsyncIterator[ControlApi]:
+    server = ControlApi(service, journal, gateway, status_of_daemon, token=TOKEN, port=0,
                         log=structlog.get_logger())
     await server.start()
     yield server

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from structlog.testing import capture_logs
 
 from app.clock import Clock, FakeClock, SystemClock
 from app.domain import SignalState
-from app.exchange.gateway import Gateway
+from app.exchange.symbols import trading_rules
+from app.factory import ExchangeParts
 from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.intake.spool import CHUNK_BYTES, MAX_LINE_BYTES, SpoolTail, spool_name
@@ -299,10 +301,10 @@ async def test_run_tails_until_intake_stops(tail: Tail, spool: Path, journal: Jo
 
 
 async def test_run_waits_while_intake_starts(spool: Path, journal: Journal, bus: SignalBus,
-                                             gateway: Gateway) -> None:
+                                             exchange: ExchangeParts) -> None:
     """Before intake opens, run() leaves the line unread and keeps polling; then accepts it."""
-    service = Service(journal, bus, gateway.symbols.get, SystemClock(), structlog.get_logger(),
-                      default_ttl_s=30.0)
+    service = Service(journal, bus, partial(trading_rules, exchange.symbols.get), SystemClock(),
+                      structlog.get_logger(), default_ttl_s=30.0)
     clock = FakeClock()
     task = asyncio.create_task(SpoolTail(spool, service, journal, clock,
                                          structlog.get_logger()).run())

@@ -33,7 +33,7 @@ from app.errors import ExchangeError, InvalidRequest
 from app.exchange.models import Balance, CancelCounts, Position
 from app.intake.bus import QueueFull
 from app.intake.service import IntakeClosed, IntakeState, Service
-from app.journal import SignalRecord
+from app.journal import Journal, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
@@ -72,7 +72,7 @@ class ControlApi:
     """The control API server. ``start()`` binds (``port=0`` picks a free port), ``close()``
     stops it. Raises ``ValueError`` for a non-loopback ``host`` with an empty ``token``."""
 
-    def __init__(self, service: Service, exchange: AccountPort,
+    def __init__(self, service: Service, journal: Journal, exchange: AccountPort,
                  status: Callable[[], Mapping[str, object]], *, token: str,
                  host: str = "127.0.0.1", port: int = 8470, max_body_bytes: int = 65536,
                  log: AuditLogger,
@@ -82,6 +82,7 @@ class ControlApi:
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be at least 1")
         self._service = service
+        self._journal = journal
         self._exchange = exchange
         self._status = status
         self._token = token.encode()
@@ -191,7 +192,7 @@ class ControlApi:
             raise _Problem(503, {"error": error.state.value, "detail": str(error)}) from None
         if accepted.created:  # just journaled: nothing has run yet
             return _json(202, _signal_view(accepted.record, []))
-        intents = await self._service.journal.intents_for(accepted.record.signal.id)
+        intents = await self._journal.intents_for(accepted.record.signal.id)
         return _json(200, _signal_view(accepted.record, intents))
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -209,7 +210,7 @@ class ControlApi:
 
     async def _get_signal(self, request: web.Request) -> web.Response:
         signal_id = request.match_info["id"]
-        journal = self._service.journal
+        journal = self._journal
         record = await journal.get_signal(signal_id)
         if record is None:
             raise _Problem(404, {"error": "not_found", "detail": f"no signal {signal_id!r}"})

@@ -36,7 +36,7 @@ from typing import Any, Final
 import orjson
 
 from app.clock import Clock
-from app.config_schema import MonitorSettings
+from app.config_schema import MonitorConfig
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger, format_timestamp
 
@@ -89,7 +89,7 @@ class ErrorMonitor:
     down: it waits for pending webhook POSTs (each bounded by ``webhook_timeout_s``).
     """
 
-    def __init__(self, settings: MonitorSettings, clock: Clock, log: AuditLogger, *,
+    def __init__(self, settings: MonitorConfig, clock: Clock, log: AuditLogger, *,
                  post: PostJson | None = None) -> None:
         self.settings = settings
         self._clock = clock

@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 
 from app.clock import FakeClock
-from app.config_schema import MonitorSettings
+from app.config_schema import MonitorConfig
+from app.observability.alerts import ErrorMonitor
 from app.observability.audit import AuditEvent
 from app.observability.logging import LogHandle, configure_logging
-from app.observability.monitor import ErrorMonitor
 
 ReadEvents = Callable[[Path], list[dict[str, Any]]]
 
@@ -31,9 +31,9 @@ def audit(tmp_path: Path, clock: FakeClock) -> Iterator[LogHandle]:
         yield handle
 
 
-def settings(**overrides: Any) -> MonitorSettings:
+def settings(**overrides: Any) -> MonitorConfig:
     values: dict[str, Any] = {"error_rate_per_min": 3.0, "window_s": 60.0, "cooldown_s": 300.0}
-    return MonitorSettings(**{**values, **overrides})
+    return MonitorConfig(**{**values, **overrides})
 
 
 def alerts(audit: LogHandle, read_events: ReadEvents) -> list[dict[str, Any]]:

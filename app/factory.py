@@ -1,0 +1,189 @@
+"""Builds the daemon's components and wires them together; `app/daemon.py` is its only caller
+in `app` (SPEC §3.2), and tests build their components through it too.
+
+Two kinds of thing live here:
+
+- **Settings mapping**, in one place: each component's own settings class from its section of
+  the validated configuration (``[retry]`` → `RetrySettings`, ``[breaker]`` →
+  `BreakerSettings`, ``[rate_limit]`` → `LimiterSettings`, ``[execution]`` →
+  `ExecutorSettings`, ``[exchange]`` plus credentials → `ExchangeSetup`).
+- **Builders**: `open_exchange` (the python-binance client, time sync, symbol cache, breakers,
+  retry policy, gateway, and the limiter from exchangeInfo ``rateLimits``) and
+  `build_execution` (the exactly-once sender, the protector, the executor). Each component is
+  given its collaborators; the listeners that must call back into the gateway are closures over
+  it, bound here and nowhere else. Whatever is built here with something to close is closed by
+  the exit stack it was built on, in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+from app.clock import Clock
+from app.config import Credentials, Settings
+from app.config_schema import BreakerConfig, ExecutionConfig, RateLimitConfig, RetryConfig
+from app.exchange.client import BinanceClient
+from app.exchange.endpoints import BreakerGroup
+from app.exchange.gateway import Gateway, is_breaker_failure
+from app.exchange.limits import buckets_from_rate_limits
+from app.exchange.symbol_cache import SymbolCache
+from app.exchange.symbols import SymbolRules
+from app.exchange.timesync import TimeSync
+from app.execution.executor import Executor
+from app.execution.ports import ExchangePort
+from app.execution.protect import Protector
+from app.execution.sender import OrderSender
+from app.execution.settings import ExecutorSettings
+from app.journal import Journal
+from app.observability.logging import AuditLogger
+from app.resilience.breaker import BreakerSettings, CircuitBreaker
+from app.resilience.limiter import BucketSpec, LimiterSettings, WeightLimiter
+from app.resilience.retry import RetryPolicy, RetrySettings
+
+__all__ = [
+    "ExchangeParts",
+    "ExchangeSetup",
+    "ExecutionParts",
+    "breaker_settings",
+    "build_execution",
+    "exchange_setup",
+    "executor_settings",
+    "limiter_settings",
+    "open_exchange",
+    "retry_settings",
+]
+
+
+# ---------------------------------------------------------------------------- settings mapping
+def limiter_settings(config: RateLimitConfig) -> LimiterSettings:
+    return LimiterSettings(headroom=config.headroom, low_share=config.low_share,
+                           warning_threshold=config.warning_threshold)
+
+
+def breaker_settings(config: BreakerConfig) -> BreakerSettings:
+    return BreakerSettings(failure_threshold=config.failure_threshold,
+                           recovery_timeout=config.recovery_timeout_s,
+                           half_open_max_calls=config.half_open_max_calls,
+                           success_threshold=config.success_threshold)
+
+
+def retry_settings(config: RetryConfig) -> RetrySettings:
+    return RetrySettings(max_retries=config.max_retries, initial_delay=config.initial_delay,
+                         backoff_factor=config.backoff_factor, max_delay=config.max_delay,
+                         jitter=config.jitter)
+
+
+def executor_settings(config: ExecutionConfig) -> ExecutorSettings:
+    return ExecutorSettings(client_id_prefix=config.client_id_prefix,
+                            resolve_window_s=config.resolve_window_s,
+                            on_unprotected=config.on_unprotected,
+                            position_poll_s=config.position_poll_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSetup:
+    """What `open_exchange` needs: where the exchange is, the keys, and each part's settings.
+    Times are seconds."""
+
+    base_url: str
+    api_key: str
+    api_secret: str
+    recv_window_ms: int = 5000
+    timeout_s: float = 10.0
+    limiter: LimiterSettings = field(default_factory=LimiterSettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    #: Consecutive connection-level failures before the HTTP session is replaced.
+    session_reset_after: int = 3
+    #: exchangeInfo expiry, and the least time between reloads forced by precision errors.
+    exchange_info_ttl_s: float = 86_400.0
+    exchange_info_min_refresh_s: float = 60.0
+
+    def __repr__(self) -> str:  # the keys never leave (DEVELOPERS.md non-negotiable 6)
+        return f"ExchangeSetup(base_url={self.base_url!r}, api_key=***, api_secret=***)"
+
+
+def exchange_setup(settings: Settings, credentials: Credentials, base_url: str) -> ExchangeSetup:
+    """The exchange side's settings from the daemon's configuration."""
+    return ExchangeSetup(
+        base_url=base_url,
+        api_key=credentials.api_key.get_secret_value(),
+        api_secret=credentials.api_secret.get_secret_value(),
+        recv_window_ms=settings.exchange.recv_window_ms,
+        timeout_s=settings.exchange.request_timeout_s,
+        limiter=limiter_settings(settings.rate_limit),
+        breaker=breaker_settings(settings.breaker),
+        retry=retry_settings(settings.retry),
+    )
+
+
+# ---------------------------------------------------------------------------- builders
+@dataclass(frozen=True, slots=True)
+class ExchangeParts:
+    """The started exchange side, as the daemon (status, metrics) and tests hold it."""
+
+    gateway: Gateway
+    client: BinanceClient
+    timesync: TimeSync
+    symbols: SymbolCache
+    breakers: Mapping[BreakerGroup, CircuitBreaker]
+    limiter: WeightLimiter
+    buckets: list[BucketSpec]
+
+
+@contextlib.asynccontextmanager
+async def open_exchange(setup: ExchangeSetup, clock: Clock,
+                        log: AuditLogger) -> AsyncIterator[ExchangeParts]:
+    """Build the exchange side, start it (time sync, exchangeInfo), give the gateway its
+    limiter; close everything on exit. Raises what the first calls raise (`ExchangeError`)."""
+    async with contextlib.AsyncExitStack() as stack:
+        gateway: Gateway   # bound below: the listeners call into it only once it exists
+        client = BinanceClient(setup.api_key, setup.api_secret, base_url=setup.base_url,
+                               recv_window_ms=setup.recv_window_ms, timeout_s=setup.timeout_s,
+                               on_response=lambda call: gateway.on_response(call))
+        stack.push_async_callback(client.close_connection)
+        timesync = TimeSync(lambda: gateway.server_time_ms(), clock,
+                            on_sync=lambda *sync: gateway.on_time_synced(*sync))
+        symbols = SymbolCache(lambda: gateway.exchange_info(), clock,
+                              ttl_s=setup.exchange_info_ttl_s,
+                              min_refresh_interval_s=setup.exchange_info_min_refresh_s,
+                              on_refresh=lambda *info: gateway.on_exchange_info(*info))
+        stack.push_async_callback(symbols.close)
+        breakers = {
+            group: CircuitBreaker(group.value, clock, setup.breaker,
+                                  is_failure=is_breaker_failure,
+                                  on_state_change=lambda *c: gateway.on_breaker_change(*c),
+                                  on_reject=lambda *r: gateway.on_breaker_reject(*r))
+            for group in BreakerGroup
+        }
+        retry = RetryPolicy(setup.retry, clock, on_retry=lambda info: gateway.on_retry(info))
+        gateway = Gateway(client, timesync, symbols, breakers, retry, clock, log,
+                          session_reset_after=setup.session_reset_after)
+        await gateway.start()
+        buckets = buckets_from_rate_limits(symbols.rate_limits)
+        limiter = WeightLimiter(buckets, clock, setup.limiter,
+                                offset=lambda: timesync.offset_ms / 1000,  # = offset_s
+                                on_warning=gateway.on_rate_warning)
+        stack.push_async_callback(limiter.close)
+        gateway.use_limiter(limiter, buckets)
+        yield ExchangeParts(gateway, client, timesync, symbols, breakers, limiter, buckets)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionParts:
+    sender: OrderSender
+    protector: Protector
+    executor: Executor
+
+
+def build_execution(exchange: ExchangePort, rules: Callable[[str], SymbolRules],
+                    journal: Journal, clock: Clock, log: AuditLogger,
+                    settings: ExecutorSettings, *,
+                    on_decision: Callable[[float], None] | None = None) -> ExecutionParts:
+    """The sender, the protector that uses it, and the executor that uses both."""
+    sender = OrderSender(exchange, journal, clock, log, settings, on_decision=on_decision)
+    protector = Protector(exchange, sender, journal, clock, log, settings)
+    executor = Executor(exchange, rules, sender, protector, journal, clock, log, settings)
+    return ExecutionParts(sender, protector, executor)
