@@ -25,6 +25,8 @@ from pydantic import (
     field_validator,
 )
 
+from app.domain import OnUnprotected
+
 __all__ = [
     "ApiConfig",
     "AuditConfig",
@@ -48,11 +50,6 @@ class ExchangeMode(StrEnum):
     SIM = "sim"
     TESTNET = "testnet"
     LIVE = "live"
-
-
-class OnUnprotected(StrEnum):
-    FLATTEN = "flatten"
-    ALERT = "alert"
 
 
 class LogLevel(StrEnum):

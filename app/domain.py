@@ -33,6 +33,13 @@ class MarginType(StrEnum):
     CROSSED = "CROSSED"
 
 
+class OnUnprotected(StrEnum):
+    """What to do with a position whose stop-loss could not be placed (SPEC §5.4)."""
+
+    FLATTEN = "flatten"
+    ALERT = "alert"
+
+
 class OrderType(StrEnum):
     MARKET = "MARKET"
     LIMIT = "LIMIT"

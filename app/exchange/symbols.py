@@ -1,4 +1,4 @@
-"""Symbol rules from exchangeInfo: parsing, Decimal quantization, local order checks, the cache.
+"""Symbol rules from exchangeInfo: parsing, Decimal quantization, wire formatting, local checks.
 
 Binance's grid rule (research/binance-futures-api.md §7) is ``(value - min) % step == 0`` for
 PRICE_FILTER (``minPrice``/``tickSize``), LOT_SIZE and MARKET_LOT_SIZE (``minQty``/``stepSize``);

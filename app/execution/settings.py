@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.config_schema import OnUnprotected
+from app.domain import OnUnprotected
 
 __all__ = ["ExecutorSettings", "OnUnprotected"]
 
