@@ -1,31 +1,19 @@
 """A request-weight limiter for fixed, clock-aligned exchange windows (SPEC §7.1).
 
-Each bucket (``BucketSpec``: a limit per window of ``interval_s`` seconds of *exchange* time)
-admits a request only if all of these hold, so no arrival pattern can push the admitted cost of
-any window — clock-aligned or rolling — over the limit:
+``WeightLimiter`` holds one ``Bucket`` per ``BucketSpec`` (a limit per window of ``interval_s``
+seconds of *exchange* time); a request names its cost in each bucket it uses and goes only when
+every one of them takes it. What a bucket takes — budget, rolling cap, pacing and end guard,
+priority shares, the co-tenant reserve, the straddle rule — is arithmetic over its window state,
+in ``window.py``. This module queues, orders and wakes:
 
-* **budget** ``B = limit × (1 − headroom)``: the last ``headroom`` is never used;
-* **rolling cap**: own cost admitted in ``(t − W, t]`` plus the request ≤ ``B − reserve``;
-* **pacing** (paced buckets): own cost admitted in the current window ≤
-  ``(B − reserve) × min(1, f + pace_lead)`` at fraction ``f`` of the window, and nothing new in
-  its last ``end_guard`` — so the budget is spread over the window instead of spent in its
-  first milliseconds, and nothing lands in the next window by latency;
-* **priority**: ``CRITICAL`` ignores pacing (not the caps), ``LOW`` gets at most ``low_share``;
-  waiters are served strictly by priority, FIFO within one — except that a queue head which
-  cannot fit before the next window of one of its buckets does not hold up later waiters of
-  its own priority that fit now (*skip-ahead*, see ``_drain``); the head keeps its place;
+* **priority**: waiters are served strictly by priority, FIFO within one — except that a queue
+  head which cannot fit before the next window of one of its buckets does not hold up later
+  waiters of its own priority that fit now (*skip-ahead*, see ``_drain``); the head keeps its
+  place;
 * **pauses**: ``penalize`` (a 429) pauses buckets until ``Retry-After``; ``ban`` (a 418) stops
-  everything until the ban ends.
-
-``reserve`` is room kept for other processes on the same IP, visible only in the exchange's
-counters: ``observe`` feeds each response's header value with the request's cost and send time.
-Once a window is over, ordering its responses by header value attributes every header delta to
-our own requests or to someone else, which gives the foreign cost of that window exactly (for
-everything counted up to our last response). The reserve is the larger of the last two windows'
-foreign cost (plus ``foreign_margin``), raised live when a header shows more than our own
-admitted cost can explain. A header above our own count for a request sent within
-``straddle_s`` of the window's start is not taken as foreign use: the exchange probably counted
-that request in the previous window (see ``observe``).
+  everything until the ban ends;
+* **co-tenants**: ``observe`` feeds each response's header value, with the request's cost and
+  send time, to its bucket's co-tenant estimate.
 
 Waiters are woken by one timer (the clock's ``sleep``) set for the earliest moment a waiter of
 the highest waiting priority can be admitted; there is no polling loop. All times are seconds of
@@ -38,54 +26,17 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import IntEnum
+from dataclasses import dataclass
 
 from app.clock import Clock
+from app.resilience.window import Bucket, BucketSpec, LimiterSettings, Priority
 
-
-class Priority(IntEnum):
-    CRITICAL = 0
-    NORMAL = 1
-    LOW = 2
-
+__all__ = ["BucketSpec", "BucketStats", "LimiterSettings", "Priority", "WarningListener",
+           "WeightLimiter"]
 
 # For the per-call paths: ``EnumType`` has a ``__getattr__``, which makes every ``Priority.X``
 # lookup on the class take the slow attribute path (~0.1 µs each).
 _CRITICAL, _NORMAL, _LOW = Priority.CRITICAL, Priority.NORMAL, Priority.LOW
-
-
-@dataclass(frozen=True, slots=True)
-class BucketSpec:
-    name: str
-    limit: int
-    interval_s: float
-    paced: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class LimiterSettings:
-    """Shares are fractions of a window's budget or length; times are seconds.
-
-    * ``headroom``: share of each limit never used.
-    * ``low_share``: most of a window's budget that ``LOW`` may use.
-    * ``pace_lead``: share of the budget available ahead of the pace at any moment.
-    * ``end_guard``: last share of a paced window in which nothing new is admitted.
-    * ``foreign_margin``: extra kept on top of the co-tenant estimate.
-    * ``max_reserve``: most of the budget ever reserved for co-tenants.
-    * ``warning_threshold``: use at which ``on_warning`` fires, once per window.
-    * ``straddle_s``: how long after a window's start a header above our own count is taken
-      for the previous window's (the uncertainty of our estimate of exchange time).
-    """
-
-    headroom: float = 0.02
-    low_share: float = 0.8
-    pace_lead: float = 0.1
-    end_guard: float = 0.05
-    foreign_margin: float = 0.1
-    max_reserve: float = 0.9
-    warning_threshold: float = 0.8
-    straddle_s: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,38 +56,8 @@ class BucketStats:
 
 WarningListener = Callable[[str, int, int], None]
 
-
-@dataclass(slots=True)
-class _Bucket:
-    spec: BucketSpec
-    budget: int
-    window: int = -1
-    #: ``start(window)`` and ``start(window + 1)``, kept by ``_roll`` (read on every call).
-    window_start: float = 0.0
-    next_start: float = 0.0
-    own: int = 0
-    server: int = 0
-    warned: bool = False
-    log: deque[tuple[float, int]] = field(default_factory=deque)
-    rolling: int = 0
-    paused_until: float = 0.0
-    responses: list[tuple[int, int, float]] = field(default_factory=list)
-    foreign_history: deque[float] = field(default_factory=lambda: deque(maxlen=2))
-    live_foreign: int = 0
-    straddled: int = 0                 # headers set aside by the straddle rule, ever
-    #: ``any(foreign_history)`` and ``max(foreign_history, default=0.0)``, kept by ``_roll``.
-    foreign_seen: bool = False
-    foreign_estimate: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.window_start = self.start(self.window)
-        self.next_start = self.start(self.window + 1)
-
-    def index(self, now: float) -> int:
-        return math.floor(now / self.spec.interval_s)
-
-    def start(self, window: int) -> float:
-        return window * self.spec.interval_s
+# Frozen, so one shared default is safe (ruff's B008 cannot see that across modules).
+_DEFAULT_SETTINGS = LimiterSettings()
 
 
 @dataclass(eq=False, slots=True)
@@ -150,19 +71,14 @@ class WeightLimiter:
     """``await limiter.acquire({"weight": 5}, Priority.NORMAL)`` before each request."""
 
     def __init__(self, buckets: list[BucketSpec], clock: Clock,
-                 settings: LimiterSettings = LimiterSettings(), *,
+                 settings: LimiterSettings = _DEFAULT_SETTINGS, *,
                  offset: Callable[[], float] = lambda: 0.0,
                  on_warning: WarningListener | None = None) -> None:
         self._clock = clock
         self._offset = offset
         self._settings = settings
         self._on_warning = on_warning
-        self._buckets: dict[str, _Bucket] = {}
-        for spec in buckets:
-            budget = math.floor(spec.limit * (1 - settings.headroom))
-            if budget <= 0:
-                raise ValueError(f"bucket {spec.name}: limit {spec.limit} leaves no budget")
-            self._buckets[spec.name] = _Bucket(spec, budget)
+        self._buckets = {spec.name: Bucket(spec, settings) for spec in buckets}
         self._queues: dict[Priority, deque[_Waiter]] = {p: deque() for p in Priority}
         self._banned_until = 0.0
         self._timer: asyncio.Task[None] | None = None
@@ -216,7 +132,7 @@ class WeightLimiter:
                 raise KeyError(f"unknown bucket {name!r}")
             if cost < 0 or cost > bucket.budget:
                 raise ValueError(f"cost {cost} for bucket {name!r} outside 0..{bucket.budget}")
-            if now_ok and self._bucket_ready_at(bucket, cost, priority, now) > now:
+            if now_ok and bucket.ready_at(cost, priority, now) > now:
                 now_ok = False
         if not now_ok:
             return None
@@ -225,40 +141,14 @@ class WeightLimiter:
 
     def observe(self, name: str, used: int, *, cost: int, sent_at: float) -> None:
         """Feed one response's counter for ``name`` (the exchange's used value, this request
-        included). ``sent_at`` is the exchange time the request was admitted.
-
-        Values that cannot be placed in the current window are set aside:
-
-        * the request was sent in an earlier window (by our clock): the value belongs to that
-          window or to this one, we cannot tell;
-        * *straddle rule*: the request was sent less than ``straddle_s`` after this window's
-          start and the value exceeds everything we admitted in this window. Our exchange time
-          is only known to within the time-sync error, so the exchange probably counted the
-          request in the previous window, and the value is that window's total. Taken at face
-          value it would be read as foreign use: the whole excess reserved now, and again in
-          the next windows' co-tenant estimate. The cost of setting it aside: a co-tenant's
-          burst in the first ``straddle_s`` of a window is seen only from the next response
-          sent after that (the estimate of past windows still reserves room for it).
-        """
+        included). ``sent_at`` is the exchange time the request was admitted. A value that
+        cannot be placed in the current window (the request was sent in an earlier one, or
+        just after this one's start: the *straddle rule*) is set aside; see ``Bucket.record``.
+        Unknown names are ignored."""
         bucket = self._buckets.get(name)
         if bucket is None:
             return
-        now = self._clock.time() + self._offset()
-        interval = bucket.spec.interval_s
-        log = bucket.log
-        if math.floor(now / interval) != bucket.window or (log and log[0][0] <= now - interval):
-            self._roll(bucket, now)
-        if math.floor(sent_at / interval) != bucket.window:
-            return
-        if used > bucket.own and sent_at - bucket.window_start < self._settings.straddle_s:
-            bucket.straddled += 1
-            return
-        if used > bucket.server:
-            bucket.server = used
-        bucket.responses.append((used, cost, sent_at))
-        excess = used - bucket.own
-        if excess > bucket.live_foreign:
-            bucket.live_foreign = excess
+        if bucket.record(used, cost, sent_at, self._clock.time() + self._offset()):
             self._drain()
 
     def penalize(self, names: list[str], retry_after: float) -> None:
@@ -283,11 +173,11 @@ class WeightLimiter:
         now = self.now()
         out = []
         for bucket in self._buckets.values():
-            self._roll(bucket, now)
+            bucket.roll(now)
             out.append(BucketStats(
                 name=bucket.spec.name, limit=bucket.spec.limit, budget=bucket.budget,
-                window_start=bucket.start(bucket.window), used=self._used(bucket),
-                own=bucket.own, server=bucket.server, reserve=self._reserve(bucket, now),
+                window_start=bucket.start(bucket.window), used=bucket.used(),
+                own=bucket.own, server=bucket.server, reserve=bucket.reserve(now),
                 paused_until=max(bucket.paused_until, self._banned_until),
                 waiting=sum(len(q) for q in self._queues.values()),
                 straddled=bucket.straddled,
@@ -297,8 +187,8 @@ class WeightLimiter:
     def used(self, name: str) -> int:
         """The limiter's view of a bucket's count in the current window (max of own, server)."""
         bucket = self._buckets[name]
-        self._roll(bucket, self.now())
-        return self._used(bucket)
+        bucket.roll(self.now())
+        return bucket.used()
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{s.name}={s.used}/{s.limit}" for s in self.statistics())
@@ -312,82 +202,10 @@ class WeightLimiter:
             self._timer = None
 
     # ------------------------------------------------------------------ accounting
-    def _used(self, bucket: _Bucket) -> int:
-        return max(bucket.own + bucket.live_foreign, bucket.server)
-
-    def _roll(self, bucket: _Bucket, now: float) -> None:
-        index = bucket.index(now)
-        if index != bucket.window:
-            if bucket.window >= 0:
-                bucket.foreign_history.append(self._foreign_of_window(bucket))
-                skipped = index - bucket.window - 1        # windows with no traffic at all
-                last = bucket.foreign_history[-1]
-                for n in range(max(1, skipped - 1), skipped + 1):
-                    bucket.foreign_history.append(last / 2**n)
-            bucket.window = index
-            bucket.window_start = bucket.start(index)
-            bucket.next_start = bucket.start(index + 1)
-            bucket.foreign_seen = any(bucket.foreign_history)
-            bucket.foreign_estimate = max(bucket.foreign_history, default=0.0)
-            bucket.own = 0
-            bucket.server = 0
-            bucket.warned = False
-            bucket.responses = []
-            bucket.live_foreign = 0
-        horizon = now - bucket.spec.interval_s
-        while bucket.log and bucket.log[0][0] <= horizon:
-            bucket.rolling -= bucket.log.popleft()[1]
-
-    def _foreign_of_window(self, bucket: _Bucket) -> float:
-        """Foreign cost of the window just over, attributed from header values, scaled to
-        the whole window from where our last response was counted.
-
-        Responses are taken in the order the exchange counted them, i.e. by header value;
-        among equal values (a refused or zero-cost response beside the request that set the
-        value) the costlier comes first, so our own cost is credited before the value is
-        compared and a tie never shows up as foreign use."""
-        if not bucket.responses:
-            # Nothing seen in that window: keep half of the last estimate, so a co-tenant
-            # that went quiet stops costing us room within a few windows.
-            return bucket.foreign_history[-1] / 2 if bucket.foreign_history else 0.0
-        own_before = 0
-        foreign = 0
-        last_at = bucket.start(bucket.window)
-        for used, cost, sent_at in sorted(bucket.responses, key=lambda r: (r[0], -r[1])):
-            own_before += cost
-            foreign = max(foreign, used - own_before)
-            last_at = max(last_at, sent_at)
-        fraction = (last_at - bucket.start(bucket.window)) / bucket.spec.interval_s
-        return min(foreign / max(fraction, 0.5), float(bucket.spec.limit))
-
-    def _reserve(self, bucket: _Bucket, now: float, priority: Priority = Priority.NORMAL
-                 ) -> int:
-        """Room kept for other users of the bucket. CRITICAL calls reserve only what the
-        exchange has shown them using; the reserve never exceeds ``max_reserve`` of the budget,
-        so a greedy co-tenant cannot starve us completely."""
-        live_foreign = bucket.live_foreign
-        if not live_foreign and not bucket.foreign_seen:
-            return 0
-        if priority is _CRITICAL:
-            return min(live_foreign, bucket.budget - 1)
-        # With a co-tenant this runs on every call: the max() / min() below are spelt out
-        # (each keeps the first of equal values, as the builtins do).
-        estimate = bucket.foreign_estimate
-        wanted = estimate * (1 + self._settings.foreign_margin)      # planned
-        left = 1 - (now - bucket.window_start) / bucket.spec.interval_s
-        live = live_foreign + estimate * (left if left > 0.0 else 0.0)
-        if live > wanted:
-            wanted = live
-        if live_foreign > wanted:
-            wanted = live_foreign
-        cap = bucket.budget * self._settings.max_reserve
-        if live_foreign > cap:
-            cap = live_foreign
-        return math.ceil(cap if cap < wanted else wanted)
-
     def _admit(self, costs: Mapping[str, int], now: float) -> None:
         """Spend ``costs`` at ``now``. Every caller has just checked them with
-        ``_bucket_ready_at`` at this same ``now``, which rolled each bucket to it."""
+        ``Bucket.ready_at`` at this same ``now``, which rolled each bucket to it. Spends on
+        the bucket's fields directly, not through a method: this runs on every admission."""
         buckets = self._buckets
         for name, cost in costs.items():
             bucket = buckets[name]
@@ -396,7 +214,7 @@ class WeightLimiter:
                 bucket.log.append((now, cost))
                 bucket.rolling += cost
             if not bucket.warned and self._on_warning is not None:
-                used = bucket.own + bucket.live_foreign         # _used(bucket), inlined
+                used = bucket.own + bucket.live_foreign         # bucket.used(), inlined
                 if bucket.server > used:
                     used = bucket.server
                 limit = bucket.spec.limit
@@ -411,58 +229,10 @@ class WeightLimiter:
         latest = now if self._banned_until <= now else self._banned_until
         buckets = self._buckets
         for name, cost in costs.items():
-            at = self._bucket_ready_at(buckets[name], cost, priority, now)
+            at = buckets[name].ready_at(cost, priority, now)
             if at > latest:
                 latest = at
         return None if latest <= now else latest
-
-    def _bucket_ready_at(self, bucket: _Bucket, cost: int, priority: Priority,
-                         now: float) -> float:
-        """``now`` if ``cost`` fits in ``bucket`` now, else the earliest exchange time worth
-        re-checking (a pause's end, the next window, the rolling cap's release). Rolls the
-        bucket to ``now`` first.
-
-        Runs on every call: the roll is skipped when it would change nothing, and no builtin
-        ``max`` / ``min`` on the common path (the arithmetic is the same)."""
-        length = bucket.spec.interval_s
-        log = bucket.log
-        if math.floor(now / length) != bucket.window or (log and log[0][0] <= now - length):
-            self._roll(bucket, now)
-        if bucket.paused_until > now:
-            return bucket.paused_until
-        if cost == 0:
-            return now
-        budget = bucket.budget
-        room = budget
-        if bucket.live_foreign or bucket.foreign_seen:
-            room = budget - self._reserve(bucket, now, priority)
-        own = bucket.own + cost
-        if own > room or bucket.server + cost > budget:
-            return bucket.next_start
-        ready = now
-        s = self._settings
-        if bucket.spec.paced and priority is not _CRITICAL:
-            start = bucket.window_start
-            if (now - start) / length >= 1 - s.end_guard:
-                return bucket.next_start
-            share = s.low_share if priority is _LOW else 1.0
-            needed = own / (room * share) - s.pace_lead
-            if needed > 1 - s.end_guard:
-                return bucket.next_start
-            if needed > 0.0:
-                start += needed * length
-            if start > ready:
-                ready = start
-        elif priority is _LOW and own > room * s.low_share:
-            return bucket.next_start
-        if bucket.rolling + cost > room:
-            excess = bucket.rolling + cost - room
-            for at, spent in bucket.log:
-                excess -= spent
-                if excess <= 0:
-                    ready = max(ready, at + length)
-                    break
-        return ready
 
     def _deferred(self, costs: Mapping[str, int], priority: Priority, now: float) -> bool:
         """True if one of the buckets cannot take ``costs`` before its next window starts
@@ -470,7 +240,7 @@ class WeightLimiter:
         for name, cost in costs.items():
             bucket = self._buckets[name]
             next_window = bucket.start(bucket.window + 1)
-            if self._bucket_ready_at(bucket, cost, priority, now) >= next_window:
+            if bucket.ready_at(cost, priority, now) >= next_window:
                 return True
         return False
 

@@ -1,0 +1,289 @@
+"""One bucket's fixed-window accounting and admission arithmetic (SPEC §7.1).
+
+A bucket (``BucketSpec``: a limit per window of ``interval_s`` seconds of *exchange* time; window
+k is ``[k·W, (k+1)·W)``) admits a cost only if all of these hold, so no arrival pattern can push
+the admitted cost of any window — clock-aligned or rolling — over the limit:
+
+* **budget** ``B = limit × (1 − headroom)``: the last ``headroom`` is never used;
+* **rolling cap**: own cost admitted in ``(t − W, t]`` plus the request ≤ ``B − reserve``;
+* **pacing** (paced buckets): own cost admitted in the current window ≤
+  ``(B − reserve) × min(1, f + pace_lead)`` at fraction ``f`` of the window, and nothing new in
+  its last ``end_guard`` — so the budget is spread over the window instead of spent in its
+  first milliseconds, and nothing lands in the next window by latency;
+* **priority shares**: ``CRITICAL`` ignores pacing (not the caps), ``LOW`` gets at most
+  ``low_share``;
+* **pause**: nothing while a 429's ``Retry-After`` lasts (``paused_until``).
+
+``reserve`` is room kept for other processes on the same IP, visible only in the exchange's
+counters (``Bucket.record``, fed by each response's header value with the request's cost and
+send time). Once a window is over, ordering its responses by header value attributes every
+header delta to our own requests or to someone else, which gives the foreign cost of that window
+exactly (for everything counted up to our last response). The reserve is the larger of the last
+two windows' foreign cost (plus ``foreign_margin``), raised live when a header shows more than
+our own admitted cost can explain. A header above our own count for a request sent within
+``straddle_s`` of the window's start is not taken as foreign use: the exchange probably counted
+that request in the previous window (the *straddle rule*, see ``Bucket.record``).
+
+Everything here is arithmetic over one bucket's state at a given exchange time: no clock, no
+queue, no timer (those are ``WeightLimiter``'s, in ``limiter.py``). ``ready_at`` and ``record``
+run on every request and response: keep them free of extra calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class Priority(IntEnum):
+    CRITICAL = 0
+    NORMAL = 1
+    LOW = 2
+
+
+# For the per-call paths: ``EnumType`` has a ``__getattr__``, which makes every ``Priority.X``
+# lookup on the class take the slow attribute path (~0.1 µs each).
+_CRITICAL, _LOW = Priority.CRITICAL, Priority.LOW
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    name: str
+    limit: int
+    interval_s: float
+    paced: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterSettings:
+    """Shares are fractions of a window's budget or length; times are seconds.
+
+    * ``headroom``: share of each limit never used.
+    * ``low_share``: most of a window's budget that ``LOW`` may use.
+    * ``pace_lead``: share of the budget available ahead of the pace at any moment.
+    * ``end_guard``: last share of a paced window in which nothing new is admitted.
+    * ``foreign_margin``: extra kept on top of the co-tenant estimate.
+    * ``max_reserve``: most of the budget ever reserved for co-tenants.
+    * ``warning_threshold``: use at which ``on_warning`` fires, once per window.
+    * ``straddle_s``: how long after a window's start a header above our own count is taken
+      for the previous window's (the uncertainty of our estimate of exchange time).
+    """
+
+    headroom: float = 0.02
+    low_share: float = 0.8
+    pace_lead: float = 0.1
+    end_guard: float = 0.05
+    foreign_margin: float = 0.1
+    max_reserve: float = 0.9
+    warning_threshold: float = 0.8
+    straddle_s: float = 0.1
+
+
+@dataclass(slots=True)
+class Bucket:
+    """The state of one bucket: its current window's counts, the rolling log of own admissions,
+    a 429 pause and the co-tenant estimate. All times are seconds of exchange time.
+
+    Raises ``ValueError`` if ``spec.limit`` leaves no budget after ``settings.headroom``.
+    The limiter spends admitted cost directly on ``own``, ``log`` and ``rolling`` (its
+    ``_admit``, on the hot path) and pauses it through ``paused_until``."""
+
+    spec: BucketSpec
+    settings: LimiterSettings
+    budget: int = field(init=False)
+    window: int = -1
+    #: ``start(window)`` and ``start(window + 1)``, kept by ``roll`` (read on every call).
+    window_start: float = 0.0
+    next_start: float = 0.0
+    own: int = 0
+    server: int = 0
+    warned: bool = False
+    log: deque[tuple[float, int]] = field(default_factory=deque)
+    rolling: int = 0
+    paused_until: float = 0.0
+    responses: list[tuple[int, int, float]] = field(default_factory=list)
+    foreign_history: deque[float] = field(default_factory=lambda: deque(maxlen=2))
+    live_foreign: int = 0
+    straddled: int = 0                 # headers set aside by the straddle rule, ever
+    #: ``any(foreign_history)`` and ``max(foreign_history, default=0.0)``, kept by ``roll``.
+    foreign_seen: bool = False
+    foreign_estimate: float = 0.0
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        self.budget = math.floor(spec.limit * (1 - self.settings.headroom))
+        if self.budget <= 0:
+            raise ValueError(f"bucket {spec.name}: limit {spec.limit} leaves no budget")
+        self.window_start = self.start(self.window)
+        self.next_start = self.start(self.window + 1)
+
+    def index(self, now: float) -> int:
+        return math.floor(now / self.spec.interval_s)
+
+    def start(self, window: int) -> float:
+        return window * self.spec.interval_s
+
+    # ------------------------------------------------------------------ window edges
+    def used(self) -> int:
+        """The count in the current window as we see it: max of own (plus live foreign) and
+        the exchange's."""
+        return max(self.own + self.live_foreign, self.server)
+
+    def roll(self, now: float) -> None:
+        """Move to the window holding ``now`` (closing the co-tenant figure of the one that
+        ended, decaying it over windows with no traffic) and drop log entries older than one
+        window length."""
+        index = self.index(now)
+        if index != self.window:
+            if self.window >= 0:
+                self.foreign_history.append(self.foreign_of_window())
+                skipped = index - self.window - 1        # windows with no traffic at all
+                last = self.foreign_history[-1]
+                for n in range(max(1, skipped - 1), skipped + 1):
+                    self.foreign_history.append(last / 2**n)
+            self.window = index
+            self.window_start = self.start(index)
+            self.next_start = self.start(index + 1)
+            self.foreign_seen = any(self.foreign_history)
+            self.foreign_estimate = max(self.foreign_history, default=0.0)
+            self.own = 0
+            self.server = 0
+            self.warned = False
+            self.responses = []
+            self.live_foreign = 0
+        horizon = now - self.spec.interval_s
+        while self.log and self.log[0][0] <= horizon:
+            self.rolling -= self.log.popleft()[1]
+
+    # ------------------------------------------------------------------ co-tenants
+    def foreign_of_window(self) -> float:
+        """Foreign cost of the window just over, attributed from header values, scaled to
+        the whole window from where our last response was counted.
+
+        Responses are taken in the order the exchange counted them, i.e. by header value;
+        among equal values (a refused or zero-cost response beside the request that set the
+        value) the costlier comes first, so our own cost is credited before the value is
+        compared and a tie never shows up as foreign use."""
+        if not self.responses:
+            # Nothing seen in that window: keep half of the last estimate, so a co-tenant
+            # that went quiet stops costing us room within a few windows.
+            return self.foreign_history[-1] / 2 if self.foreign_history else 0.0
+        own_before = 0
+        foreign = 0
+        last_at = self.start(self.window)
+        for used, cost, sent_at in sorted(self.responses, key=lambda r: (r[0], -r[1])):
+            own_before += cost
+            foreign = max(foreign, used - own_before)
+            last_at = max(last_at, sent_at)
+        fraction = (last_at - self.start(self.window)) / self.spec.interval_s
+        return min(foreign / max(fraction, 0.5), float(self.spec.limit))
+
+    def reserve(self, now: float, priority: Priority = Priority.NORMAL) -> int:
+        """Room kept for other users of the bucket. CRITICAL calls reserve only what the
+        exchange has shown them using; the reserve never exceeds ``max_reserve`` of the budget,
+        so a greedy co-tenant cannot starve us completely."""
+        live_foreign = self.live_foreign
+        if not live_foreign and not self.foreign_seen:
+            return 0
+        if priority is _CRITICAL:
+            return min(live_foreign, self.budget - 1)
+        # With a co-tenant this runs on every call: the max() / min() below are spelt out
+        # (each keeps the first of equal values, as the builtins do).
+        estimate = self.foreign_estimate
+        wanted = estimate * (1 + self.settings.foreign_margin)      # planned
+        left = 1 - (now - self.window_start) / self.spec.interval_s
+        live = live_foreign + estimate * (left if left > 0.0 else 0.0)
+        if live > wanted:
+            wanted = live
+        if live_foreign > wanted:
+            wanted = live_foreign
+        cap = self.budget * self.settings.max_reserve
+        if live_foreign > cap:
+            cap = live_foreign
+        return math.ceil(cap if cap < wanted else wanted)
+
+    def record(self, used: int, cost: int, sent_at: float, now: float) -> bool:
+        """Take one response's counter (the exchange's used value, this request included) for
+        a request of ``cost`` admitted at ``sent_at``, at exchange time ``now``. True if it
+        raised the live co-tenant estimate (so waiters must be re-checked).
+
+        Values that cannot be placed in the current window are set aside:
+
+        * the request was sent in an earlier window (by our clock): the value belongs to that
+          window or to this one, we cannot tell;
+        * *straddle rule*: the request was sent less than ``straddle_s`` after this window's
+          start and the value exceeds everything we admitted in this window. Our exchange time
+          is only known to within the time-sync error, so the exchange probably counted the
+          request in the previous window, and the value is that window's total. Taken at face
+          value it would be read as foreign use: the whole excess reserved now, and again in
+          the next windows' co-tenant estimate. The cost of setting it aside: a co-tenant's
+          burst in the first ``straddle_s`` of a window is seen only from the next response
+          sent after that (the estimate of past windows still reserves room for it).
+        """
+        interval = self.spec.interval_s
+        log = self.log
+        if math.floor(now / interval) != self.window or (log and log[0][0] <= now - interval):
+            self.roll(now)
+        if math.floor(sent_at / interval) != self.window:
+            return False
+        if used > self.own and sent_at - self.window_start < self.settings.straddle_s:
+            self.straddled += 1
+            return False
+        if used > self.server:
+            self.server = used
+        self.responses.append((used, cost, sent_at))
+        excess = used - self.own
+        if excess > self.live_foreign:
+            self.live_foreign = excess
+            return True
+        return False
+
+    # ------------------------------------------------------------------ admission
+    def ready_at(self, cost: int, priority: Priority, now: float) -> float:
+        """``now`` if ``cost`` fits now, else the earliest exchange time worth re-checking (a
+        pause's end, the next window, the pace, the rolling cap's release). Rolls the bucket to
+        ``now`` first.
+
+        Runs on every call: the roll is skipped when it would change nothing, and no builtin
+        ``max`` / ``min`` on the common path (the arithmetic is the same)."""
+        length = self.spec.interval_s
+        log = self.log
+        if math.floor(now / length) != self.window or (log and log[0][0] <= now - length):
+            self.roll(now)
+        if self.paused_until > now:
+            return self.paused_until
+        if cost == 0:
+            return now
+        budget = self.budget
+        room = budget
+        if self.live_foreign or self.foreign_seen:
+            room = budget - self.reserve(now, priority)
+        own = self.own + cost
+        if own > room or self.server + cost > budget:
+            return self.next_start
+        ready = now
+        s = self.settings
+        if self.spec.paced and priority is not _CRITICAL:
+            start = self.window_start
+            if (now - start) / length >= 1 - s.end_guard:          # end guard
+                return self.next_start
+            share = s.low_share if priority is _LOW else 1.0
+            needed = own / (room * share) - s.pace_lead            # pacing
+            if needed > 1 - s.end_guard:
+                return self.next_start
+            if needed > 0.0:
+                start += needed * length
+            if start > ready:
+                ready = start
+        elif priority is _LOW and own > room * s.low_share:
+            return self.next_start
+        if self.rolling + cost > room:                              # rolling cap
+            excess = self.rolling + cost - room
+            for at, spent in log:
+                excess -= spent
+                if excess <= 0:
+                    ready = max(ready, at + length)
+                    break
+        return ready
