@@ -19,24 +19,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lib.report import RESULTS_DIR, machine, save
+from structlog.contextvars import bound_contextvars
 
-from structlog.contextvars import bound_contextvars  # noqa: E402
-
-from app.observability.audit import AuditEvent  # noqa: E402
-from app.observability.logging import configure_logging  # noqa: E402
-from app.observability.writer import WriterStats  # noqa: E402
+from app.observability.audit import AuditEvent
+from app.observability.logging import configure_logging
+from app.observability.writer import WriterStats
 
 TARGET_LAG_P99_S = 0.005
 
@@ -107,8 +101,7 @@ def main() -> int:
     print(f"target: lag p99 < 5 ms and every event on disk: {'met' if met else 'NOT met'}")
     result = {
         "bench": "audit", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine(),
         "events": events, "tasks": tasks, "emit_s": round(emit_s, 4),
         "lag_ms": {"p50": round(p50 * 1e3, 3), "p99": round(p99 * 1e3, 3),
                    "max": round(max(burst) * 1e3, 3), "samples": len(burst),
@@ -117,10 +110,7 @@ def main() -> int:
         "written": stats.written, "dropped": stats.dropped,
         "target_lag_p99_ms": TARGET_LAG_P99_S * 1e3, "met": met,
     }
-    out = ROOT / "bench" / "results" / "audit.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {save(RESULTS_DIR / 'audit.json', result)}")
     return 0 if met else 1
 
 

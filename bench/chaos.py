@@ -44,17 +44,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import io
-import json
-import os
-import platform
-import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -62,21 +56,18 @@ from typing import Any
 
 import aiohttp
 import orjson
+from lib.report import RESULTS_DIR, machine, save
+from lib.simproc import Admin, duplicates, sim_toml, simulator
+from lib.workload import MARKETS, TTL_S, make_signals
 
-SCRIPT = Path(__file__).resolve()
-ROOT = SCRIPT.parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from app import factory
+from app.config import Settings, load_settings
+from app.daemon import Daemon
+from app.domain import SignalState
+from app.execution.settings import ExecutorSettings
 
-from app.config import Settings, load_settings  # noqa: E402
-from app.daemon import Daemon  # noqa: E402
-from app.domain import SignalState  # noqa: E402
-from app.execution.settings import ExecutorSettings  # noqa: E402
-from bench._simproc import simulator as sim_process  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results" / "chaos.json"
+RESULTS = RESULTS_DIR / "chaos.json"
 SEED = 20260707
-TTL_S = 600
 POLICIES = ("execd", "blind-retry")
 #: Simulator limits: small windows, so the daemon's limiter paces the run.
 SIM_LIMITS = {"request_weight": 400, "request_weight_interval_s": 2,
@@ -89,67 +80,7 @@ DAEMON = {"exchange.request_timeout_s": 1.0, "execution.resolve_window_s": 4.0,
           "retry.initial_delay": 0.05, "retry.max_delay": 1.0, "retry.jitter": 0.02}
 
 
-@dataclass(frozen=True, slots=True)
-class Market:
-    qty: str
-    mark: str
-    tick: str
-
-    def bracket(self, long: bool) -> tuple[str, str]:
-        """(stop_loss, take_profit) 10 % either side of the (frozen) mark, on the tick grid."""
-        mark, tick = Decimal(self.mark), Decimal(self.tick)
-        below = (mark * Decimal("0.9") / tick).to_integral_value() * tick
-        above = (mark * Decimal("1.1") / tick).to_integral_value() * tick
-        return (str(below), str(above)) if long else (str(above), str(below))
-
-
-#: Initial marks and ticks of config/sim.toml; the bench freezes the marks (volatility 0).
-MARKETS = {"BTCUSDT": Market("0.002", "65000.00", "0.10"),
-           "ETHUSDT": Market("0.050", "3200.00", "0.01"),
-           "SOLUSDT": Market("1", "150.0000", "0.0100"),
-           "BNBUSDT": Market("0.20", "600.000", "0.010"),
-           "XRPUSDT": Market("20.0", "0.6000", "0.0001")}
-
-
-# ---------------------------------------------------------------------------- workload
-def make_signals(n: int, seed: int = SEED, *, prefix: str = "chaos") -> list[dict[str, Any]]:
-    """``n`` signal bodies: interleaved per-symbol episodes (module docstring)."""
-    rng = random.Random(seed)
-    queues: dict[str, list[dict[str, Any]]] = {s: [] for s in MARKETS}
-    out: list[dict[str, Any]] = []
-    while len(out) < n:
-        symbol = rng.choice(sorted(MARKETS))
-        if not queues[symbol]:
-            queues[symbol] = episode(rng, symbol)
-        body = queues[symbol].pop(0)
-        out.append({"id": f"{prefix}-{len(out):05d}", **body, "ttl_s": TTL_S})
-    return out
-
-
-def episode(rng: random.Random, symbol: str) -> list[dict[str, Any]]:
-    market = MARKETS[symbol]
-    long = rng.random() < 0.5
-    bodies: list[dict[str, Any]] = []
-    entries = rng.randint(1, 3)
-    for _ in range(entries):
-        body: dict[str, Any] = {"symbol": symbol, "type": "LONG_ENTRY" if long else "SHORT_ENTRY",
-                                "quantity": market.qty}
-        draw = rng.random()
-        sl, tp = market.bracket(long)
-        if draw < 0.40:
-            body |= {"stop_loss": sl, "take_profit": tp}
-        elif draw < 0.55:
-            body["stop_loss"] = sl
-        if rng.random() < 0.10:
-            body["leverage"] = 10
-        bodies.append(body)
-    close: dict[str, Any] = {"symbol": symbol, "type": "CLOSE_LONG" if long else "CLOSE_SHORT"}
-    if rng.random() < 0.15:
-        close["quantity"] = str(Decimal(market.qty) * entries)
-    bodies.append(close)
-    return bodies
-
-
+# ---------------------------------------------------------------------------- faults
 def fault_plan(seed: int, *, outage_start_s: float, outage_s: float) -> dict[str, Any]:
     """Every fault kind of SPEC §10 on the placement endpoints, the not-visibility kinds on the
     queries, and one outage (module docstring)."""
@@ -179,48 +110,6 @@ def fault_plan(seed: int, *, outage_start_s: float, outage_s: float) -> dict[str
             "outages": [{"start_s": outage_start_s, "duration_s": outage_s}]}
 
 
-# ---------------------------------------------------------------------------- the simulator
-def sim_toml(limits: dict[str, int]) -> str:
-    lines = ["[limits]", *(f"{k} = {v}" for k, v in limits.items()),
-             "", "[market]", "volatility_per_minute = 0", "tick_interval_s = 0", ""]
-    return "\n".join(lines)
-
-
-def simulator(workdir: Path, limits: dict[str, int] | None = None
-              ) -> contextlib.AbstractAsyncContextManager[str]:
-    """``python -m app sim`` with ``limits`` (default SIM_LIMITS); yields its base URL."""
-    return sim_process(workdir, sim_toml(SIM_LIMITS if limits is None else limits))
-
-
-class Admin:
-    """The simulator's ``/_sim/`` admin API."""
-
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
-        self.session, self.base = session, base
-
-    async def get(self, path: str) -> Any:
-        async with self.session.get(f"{self.base}/_sim/{path}") as resp:
-            return orjson.loads(await resp.read())
-
-    async def post(self, path: str, body: object) -> Any:
-        async with self.session.post(f"{self.base}/_sim/{path}",
-                                     data=orjson.dumps(body)) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"/_sim/{path}: HTTP {resp.status}: {await resp.text()}")
-            return orjson.loads(await resp.read())
-
-
-def duplicates(orders: list[dict[str, Any]]) -> dict[str, int]:
-    """Client ids with more than one accepted order (``triggered`` rows excluded) → count."""
-    counts = collections.Counter(r["client_id"] for r in orders if r["kind"] != "triggered")
-    return {cid: n for cid, n in counts.items() if n > 1}
-
-
-def machine() -> dict[str, Any]:
-    return {"cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "aiohttp": aiohttp.__version__}
-
-
 # ---------------------------------------------------------------------------- one policy
 def daemon_settings(workdir: Path) -> Settings:
     overrides: dict[str, object] = {
@@ -230,7 +119,7 @@ def daemon_settings(workdir: Path) -> Settings:
 
 
 def executor_settings(policy: str, settings: Settings) -> ExecutorSettings:
-    base = ExecutorSettings.from_config(settings.execution)
+    base = factory.executor_settings(settings.execution)
     if policy == "blind-retry":
         return dataclasses.replace(base, unknown_outcome_protocol=False)
     return base
@@ -286,7 +175,7 @@ async def run_policy(policy: str, signals: list[dict[str, Any]], plan: dict[str,
     """One policy against a fresh simulator and journal; its row of the table."""
     pdir = workdir / policy
     settings = daemon_settings(pdir)
-    async with simulator(pdir) as base, aiohttp.ClientSession() as session:
+    async with simulator(pdir, sim_toml(SIM_LIMITS)) as base, aiohttp.ClientSession() as session:
         admin = Admin(session, base)
         async with Daemon(settings, exchange_url=base, out=io.StringIO(),
                           executor_settings=executor_settings(policy, settings)) as daemon:
@@ -355,7 +244,7 @@ def run(n: int, *, seed: int = SEED, policies: tuple[str, ...] = POLICIES, short
     the journals, audit logs and simulator logs, left in place (default: a temporary one)."""
     plan = fault_plan(seed, outage_start_s=4.0 if short else 15.0,
                       outage_s=2.0 if short else 3.0)
-    signals = make_signals(n, seed)
+    signals = make_signals(n, seed, prefix="chaos")
     if keep is not None:
         return asyncio.run(measure(signals, plan, list(policies), keep,
                                    timeout_s=timeout_s)), plan
@@ -441,20 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     if execd is not None:
         print(f"target (execd: 0 duplicate client ids, 0 lost, 0 x 418): "
               f"{'met' if ok else 'NOT met'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    written = save(Path(args.out), {
         "bench": "chaos", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(aiohttp=aiohttp.__version__),
         "parameters": {"signals": args.signals, "symbols": sorted(MARKETS), "seed": args.seed,
                        "ttl_s": TTL_S, "sim_limits": SIM_LIMITS, "daemon": DAEMON,
                        "fault_plan": plan, "short": args.short, "timeout_s": args.timeout},
         "targets": {"execd": {"duplicate_client_ids": 0, "lost": 0, "418": 0}},
         "met": ok, "duration_s": round(time.time() - began, 1),
         "table": report, "results": rows,
-    }, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} "
-          f"({time.time() - began:.0f} s)")
+    })
+    print(f"wrote {written} ({time.time() - began:.0f} s)")
     return 0 if ok or execd is None else 1
 
 

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import os
 import random
 import sys
@@ -48,20 +47,14 @@ from typing import Any, TextIO
 
 import aiohttp
 import orjson
+from lib.report import RESULTS_DIR, ROOT, machine, save
+from lib.simproc import Admin, duplicates, free_port, sim_toml, simulator
+from lib.workload import MARKETS, make_signals
 
-SCRIPT = Path(__file__).resolve()
-ROOT = SCRIPT.parent.parent
-for _path in (ROOT, SCRIPT.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from app.domain import SignalState
+from app.journal import Journal
 
-import chaos  # noqa: E402
-
-from app.domain import SignalState  # noqa: E402
-from app.journal import Journal  # noqa: E402
-from bench._simproc import free_port  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results" / "crash.json"
+RESULTS = RESULTS_DIR / "crash.json"
 SEED = 20260808
 TOKEN = "crash-bench-token"
 READY_TIMEOUT_S = 60.0
@@ -311,11 +304,11 @@ async def crash_run(rounds: int, *, seed: int = SEED, rate: float = 40.0,
                     timeout_s: float = 300.0, workdir: Path) -> dict[str, Any]:
     """The whole bench in ``workdir``; the result object (without the table)."""
     rng = random.Random(seed)
-    bodies = chaos.make_signals(20_000, seed, prefix="crash")
+    bodies = make_signals(20_000, seed, prefix="crash")
     port = free_port()
     env = daemon_env(workdir, port)
     began = time.monotonic()
-    async with chaos.simulator(workdir / "sim", SIM_LIMITS) as base, \
+    async with simulator(workdir / "sim", sim_toml(SIM_LIMITS)) as base, \
             aiohttp.ClientSession() as admin_session, \
             aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"},
                                   timeout=aiohttp.ClientTimeout(total=30),
@@ -323,7 +316,7 @@ async def crash_run(rounds: int, *, seed: int = SEED, rate: float = 40.0,
                                   # stale keep-alive connection to a daemon killed before
                                   connector=aiohttp.TCPConnector(force_close=True)) as session, \
             open_log(workdir / "daemon.stderr") as stderr:
-        admin = chaos.Admin(admin_session, base)
+        admin = Admin(admin_session, base)
         await admin.post("faults", fault_plan(seed))
         client = Client(session, f"http://127.0.0.1:{port}/v1/signals", bodies)
         history = []
@@ -343,7 +336,7 @@ async def crash_run(rounds: int, *, seed: int = SEED, rate: float = 40.0,
     missing = sorted(i for i in client.acked if i not in states)
     stuck = sorted(i for i in client.acked if i in states and states[i] not in terminal)
     unknown_left = sorted(client.unknown)
-    dup = chaos.duplicates(orders)
+    dup = duplicates(orders)
     return {
         "rounds": rounds,
         "kills": collections.Counter(r.kill_at for r in history),
@@ -428,24 +421,21 @@ def main(argv: list[str] | None = None) -> int:
                                        timeout_s=args.timeout, workdir=Path(tmp)))
     report = table(result)
     print(f"crash bench: {args.rounds} x kill -9 at random moments (seed {args.seed}), "
-          f"signals POSTed at {args.rate:g}/s over {len(chaos.MARKETS)} symbols; one simulator "
+          f"signals POSTed at {args.rate:g}/s over {len(MARKETS)} symbols; one simulator "
           "process (10-40 ms latency, 2 % unknown outcomes on placements) outlives the daemons")
     print(report)
     ok = all(met(result))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    written = save(Path(args.out), {
         "bench": "crash", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": chaos.machine(),
+        "machine": machine(aiohttp=aiohttp.__version__),
         "parameters": {"rounds": args.rounds, "rate": args.rate, "seed": args.seed,
                        "sim_limits": SIM_LIMITS, "daemon_env": DAEMON_ENV,
                        "fault_plan": fault_plan(args.seed), "short": args.short,
                        "timeout_s": args.timeout},
         "targets": {"lost": 0, "duplicate_client_ids": 0}, "met": ok,
         "duration_s": round(time.time() - began, 1), "table": report, "result": result,
-    }, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} "
-          f"({time.time() - began:.0f} s)")
+    })
+    print(f"wrote {written} ({time.time() - began:.0f} s)")
     return 0 if ok else 1
 
 

@@ -34,38 +34,28 @@ import argparse
 import asyncio
 import cProfile
 import io
-import json
 import os
-import platform
 import pstats
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import structlog
+from lib.report import RESULTS_DIR, machine, save
+from lib.simproc import UNTHROTTLED, simulator
+from lib.workload import QUANTITIES, brackets
 
-import structlog  # noqa: E402
-
-from app.config import load_settings  # noqa: E402
-from app.daemon import Daemon  # noqa: E402
-from app.execution.reconcile import DECISION_STARTED  # noqa: E402
-from bench._simproc import simulator  # noqa: E402
+from app.config import load_settings
+from app.daemon import Daemon
+from app.execution.sender import DECISION_STARTED
 
 TARGET_DECISION_P99_S = 0.002     # at 50 signals/s
 TARGET_LAG_P99_S = 0.005          # at 100 signals/s
 PROBE_S = 0.001
-#: Quantities a little above each default symbol's minimum notional.
-QUANTITIES = {"BTCUSDT": "0.002", "ETHUSDT": "0.01", "SOLUSDT": "1", "BNBUSDT": "0.02",
-              "XRPUSDT": "10"}
-SIM_CONFIG = ("[limits]\nrequest_weight = 100000000\norders_short = 100000000\n"
-              "orders_long = 100000000\n[account]\nbalance = \"1000000000\"\n"
-              "[market]\nvolatility_per_minute = 0\n")
 
 
 def make_daemon(workdir: Path, url: str, **overrides: object) -> Daemon:
@@ -75,18 +65,6 @@ def make_daemon(workdir: Path, url: str, **overrides: object) -> Daemon:
             "api.port": 0}
     settings = load_settings(overrides=base | overrides, environ={})
     return Daemon(settings, exchange_url=url, out=io.StringIO())
-
-
-async def brackets(daemon: Daemon) -> dict[str, tuple[str, str]]:
-    """Per symbol, (take_profit, stop_loss) 2 % either side of the (frozen) mark."""
-    assert daemon.gateway is not None
-    out = {}
-    for symbol in QUANTITIES:
-        rules = daemon.gateway.symbols.get(symbol)
-        mark = await daemon.gateway.mark_price(symbol)
-        out[symbol] = (str(rules.quantize_price(mark * Decimal("1.02"))),
-                       str(rules.quantize_price(mark * Decimal("0.98"))))
-    return out
 
 
 def bodies(prices: dict[str, tuple[str, str]]) -> Any:
@@ -137,10 +115,11 @@ def time_parts(daemon: Daemon, parts: dict[str, list[float]]) -> None:
 
         setattr(owner, name, wrapper)
 
+    assert daemon.exchange is not None
     for name in JOURNAL_CALLS:
         timed(daemon.journal, name)
     for name in EXCHANGE_CALLS:
-        timed(daemon.gateway, name)
+        timed(daemon.exchange.gateway, name)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -177,7 +156,7 @@ async def run_rate(url: str, rate: int, seconds: float, profiler: cProfile.Profi
         daemon = make_daemon(workdir, url)
         async with daemon:
             assert daemon.service is not None
-            assert daemon.executor is not None
+            assert daemon.execution is not None
             assert daemon.bus is not None
             serving = asyncio.create_task(daemon.serve())
             service = daemon.service
@@ -186,7 +165,7 @@ async def run_rate(url: str, rate: int, seconds: float, profiler: cProfile.Profi
                 await service.accept(next(feed), source="bench", wait=True)
             assert await daemon.bus.drain(30), "warm-up did not drain"
 
-            sender = daemon.executor.sender
+            sender = daemon.execution.sender
             observe = sender.on_decision
             assert observe is not None
 
@@ -303,7 +282,7 @@ async def main() -> int:
     profiler = cProfile.Profile() if args.profile else None
     runs: list[RateRun] = []
     with tempfile.TemporaryDirectory() as tmp:
-        async with simulator(Path(tmp) / "sim", SIM_CONFIG) as url:
+        async with simulator(Path(tmp) / "sim", UNTHROTTLED) as url:
             for rate in rates:
                 runs.append(await run_rate(url, rate, args.seconds, profiler, args.keep,
                                           args.breakdown))
@@ -333,8 +312,7 @@ async def main() -> int:
         print(text.getvalue())
     result = {
         "bench": "latency", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine(),
         "seconds_per_rate": args.seconds, "intake": "daemon.service.accept (in-process)",
         "profiled": args.profile,
         "targets": {"decision_p99_ms_at_50": TARGET_DECISION_P99_S * 1e3,
@@ -342,10 +320,7 @@ async def main() -> int:
         "runs": [summary(run) for run in runs],
         "met": all(verdict(run) != "NOT met" for run in runs),
     }
-    out = ROOT / "bench" / "results" / "latency.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {save(RESULTS_DIR / 'latency.json', result)}")
     return 0 if result["met"] else 1
 
 

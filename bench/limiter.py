@@ -31,8 +31,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
-import platform
 import random
 import re
 import subprocess
@@ -46,22 +44,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from lib.report import RESULTS_DIR, ROOT, machine, save
+from lib.simproc import simulator
 from yarl import URL
 
-SCRIPT = Path(__file__).resolve()
-ROOT = SCRIPT.parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from app.clock import SystemClock  # noqa: E402
-from app.resilience.limiter import (  # noqa: E402
+from app.clock import SystemClock
+from app.resilience.limiter import (
     BucketSpec,
     LimiterSettings,
     Priority,
     WeightLimiter,
 )
-from bench._simproc import simulator  # noqa: E402
 
+SCRIPT = Path(__file__).resolve()
 LIMIT = 300
 WINDOW_S = 5
 SIM_TOML = (f"[limits]\nrequest_weight = {LIMIT}\nrequest_weight_interval_s = {WINDOW_S}\n"
@@ -74,7 +69,7 @@ API_SECRET = b"sim-secret"
 HEADER = f"x-mbx-used-weight-{WINDOW_S}s"
 FOREIGN_WEIGHT = 5
 FOREIGN_PER_WINDOW = 12
-RESULTS = ROOT / "bench" / "results" / "limiter.json"
+RESULTS = RESULTS_DIR / "limiter.json"
 TARGETS = {"alone": "use>=97.5% 0x429 0x418", "shared": "IP>=95% 0x429 both"}
 LATENCY_PLANS: dict[str, dict[str, Any]] = {
     "none": {"seed": SEED, "rules": []},
@@ -591,15 +586,11 @@ def main(args: argparse.Namespace) -> int:
     print(report)
     print("use % = own weight admitted / (L x windows); IP % = IP total (largest header value of "
           "each window); 418 = own (incl. warm-up) + foreign")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    written = save(Path(args.out), {
         "bench": "limiter",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "aiohttp": aiohttp.__version__,
-                    "aiolimiter": aiolimiter_version(),
-                    "limiter_revision": limiter_revision()},
+        "machine": machine(aiohttp=aiohttp.__version__, aiolimiter=aiolimiter_version(),
+                           limiter_revision=limiter_revision()),
         "parameters": {"limit": LIMIT, "window_s": WINDOW_S, "workers": WORKERS,
                        "weights": WEIGHTS, "seed": SEED, "windows": args.windows,
                        "phase": args.phase, "latency": LATENCY_TEXT[args.latency],
@@ -612,8 +603,8 @@ def main(args: argparse.Namespace) -> int:
         "duration_s": round(time.time() - began, 1),
         "table": report,
         "results": rows,
-    }, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out} ({time.time() - began:.0f} s)")
+    })
+    print(f"wrote {written} ({time.time() - began:.0f} s)")
     return 0
 
 

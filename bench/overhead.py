@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,15 +21,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from binance import AsyncClient
+from lib.report import RESULTS_DIR, machine, save
+from lib.simproc import simulator
 
-from binance import AsyncClient  # noqa: E402
-
-from app.clock import SystemClock  # noqa: E402
-from app.exchange.gateway import Gateway, GatewaySettings  # noqa: E402
-from app.observability.logging import configure_logging  # noqa: E402
-from bench._simproc import simulator  # noqa: E402
+from app.clock import SystemClock
+from app.exchange.gateway import Gateway, GatewaySettings
+from app.observability.logging import configure_logging
 
 TARGET = 1.15
 SIM_CONFIG = ("[limits]\nrequest_weight = 10000000\norders_short = 10000000\n"
@@ -107,17 +102,14 @@ async def main() -> int:
     print(f"{'ratio':<26}{ratio:>14.3f}   target ≤ {TARGET} ({verdict})")
     result = {
         "bench": "overhead", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine(),
         "calls": args.calls, "rounds": args.rounds,
         "raw_cpu_us_per_call": round(raw_us, 2), "gateway_cpu_us_per_call": round(gw_us, 2),
         "raw_blocks_us": [round(v * 1e6, 2) for v in raw],
         "gateway_blocks_us": [round(v * 1e6, 2) for v in gw],
         "ratio": round(ratio, 4), "target": TARGET, "met": ratio <= TARGET,
     }
-    out = ROOT / "bench" / "results" / "overhead.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {save(RESULTS_DIR / 'overhead.json', result)}")
     return 0
 
 

@@ -29,37 +29,27 @@ import argparse
 import asyncio
 import gc
 import io
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from lib.report import RESULTS_DIR, machine, save
+from lib.simproc import UNTHROTTLED, simulator
+from lib.workload import QUANTITIES, brackets
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from app.config import load_settings  # noqa: E402
-from app.daemon import Daemon  # noqa: E402
-from bench._simproc import simulator  # noqa: E402
+from app.config import load_settings
+from app.daemon import Daemon
 
 TARGET_GROWTH_MB = 20.0
 CHECKPOINT = 10_000
 ROUND = 10          # signals in which every symbol gets an entry and its close
-#: Quantities a little above each default symbol's minimum notional.
-QUANTITIES = {"BTCUSDT": "0.002", "ETHUSDT": "0.01", "SOLUSDT": "1", "BNBUSDT": "0.02",
-              "XRPUSDT": "10"}
-SIM_CONFIG = ("[limits]\nrequest_weight = 100000000\norders_short = 100000000\n"
-              "orders_long = 100000000\n[account]\nbalance = \"1000000000\"\n"
-              "[market]\nvolatility_per_minute = 0\n")
 #: (entry, close) by cycle: long, then short.
 CYCLE = (("LONG_ENTRY", "CLOSE_LONG"), ("SHORT_ENTRY", "CLOSE_SHORT"))
 
@@ -91,18 +81,6 @@ def bodies(brackets: dict[str, tuple[str, str]], protect_every: int) -> Iterator
                 body["take_profit"], body["stop_loss"] = (up, down) if long else (down, up)
             yield body
         i += 1
-
-
-async def brackets(daemon: Daemon) -> dict[str, tuple[str, str]]:
-    """Per symbol, prices 2 % above and below the (frozen) mark."""
-    assert daemon.gateway is not None
-    out = {}
-    for symbol in QUANTITIES:
-        rules = daemon.gateway.symbols.get(symbol)
-        mark = await daemon.gateway.mark_price(symbol)
-        out[symbol] = (str(rules.quantize_price(mark * Decimal("1.02"))),
-                       str(rules.quantize_price(mark * Decimal("0.98"))))
-    return out
 
 
 async def flat_reset(daemon: Daemon, url: str) -> None:
@@ -188,7 +166,7 @@ async def main() -> int:
         args.signals = 10_000
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        async with simulator(Path(tmp) / "sim", SIM_CONFIG) as url:
+        async with simulator(Path(tmp) / "sim", UNTHROTTLED) as url:
             result = await soak(url, Path(tmp), args)
     load_after = os.getloadavg()[0]
     growth = result["end_mb"] - result["baseline_mb"]
@@ -209,8 +187,7 @@ async def main() -> int:
         print(f"  {line}")
     out_data = {
         "bench": "soak", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine(),
         "signals": args.signals, "warmup_signals": result["warmed"],
         "warmup_s": args.warmup_s, "queue_size": args.queue,
         "max_concurrency": args.concurrency, "protect_every": args.protect_every,
@@ -223,10 +200,7 @@ async def main() -> int:
         "tracemalloc_top10": result["tracemalloc_top10"],
         "target_growth_mb": TARGET_GROWTH_MB, "met": met,
     }
-    out = ROOT / "bench" / "results" / "soak.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(out_data, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {save(RESULTS_DIR / 'soak.json', out_data)}")
     return 0 if met else 1
 
 

@@ -18,10 +18,14 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 def load_bench(name: str) -> ModuleType:
     """A bench script as a module, from its path (bench/ is not a package). Registered in
-    ``sys.modules`` before it runs, as its dataclasses need."""
+    ``sys.modules`` before it runs, as its dataclasses need. ``bench/`` goes on ``sys.path``
+    (last, so it shadows nothing) for the scripts' ``lib.*`` helpers, as running
+    ``python bench/X.py`` puts it there."""
     module_name = f"bench_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
+    if str(BENCH) not in sys.path:
+        sys.path.append(str(BENCH))
     spec = importlib.util.spec_from_file_location(module_name, BENCH / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
@@ -42,7 +46,7 @@ def _clean_structlog() -> Iterator[None]:
 async def test_no_duplicate_and_no_lost_signal_under_faults(tmp_path: Path) -> None:
     """Every signal ends terminal, every client id has one order, and no 418."""
     chaos = load_bench("chaos")
-    signals = chaos.make_signals(300)
+    signals = chaos.make_signals(300, chaos.SEED, prefix="chaos")
     plan = chaos.fault_plan(chaos.SEED, outage_start_s=4.0, outage_s=2.0)
     assert {r["fault"] for r in plan["rules"]} >= {
         "http_500", "disconnected_1001", "throttled_1008", "service_unavailable", "unknown_503",

@@ -1,5 +1,4 @@
-"""The simulator as a separate process for the bench scripts (not a bench itself: the Makefile
-runs ``bench/[!_]*.py``).
+"""The simulator as a separate process for the bench scripts, its configuration and its admin API.
 
 ``async with simulator(workdir, config_text) as base_url:`` writes ``workdir/sim.toml``, starts
 ``python -m app sim`` on a free loopback port with it, waits for its ``listening on`` line, and
@@ -10,6 +9,7 @@ is quoted if it fails to start. Files are written off the event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import signal
@@ -17,8 +17,18 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+import aiohttp
+import orjson
+
+from .report import ROOT
+
+#: Limits far above any bench's load, a balance no run exhausts, frozen marks: nothing but the
+#: daemon sets the pace (latency, soak).
+UNTHROTTLED = ("[limits]\nrequest_weight = 100000000\norders_short = 100000000\n"
+               "orders_long = 100000000\n[account]\nbalance = \"1000000000\"\n"
+               "[market]\nvolatility_per_minute = 0\n")
 
 
 def free_port() -> int:
@@ -58,3 +68,35 @@ async def simulator(workdir: Path, config_text: str) -> AsyncIterator[str]:
                 proc.kill()
                 await proc.wait()
         errlog.close()
+
+
+def sim_toml(limits: dict[str, int]) -> str:
+    """A configuration with these ``[limits]`` and frozen marks (no volatility, no ticks)."""
+    lines = ["[limits]", *(f"{k} = {v}" for k, v in limits.items()),
+             "", "[market]", "volatility_per_minute = 0", "tick_interval_s = 0", ""]
+    return "\n".join(lines)
+
+
+class Admin:
+    """The simulator's ``/_sim/`` admin API."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session, self.base = session, base
+
+    async def get(self, path: str) -> Any:
+        async with self.session.get(f"{self.base}/_sim/{path}") as resp:
+            return orjson.loads(await resp.read())
+
+    async def post(self, path: str, body: object) -> Any:
+        async with self.session.post(f"{self.base}/_sim/{path}",
+                                     data=orjson.dumps(body)) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"/_sim/{path}: HTTP {resp.status}: {await resp.text()}")
+            return orjson.loads(await resp.read())
+
+
+def duplicates(orders: list[dict[str, Any]]) -> dict[str, int]:
+    """Client ids with more than one accepted order in ``/_sim/orders`` (``triggered`` rows
+    excluded) → count."""
+    counts = collections.Counter(r["client_id"] for r in orders if r["kind"] != "triggered")
+    return {cid: n for cid, n in counts.items() if n > 1}

@@ -1,0 +1,28 @@
+"""What every bench writes besides its figures: the machine it ran on and the result file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Where the scripts write their JSON results by default.
+RESULTS_DIR = ROOT / "bench" / "results"
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """Cores, Python and platform, plus ``extra`` (library versions a bench depends on)."""
+    return {"cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), **extra}
+
+
+def save(out: Path, result: Mapping[str, Any]) -> str:
+    """Write ``result`` to ``out`` as indented JSON (creating its directory); the path to
+    print, relative to the repository when it lies inside it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out)
