@@ -44,11 +44,11 @@ from app.observability.logging import AuditLogger, LogHandle, configure_logging
 from app.resilience.breaker import BreakerSettings
 from app.resilience.retry import RetrySettings
 from app.sim import SimServer
-from tests.exchange.conftest import sim_config
-from tests.execution.conftest import Admin, make_signal, setup_for
+from tests.execution.conftest import make_signal, setup_for
 from tests.execution.test_recovery import entry_intent
 from tests.execution.test_ttl import ENTRY, accept, outage
 from tests.execution.test_unprotected import MarketMovesBeforeTheStop, executor_for
+from tests.simulator import Admin, quiet_sim_config
 from tests.test_alerts_e2e import hammer
 from tests.test_alerts_e2e import outage as daemon_outage
 
@@ -135,7 +135,7 @@ class World:
 
 @asynccontextmanager
 async def world(tmp_path: Path, log: AuditLogger) -> AsyncIterator[World]:
-    async with (SimServer(sim_config()) as sim, aiohttp.ClientSession() as session,
+    async with (SimServer(quiet_sim_config()) as sim, aiohttp.ClientSession() as session,
                 started_exchange(sim, log) as exchange):
         gateway, rules = exchange.gateway, exchange.symbols.get
         journal = Journal(tmp_path / "components" / "journal.sqlite3")
@@ -163,7 +163,7 @@ async def breaker_flow(log: AuditLogger) -> None:
     """An outage opens the trade breaker (api_error, breaker_opened), a call while open is
     refused (breaker_rejected), after it probes go through (breaker_half_open, breaker_closed);
     as in tests/exchange/test_gateway.py."""
-    async with SimServer(sim_config()) as sim, aiohttp.ClientSession() as session:
+    async with SimServer(quiet_sim_config()) as sim, aiohttp.ClientSession() as session:
         admin = Admin(session, sim.url)
         async with started_exchange(
                 sim, log, retry=fast_retry(0),
@@ -185,7 +185,7 @@ async def breaker_flow(log: AuditLogger) -> None:
 async def session_reset_flow(log: AuditLogger) -> None:
     """Connections dropped after applying a read: retried (retry_attempt), then the HTTP
     session is replaced (session_reset) before the next call."""
-    async with SimServer(sim_config()) as sim, aiohttp.ClientSession() as session:
+    async with SimServer(quiet_sim_config()) as sim, aiohttp.ClientSession() as session:
         admin = Admin(session, sim.url)
         async with started_exchange(sim, log) as exchange:
             gateway = exchange.gateway
@@ -203,7 +203,7 @@ async def throttling_flow(log: AuditLogger, seen: Collector) -> None:
     (rate_limit_warning); another client on our IP exhausts a window so our call gets a 429
     (rate_limit); then it ignores the 429s until the IP is banned, and our next call meets
     the 418 (ip_banned)."""
-    base = sim_config(request_weight=20, request_weight_interval_s=2, ban_after_429s=3)
+    base = quiet_sim_config(request_weight=20, request_weight_interval_s=2, ban_after_429s=3)
     config = dataclasses.replace(base, ban=dataclasses.replace(base.ban, initial_s=3.0))
     window = 2.0
     async with (SimServer(config) as sim, aiohttp.ClientSession() as other,

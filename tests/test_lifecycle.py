@@ -6,8 +6,6 @@ client id."""
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +15,25 @@ import pytest
 
 from app.domain import SignalState
 from app.journal import Journal
-from app.sim import SimConfig, SimServer
+from app.sim import SimServer
 from tests.daemon_process import DaemonProcess, audit_events, daemon_env, free_port
+from tests.simulator import Admin
 
 TOKEN = "lifecycle-test-token"
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT")
 QTY = {"BTCUSDT": "0.002", "ETHUSDT": "0.050", "SOLUSDT": "1", "BNBUSDT": "0.20"}
 BURST = 160
+#: 15 ms on every request, so orders are in flight when the daemon is stopped or killed.
+LATENCY = {"seed": 1, "rules": [{"endpoint": "*", "fault": "latency", "probability": 1,
+                                 "latency_ms": 15}]}
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    base = SimConfig()
-    config = replace(base, market=replace(base.market, volatility_per_minute=0.0,
-                                          tick_interval_s=0.0))
-    async with SimServer(config) as server, aiohttp.ClientSession() as session:
-        plan = {"seed": 1, "rules": [{"endpoint": "*", "fault": "latency", "probability": 1,
-                                      "latency_ms": 15}]}
-        async with session.post(f"{server.url}/_sim/faults", data=orjson.dumps(plan)) as resp:
-            assert resp.status == 200
-        yield server
+async def sim(sim: SimServer) -> SimServer:
+    """The quiet simulator of tests/conftest.py, with `LATENCY`."""
+    async with aiohttp.ClientSession() as session:
+        await Admin(session, sim.url).post("faults", LATENCY)
+    return sim
 
 
 def body(i: int) -> dict[str, Any]:

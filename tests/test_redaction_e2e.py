@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,12 +24,11 @@ FINAL = ("DONE", "REJECTED", "FAILED", "EXPIRED")
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
+def sim_config() -> SimConfig:
+    """The default market with a frozen mark (it still ticks), and this test's key and secret."""
     base = SimConfig()
-    config = replace(base, credentials=Credentials(API_KEY, API_SECRET),
-                     market=replace(base.market, volatility_per_minute=0.0))
-    async with SimServer(config) as server:
-        yield server
+    return replace(base, credentials=Credentials(API_KEY, API_SECRET),
+                   market=replace(base.market, volatility_per_minute=0.0))
 
 
 @pytest.mark.timeout(180)

@@ -1,5 +1,5 @@
-"""Fixtures: the simulator on a loopback port (real clock) and a started exchange side (gateway,
-limiter, breakers…, built by the daemon's factory) against it."""
+"""Fixtures: a started exchange side (gateway, limiter, breakers…, built by the daemon's
+factory) against the simulator of tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
-import orjson
 import pytest
 import structlog
 
@@ -18,60 +16,7 @@ from app.exchange.gateway import Gateway
 from app.factory import ExchangeParts, ExchangeSetup, open_exchange
 from app.resilience.breaker import BreakerSettings
 from app.resilience.retry import RetrySettings
-from app.sim import SimConfig, SimServer
-
-
-def sim_config(**limits: int) -> SimConfig:
-    base = SimConfig()
-    return replace(base, market=replace(base.market, volatility_per_minute=0.0,
-                                        tick_interval_s=0.0),
-                   limits=replace(base.limits, **limits))
-
-
-@pytest.fixture
-def config() -> SimConfig:
-    return sim_config()
-
-
-@pytest.fixture
-async def sim(config: SimConfig) -> AsyncIterator[SimServer]:
-    async with SimServer(config) as server:
-        yield server
-
-
-class Admin:
-    """The simulator's /_sim/ admin API."""
-
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
-        self.session = session
-        self.base = base
-
-    async def get(self, path: str) -> Any:
-        async with self.session.get(f"{self.base}/_sim/{path}") as resp:
-            return orjson.loads(await resp.read())
-
-    async def post(self, path: str, body: object) -> Any:
-        async with self.session.post(f"{self.base}/_sim/{path}", data=orjson.dumps(body)) as resp:
-            assert resp.status == 200, await resp.text()
-            return orjson.loads(await resp.read())
-
-    async def orders(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """``/_sim/orders``, optionally only one ``kind`` (order, algo, triggered)."""
-        rows: list[dict[str, Any]] = await self.get("orders")
-        return [r for r in rows if kind is None or r["kind"] == kind]
-
-    async def position(self, symbol: str) -> str:
-        """The position amount of ``symbol`` as the simulator shows it ("0" when flat)."""
-        state = await self.get("state")
-        return next((p["positionAmt"] for p in state["positions"] if p["symbol"] == symbol),
-                    "0")
-
-
-@pytest.fixture
-async def admin(sim: SimServer) -> AsyncIterator[Admin]:
-    async with aiohttp.ClientSession() as session:
-        yield Admin(session, sim.url)
-
+from app.sim import SimServer
 
 ExchangeFactory = Callable[..., Awaitable[ExchangeParts]]
 
@@ -87,12 +32,13 @@ def setup_for(url: str, **overrides: Any) -> ExchangeSetup:
 
 @pytest.fixture
 async def make_exchange(sim: SimServer) -> AsyncIterator[ExchangeFactory]:
-    """Start an exchange side against ``sim``; keyword arguments override `ExchangeSetup`."""
+    """Start an exchange side against ``sim``; keyword arguments override `ExchangeSetup`
+    (``breaker`` included: the default recovers after 0.5 s)."""
     async with contextlib.AsyncExitStack() as stack:
         async def factory(**overrides: Any) -> ExchangeParts:
+            fields = {"breaker": BreakerSettings(recovery_timeout=0.5), **overrides}
             return await stack.enter_async_context(open_exchange(
-                setup_for(sim.url, breaker=BreakerSettings(recovery_timeout=0.5), **overrides),
-                SystemClock(), structlog.get_logger()))
+                setup_for(sim.url, **fields), SystemClock(), structlog.get_logger()))
 
         yield factory
 

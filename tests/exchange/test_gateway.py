@@ -16,7 +16,8 @@ from app.factory import ExchangeParts
 from app.resilience.breaker import BreakerSettings, BreakerState
 from app.resilience.retry import RetrySettings
 from app.sim import SimConfig, SimServer
-from tests.exchange.conftest import Admin, ExchangeFactory, sim_config
+from tests.exchange.conftest import ExchangeFactory
+from tests.simulator import Admin, quiet_sim_config
 
 
 async def test_start_configures_limiter_from_rate_limits(exchange: ExchangeParts) -> None:
@@ -108,8 +109,8 @@ async def clear_of_minute_end(exchange: ExchangeParts) -> None:
 
 class TestSmallWindows:
     @pytest.fixture
-    def config(self) -> SimConfig:
-        return sim_config(request_weight=60, request_weight_interval_s=2, ban_after_429s=1)
+    def sim_config(self) -> SimConfig:
+        return quiet_sim_config(request_weight=60, request_weight_interval_s=2, ban_after_429s=1)
 
     async def test_saturating_run_gets_no_429_and_no_418(self, gateway: Gateway,
                                                          admin: Admin) -> None:
@@ -243,8 +244,8 @@ async def test_precision_rejection_refreshes_exchange_info(make_exchange: Exchan
 
 class TestSharedIp:
     @pytest.fixture
-    def config(self) -> SimConfig:
-        return sim_config(request_weight=20, request_weight_interval_s=2, ban_after_429s=5)
+    def sim_config(self) -> SimConfig:
+        return quiet_sim_config(request_weight=20, request_weight_interval_s=2, ban_after_429s=5)
 
     async def test_429_pauses_then_retries_after_retry_after(self, exchange: ExchangeParts,
                                                              admin: Admin, sim: SimServer

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import structlog
 
@@ -22,28 +21,10 @@ from app.factory import ExchangeParts, ExecutionParts, build_execution, open_exc
 from app.intake.validate import parse_signal
 from app.journal import Journal, SignalRecord
 from app.resilience.breaker import BreakerSettings
-from app.sim import SimConfig, SimServer
-from tests.exchange.conftest import Admin, setup_for
-from tests.exchange.conftest import sim_config as quiet_sim_config
+from app.sim import SimServer
+from tests.exchange.conftest import setup_for
 
 _ids = itertools.count(1)
-
-
-@pytest.fixture
-def sim_config() -> SimConfig:
-    return quiet_sim_config()
-
-
-@pytest.fixture
-async def sim(sim_config: SimConfig) -> AsyncIterator[SimServer]:
-    async with SimServer(sim_config) as server:
-        yield server
-
-
-@pytest.fixture
-async def admin(sim: SimServer) -> AsyncIterator[Admin]:
-    async with aiohttp.ClientSession() as session:
-        yield Admin(session, sim.url)
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from app.domain import SignalState
 from app.execution.settings import ExecutorSettings
 from app.factory import ExchangeParts
 from app.journal import Journal
-from tests.execution.conftest import Admin, execution_for, make_signal
+from tests.execution.conftest import execution_for, make_signal
+from tests.simulator import Admin
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 QTY = {"BTCUSDT": "0.002", "ETHUSDT": "0.050", "SOLUSDT": "1"}

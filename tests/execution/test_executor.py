@@ -18,7 +18,8 @@ from app.domain import IntentState, Leg, SignalState
 from app.execution.settings import ExecutorSettings
 from app.factory import ExchangeParts, ExecutionParts, build_execution
 from app.journal import Journal, SignalRecord
-from tests.execution.conftest import Admin, execution_for, make_signal
+from tests.execution.conftest import execution_for, make_signal
+from tests.simulator import Admin
 
 Run = Callable[..., Any]
 

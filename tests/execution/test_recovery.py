@@ -15,7 +15,8 @@ from app.execution.client_ids import client_id
 from app.execution.reconcile import recover
 from app.factory import ExecutionParts
 from app.journal import Journal
-from tests.execution.conftest import Admin, make_signal
+from tests.execution.conftest import make_signal
+from tests.simulator import Admin
 
 
 def entry_intent(signal_id: str, symbol: str, qty: str, state: IntentState) -> Intent:

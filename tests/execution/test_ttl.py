@@ -21,7 +21,8 @@ from app.journal import Journal, SignalRecord
 from app.resilience.breaker import BreakerSettings, BreakerState
 from app.resilience.retry import RetrySettings
 from app.sim import SimServer
-from tests.execution.conftest import Admin, execution_for, make_signal, setup_for
+from tests.execution.conftest import execution_for, make_signal, setup_for
+from tests.simulator import Admin
 
 ENTRY = {"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
          "stop_loss": "60000.0", "take_profit": "70000.0"}

@@ -15,7 +15,8 @@ from app.execution.settings import ExecutorSettings, OnUnprotected
 from app.factory import ExchangeParts
 from app.journal import Journal
 from app.resilience.limiter import Priority
-from tests.execution.conftest import Admin, execution_for, make_signal
+from tests.execution.conftest import execution_for, make_signal
+from tests.simulator import Admin
 
 
 class MarketMovesBeforeTheStop:

@@ -16,15 +16,12 @@ from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.journal import Journal
 from tests.execution.conftest import (  # noqa: F401  (fixtures, re-exported for pytest)
-    admin,
     exchange,
     exec_settings,
     execution,
     executor,
     gateway,
     journal,
-    sim,
-    sim_config,
 )
 
 

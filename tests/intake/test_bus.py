@@ -12,7 +12,7 @@ from app.execution.client_ids import client_id
 from app.intake.bus import QueueFull, SignalBus
 from app.intake.service import Service
 from app.journal import Journal
-from tests.execution.conftest import Admin
+from tests.simulator import Admin
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT")
 QTY = {"BTCUSDT": "0.002", "ETHUSDT": "0.050", "SOLUSDT": "1", "BNBUSDT": "0.20"}

@@ -25,7 +25,7 @@ from app.factory import ExchangeParts
 from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.journal import Journal
-from tests.execution.conftest import Admin
+from tests.simulator import Admin
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -55,12 +55,6 @@ async def api(service: Service, journal: Journal, gateway: Gateway,
     await server.start()
     yield server
     await server.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def call(http: aiohttp.ClientSession, method: str, url: str, *,

@@ -30,8 +30,8 @@ from app.exchange.gateway import Gateway
 from app.intake.service import Service
 from app.journal import Journal
 from app.sim.config import DEFAULT_SYMBOLS
-from tests.execution.conftest import Admin
 from tests.intake.test_http_api import AUTH, TOKEN, status_of_daemon
+from tests.simulator import Admin
 
 BATCH = 50
 EXAMPLES = 210  # 210 x 50 = 10,500 bodies
@@ -275,12 +275,6 @@ async def api(service: Service, journal: Journal, gateway: Gateway
     await server.start()
     yield server
     await server.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def has_a_reason(answer: dict[str, Any]) -> bool:

@@ -24,7 +24,7 @@ from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.intake.spool import CHUNK_BYTES, MAX_LINE_BYTES, SpoolTail, spool_name
 from app.journal import Journal
-from tests.execution.conftest import Admin
+from tests.simulator import Admin
 
 Tail = Callable[..., SpoolTail]
 
@@ -278,6 +278,19 @@ async def until(clock: FakeClock, condition: Callable[[], Awaitable[bool]]) -> N
             await asyncio.sleep(0.005)  # let the tail's file and journal threads finish
 
 
+def polled(clock: FakeClock, times: int) -> Callable[[], Awaitable[bool]]:
+    """A condition for `until`: true once the tail has been found parked in `clock.sleep`
+    `times` times (one look per step)."""
+    polls = 0
+
+    async def condition() -> bool:
+        nonlocal polls
+        polls += clock.sleepers
+        return polls >= times
+
+    return condition
+
+
 async def test_run_tails_until_intake_stops(tail: Tail, spool: Path, journal: Journal,
                                             service: Service, bus: SignalBus) -> None:
     """run() polls on the clock, picks up appended lines, and returns when intake closes; the
@@ -309,14 +322,7 @@ async def test_run_waits_while_intake_starts(spool: Path, journal: Journal, bus:
     task = asyncio.create_task(SpoolTail(spool, service, journal, clock,
                                          structlog.get_logger()).run())
     append(spool, line("early"))
-    polls = 0
-
-    async def polled_thrice() -> bool:
-        nonlocal polls
-        polls += clock.sleepers
-        return polls >= 3
-
-    await until(clock, polled_thrice)
+    await until(clock, polled(clock, 3))
     assert await journal.get_signal("early") is None
     assert not task.done()
     service.open()
@@ -338,14 +344,7 @@ async def test_unreadable_file_is_reported_once(tmp_path: Path, service: Service
     with capture_logs() as logs:
         task = asyncio.create_task(SpoolTail(tmp_path, service, journal, clock,
                                              structlog.get_logger()).run())
-        polls = 0
-
-        async def polled_thrice() -> bool:
-            nonlocal polls
-            polls += clock.sleepers
-            return polls >= 3
-
-        await until(clock, polled_thrice)
+        await until(clock, polled(clock, 3))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -17,9 +17,9 @@ from app.clock import SystemClock
 from app.intake.service import IntakeState, Service
 from app.intake.spool import SpoolTail
 from app.journal import Journal
-from tests.execution.conftest import Admin
 from tests.intake.test_http_fuzz import malformed
 from tests.intake.test_spool import append
+from tests.simulator import Admin
 
 BATCH = 100
 EXAMPLES = 101  # 101 x 100 = 10,100 lines
