@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import orjson
 
 from app.config import Settings
-from app.observability.logging import format_timestamp
+from app.domain import format_timestamp
 
 __all__ = ["POLL_INTERVAL_S", "LogFilter", "UsageError", "parse_since", "run_logs"]
 

@@ -37,8 +37,9 @@ import orjson
 
 from app.clock import Clock
 from app.config_schema import MonitorConfig
+from app.domain import format_timestamp
 from app.observability.audit import AuditEvent
-from app.observability.logging import AuditLogger, format_timestamp
+from app.observability.logging import AuditLogger
 
 __all__ = ["Alert", "ErrorMonitor", "PostJson", "post_json"]
 

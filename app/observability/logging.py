@@ -44,7 +44,6 @@ __all__ = [
     "EventTap",
     "LogHandle",
     "configure_logging",
-    "format_timestamp",
     "get_audit_logger",
 ]
 
