@@ -30,6 +30,7 @@ import dataclasses
 import os
 import signal
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -74,8 +75,10 @@ class Daemon:
     ``sim`` mode without any URL the simulator is started in-process on a free loopback port.
     `spool` is the signal spool file to tail. `out` receives the ready lines (default stdout).
     `executor_settings` replaces the ``[execution]`` section's executor settings (benchmarks
-    use it to run the seeds' blind-retry baseline; production never passes it). Raises
-    ConfigError when the mode's credentials are missing or the simulator config is invalid.
+    use it to run the seeds' blind-retry baseline; production never passes it); `on_decision`
+    is also told every decision latency (seconds) the metrics histogram records (benchmarks
+    keep the exact values). Raises ConfigError when the mode's credentials are missing or the
+    simulator config is invalid.
     """
 
     def __init__(
@@ -87,9 +90,11 @@ class Daemon:
         clock: Clock | None = None,
         out: TextIO | None = None,
         executor_settings: ExecutorSettings | None = None,
+        on_decision: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
         self._executor_settings = executor_settings
+        self._on_decision = on_decision
         self.exchange_url = exchange_url
         self.spool = spool
         self.clock: Clock = SystemClock() if clock is None else clock
@@ -155,7 +160,7 @@ class Daemon:
         self.execution = execution = build_execution(
             gateway, rules, journal, self.clock, log,
             self._executor_settings or executor_settings(ex),
-            on_decision=self.metrics.observe_decision)
+            on_decision=self._observe_decision)
         self.bus = bus = SignalBus(execution.executor.execute, capacity=ex.queue_size,
                                    max_concurrency=ex.max_concurrency, log=log)
         self._stack.push_async_callback(bus.aclose)
@@ -204,6 +209,11 @@ class Daemon:
             print(f"  send a first signal:  {example}", file=self._out, flush=True)
         print("  watch what it does:   .venv/bin/execd logs -f    (Ctrl-C here stops execd)",
               file=self._out, flush=True)
+
+    def _observe_decision(self, seconds: float) -> None:
+        self.metrics.observe_decision(seconds)
+        if self._on_decision is not None:
+            self._on_decision(seconds)
 
     async def _first_signal_example(self) -> str | None:
         """The exact command for a first signal, with tp/sl 2 % around the current mark."""

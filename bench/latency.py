@@ -11,9 +11,9 @@ it, with its watcher and lag probe running (`Daemon.serve`).
   Five symbols in turn; per symbol a ``LONG_ENTRY`` with tp/sl 2 % around the mark, then a
   ``CLOSE_LONG`` (which cancels the protective orders): every kind of order the daemon sends.
 * Decision latency: signal dequeued → its first order on the wire, as the executor reports it
-  through ``executor.sender.on_decision`` (hooked here; the metrics histogram still gets every
-  value). It includes the journal writes and the one exchange read (mark price for an entry,
-  position for a close) that come before the order.
+  through the daemon's ``on_decision`` hook (the metrics histogram gets the same values). It
+  includes the journal writes and the one exchange read (mark price for an entry, position for
+  a close) that come before the order.
 * Loop lag: a probe task of this script asks to sleep 1 ms and records how late it wakes.
 * Warm-up: 2 signals per symbol before measuring. Each rate runs ``--seconds`` of feed, then the
   queue drains; the samples cover feed and drain.
@@ -39,6 +39,7 @@ import pstats
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,13 +59,16 @@ TARGET_LAG_P99_S = 0.005          # at 100 signals/s
 PROBE_S = 0.001
 
 
-def make_daemon(workdir: Path, url: str, **overrides: object) -> Daemon:
-    """A daemon against `url` with its journal, token and INFO audit log under `workdir`."""
+def make_daemon(workdir: Path, url: str, *,
+                on_decision: Callable[[float], None] | None = None,
+                **overrides: object) -> Daemon:
+    """A daemon against `url` with its journal, token and INFO audit log under `workdir`;
+    `on_decision` is told every decision latency."""
     base = {"audit.log_dir": str(workdir / "audit"), "audit.console": False,
             "audit.level": "INFO", "journal.path": str(workdir / "journal.sqlite3"),
             "api.port": 0}
     settings = load_settings(overrides=base | overrides, environ={})
-    return Daemon(settings, exchange_url=url, out=io.StringIO())
+    return Daemon(settings, exchange_url=url, out=io.StringIO(), on_decision=on_decision)
 
 
 def bodies(prices: dict[str, tuple[str, str]]) -> Any:
@@ -153,10 +157,9 @@ async def run_rate(url: str, rate: int, seconds: float, profiler: cProfile.Profi
     result = RateRun(rate, load_before=os.getloadavg()[0])
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp) if keep is None else keep / f"rate-{rate}"
-        daemon = make_daemon(workdir, url)
+        daemon = make_daemon(workdir, url, on_decision=result.decisions.append)
         async with daemon:
             assert daemon.service is not None
-            assert daemon.execution is not None
             assert daemon.bus is not None
             serving = asyncio.create_task(daemon.serve())
             service = daemon.service
@@ -165,15 +168,7 @@ async def run_rate(url: str, rate: int, seconds: float, profiler: cProfile.Profi
                 await service.accept(next(feed), source="bench", wait=True)
             assert await daemon.bus.drain(30), "warm-up did not drain"
 
-            sender = daemon.execution.sender
-            observe = sender.on_decision
-            assert observe is not None
-
-            def on_decision(seconds: float) -> None:
-                result.decisions.append(seconds)
-                observe(seconds)
-
-            sender.on_decision = on_decision
+            result.decisions.clear()                                   # warm-up's
             if breakdown:
                 time_parts(daemon, result.parts)
             stop = asyncio.Event()

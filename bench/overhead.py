@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,8 @@ from lib.report import RESULTS_DIR, machine, save
 from lib.simproc import simulator
 
 from app.clock import SystemClock
-from app.exchange.gateway import Gateway, GatewaySettings
+from app.exchange.gateway import Gateway
+from app.factory import ExchangeSetup, open_exchange
 from app.observability.logging import configure_logging
 
 TARGET = 1.15
@@ -72,12 +74,13 @@ async def main() -> int:
         args.calls, args.rounds = 300, 10
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        async with simulator(workdir / "sim", SIM_CONFIG) as url:
+        async with (simulator(workdir / "sim", SIM_CONFIG) as url,
+                    contextlib.AsyncExitStack() as stack):
             handle = configure_logging(workdir / "logs", "INFO", console=False)
-            gateway = Gateway(GatewaySettings(base_url=url, api_key="sim-key",
-                                              api_secret="sim-secret"),
-                              SystemClock(), handle.logger)
-            await gateway.start()
+            exchange = await stack.enter_async_context(open_exchange(
+                ExchangeSetup(base_url=url, api_key="sim-key", api_secret="sim-secret"),
+                SystemClock(), handle.logger))
+            gateway = exchange.gateway
             client = await make_raw(url)
             await raw_block(client, 200)                       # warm both paths
             await gateway_block(gateway, 200)
@@ -89,7 +92,6 @@ async def main() -> int:
             close_start = time.process_time()
             await asyncio.to_thread(handle.close)              # audit lines on disk: counted
             gw[-1] += (time.process_time() - close_start) / args.calls
-            await gateway.close()
             await client.close_connection()
     raw_us, gw_us = statistics.fmean(raw) * 1e6, statistics.fmean(gw) * 1e6
     ratio = gw_us / raw_us
