@@ -17,7 +17,7 @@ from app.clock import SystemClock
 from app.intake.service import IntakeState, Service
 from app.intake.spool import SpoolTail
 from app.journal import Journal
-from tests.intake.test_http_fuzz import malformed
+from tests.intake.malformed import malformed
 from tests.intake.test_spool import append
 from tests.simulator import Admin
 

@@ -1,7 +1,7 @@
 """The control API over real HTTP: statuses, bodies and auth of SPEC §11.2.
 
 Every test talks to a `ControlApi` on a free loopback port with aiohttp's client, in front of the
-real service, bus, executor and gateway against the simulator (tests/intake/conftest.py).
+real service, bus, executor and gateway against the simulator (tests/control/conftest.py).
 """
 
 from __future__ import annotations
