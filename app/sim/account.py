@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from app.sim import errors
 from app.sim.config import SymbolSpec
+from app.sim.events import REASON_MARGIN_TYPE_CHANGE
 from app.sim.models import ZERO, Position, max_notional
 from app.sim.rules import Params, require
 from app.sim.state import SimState
@@ -70,6 +71,7 @@ class Account:
             pos.entry_price = (abs(pos.amount) * pos.entry_price + qty * price) / abs(after)
         pos.amount = after
         pos.updated = now
+        pos.realized += realized
         account = self._state.config.account
         fee = qty * price * (account.maker_fee if maker else account.taker_fee)
         self._state.wallet += realized - fee
@@ -101,4 +103,5 @@ class Account:
         if pos.amount:
             raise errors.margin_type_position()
         pos.margin_type = margin_type
+        self._state.publish_account(REASON_MARGIN_TYPE_CHANGE, [pos], self._state.now())
         return {"code": 200, "msg": "success"}

@@ -198,7 +198,7 @@ class Algos:
         qty = abs(pos.amount) if algo.close_position else algo.qty
         if (algo.close_position or algo.reduce_only) and (
                 not reduces(pos, algo.side) or qty == 0):
-            st.set_algo_status(algo, "EXPIRED", now)
+            st.set_algo_status(algo, "EXPIRED", now, "no position to reduce")
             return
         order = Order(
             spec=algo.spec, order_id=st.next_order_id(), client_id=algo.client_algo_id,
@@ -215,10 +215,10 @@ class Algos:
                 algo.side == "SELL" and algo.price <= mark):
             self._orders.fill(order, self._orders.fill_price(algo.spec, algo.side, mark)
                               if is_market else algo.price)
-        if not order.is_open:
-            st.set_algo_status(algo, "FINISHED", now)
         algo.actual_price = order.avg_price
         algo.actual_qty = order.executed_qty
+        if not order.is_open:
+            st.set_algo_status(algo, "FINISHED", now)
 
     def _find(self, params: Params) -> AlgoOrder | None:
         """The visible algo order named by ``algoId`` or (the latest with) ``clientAlgoId``;

@@ -27,6 +27,7 @@ class FaultKind(StrEnum):
     RESET_AFTER_APPLY = "reset_after_apply"      # connection dropped after applying
     HANG = "hang"                                # applied, answer held for hang_s
     DELAYED_VISIBILITY = "delayed_visibility"    # applied; GET says -2013 for a while
+    PARTIAL_FILL = "partial_fill"                # a MARKET order fills fill_ratio, the rest expires
 
 
 NOT_APPLIED = frozenset({FaultKind.HTTP_500, FaultKind.DISCONNECTED_1001,
@@ -45,9 +46,20 @@ class FaultRule:
     latency_ms: float = 0.0
     hang_s: float = 0.0
     visibility_delay_s: float = 0.0
+    fill_ratio: float = 0.5
 
     def matches(self, endpoint: str) -> bool:
         return self.endpoint == "*" or self.endpoint == endpoint
+
+    def to_json(self) -> dict[str, object]:
+        """The rule with defaults filled in; ``fill_ratio`` only where it applies."""
+        body: dict[str, object] = {
+            "endpoint": self.endpoint, "fault": str(self.fault),
+            "probability": self.probability, "latency_ms": self.latency_ms,
+            "hang_s": self.hang_s, "visibility_delay_s": self.visibility_delay_s}
+        if self.fault is FaultKind.PARTIAL_FILL:
+            body["fill_ratio"] = self.fill_ratio
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +77,7 @@ class FaultPlan:
     def to_json(self) -> dict[str, object]:
         return {
             "seed": self.seed,
-            "rules": [{"endpoint": r.endpoint, "fault": str(r.fault),
-                       "probability": r.probability, "latency_ms": r.latency_ms,
-                       "hang_s": r.hang_s, "visibility_delay_s": r.visibility_delay_s}
-                      for r in self.rules],
+            "rules": [r.to_json() for r in self.rules],
             "outages": [{"start_s": o.start_s, "duration_s": o.duration_s}
                         for o in self.outages],
         }
@@ -82,6 +91,8 @@ class Decision:
     latency_s: float = 0.0
     hang_s: float = 0.0
     visibility_delay_s: float = 0.0
+    #: For ``partial_fill``: the share of a MARKET order's quantity that fills.
+    fill_ratio: float | None = None
 
 
 @dataclass(slots=True)
@@ -108,7 +119,8 @@ class ActiveFaults:
             if rule.fault is FaultKind.LATENCY:
                 latency += rule.latency_ms / 1000
                 continue
-            return Decision(rule.fault, latency, rule.hang_s, rule.visibility_delay_s)
+            return Decision(rule.fault, latency, rule.hang_s, rule.visibility_delay_s,
+                            rule.fill_ratio if rule.fault is FaultKind.PARTIAL_FILL else None)
         return Decision(None, latency)
 
 
@@ -158,7 +170,7 @@ def _number(item: Mapping[str, Any], key: str, path: str, default: float = 0.0) 
 def _rule(item: object, path: str) -> FaultRule:
     if not isinstance(item, Mapping):
         raise FaultPlanError(f"{path}: must be an object")
-    unknown = set(item) - {"endpoint", "fault", "probability", *_RULE_NUMBERS}
+    unknown = set(item) - {"endpoint", "fault", "probability", "fill_ratio", *_RULE_NUMBERS}
     if unknown:
         raise FaultPlanError(f"{path}.{sorted(unknown)[0]}: unknown key")
     for key in ("endpoint", "fault", "probability"):
@@ -176,10 +188,14 @@ def _rule(item: object, path: str) -> FaultRule:
     probability = _number(item, "probability", path)
     if probability > 1:
         raise FaultPlanError(f"{path}.probability: must be between 0 and 1")
+    fill_ratio = _number(item, "fill_ratio", path, 0.5)
+    if not 0 < fill_ratio < 1:
+        raise FaultPlanError(f"{path}.fill_ratio: must be between 0 and 1 (exclusive)")
     method, _, route = endpoint.partition(" ")
     return FaultRule(
         endpoint if endpoint == "*" else f"{method.upper()} {route}", kind, probability,
-        *(_number(item, key, path) for key in _RULE_NUMBERS),
+        latency_ms=_number(item, "latency_ms", path), hang_s=_number(item, "hang_s", path),
+        visibility_delay_s=_number(item, "visibility_delay_s", path), fill_ratio=fill_ratio,
     )
 
 

@@ -195,6 +195,8 @@ class Position:
     amount: Decimal = ZERO
     entry_price: Decimal = ZERO
     updated: float = 0.0
+    #: Realized PnL accumulated over the position's life (``cr`` in ``ACCOUNT_UPDATE``).
+    realized: Decimal = ZERO
 
     def unrealized(self, mark: Decimal) -> Decimal:
         return self.amount * (mark - self.entry_price) if self.amount else ZERO

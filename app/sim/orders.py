@@ -43,9 +43,12 @@ class Orders:
         self._state = state
         self._account = account
 
-    def place(self, params: Params, *, visible_at: float = 0.0) -> dict[str, object]:
+    def place(self, params: Params, *, visible_at: float = 0.0,
+              fill_ratio: float | None = None) -> dict[str, object]:
         """``POST /fapi/v1/order`` (MARKET, LIMIT). ``visible_at``: server time before which
-        queries do not see the new order (fault ``delayed_visibility``)."""
+        queries do not see the new order (fault ``delayed_visibility``). ``fill_ratio`` (fault
+        ``partial_fill``): a MARKET order fills that share of its quantity, rounded down to the
+        step but at least one step, and the rest expires."""
         st = self._state
         spec = st.require_spec(params)
         side = side_param(params)
@@ -107,7 +110,10 @@ class Orders:
         )
         st.add_order(order)
         if marketable:
-            self.fill(order, self.fill_price(spec, side, mark))
+            part = None
+            if fill_ratio is not None and order_type == "MARKET":
+                part = max(spec.step_size, _floor_to_step(spec, qty * Decimal(str(fill_ratio))))
+            self.fill(order, self.fill_price(spec, side, mark), qty=part)
         elif tif == "IOC":
             st.set_order_status(order, "EXPIRED", now)
         return order.to_json(ack=resp_type == "ACK")
@@ -184,12 +190,15 @@ class Orders:
         raw = mark * (1 + slip) if side == "BUY" else mark * (1 - slip)
         return to_tick(spec, raw)
 
-    def fill(self, order: Order, price: Decimal, *, maker: bool = False) -> None:
-        """Fill the rest of ``order`` at ``price``: position, realized PnL, fee, trade. A
-        reduce-only or close-position order with nothing to reduce expires instead."""
+    def fill(self, order: Order, price: Decimal, *, maker: bool = False,
+             qty: Decimal | None = None) -> None:
+        """Fill the rest of ``order`` at ``price`` (or only ``qty`` of it, and the rest
+        expires): position, realized PnL, fee, trade. A reduce-only or close-position order
+        fills at most the position and the rest expires; with nothing to reduce it expires."""
         st = self._state
         pos = st.positions[order.spec.symbol]
-        qty = order.qty - order.executed_qty
+        rest = order.qty - order.executed_qty
+        qty = rest if qty is None else min(qty, rest)
         if order.reduce_only or order.close_position:
             qty = min(qty, abs(pos.amount)) if reduces(pos, order.side) else ZERO
             if qty == 0:
@@ -200,6 +209,8 @@ class Orders:
                                              maker=maker, now=now)
         st.record_fill(order, Trade(order.spec, st.next_trade_id(), order.order_id, order.side,
                                     price, qty, realized, fee, now, maker))
+        if order.is_open and (qty < rest):
+            st.set_order_status(order, "EXPIRED", now)   # the part that did not fill
 
     def _find(self, params: Params) -> Order | None:
         """The visible order of the request's symbol named by ``orderId`` or (the latest with)
@@ -222,6 +233,11 @@ class Orders:
             if order.spec is spec and order.visible_at <= now:
                 return order
         return None
+
+
+def _floor_to_step(spec: SymbolSpec, qty: Decimal) -> Decimal:
+    """``qty`` rounded down to the symbol's step size."""
+    return (qty // spec.step_size) * spec.step_size
 
 
 def _reduce_only_qty(pos: Position, side: str, qty: Decimal) -> Decimal:

@@ -17,14 +17,16 @@ from app.sim.rules import Params
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """What a handler gets: the account, the config, the parameters, the server time, and
-    when an order it creates becomes visible to queries (``delayed_visibility``)."""
+    """What a handler gets: the account, the config, the parameters, the server time, when
+    an order it creates becomes visible to queries (``delayed_visibility``), and the share of
+    a MARKET order that fills (``partial_fill``; None: all of it)."""
 
     ex: Exchange
     cfg: SimConfig
     p: Params
     now: float
     visible_at: float = 0.0
+    fill_ratio: float | None = None
 
 
 Handler = Callable[[Call], object]
@@ -75,7 +77,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/fapi/v1/rateLimit/order", 1, True,
           lambda c: views.order_rate_limits(c.cfg)),
     Route("POST", "/fapi/v1/order", 0, True,
-          lambda c: c.ex.orders.place(c.p, visible_at=c.visible_at), orders=1),
+          lambda c: c.ex.orders.place(c.p, visible_at=c.visible_at, fill_ratio=c.fill_ratio),
+          orders=1),
     Route("GET", "/fapi/v1/order", 1, True, lambda c: c.ex.orders.query(c.p)),
     Route("DELETE", "/fapi/v1/order", 1, True, lambda c: c.ex.orders.cancel(c.p)),
     Route("GET", "/fapi/v1/openOrder", 1, True, lambda c: c.ex.orders.query_open(c.p)),

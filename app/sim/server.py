@@ -145,7 +145,8 @@ class Simulator:
         # reports as "does not exist" for a few seconds: the case exactly-once must survive).
         visible_at = now + decision.visibility_delay_s if decision.visibility_delay_s else 0.0
         try:
-            payload = route.handler(Call(self.exchange, self.config, params, now, visible_at))
+            payload = route.handler(Call(self.exchange, self.config, params, now, visible_at,
+                                         decision.fill_ratio))
         except errors.ApiError as error:
             return error_response(error, headers)
         fault = decision.fault

@@ -7,19 +7,33 @@ components in ``orders``, ``algos`` and ``account`` keep no state of their own.
 Orders and algo orders enter the account only through ``add_order`` / ``add_algo``, change
 status only through ``set_order_status`` / ``set_algo_status``, and fill only through
 ``record_fill``; positions and the wallet change only in ``account.Account`` (``settle``,
-``set_leverage``, ``set_margin_type``). Whatever must see every account change hooks in there.
+``set_leverage``, ``set_margin_type``). Whatever must see every account change hooks in there:
+each of these methods publishes its user-data event (``events``) to the ``sink`` — the user
+stream — when a connection is listening (events nobody listens to are lost, as on Binance).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
+from typing import Protocol
 
-from app.sim import errors
+from app.sim import errors, events
 from app.sim.config import SimConfig, SymbolSpec
 from app.sim.models import AlgoOrder, Ledger, Order, Position, Trade
 from app.sim.rules import Params
+
+
+class EventSink(Protocol):
+    """Where account events go (the user-data stream)."""
+
+    @property
+    def listening(self) -> bool:
+        """Whether any connection would receive an event now (else none is built)."""
+        ...
+
+    def publish(self, event: dict[str, object]) -> None: ...
 
 
 class SimState:
@@ -28,6 +42,7 @@ class SimState:
     def __init__(self, config: SimConfig, clock: Callable[[], float]) -> None:
         self.config = config
         self._clock = clock
+        self.sink: EventSink | None = None
         self.symbols: dict[str, SymbolSpec] = {s.symbol: s for s in config.symbols}
         self.reset()
 
@@ -97,32 +112,61 @@ class SimState:
         return next(self._trade_ids)
 
     # ----------------------------------------------------------------- changes
+    def _listening(self) -> bool:
+        return self.sink is not None and self.sink.listening
+
+    def _publish(self, event: dict[str, object]) -> None:
+        assert self.sink is not None
+        self.sink.publish(event)
+
     def add_order(self, order: Order) -> None:
-        """Accept a new regular order: into the book and the ledger."""
+        """Accept a new regular order: into the book and the ledger (``x`` NEW)."""
         self.orders[order.order_id] = order
         self.ledger.entries.append(order)
+        if self._listening():
+            self._publish(events.order_trade_update(order, "NEW", self.now()))
 
     def set_order_status(self, order: Order, status: str, now: float) -> None:
         """Move ``order`` to ``status`` (``CANCELED``, ``EXPIRED``) at server time ``now``."""
         order.status = status
         order.updated = now
+        if self._listening():
+            self._publish(events.order_trade_update(order, status, now))
 
     def record_fill(self, order: Order, trade: Trade) -> None:
-        """Book ``trade`` against ``order``, which is then ``FILLED``. The position and wallet
-        side of the fill is ``Account.settle``."""
+        """Book ``trade`` against ``order``, which is then ``FILLED`` (or ``PARTIALLY_FILLED``
+        while some quantity is left). The position and wallet side of the fill is
+        ``Account.settle``, which comes first: the ``ACCOUNT_UPDATE`` published here shows the
+        position after the trade, then the ``ORDER_TRADE_UPDATE`` (``x`` TRADE)."""
         order.executed_qty += trade.qty
         order.cum_quote += trade.qty * trade.price
-        order.status = "FILLED"
+        order.status = "FILLED" if order.executed_qty >= order.qty else "PARTIALLY_FILLED"
         order.updated = trade.time
         self.trades.append(trade)
+        if self._listening():
+            self.publish_account(events.REASON_ORDER, [self.positions[order.spec.symbol]],
+                                 trade.time)
+            self._publish(events.order_trade_update(order, "TRADE", trade.time, trade))
+
+    def publish_account(self, reason: str, positions: Iterable[Position], now: float) -> None:
+        """An ``ACCOUNT_UPDATE`` with the wallet and ``positions`` (``Account`` calls it for
+        changes that are not fills)."""
+        if self._listening():
+            self._publish(events.account_update(reason, self.wallet, positions, self.marks,
+                                                now))
 
     def add_algo(self, algo: AlgoOrder) -> None:
-        """Accept a new algo order: into the book and the ledger."""
+        """Accept a new algo order: into the book and the ledger (``ALGO_UPDATE`` NEW)."""
         self.algos[algo.algo_id] = algo
         self.ledger.entries.append(algo)
+        if self._listening():
+            self._publish(events.algo_update(algo, self.now()))
 
-    def set_algo_status(self, algo: AlgoOrder, status: str, now: float) -> None:
+    def set_algo_status(self, algo: AlgoOrder, status: str, now: float,
+                        reason: str = "") -> None:
         """Move ``algo`` to ``status`` (``CANCELED``, ``TRIGGERED``, ``FINISHED``, ``EXPIRED``)
-        at server time ``now``."""
+        at server time ``now``; ``reason`` says why the system ended it."""
         algo.status = status
         algo.updated = now
+        if self._listening():
+            self._publish(events.algo_update(algo, now, reason))

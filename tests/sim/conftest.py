@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
@@ -18,6 +18,7 @@ import pytest
 from binance import AsyncClient
 
 from app.sim import SimConfig, SimServer
+from tests.simulator import quiet_sim_config as quiet_config
 
 # 2026-11-23T12:00:00Z, aligned to every window length the tests use.
 START = 1_795_435_200.0
@@ -102,14 +103,6 @@ class RawClient:
                 method, f"{self.base}{path}",
                 data=orjson.dumps(body) if body is not None else None) as resp:
             return Answer(resp.status, orjson.loads(await resp.read()), dict(resp.headers))
-
-
-def quiet_config(**limits: int) -> SimConfig:
-    """Default config with a frozen mark (no random walk) and optional limit overrides."""
-    base = SimConfig()
-    return replace(base, market=replace(base.market, volatility_per_minute=0.0,
-                                        tick_interval_s=0.0),
-                   limits=replace(base.limits, **limits))
 
 
 @pytest.fixture

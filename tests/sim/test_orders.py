@@ -241,3 +241,42 @@ def test_symbol_spec_is_frozen() -> None:
     spec: SymbolSpec = SimConfig().symbols[0]
     with pytest.raises(AttributeError):
         spec.symbol = "X"  # type: ignore[misc]
+
+
+async def test_partial_fill_fills_the_ratio_and_expires_the_rest(raw: RawClient) -> None:
+    """fault partial_fill: a MARKET order fills fill_ratio of its quantity (rounded down to the
+    step), the rest expires: EXPIRED with executedQty = the filled part, and that is the
+    position."""
+    plan = {"seed": 1, "rules": [{"endpoint": "POST /fapi/v1/order", "fault": "partial_fill",
+                                  "probability": 1, "fill_ratio": 0.3}]}
+    assert (await raw.admin("POST", "/_sim/faults", plan)).status == 200
+    answer = await raw.signed("POST", "/fapi/v1/order", market(
+        qty="0.015", newClientOrderId="t-part", newOrderRespType="RESULT"))
+    assert answer.status == 200, answer.body
+    assert (answer.body["status"], answer.body["origQty"], answer.body["executedQty"]) == (
+        "EXPIRED", "0.015", "0.004")
+    query = await raw.signed("GET", "/fapi/v1/order", {"symbol": "BTCUSDT",
+                                                       "origClientOrderId": "t-part"})
+    assert (query.body["status"], query.body["executedQty"]) == ("EXPIRED", "0.004")
+    state = await raw.admin("GET", "/_sim/state")
+    assert state.body["positions"][0]["positionAmt"] == "0.004"
+
+
+async def test_partial_fill_fills_at_least_one_step(raw: RawClient) -> None:
+    """A ratio that rounds to nothing still fills one step."""
+    plan = {"seed": 1, "rules": [{"endpoint": "POST /fapi/v1/order", "fault": "partial_fill",
+                                  "probability": 1, "fill_ratio": 0.01}]}
+    assert (await raw.admin("POST", "/_sim/faults", plan)).status == 200
+    answer = await raw.signed("POST", "/fapi/v1/order", market(
+        qty="0.010", newOrderRespType="RESULT"))
+    assert (answer.body["status"], answer.body["executedQty"]) == ("EXPIRED", "0.001")
+
+
+@pytest.mark.parametrize("ratio", [0, 1, 1.5, "half"])
+async def test_partial_fill_ratio_out_of_range_is_refused(raw: RawClient, ratio: object) -> None:
+    """fill_ratio must be a number strictly between 0 and 1; the plan names the field."""
+    plan = {"seed": 1, "rules": [{"endpoint": "POST /fapi/v1/order", "fault": "partial_fill",
+                                  "probability": 1, "fill_ratio": ratio}]}
+    answer = await raw.admin("POST", "/_sim/faults", plan)
+    assert answer.status == 400
+    assert "rules[0].fill_ratio" in answer.body["error"]
