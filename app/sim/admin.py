@@ -2,7 +2,8 @@
 
 This contract is fixed (SPEC §10) because tools outside the test suite drive it:
 ``POST /_sim/price``, ``POST /_sim/faults``, ``GET /_sim/faults``, ``GET /_sim/orders``,
-``GET /_sim/state``, ``POST /_sim/reset``.
+``GET /_sim/state``, ``POST /_sim/reset``, ``POST /_sim/trade``, ``POST /_sim/liquidate``,
+``POST /_sim/streams/drop``, ``POST /_sim/listen-key/expire``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from decimal import Decimal, InvalidOperation
 import orjson
 from aiohttp import web
 
+from app.sim import errors
 from app.sim.faults import FaultPlanError, fault_plan_from_mapping
+from app.sim.manual import liquidate, web_trade
 from app.sim.models import fixed
 from app.sim.server import Simulator, json_response
 
@@ -99,6 +102,45 @@ def admin_routes(sim: Simulator) -> list[web.RouteDef]:
         sim.reset()
         return json_response({"status": "reset"})
 
+    async def trade(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            return _problem("body must be an object with symbol, side and qty")
+        fields = {}
+        for name in ("symbol", "side", "qty"):
+            value = body.get(name)
+            if not isinstance(value, str) or not value:
+                return _problem(f"{name}: required, a string")
+            fields[name] = value
+        try:
+            return json_response(web_trade(sim.exchange, fields["symbol"], fields["side"],
+                                           fields["qty"]))
+        except errors.ApiError as error:
+            return _problem(f"{error.code}: {error.msg}")
+
+    async def force_close(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        symbol = body.get("symbol") if isinstance(body, dict) else None
+        if symbol not in sim.exchange.state.symbols:
+            return _problem(f"symbol: unknown symbol {symbol!r}")
+        try:
+            return json_response(liquidate(sim.exchange, str(symbol)))
+        except errors.ApiError as error:
+            return _problem(f"{error.code}: {error.msg}")
+
+    async def drop_streams(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        raw = body.get("block_s", 0) if isinstance(body, dict) else None
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 <= raw <= 3600:
+            return _problem("block_s: must be a number of seconds from 0 to 3600")
+        counts = sim.stream_counts()
+        sim.drop_streams(float(raw))
+        return json_response({"dropped": counts, "block_s": raw})
+
+    async def expire_listen_key(request: web.Request) -> web.StreamResponse:
+        sim.user.expire_now()
+        return json_response({"status": "expired"})
+
     return [
         web.post("/_sim/price", guarded(set_price)),
         web.post("/_sim/faults", guarded(set_faults)),
@@ -106,6 +148,10 @@ def admin_routes(sim: Simulator) -> list[web.RouteDef]:
         web.get("/_sim/orders", guarded(orders)),
         web.get("/_sim/state", guarded(state)),
         web.post("/_sim/reset", guarded(reset)),
+        web.post("/_sim/trade", guarded(trade)),
+        web.post("/_sim/liquidate", guarded(force_close)),
+        web.post("/_sim/streams/drop", guarded(drop_streams)),
+        web.post("/_sim/listen-key/expire", guarded(expire_listen_key)),
     ]
 
 
@@ -136,4 +182,5 @@ def snapshot(sim: Simulator) -> dict[str, object]:
         "throttled": {"429": sim.limits.count_429, "418": sim.limits.count_418},
         "bans": sim.limits.bans(now),
         "requests": sim.requests,
+        "streams": sim.stream_counts(),
     }

@@ -2,8 +2,8 @@
 
 ``load_sim_config(base, overlay, ...)`` merges the files in order (later keys win), then checks
 every key: an unknown key or a wrong type is a :class:`SimConfigError` naming its dotted path.
-The shape of ``[credentials]``, ``[limits]``, ``[account]`` and ``[market]`` is a fixed contract
-(SPEC §10); ``[ban]`` and ``[[symbols]]`` are the simulator's own.
+The shape of ``[credentials]``, ``[limits]``, ``[account]``, ``[market]`` and ``[streams]`` is a
+fixed contract (SPEC §10); ``[ban]`` and ``[[symbols]]`` are the simulator's own.
 """
 
 from __future__ import annotations
@@ -63,6 +63,23 @@ class Market:
 
 
 @dataclass(frozen=True, slots=True)
+class Streams:
+    """The websockets (SPEC §10): listenKey validity, server pings, the pong timeout and the
+    connection age limit, in seconds (small values make fast tests)."""
+
+    listen_key_validity_s: float = 3600.0
+    ping_interval_s: float = 180.0
+    pong_timeout_s: float = 600.0
+    max_connection_s: float = 86400.0
+
+    def __post_init__(self) -> None:
+        for name in ("listen_key_validity_s", "ping_interval_s", "pong_timeout_s",
+                     "max_connection_s"):
+            if getattr(self, name) <= 0:
+                raise SimConfigError(f"streams.{name}: must be positive")
+
+
+@dataclass(frozen=True, slots=True)
 class SymbolSpec:
     """One USDⓈ-M perpetual with the filters Binance publishes in exchangeInfo."""
 
@@ -118,6 +135,7 @@ class SimConfig:
     ban: Ban = field(default_factory=Ban)
     account: Account = field(default_factory=Account)
     market: Market = field(default_factory=Market)
+    streams: Streams = field(default_factory=Streams)
     symbols: tuple[SymbolSpec, ...] = DEFAULT_SYMBOLS
 
 

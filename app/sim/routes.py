@@ -13,6 +13,7 @@ from app.sim import views
 from app.sim.config import SimConfig
 from app.sim.exchange import Exchange
 from app.sim.rules import Params
+from app.sim.userstream import UserStream
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class Call:
     cfg: SimConfig
     p: Params
     now: float
+    user: UserStream
     visible_at: float = 0.0
     fill_ratio: float | None = None
 
@@ -42,6 +44,8 @@ class Route:
     weight_without_symbol: int | None = None
     orders: int = 0
     weight_fn: Callable[[Params], int] | None = None
+    #: USER_STREAM security: the API key, no signature.
+    key_only: bool = False
 
     def weight_for(self, params: Params) -> int:
         if self.weight_fn is not None:
@@ -105,6 +109,10 @@ ROUTES: tuple[Route, ...] = (
           lambda c: views.position_risk_v2(c.ex, c.p)),
     Route("GET", "/fapi/v3/positionRisk", 5, True,
           lambda c: views.position_risk_v3(c.ex, c.p)),
+    Route("POST", "/fapi/v1/listenKey", 1, False, lambda c: c.user.create(), key_only=True),
+    Route("PUT", "/fapi/v1/listenKey", 1, False, lambda c: c.user.keepalive(), key_only=True),
+    Route("DELETE", "/fapi/v1/listenKey", 1, False, lambda c: c.user.delete(),
+          key_only=True),
     Route("GET", "/fapi/v2/balance", 5, True, lambda c: views.balance(c.ex)),
     Route("GET", "/fapi/v3/balance", 5, True, lambda c: views.balance(c.ex)),
     Route("GET", "/fapi/v2/account", 5, True, lambda c: views.account(c.ex, 2)),

@@ -33,7 +33,7 @@ class SimServer:
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
 
     @property
@@ -43,6 +43,9 @@ class SimServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 20)
         app.add_routes(admin_routes(self.sim))
+        app.router.add_get("/private/ws", self.sim.user.handle)
+        app.router.add_get("/market/ws/{stream}", self.sim.market.handle_raw)
+        app.router.add_get("/market/stream", self.sim.market.handle_combined)
         app.router.add_route("*", "/{tail:.*}", self.sim.handle)
         return app
 
@@ -55,17 +58,28 @@ class SimServer:
         assert server is not None
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        self._ticker = asyncio.create_task(self._tick_forever(), name="sim-mark-walk")
+        self._tasks = [asyncio.create_task(self._tick_forever(), name="sim-mark-walk"),
+                       asyncio.create_task(self.sim.market.run(), name="sim-mark-streams")]
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+                await task
+        self._tasks = []
+        await self._close_streams()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _close_streams(self) -> None:
+        """Close every websocket and give them a moment to finish: aiohttp would otherwise
+        wait for their handlers when it shuts down."""
+        self.sim.drop_streams(0.0)
+        for _ in range(40):
+            if not any(self.sim.stream_counts().values()):
+                return
+            await asyncio.sleep(0.05)
 
     async def _tick_forever(self) -> None:
         interval = self.sim.config.market.tick_interval_s

@@ -1,8 +1,9 @@
 """The simulator's HTTP front: one pipeline every ``/fapi`` request goes through.
 
 Order of checks: route → scheduled outage (503, unmetered) → rate limits (429/418, counted per
-IP and account) → key, signature and timestamp (SIGNED routes) → fault draw → handler → fault
-after applying. Admin routes (``/_sim/``) skip all of it (see ``admin.py``).
+IP and account) → key, signature and timestamp (SIGNED routes; the key alone for USER_STREAM
+routes) → fault draw → handler → fault after applying. Admin routes (``/_sim/``) skip all of it
+(see ``admin.py``); the websockets (``userstream.py``, ``marketstream.py``) are not metered.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from app.sim.exchange import Exchange
 from app.sim.faults import ActiveFaults, Decision, FaultKind, FaultPlan
 from app.sim.limits import RateLimits
 from app.sim.market import MarkWalk
+from app.sim.marketstream import MarketStream
 from app.sim.routes import ROUTE_TABLE, Call, Route
-from app.sim.security import check_signed
+from app.sim.security import check_api_key, check_signed
+from app.sim.userstream import UserStream
+from app.sim.wsconn import CLOSE_GOING_AWAY, Gate
 
 log = logging.getLogger("execd.sim")
 
@@ -76,6 +80,12 @@ class Simulator:
         self.config = config
         self.clock = clock
         self.exchange = Exchange(config, clock)
+        self.gate = Gate()
+        self.user = UserStream(config.streams, clock, self.gate)
+        self.exchange.state.sink = self.user
+        state = self.exchange.state
+        self.market = MarketStream(config.streams, state.symbols, lambda: state.marks, clock,
+                                   self.gate)
         self.limits = RateLimits(config)
         self.seed = config.market.seed if seed is None else seed
         self.walk = MarkWalk(self.exchange, config.market.volatility_per_minute, self.seed)
@@ -93,7 +103,18 @@ class Simulator:
         self.requests = 0
 
     def set_mark(self, symbol: str, price: Decimal) -> None:
+        """Move a mark by hand: orders it crosses trigger, its streams are pushed now."""
         self.exchange.set_mark(symbol, price)
+        self.market.on_mark(symbol)
+
+    def drop_streams(self, block_s: float) -> None:
+        """Close every websocket now and refuse new ones for ``block_s`` seconds."""
+        self.gate.block(block_s)
+        self.user.close_all(CLOSE_GOING_AWAY, "dropped by the simulator")
+        self.market.close_all(CLOSE_GOING_AWAY, "dropped by the simulator")
+
+    def stream_counts(self) -> dict[str, int]:
+        return {"user": self.user.connections, "market": self.market.connections}
 
     def tick(self) -> None:
         self.walk.step(self.clock())
@@ -124,6 +145,8 @@ class Simulator:
             if route.signed:
                 check_signed(request.headers, params, raw_query, raw_body,
                              self.config.credentials, int(now * 1000))
+            elif route.key_only:
+                check_api_key(request.headers, self.config.credentials)
         except errors.ApiError as error:
             return error_response(error, headers)
         decision = self.faults.decide(f"{request.method} {request.path}")
@@ -145,8 +168,8 @@ class Simulator:
         # reports as "does not exist" for a few seconds: the case exactly-once must survive).
         visible_at = now + decision.visibility_delay_s if decision.visibility_delay_s else 0.0
         try:
-            payload = route.handler(Call(self.exchange, self.config, params, now, visible_at,
-                                         decision.fill_ratio))
+            payload = route.handler(Call(self.exchange, self.config, params, now, self.user,
+                                         visible_at, decision.fill_ratio))
         except errors.ApiError as error:
             return error_response(error, headers)
         fault = decision.fault

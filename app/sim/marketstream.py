@@ -1,0 +1,147 @@
+"""The mark-price streams (SPEC §10, research §11): ``/market/ws/<stream>`` and
+``/market/stream?streams=<s1>/<s2>`` (each frame ``{"stream": name, "data": event}``).
+
+Streams: ``<symbol>@markPrice`` (every 3 s), ``<symbol>@markPrice@1s``, ``!markPrice@arr``
+and ``!markPrice@arr@1s`` (a list of every symbol's ``markPriceUpdate``). Symbols are written
+in lower case, as Binance names its streams (upper case is accepted too). Besides its interval
+a stream is pushed right after ``POST /_sim/price`` moves its symbol's mark. An unknown stream
+name is accepted and closed at once (1008), naming the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from aiohttp import web
+
+from app.sim.config import Streams, SymbolSpec
+from app.sim.events import mark_price_update
+from app.sim.wsconn import CLOSE_POLICY, Gate, StreamConnection, accept, refuse
+
+#: Streams whose interval is not given push every this many seconds (Binance: 3 s).
+DEFAULT_INTERVAL_S = 3
+#: Most streams one combined connection may ask for (Binance allows 1024).
+MAX_STREAMS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    name: str                 # as the client wrote it: the combined payload's "stream"
+    symbol: str | None        # None: every symbol (!markPrice@arr)
+    interval_s: int
+
+
+def parse_stream(name: str, symbols: Mapping[str, SymbolSpec]) -> Subscription | None:
+    """The subscription a stream name asks for, or None if it names no mark-price stream."""
+    if name in ("!markPrice@arr", "!markPrice@arr@1s"):
+        return Subscription(name, None, 1 if name.endswith("@1s") else DEFAULT_INTERVAL_S)
+    parts = name.split("@")
+    if len(parts) not in (2, 3) or parts[1] != "markPrice":
+        return None
+    if len(parts) == 3 and parts[2] != "1s":
+        return None
+    symbol = parts[0].upper()
+    if symbol not in symbols:
+        return None
+    return Subscription(name, symbol, 1 if len(parts) == 3 else DEFAULT_INTERVAL_S)
+
+
+@dataclass(slots=True)
+class _Client:
+    subscriptions: tuple[Subscription, ...]
+    combined: bool
+
+
+class MarketStream:
+    """Mark-price connections. ``marks`` and ``symbols`` are the exchange's (read, never
+    changed); ``clock`` is the simulator's (epoch seconds) for the events' times."""
+
+    def __init__(self, settings: Streams, symbols: Mapping[str, SymbolSpec],
+                 marks: Callable[[], Mapping[str, Decimal]], clock: Callable[[], float],
+                 gate: Gate) -> None:
+        self._settings = settings
+        self._symbols = symbols
+        self._marks = marks
+        self._clock = clock
+        self._gate = gate
+        self._clients: dict[StreamConnection, _Client] = {}
+
+    @property
+    def connections(self) -> int:
+        return len(self._clients)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for connection in list(self._clients):
+            connection.close(code, reason)
+
+    # ----------------------------------------------------------------- pushing
+    def tick(self, second: int) -> None:
+        """Push every stream due at this whole second of the loop's interval timer."""
+        for connection, client in self._clients.items():
+            for sub in client.subscriptions:
+                if second % sub.interval_s == 0:
+                    self._push(connection, client, sub)
+
+    def on_mark(self, symbol: str) -> None:
+        """A mark was set by hand: push its streams (and the all-symbol ones) now."""
+        for connection, client in self._clients.items():
+            for sub in client.subscriptions:
+                if sub.symbol is None or sub.symbol == symbol:
+                    self._push(connection, client, sub)
+
+    def _push(self, connection: StreamConnection, client: _Client, sub: Subscription) -> None:
+        marks = self._marks()
+        now = self._clock()
+        data: object
+        if sub.symbol is None:
+            data = [mark_price_update(spec, marks[name], now)
+                    for name, spec in self._symbols.items()]
+        else:
+            data = mark_price_update(self._symbols[sub.symbol], marks[sub.symbol], now)
+        connection.send({"stream": sub.name, "data": data} if client.combined else data)
+
+    async def run(self) -> None:
+        """Push the due streams once a second until cancelled."""
+        loop = asyncio.get_running_loop()
+        second = 0
+        start = loop.time()
+        while True:
+            second += 1
+            await asyncio.sleep(max(0.0, start + second - loop.time()))
+            self.tick(second)
+
+    # ----------------------------------------------------------------- the websockets
+    async def handle_raw(self, request: web.Request) -> web.StreamResponse:
+        """``/market/ws/<stream>``: the stream's events as they are."""
+        return await self._serve(request, [request.match_info["stream"]], combined=False)
+
+    async def handle_combined(self, request: web.Request) -> web.StreamResponse:
+        """``/market/stream?streams=<s1>/<s2>``: each event wrapped with its stream's name."""
+        names = [n for n in request.query.get("streams", "").split("/") if n]
+        return await self._serve(request, names, combined=True)
+
+    async def _serve(self, request: web.Request, names: list[str], *,
+                     combined: bool) -> web.StreamResponse:
+        refusal = self._gate.refusal()
+        if refusal is not None:
+            return refusal
+        if not names:
+            return await refuse(request, CLOSE_POLICY, "no stream given")
+        if len(names) > MAX_STREAMS:
+            return await refuse(request, CLOSE_POLICY, f"at most {MAX_STREAMS} streams")
+        subscriptions = []
+        for name in names:
+            sub = parse_stream(name, self._symbols)
+            if sub is None:
+                return await refuse(request, CLOSE_POLICY, f"invalid stream name: {name}"[:120])
+            subscriptions.append(sub)
+        ws, connection = await accept(request, self._settings, self._forget)
+        self._clients[connection] = _Client(tuple(subscriptions), combined)
+        await connection.serve()
+        return ws
+
+    def _forget(self, connection: StreamConnection) -> None:
+        self._clients.pop(connection, None)

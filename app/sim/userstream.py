@@ -1,0 +1,146 @@
+"""The user-data stream (SPEC §10, research §11): the account's listenKey and the websockets
+that receive its events.
+
+- ``POST /fapi/v1/listenKey`` → ``{"listenKey": K}``; while a key is active the same key is
+  returned and extended (one key per account). ``PUT`` extends it, or answers -1125 when none
+  is active. ``DELETE`` ends it and closes its connections.
+- A key lives ``[streams] listen_key_validity_s``. At expiry its connections receive
+  ``listenKeyExpired`` and are closed.
+- ``/private/ws?listenKey=K[&events=A/B]``: the account's events, filtered by type when
+  ``events`` is given. An unknown or expired key is accepted and closed at once (1008).
+- Events produced while no connection is open are lost, as on Binance: the account's state
+  publishes to this stream (``SimState.sink``) only while someone listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+
+from aiohttp import web
+
+from app.sim import errors
+from app.sim.config import Streams
+from app.sim.events import listen_key_expired
+from app.sim.wsconn import CLOSE_NORMAL, CLOSE_POLICY, Gate, StreamConnection, accept, refuse
+
+LISTEN_KEY_MISSING = "This listenKey does not exist."
+
+
+class UserStream:
+    """The listenKey and the user-data connections. ``clock`` is the simulator's (epoch
+    seconds); the key's expiry is checked against it by a timer of the event loop."""
+
+    def __init__(self, settings: Streams, clock: Callable[[], float], gate: Gate) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._gate = gate
+        self._key: str | None = None
+        self._expires_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        #: Each connection and the event types it asked for (None: all).
+        self._connections: dict[StreamConnection, frozenset[str] | None] = {}
+
+    # ----------------------------------------------------------------- the sink
+    @property
+    def listening(self) -> bool:
+        return bool(self._connections)
+
+    def publish(self, event: dict[str, object]) -> None:
+        """Send an account event to every connection that wants its type."""
+        kind = event["e"]
+        for connection, wanted in self._connections.items():
+            if wanted is None or kind in wanted:
+                connection.send(event)
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    # ----------------------------------------------------------------- REST
+    def create(self) -> dict[str, object]:
+        """``POST /fapi/v1/listenKey``: the active key (extended), or a new one."""
+        if self._active() is None:
+            self._key = secrets.token_hex(32)
+        self._extend()
+        return {"listenKey": self._key}
+
+    def keepalive(self) -> dict[str, object]:
+        """``PUT /fapi/v1/listenKey``: extend the active key; -1125 when there is none."""
+        if self._active() is None:
+            raise errors.bad(-1125, LISTEN_KEY_MISSING)
+        self._extend()
+        return {}
+
+    def delete(self) -> dict[str, object]:
+        """``DELETE /fapi/v1/listenKey``: end the key and close its connections."""
+        self._end(notify=False, reason="listenKey deleted")
+        return {}
+
+    def expire_now(self) -> None:
+        """``POST /_sim/listen-key/expire``: the active key expires now."""
+        self._end(notify=True, reason="listenKey expired")
+
+    def close_all(self, code: int, reason: str) -> None:
+        for connection in list(self._connections):
+            connection.close(code, reason)
+
+    # ----------------------------------------------------------------- the websocket
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``/private/ws?listenKey=K[&events=A/B]``."""
+        refusal = self._gate.refusal()
+        if refusal is not None:
+            return refusal
+        key = request.query.get("listenKey", "")
+        if not key or key != self._active():
+            return await refuse(request, CLOSE_POLICY, "invalid or expired listenKey")
+        raw = request.query.get("events", "")
+        wanted = frozenset(e for e in raw.split("/") if e) or None
+        ws, connection = await accept(request, self._settings, self._forget)
+        self._connections[connection] = wanted
+        await connection.serve()
+        return ws
+
+    def _forget(self, connection: StreamConnection) -> None:
+        self._connections.pop(connection, None)
+
+    # ----------------------------------------------------------------- expiry
+    def _active(self) -> str | None:
+        if self._key is not None and self._clock() >= self._expires_at:
+            self._end(notify=True, reason="listenKey expired")
+        return self._key
+
+    def _extend(self) -> None:
+        validity = self._settings.listen_key_validity_s
+        self._expires_at = self._clock() + validity
+        self._schedule(validity)
+
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._key is None:
+            return
+        left = self._expires_at - self._clock()
+        if left > 0:
+            self._schedule(left)                 # extended since, or a settable test clock
+        else:
+            self._end(notify=True, reason="listenKey expired")
+
+    def _end(self, *, notify: bool, reason: str) -> None:
+        key = self._key
+        if key is None:
+            return
+        self._key = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        event = listen_key_expired(key, self._clock())
+        for connection in list(self._connections):
+            if notify:
+                connection.send(event)
+            connection.close(CLOSE_NORMAL, reason)
