@@ -1,11 +1,16 @@
-"""The mark-price streams (SPEC §10, research §11): ``/market/ws/<stream>`` and
-``/market/stream?streams=<s1>/<s2>`` (each frame ``{"stream": name, "data": event}``).
+"""The mark-price streams (SPEC §10, research §11): ``/market/ws[/<stream>]`` and
+``/market/stream[?streams=<s1>/<s2>]`` (each frame ``{"stream": name, "data": event}``).
 
 Streams: ``<symbol>@markPrice`` (every 3 s), ``<symbol>@markPrice@1s``, ``!markPrice@arr``
 and ``!markPrice@arr@1s`` (a list of every symbol's ``markPriceUpdate``). Symbols are written
 in lower case, as Binance names its streams (upper case is accepted too). Besides its interval
 a stream is pushed right after ``POST /_sim/price`` moves its symbol's mark. An unknown stream
 name is accepted and closed at once (1008), naming the stream.
+
+As on Binance, a connection may also change its streams by sending requests:
+``{"method": "SUBSCRIBE" | "UNSUBSCRIBE", "params": [names], "id": N}`` → ``{"result": null,
+"id": N}``, ``LIST_SUBSCRIPTIONS`` → ``{"result": [names], "id": N}``; a malformed request or a
+stream the simulator does not serve → ``{"error": {"code": 2, "msg": ...}, "id": N}``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
+import orjson
 from aiohttp import web
 
 from app.sim.config import Streams, SymbolSpec
@@ -51,7 +58,7 @@ def parse_stream(name: str, symbols: Mapping[str, SymbolSpec]) -> Subscription |
 
 @dataclass(slots=True)
 class _Client:
-    subscriptions: tuple[Subscription, ...]
+    subscriptions: list[Subscription]
     combined: bool
 
 
@@ -115,8 +122,9 @@ class MarketStream:
 
     # ----------------------------------------------------------------- the websockets
     async def handle_raw(self, request: web.Request) -> web.StreamResponse:
-        """``/market/ws/<stream>``: the stream's events as they are."""
-        return await self._serve(request, [request.match_info["stream"]], combined=False)
+        """``/market/ws[/<stream>]``: the events as they are."""
+        stream = request.match_info.get("stream")
+        return await self._serve(request, [stream] if stream else [], combined=False)
 
     async def handle_combined(self, request: web.Request) -> web.StreamResponse:
         """``/market/stream?streams=<s1>/<s2>``: each event wrapped with its stream's name."""
@@ -128,8 +136,6 @@ class MarketStream:
         refusal = self._gate.refusal()
         if refusal is not None:
             return refusal
-        if not names:
-            return await refuse(request, CLOSE_POLICY, "no stream given")
         if len(names) > MAX_STREAMS:
             return await refuse(request, CLOSE_POLICY, f"at most {MAX_STREAMS} streams")
         subscriptions = []
@@ -138,10 +144,62 @@ class MarketStream:
             if sub is None:
                 return await refuse(request, CLOSE_POLICY, f"invalid stream name: {name}"[:120])
             subscriptions.append(sub)
-        ws, connection = await accept(request, self._settings, self._forget)
-        self._clients[connection] = _Client(tuple(subscriptions), combined)
+        ws, connection = await accept(request, self._settings, self._forget, self._request)
+        self._clients[connection] = _Client(subscriptions, combined)
         await connection.serve()
         return ws
+
+    def _request(self, connection: StreamConnection, text: str) -> None:
+        """A live request from the client: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS."""
+        client = self._clients.get(connection)
+        if client is None:
+            return
+        try:
+            body = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            connection.send({"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}, "id": None})
+            return
+        request_id = body.get("id") if isinstance(body, dict) else None
+        answer = self._answer(client, body)
+        if "error" in answer:
+            connection.send({"error": answer["error"], "id": request_id})
+        else:
+            connection.send({"result": answer["result"], "id": request_id})
+
+    def _answer(self, client: _Client, body: object) -> dict[str, Any]:
+        def invalid(detail: str) -> dict[str, Any]:
+            return {"error": {"code": 2, "msg": f"Invalid request: {detail}"}}
+
+        if not isinstance(body, dict):
+            return invalid("must be a JSON object")
+        request_id = body.get("id")
+        if request_id is not None and (isinstance(request_id, bool)
+                                       or not isinstance(request_id, int) or request_id < 0):
+            return invalid("request ID must be an unsigned integer")
+        method = body.get("method")
+        if method == "LIST_SUBSCRIPTIONS":
+            return {"result": [sub.name for sub in client.subscriptions]}
+        if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            return invalid(f"unknown method {method!r}, expected one of SUBSCRIBE, "
+                           "UNSUBSCRIBE, LIST_SUBSCRIPTIONS")
+        params = body.get("params")
+        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            return invalid("params must be a list of stream names")
+        if method == "UNSUBSCRIBE":
+            client.subscriptions[:] = [s for s in client.subscriptions if s.name not in params]
+            return {"result": None}
+        added = []
+        for name in params:
+            sub = parse_stream(name, self._symbols)
+            if sub is None:
+                return invalid(f"invalid stream name: {name}")
+            added.append(sub)
+        have = {s.name for s in client.subscriptions}
+        fresh = [s for s in added if s.name not in have]
+        if len(client.subscriptions) + len(fresh) > MAX_STREAMS:
+            return invalid(f"at most {MAX_STREAMS} streams per connection")
+        client.subscriptions.extend(fresh)
+        return {"result": None}
 
     def _forget(self, connection: StreamConnection) -> None:
         self._clients.pop(connection, None)

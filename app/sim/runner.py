@@ -44,6 +44,7 @@ class SimServer:
         app = web.Application(client_max_size=1 << 20)
         app.add_routes(admin_routes(self.sim))
         app.router.add_get("/private/ws", self.sim.user.handle)
+        app.router.add_get("/market/ws", self.sim.market.handle_raw)
         app.router.add_get("/market/ws/{stream}", self.sim.market.handle_raw)
         app.router.add_get("/market/stream", self.sim.market.handle_combined)
         app.router.add_route("*", "/{tail:.*}", self.sim.handle)

@@ -36,10 +36,12 @@ class StreamConnection:
     """A prepared websocket plus its send queue; ``serve()`` runs it until it closes."""
 
     def __init__(self, ws: web.WebSocketResponse, settings: Streams, *,
-                 on_closed: Callable[[StreamConnection], None]) -> None:
+                 on_closed: Callable[[StreamConnection], None],
+                 on_text: Callable[[StreamConnection, str], None] | None = None) -> None:
         self._ws = ws
         self._settings = settings
         self._on_closed = on_closed
+        self._on_text = on_text
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._close: tuple[int, str] | None = None
         loop = asyncio.get_running_loop()
@@ -104,6 +106,8 @@ class StreamConnection:
             self._heard = self._loop.time()
             if msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
+            elif msg.type is WSMsgType.TEXT and self._on_text is not None:
+                self._on_text(self, msg.data)
 
     async def _keep(self) -> None:
         """Server pings, the pong timeout and the age limit."""
@@ -155,9 +159,11 @@ async def refuse(request: web.Request, code: int, reason: str) -> web.WebSocketR
 
 
 async def accept(request: web.Request, settings: Streams,
-                 on_closed: Callable[[StreamConnection], None]
+                 on_closed: Callable[[StreamConnection], None],
+                 on_text: Callable[[StreamConnection, str], None] | None = None,
                  ) -> tuple[web.WebSocketResponse, StreamConnection]:
-    """Upgrade ``request`` to a stream connection (pings and pongs are handled by it)."""
+    """Upgrade ``request`` to a stream connection (pings and pongs are handled by it; text
+    frames from the client go to ``on_text``)."""
     ws = web.WebSocketResponse(autoping=False, heartbeat=None, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    return ws, StreamConnection(ws, settings, on_closed=on_closed)
+    return ws, StreamConnection(ws, settings, on_closed=on_closed, on_text=on_text)

@@ -76,7 +76,7 @@ async def test_combined_stream_wraps_each_event(raw: RawClient) -> None:
 
 @pytest.mark.parametrize("path", [
     "/market/ws/btcusdt@trade", "/market/ws/nosuch@markPrice", "/market/ws/btcusdt@markPrice@2s",
-    "/market/stream?streams=", "/market/stream?streams=btcusdt@markPrice/bogus",
+    "/market/stream?streams=btcusdt@markPrice/bogus",
 ])
 async def test_an_unknown_stream_is_closed_at_once(raw: RawClient, path: str) -> None:
     """A name that is no mark-price stream: accepted, closed with 1008 naming the problem."""
@@ -93,3 +93,35 @@ async def test_state_counts_market_connections(raw: RawClient) -> None:
         await asyncio.sleep(0.05)
         state = await raw.admin("GET", "/_sim/state")
         assert state.body["streams"] == {"user": 0, "market": 1}
+
+
+async def test_subscribe_on_a_bare_connection(raw: RawClient) -> None:
+    """/market/ws with no stream, then SUBSCRIBE: {"result": null, "id": 1}, the stream's events
+    follow; LIST_SUBSCRIPTIONS names it; UNSUBSCRIBE stops it."""
+    async with market_socket(raw, "/market/ws") as ws:
+        await ws.send_json({"method": "SUBSCRIBE", "params": ["btcusdt@markPrice"], "id": 1})
+        assert await receive(ws) == {"result": None, "id": 1}
+        await set_price(raw, "BTCUSDT", "65200.0")
+        assert (await receive(ws))["p"] == "65200.00"
+        await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": 2})
+        assert await receive(ws) == {"result": ["btcusdt@markPrice"], "id": 2}
+        await ws.send_json({"method": "UNSUBSCRIBE", "params": ["btcusdt@markPrice"], "id": 3})
+        assert await receive(ws) == {"result": None, "id": 3}
+        await set_price(raw, "BTCUSDT", "65300.0")
+        assert await quiet_for(ws, 0.3) == []
+
+
+@pytest.mark.parametrize(("request_body", "detail"), [
+    ({"method": "SUBSCRIBE", "params": ["btcusdt@depth"], "id": 4}, "invalid stream name"),
+    ({"method": "NOPE", "id": 5}, "unknown method"),
+    ({"method": "SUBSCRIBE", "params": "btcusdt@markPrice", "id": 6}, "params"),
+    ({"method": "SUBSCRIBE", "params": [], "id": -1}, "request ID"),
+])
+async def test_bad_requests_get_an_error_naming_the_problem(
+        raw: RawClient, request_body: dict[str, Any], detail: str) -> None:
+    """A malformed request or a stream the simulator does not serve: an error with code 2."""
+    async with market_socket(raw, "/market/stream") as ws:
+        await ws.send_json(request_body)
+        answer = await receive(ws)
+    assert answer["error"]["code"] == 2
+    assert detail in answer["error"]["msg"]
