@@ -36,8 +36,8 @@ class Account:
         for pos in st.positions.values():
             mark = st.marks[pos.spec.symbol]
             free += pos.unrealized(mark) - pos.initial_margin(mark)
-        for order in st.orders.values():
-            if order.is_open and not order.reduce_only:
+        for order in st.orders.open():
+            if not order.reduce_only:
                 lev = st.positions[order.spec.symbol].leverage
                 free -= (order.qty - order.executed_qty) * order.price / lev
         return free

@@ -10,10 +10,9 @@ Algo orders live in their own id space.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from decimal import Decimal
 
-from app.sim import errors
+from app.sim import book, errors
 from app.sim.account import reduces
 from app.sim.config import SymbolSpec
 from app.sim.models import CONDITIONAL_TYPES, ZERO, AlgoOrder, Order
@@ -26,7 +25,6 @@ from app.sim.rules import (
     check_quantity,
     client_id_param,
     decimal_param,
-    int_param,
     position_side_param,
     require,
     side_param,
@@ -57,7 +55,7 @@ class Algos:
             raise errors.invalid_order_type()
         position_side_param(params)
         client_id = client_id_param(params, "clientAlgoId")
-        if client_id is not None and client_id in st.open_client_ids():
+        if client_id is not None and st.client_id_open(client_id):
             raise errors.client_id_duplicated()
         working = params.get("workingType") or "CONTRACT_PRICE"
         if working not in WORKING_TYPES:
@@ -145,26 +143,19 @@ class Algos:
 
     def list_open(self, params: Params) -> list[dict[str, object]]:
         """``GET /fapi/v1/openAlgoOrders``, for one symbol or all."""
-        st = self._state
-        spec = st.spec(params, required=False)
-        now = st.now()
-        return [a.to_json(detail=True) for a in st.algos.values()
-                if a.is_open and a.visible_at <= now and (spec is None or a.spec is spec)]
+        return [a.to_json(detail=True)
+                for a in book.list_open(self._state, self._state.algos, params)]
 
     def cancel_all(self, params: Params) -> dict[str, object]:
         """``DELETE /fapi/v1/algoOpenOrders`` for one symbol."""
         st = self._state
-        spec = st.require_spec(params)
-        now = st.now()
-        for algo in st.algos.values():
-            if algo.is_open and algo.spec is spec:
-                st.set_algo_status(algo, "CANCELED", now)
-        return {"code": 200, "msg": "The operation of cancel all open order is done."}
+        return book.cancel_all(st, st.algos, params,
+                               lambda algo, now: st.set_algo_status(algo, "CANCELED", now))
 
     # ----------------------------------------------------------------- triggers
     def on_mark(self, spec: SymbolSpec, mark: Decimal) -> None:
         """Trigger the open algo orders of ``spec`` that ``mark`` fires."""
-        for algo in [a for a in self._state.algos.values() if a.is_open and a.spec is spec]:
+        for algo in self._state.algos.open(spec):
             if self._fires(algo, mark):
                 self._trigger(algo, mark)
 
@@ -223,23 +214,7 @@ class Algos:
     def _find(self, params: Params) -> AlgoOrder | None:
         """The visible algo order named by ``algoId`` or (the latest with) ``clientAlgoId``;
         -1102 if neither is sent."""
-        st = self._state
-        algo_id = int_param(params, "algoId", required=False)
-        client_id = params.get("clientAlgoId")
-        if algo_id is None and not client_id:
-            raise errors.bad(
-                -1102, "Param 'algoId' or 'clientAlgoId' must be sent, but both were empty/null!")
-        now = st.now()
-        if algo_id is not None:
-            found = st.algos.get(algo_id)
-            candidates: Iterable[AlgoOrder] = [found] if found is not None else []
-        else:
-            candidates = (a for a in reversed(st.algos.values())
-                          if a.client_algo_id == client_id)
-        for algo in candidates:
-            if algo.visible_at <= now:
-                return algo
-        return None
+        return book.find(self._state, self._state.algos, params, "algoId", "clientAlgoId")
 
 
 def _crossed(order_type: str, side: str, trigger: Decimal, mark: Decimal) -> bool:

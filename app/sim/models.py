@@ -68,6 +68,10 @@ class Order:
     working_type: str = "CONTRACT_PRICE"
 
     @property
+    def id(self) -> int:
+        return self.order_id
+
+    @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
 
@@ -142,6 +146,14 @@ class AlgoOrder:
     # Trailing stops: activated flag and the best mark seen since activation.
     activated: bool = False
     extreme: Decimal = ZERO
+
+    @property
+    def id(self) -> int:
+        return self.algo_id
+
+    @property
+    def client_id(self) -> str:
+        return self.client_algo_id
 
     @property
     def is_open(self) -> bool:
@@ -245,27 +257,21 @@ class Ledger:
     entries: list[Order | AlgoOrder] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, object]]:
-        out: list[dict[str, object]] = []
-        for entry in self.entries:
-            qp = entry.spec.quantity_precision
-            if isinstance(entry, AlgoOrder):
-                out.append({
-                    "kind": "algo", "symbol": entry.spec.symbol, "id": entry.algo_id,
-                    "client_id": entry.client_algo_id, "type": entry.order_type,
-                    "side": entry.side, "status": entry.status,
-                    "qty": "0" if entry.close_position else fixed(entry.qty, qp),
-                    "executed_qty": fixed(entry.actual_qty, qp),
-                    "reduce_only": entry.reduce_only, "close_position": entry.close_position,
-                    "trigger_price": fixed(entry.trigger_price, entry.spec.price_precision),
-                })
-            else:
-                out.append({
-                    "kind": entry.kind, "symbol": entry.spec.symbol, "id": entry.order_id,
-                    "client_id": entry.client_id, "type": entry.type, "side": entry.side,
-                    "status": entry.status,
-                    "qty": "0" if entry.close_position else fixed(entry.qty, qp),
-                    "executed_qty": fixed(entry.executed_qty, qp),
-                    "reduce_only": entry.reduce_only, "close_position": entry.close_position,
-                    "trigger_price": None,
-                })
-        return out
+        """The admin rows (SPEC §10's table)."""
+        return [_row(entry) for entry in self.entries]
+
+
+def _row(entry: Order | AlgoOrder) -> dict[str, object]:
+    qp = entry.spec.quantity_precision
+    if isinstance(entry, AlgoOrder):
+        kind, kind_type, executed = "algo", entry.order_type, entry.actual_qty
+        trigger: str | None = fixed(entry.trigger_price, entry.spec.price_precision)
+    else:
+        kind, kind_type, executed, trigger = entry.kind, entry.type, entry.executed_qty, None
+    return {
+        "kind": kind, "symbol": entry.spec.symbol, "id": entry.id,
+        "client_id": entry.client_id, "type": kind_type, "side": entry.side,
+        "status": entry.status, "qty": "0" if entry.close_position else fixed(entry.qty, qp),
+        "executed_qty": fixed(executed, qp), "reduce_only": entry.reduce_only,
+        "close_position": entry.close_position, "trigger_price": trigger,
+    }

@@ -8,10 +8,9 @@ their price (``on_mark``). Conditional types belong to ``algos`` (-4120 here). R
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from decimal import Decimal
 
-from app.sim import errors
+from app.sim import book, errors
 from app.sim.account import Account, reduces
 from app.sim.config import SymbolSpec
 from app.sim.models import CONDITIONAL_TYPES, ZERO, Order, Position, Trade
@@ -62,7 +61,7 @@ class Orders:
             if params.get(legacy):
                 raise errors.not_required(legacy)
         client_id = client_id_param(params, "newClientOrderId")
-        if client_id is not None and client_id in st.open_client_ids():
+        if client_id is not None and st.client_id_open(client_id):
             raise errors.client_id_duplicated()
         reduce_only = bool_param(params, "reduceOnly") or False
         resp_type = params.get("newOrderRespType", "ACK")
@@ -96,8 +95,7 @@ class Orders:
                 raise errors.post_only_rejected()
             if tif == "FOK" and not marketable:
                 raise errors.fok_rejected()
-            open_here = sum(1 for o in st.orders.values() if o.is_open and o.spec is spec)
-            if open_here >= MAX_OPEN_ORDERS_PER_SYMBOL:
+            if st.orders.open_count(spec) >= MAX_OPEN_ORDERS_PER_SYMBOL:
                 raise errors.max_open_orders()
         if not reduce_only:
             self._account.check_margin(spec, side, qty, price or mark)
@@ -142,21 +140,14 @@ class Orders:
 
     def list_open(self, params: Params) -> list[dict[str, object]]:
         """``GET /fapi/v1/openOrders``, for one symbol or all."""
-        st = self._state
-        spec = st.spec(params, required=False)
-        now = st.now()
-        return [o.to_json(with_time=True) for o in st.orders.values()
-                if o.is_open and o.visible_at <= now and (spec is None or o.spec is spec)]
+        return [o.to_json(with_time=True)
+                for o in book.list_open(self._state, self._state.orders, params)]
 
     def cancel_all(self, params: Params) -> dict[str, object]:
         """``DELETE /fapi/v1/allOpenOrders`` for one symbol."""
         st = self._state
-        spec = st.require_spec(params)
-        now = st.now()
-        for order in st.orders.values():
-            if order.is_open and order.spec is spec:
-                st.set_order_status(order, "CANCELED", now)
-        return {"code": 200, "msg": "The operation of cancel all open order is done."}
+        return book.cancel_all(st, st.orders, params,
+                               lambda order, now: st.set_order_status(order, "CANCELED", now))
 
     def history(self, params: Params) -> list[dict[str, object]]:
         """``GET /fapi/v1/allOrders``: from ``orderId`` on, at most ``limit`` (≤ 1000)."""
@@ -164,22 +155,20 @@ class Orders:
         spec = st.require_spec(params)
         from_id = int_param(params, "orderId", required=False) or 0
         limit = min(int_param(params, "limit", required=False) or 500, 1000)
-        rows = [o for o in st.orders.values() if o.spec is spec and o.order_id >= from_id]
-        return [o.to_json(with_time=True) for o in rows[:limit]]
+        return [o.to_json(with_time=True) for o in st.orders.history(spec, from_id, limit)]
 
     def trades(self, params: Params) -> list[dict[str, object]]:
         """``GET /fapi/v1/userTrades``: the last ``limit`` (≤ 1000) trades of a symbol."""
         st = self._state
         spec = st.require_spec(params)
         limit = min(int_param(params, "limit", required=False) or 500, 1000)
-        rows = [t for t in st.trades if t.spec is spec]
-        return [t.to_json() for t in rows[-limit:]]
+        return [t.to_json() for t in st.trades_of(spec)[-limit:]]
 
     # ----------------------------------------------------------------- fills
     def on_mark(self, spec: SymbolSpec, mark: Decimal) -> None:
         """Fill, as maker at their own price, the resting limits of ``spec`` that ``mark``
         crossed."""
-        for order in [o for o in self._state.orders.values() if o.is_open and o.spec is spec]:
+        for order in self._state.orders.open(spec):
             if (order.side == "BUY" and mark <= order.price) or (
                     order.side == "SELL" and mark >= order.price):
                 self.fill(order, order.price, maker=True)
@@ -216,23 +205,8 @@ class Orders:
         """The visible order of the request's symbol named by ``orderId`` or (the latest with)
         ``origClientOrderId``; -1102 if neither is sent."""
         st = self._state
-        spec = st.require_spec(params)
-        order_id = int_param(params, "orderId", required=False)
-        client_id = params.get("origClientOrderId")
-        if order_id is None and not client_id:
-            raise errors.bad(
-                -1102, "Param 'orderId' or 'origClientOrderId' must be sent, but both were "
-                "empty/null!")
-        now = st.now()
-        if order_id is not None:
-            found = st.orders.get(order_id)
-            candidates: Iterable[Order] = [found] if found is not None else []
-        else:
-            candidates = (o for o in reversed(st.orders.values()) if o.client_id == client_id)
-        for order in candidates:
-            if order.spec is spec and order.visible_at <= now:
-                return order
-        return None
+        return book.find(st, st.orders, params, "orderId", "origClientOrderId",
+                         st.require_spec(params))
 
 
 def _floor_to_step(spec: SymbolSpec, qty: Decimal) -> Decimal:

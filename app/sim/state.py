@@ -1,15 +1,17 @@
 """The simulated account's shared state, and the few methods every order change goes through.
 
 One ``SimState`` per exchange holds the symbols and their marks, the one-way positions, the USDT
-wallet, regular orders, algo orders, trades, the acceptance ledger and the id sequences. The
-components in ``orders``, ``algos`` and ``account`` keep no state of their own.
+wallet, regular orders and algo orders (each kind in a ``book.Book``: by id, by client id, open
+ones per symbol, history per symbol), trades per symbol, the acceptance ledger and the id
+sequences. The components in ``orders``, ``algos`` and ``account`` keep no state of their own.
 
 Orders and algo orders enter the account only through ``add_order`` / ``add_algo``, change
 status only through ``set_order_status`` / ``set_algo_status``, and fill only through
 ``record_fill``; positions and the wallet change only in ``account.Account`` (``settle``,
 ``set_leverage``, ``set_margin_type``). Whatever must see every account change hooks in there:
-each of these methods publishes its user-data event (``events``) to the ``sink`` — the user
-stream — when a connection is listening (events nobody listens to are lost, as on Binance).
+these methods keep the books' open indexes current, and each publishes its user-data event
+(``events``) to the ``sink`` — the user stream — when a connection is listening (events nobody
+listens to are lost, as on Binance).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from app.sim import errors, events
+from app.sim.book import Book
 from app.sim.config import SimConfig, SymbolSpec
 from app.sim.models import AlgoOrder, Ledger, Order, Position, Trade
 from app.sim.rules import Params
@@ -55,9 +58,11 @@ class SimState:
         }
         self.wallet: Decimal = cfg.account.balance
         self.ledger = Ledger()
-        self.orders: dict[int, Order] = {}
-        self.algos: dict[int, AlgoOrder] = {}
-        self.trades: list[Trade] = []
+        self.orders: Book[Order] = Book()
+        self.algos: Book[AlgoOrder] = Book()
+        self._trades: dict[str, list[Trade]] = {s.symbol: [] for s in cfg.symbols}
+        # Open closePosition algo ids per (symbol, type, side): -4130 without a scan.
+        self._close_position: dict[tuple[str, str, str], set[int]] = {}
         self._order_ids = itertools.count(8_389_765_000_000)
         self._algo_ids = itertools.count(4_000_000_230_000_000)
         self._trade_ids = itertools.count(1_000_000)
@@ -87,15 +92,22 @@ class SimState:
         assert spec is not None
         return spec
 
-    def open_client_ids(self) -> set[str]:
-        """Client ids in use by open orders and open algo orders (-4116 on reuse)."""
-        ids = {o.client_id for o in self.orders.values() if o.is_open}
-        ids.update(a.client_algo_id for a in self.algos.values() if a.is_open)
-        return ids
+    def client_id_open(self, client_id: str) -> bool:
+        """Whether an open order or open algo order uses ``client_id`` (-4116 on reuse)."""
+        return self.orders.client_id_open(client_id) or self.algos.client_id_open(client_id)
 
     def has_open_orders(self, spec: SymbolSpec) -> bool:
-        return any(o.is_open and o.spec is spec for o in self.orders.values()) or any(
-            a.is_open and a.spec is spec for a in self.algos.values())
+        """Whether ``spec`` has an open order or open algo order."""
+        return bool(self.orders.open_count(spec) or self.algos.open_count(spec))
+
+    def close_position_algo_open(self, spec: SymbolSpec, order_type: str, side: str) -> bool:
+        """Whether an open ``closePosition`` algo order of this symbol, type and side exists."""
+        return bool(self._close_position.get((spec.symbol, order_type, side)))
+
+    def trades_of(self, spec: SymbolSpec) -> list[Trade]:
+        """The trades of ``spec`` in time order (the state's own list: read it, don't keep
+        it)."""
+        return self._trades[spec.symbol]
 
     # ----------------------------------------------------------------- ids
     def auto_client_id(self, prefix: str) -> str:
@@ -121,7 +133,7 @@ class SimState:
 
     def add_order(self, order: Order) -> None:
         """Accept a new regular order: into the book and the ledger (``x`` NEW)."""
-        self.orders[order.order_id] = order
+        self.orders.add(order)
         self.ledger.entries.append(order)
         if self._listening():
             self._publish(events.order_trade_update(order, "NEW", self.now()))
@@ -130,6 +142,7 @@ class SimState:
         """Move ``order`` to ``status`` (``CANCELED``, ``EXPIRED``) at server time ``now``."""
         order.status = status
         order.updated = now
+        self.orders.update(order)
         if self._listening():
             self._publish(events.order_trade_update(order, status, now))
 
@@ -142,7 +155,8 @@ class SimState:
         order.cum_quote += trade.qty * trade.price
         order.status = "FILLED" if order.executed_qty >= order.qty else "PARTIALLY_FILLED"
         order.updated = trade.time
-        self.trades.append(trade)
+        self.orders.update(order)
+        self._trades[order.spec.symbol].append(trade)
         if self._listening():
             self.publish_account(events.REASON_ORDER, [self.positions[order.spec.symbol]],
                                  trade.time)
@@ -157,7 +171,7 @@ class SimState:
 
     def add_algo(self, algo: AlgoOrder) -> None:
         """Accept a new algo order: into the book and the ledger (``ALGO_UPDATE`` NEW)."""
-        self.algos[algo.algo_id] = algo
+        self._index_algo(algo, new=True)
         self.ledger.entries.append(algo)
         if self._listening():
             self._publish(events.algo_update(algo, self.now()))
@@ -168,5 +182,19 @@ class SimState:
         at server time ``now``; ``reason`` says why the system ended it."""
         algo.status = status
         algo.updated = now
+        self._index_algo(algo)
         if self._listening():
             self._publish(events.algo_update(algo, now, reason))
+
+    def _index_algo(self, algo: AlgoOrder, *, new: bool = False) -> None:
+        if new:
+            self.algos.add(algo)
+        else:
+            self.algos.update(algo)
+        if algo.close_position:
+            ids = self._close_position.setdefault(
+                (algo.spec.symbol, algo.order_type, algo.side), set())
+            if algo.is_open:
+                ids.add(algo.algo_id)
+            else:
+                ids.discard(algo.algo_id)
