@@ -1,8 +1,9 @@
 """Fuzzing POST /v1/signals: every malformed body answers 400 with a reason, nothing reaches the
 exchange, and the server stays healthy (SPEC §4.1, §11.2).
 
-The bodies are tests/intake/malformed.py's (the spool fuzz test draws from the same). One server serves the whole run: hypothesis runs in a worker thread and hands each batch of
-bodies to the test's event loop, where they are posted concurrently.
+The bodies are tests/intake/malformed.py's (the spool fuzz test draws from the same). One
+server serves the whole run: hypothesis runs in a worker thread and hands each batch of bodies
+to the test's event loop, where they are posted concurrently.
 """
 
 from __future__ import annotations
