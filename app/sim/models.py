@@ -257,7 +257,8 @@ class Ledger:
     entries: list[Order | AlgoOrder] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, object]]:
-        """The admin rows (SPEC §10's table)."""
+        """The admin rows; ``time`` is when the exchange accepted the order and
+        ``update_time`` its last status change, both in epoch ms."""
         return [_row(entry) for entry in self.entries]
 
 
@@ -274,4 +275,5 @@ def _row(entry: Order | AlgoOrder) -> dict[str, object]:
         "status": entry.status, "qty": "0" if entry.close_position else fixed(entry.qty, qp),
         "executed_qty": fixed(executed, qp), "reduce_only": entry.reduce_only,
         "close_position": entry.close_position, "trigger_price": trigger,
+        "time": ms(entry.created), "update_time": ms(entry.updated or entry.created),
     }

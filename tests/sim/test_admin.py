@@ -14,7 +14,8 @@ from app.sim import SimServer
 from tests.sim.conftest import RawClient, SimClock, dec, open_long, quiet_config
 
 ORDER_KEYS = {"kind", "symbol", "id", "client_id", "type", "side", "status", "qty",
-              "executed_qty", "reduce_only", "close_position", "trigger_price"}
+              "executed_qty", "reduce_only", "close_position", "trigger_price", "time",
+              "update_time"}
 POSITION_KEYS = {"symbol", "positionAmt", "entryPrice", "unRealizedProfit", "leverage",
                  "marginType"}
 STATE_KEYS = {"positions", "balance", "mark", "used_weight", "throttled", "bans", "requests"}
@@ -158,15 +159,43 @@ async def test_orders_rows_have_exactly_the_contract_keys(raw: RawClient) -> Non
         assert set(row) == ORDER_KEYS
 
 
-async def test_orders_row_values_of_a_market_order(raw: RawClient) -> None:
-    """A filled MARKET order's row carries its identity, quantities and flags."""
+async def test_orders_row_values_of_a_market_order(raw: RawClient, clock: SimClock) -> None:
+    """A filled MARKET order's row carries its identity, quantities, flags and times."""
     placed = await open_long(raw)
     assert await get(raw, "/_sim/orders") == [{
         "kind": "order", "symbol": "BTCUSDT", "id": placed.body["orderId"],
         "client_id": "t-entry", "type": "MARKET", "side": "BUY", "status": "FILLED",
         "qty": "0.010", "executed_qty": "0.010", "reduce_only": False,
-        "close_position": False, "trigger_price": None,
+        "close_position": False, "trigger_price": None, "time": clock.ms,
+        "update_time": clock.ms,
     }]
+
+
+async def test_orders_row_update_time_is_the_last_status_change(raw: RawClient,
+                                                                clock: SimClock) -> None:
+    """A LIMIT canceled 5 s after acceptance: time is the acceptance, update_time the cancel."""
+    accepted = clock.ms
+    await place_limit(raw, client_id="o-late")
+    clock.advance(5)
+    canceled = await raw.signed("DELETE", "/fapi/v1/order",
+                                {"symbol": "BTCUSDT", "origClientOrderId": "o-late"})
+    assert canceled.status == 200, canceled.body
+    (row,) = await get(raw, "/_sim/orders")
+    assert (row["status"], row["time"], row["update_time"]) == (
+        "CANCELED", accepted, accepted + 5000)
+
+
+async def test_orders_row_times_of_a_triggered_algo(raw: RawClient, clock: SimClock) -> None:
+    """An algo triggered 7 s after acceptance: its update_time and its order's time are then."""
+    await open_long(raw)
+    accepted = clock.ms
+    await place_stop(raw)
+    clock.advance(7)
+    await set_price(raw, "63000.00")
+    rows = await get(raw, "/_sim/orders")
+    times = {r["kind"]: (r["status"], r["time"], r["update_time"]) for r in rows}
+    assert times["algo"] == ("FINISHED", accepted, accepted + 7000)
+    assert times["triggered"] == ("FILLED", accepted + 7000, accepted + 7000)
 
 
 async def test_orders_are_listed_in_acceptance_order(raw: RawClient) -> None:
