@@ -6,6 +6,10 @@ trigger, BUY at ≥), TAKE_PROFIT / TAKE_PROFIT_MARKET the other way, trailing s
 mark retreats ``callbackRate`` % from its extreme since activation. A triggered algo spawns a
 regular order (``kind`` ``triggered``, ``origType`` the algo's type) through ``orders.Orders``.
 Algo orders live in their own id space.
+
+One open ``closePosition`` order per symbol, type and side (-4130 for a second one). Closing a
+position leaves its ``closePosition`` orders open, as Binance does without ``GTE_GTC``; such an
+orphan that fires with nothing to close ends ``EXPIRED``.
 """
 
 from __future__ import annotations
@@ -112,6 +116,8 @@ class Algos:
                 raise errors.would_immediately_trigger()
         if not close_position and not reduce_only:
             check_notional(spec, qty, price or trigger or mark, False)
+        if close_position and st.close_position_algo_open(spec, order_type, side):
+            raise errors.close_position_exists()
         now = st.now()
         algo = AlgoOrder(
             spec=spec, algo_id=st.next_algo_id(),

@@ -167,6 +167,14 @@ def use_algo_api() -> ApiError:
     )
 
 
+def close_position_exists() -> ApiError:
+    return bad(
+        -4130,
+        "An open stop or take profit order with GTE and closePosition in the direction is "
+        "existing.",
+    )
+
+
 def order_does_not_exist() -> ApiError:
     return bad(-2013, "Order does not exist.")
 

@@ -181,3 +181,134 @@ async def test_trailing_stop_fires_after_pullback(raw: RawClient) -> None:
     assert len((await raw.admin("GET", "/_sim/state")).body["positions"]) == 1
     await raw.admin("POST", "/_sim/price", {"symbol": "BTCUSDT", "price": "66320.0"})
     assert (await raw.admin("GET", "/_sim/state")).body["positions"] == []
+
+
+# ----------------------------------------------------------------- -4130
+
+CLOSE_POSITION_EXISTS = {
+    "code": -4130,
+    "msg": "An open stop or take profit order with GTE and closePosition in the direction is "
+           "existing.",
+}
+
+
+async def algo_status(raw: RawClient, client_id: str) -> str:
+    answer = await raw.signed("GET", "/fapi/v1/algoOrder", {"clientAlgoId": client_id})
+    assert answer.status == 200, answer.body
+    status: str = answer.body["algoStatus"]
+    return status
+
+
+async def place(raw: RawClient, params: dict[str, object]) -> None:
+    answer = await raw.signed("POST", "/fapi/v1/algoOrder", params)
+    assert answer.status == 200, answer.body
+
+
+async def test_second_close_position_stop_of_a_side_answers_4130(raw: RawClient) -> None:
+    """A second open closePosition STOP_MARKET of the same side: HTTP 400, -4130."""
+    await open_long(raw)
+    await place(raw, stop())
+    answer = await raw.signed("POST", "/fapi/v1/algoOrder", stop("59000.00", "t-sl-2"))
+    assert (answer.status, answer.body) == (400, CLOSE_POSITION_EXISTS)
+
+
+async def test_second_close_position_take_profit_of_a_side_answers_4130(
+        raw: RawClient) -> None:
+    """The same rule holds for TAKE_PROFIT_MARKET."""
+    await open_long(raw)
+    await place(raw, stop("70000.00", "t-tp", order_type="TAKE_PROFIT_MARKET"))
+    answer = await raw.signed("POST", "/fapi/v1/algoOrder", stop(
+        "71000.00", "t-tp-2", order_type="TAKE_PROFIT_MARKET"))
+    assert answer.body == CLOSE_POSITION_EXISTS
+
+
+async def test_close_position_stop_and_take_profit_side_by_side(raw: RawClient) -> None:
+    """A closePosition stop-loss and take-profit of the same side are both accepted."""
+    await open_long(raw)
+    await place(raw, stop())
+    await place(raw, stop("70000.00", "t-tp", order_type="TAKE_PROFIT_MARKET"))
+    listed = await raw.signed("GET", "/fapi/v1/openAlgoOrders", {"symbol": "BTCUSDT"})
+    assert [a["clientAlgoId"] for a in listed.body] == ["t-sl", "t-tp"]
+
+
+async def test_close_position_stops_of_both_sides_coexist(raw: RawClient) -> None:
+    """A SELL and a BUY closePosition STOP_MARKET are different directions: both accepted."""
+    await place(raw, stop())
+    await place(raw, stop("70000.00", "t-sl-buy", side="BUY"))
+
+
+async def test_close_position_stop_beside_a_quantity_stop(raw: RawClient) -> None:
+    """A reduce-only stop with a quantity does not count: the closePosition one is accepted."""
+    await open_long(raw)
+    await place(raw, {**stop(), "closePosition": "", "quantity": "0.010",
+                      "reduceOnly": "true", "clientAlgoId": "t-sl-qty"})
+    await place(raw, stop())
+
+
+async def test_close_position_stop_accepted_after_the_first_was_canceled(
+        raw: RawClient) -> None:
+    """Once the first closePosition stop is canceled, a new one is accepted."""
+    await open_long(raw)
+    await place(raw, stop())
+    await raw.signed("DELETE", "/fapi/v1/algoOrder", {"clientAlgoId": "t-sl"})
+    await place(raw, stop("59000.00", "t-sl-2"))
+
+
+async def test_close_position_stop_accepted_after_the_first_triggered(raw: RawClient) -> None:
+    """Once the first closePosition stop has triggered, a new one is accepted."""
+    await open_long(raw)
+    await place(raw, stop())
+    await raw.admin("POST", "/_sim/price", {"symbol": "BTCUSDT", "price": "59990.0"})
+    assert await algo_status(raw, "t-sl") == "FINISHED"
+    await open_long(raw, client_id="t-entry-2")
+    await place(raw, stop("59000.00", "t-sl-2"))
+
+
+# ----------------------------------------------------------------- orphans
+
+async def test_position_closed_by_an_order_leaves_close_position_algos_open(
+        raw: RawClient) -> None:
+    """Closing the long with a MARKET order leaves its closePosition stop and take-profit NEW."""
+    await open_long(raw)
+    await place(raw, stop())
+    await place(raw, stop("70000.00", "t-tp", order_type="TAKE_PROFIT_MARKET"))
+    closed = await raw.signed("POST", "/fapi/v1/order", {
+        "symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.010",
+        "reduceOnly": "true"})
+    assert closed.status == 200, closed.body
+    assert (await raw.admin("GET", "/_sim/state")).body["positions"] == []
+    assert [await algo_status(raw, cid) for cid in ("t-sl", "t-tp")] == ["NEW", "NEW"]
+
+
+async def test_position_liquidated_leaves_close_position_algos_open(raw: RawClient) -> None:
+    """A liquidation (/_sim/liquidate) leaves the closePosition stop NEW."""
+    await open_long(raw)
+    await place(raw, stop())
+    liquidated = await raw.admin("POST", "/_sim/liquidate", {"symbol": "BTCUSDT"})
+    assert liquidated.status == 200, liquidated.body
+    assert await algo_status(raw, "t-sl") == "NEW"
+
+
+async def test_orphan_stop_firing_flat_expires_without_a_position(raw: RawClient) -> None:
+    """An orphaned closePosition stop that fires with no position ends EXPIRED, no order."""
+    await open_long(raw)
+    await place(raw, stop())
+    await raw.signed("POST", "/fapi/v1/order", {
+        "symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.010",
+        "reduceOnly": "true"})
+    await raw.admin("POST", "/_sim/price", {"symbol": "BTCUSDT", "price": "59000.0"})
+    assert await algo_status(raw, "t-sl") == "EXPIRED"
+    assert (await raw.admin("GET", "/_sim/state")).body["positions"] == []
+    rows = (await raw.admin("GET", "/_sim/orders")).body
+    assert [r["kind"] for r in rows] == ["order", "algo", "order"]
+
+
+async def test_orphan_take_profit_after_the_stop_fired_expires(raw: RawClient) -> None:
+    """The take-profit left by a triggered stop-loss expires when it fires later, flat."""
+    await open_long(raw)
+    await place(raw, stop())
+    await place(raw, stop("70000.00", "t-tp", order_type="TAKE_PROFIT_MARKET"))
+    await raw.admin("POST", "/_sim/price", {"symbol": "BTCUSDT", "price": "59990.0"})
+    await raw.admin("POST", "/_sim/price", {"symbol": "BTCUSDT", "price": "70000.0"})
+    assert await algo_status(raw, "t-tp") == "EXPIRED"
+    assert (await raw.admin("GET", "/_sim/state")).body["positions"] == []
