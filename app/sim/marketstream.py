@@ -4,8 +4,10 @@
 Streams: ``<symbol>@markPrice`` (every 3 s), ``<symbol>@markPrice@1s``, ``!markPrice@arr``
 and ``!markPrice@arr@1s`` (a list of every symbol's ``markPriceUpdate``). Symbols are written
 in lower case, as Binance names its streams (upper case is accepted too). Besides its interval
-a stream is pushed right after ``POST /_sim/price`` moves its symbol's mark. An unknown stream
-name is accepted and closed at once (1008), naming the stream.
+a stream is pushed right after ``POST /_sim/price`` moves its symbol's mark. A name in the URL
+that is no mark-price stream (ccxt, for one, connects to ``/market/ws/<n>`` and subscribes
+afterwards) gets no data, as on Binance. ``/public/ws`` and ``/public/stream`` (Binance's
+high-frequency route) are accepted but serve nothing here: a SUBSCRIBE there is an error.
 
 As on Binance, a connection may also change its streams by sending requests:
 ``{"method": "SUBSCRIBE" | "UNSUBSCRIBE", "params": [names], "id": N}`` → ``{"result": null,
@@ -60,6 +62,7 @@ def parse_stream(name: str, symbols: Mapping[str, SymbolSpec]) -> Subscription |
 class _Client:
     subscriptions: list[Subscription]
     combined: bool
+    serves: bool = True                 # False on /public: nothing is served there
 
 
 class MarketStream:
@@ -131,21 +134,22 @@ class MarketStream:
         names = [n for n in request.query.get("streams", "").split("/") if n]
         return await self._serve(request, names, combined=True)
 
+    async def handle_public(self, request: web.Request) -> web.StreamResponse:
+        """``/public/ws[/<stream>]``, ``/public/stream``: accepted, nothing served."""
+        return await self._serve(request, [], combined=request.path.startswith("/public/stream"),
+                                 serves=False)
+
     async def _serve(self, request: web.Request, names: list[str], *,
-                     combined: bool) -> web.StreamResponse:
+                     combined: bool, serves: bool = True) -> web.StreamResponse:
         refusal = self._gate.refusal()
         if refusal is not None:
             return refusal
         if len(names) > MAX_STREAMS:
             return await refuse(request, CLOSE_POLICY, f"at most {MAX_STREAMS} streams")
-        subscriptions = []
-        for name in names:
-            sub = parse_stream(name, self._symbols)
-            if sub is None:
-                return await refuse(request, CLOSE_POLICY, f"invalid stream name: {name}"[:120])
-            subscriptions.append(sub)
+        parsed = (parse_stream(name, self._symbols) for name in names)
+        subscriptions = [sub for sub in parsed if sub is not None]
         ws, connection = await accept(request, self._settings, self._forget, self._request)
-        self._clients[connection] = _Client(subscriptions, combined)
+        self._clients[connection] = _Client(subscriptions, combined, serves)
         await connection.serve()
         return ws
 
@@ -185,6 +189,9 @@ class MarketStream:
         params = body.get("params")
         if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
             return invalid("params must be a list of stream names")
+        if not client.serves:
+            return invalid("the simulator serves no stream on /public (mark prices are on "
+                           "/market)")
         if method == "UNSUBSCRIBE":
             client.subscriptions[:] = [s for s in client.subscriptions if s.name not in params]
             return {"result": None}

@@ -8,6 +8,10 @@ that receive its events.
   ``listenKeyExpired`` and are closed.
 - ``/private/ws?listenKey=K[&events=A/B]``: the account's events, filtered by type when
   ``events`` is given. An unknown or expired key is accepted and closed at once (1008).
+- ``/private/stream[?listenKey=K]`` (Binance's stream mode of the route, which its official
+  connector uses): the same events wrapped as ``{"stream": K, "data": event}``; without a key in
+  the URL the client sends ``{"method": "SUBSCRIBE", "params": [K], "id": N}`` (answered
+  ``{"result": null, "id": N}``, or an error with code 2 for a key that is not the active one).
 - Events produced while no connection is open are lost, as on Binance: the account's state
   publishes to this stream (``SimState.sink``) only while someone listens.
 """
@@ -17,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import orjson
 from aiohttp import web
 
 from app.sim import errors
@@ -26,6 +32,13 @@ from app.sim.events import listen_key_expired
 from app.sim.wsconn import CLOSE_NORMAL, CLOSE_POLICY, Gate, StreamConnection, accept, refuse
 
 LISTEN_KEY_MISSING = "This listenKey does not exist."
+
+
+@dataclass(slots=True)
+class _Listener:
+    wanted: frozenset[str] | None      # event types asked for (None: all)
+    combined: bool                     # frames wrapped as {"stream": key, "data": event}
+    key: str | None                    # the key it listens to (None: not subscribed yet)
 
 
 class UserStream:
@@ -39,8 +52,7 @@ class UserStream:
         self._key: str | None = None
         self._expires_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        #: Each connection and the event types it asked for (None: all).
-        self._connections: dict[StreamConnection, frozenset[str] | None] = {}
+        self._connections: dict[StreamConnection, _Listener] = {}
 
     # ----------------------------------------------------------------- the sink
     @property
@@ -48,11 +60,14 @@ class UserStream:
         return bool(self._connections)
 
     def publish(self, event: dict[str, object]) -> None:
-        """Send an account event to every connection that wants its type."""
+        """Send an account event to every connection of the key that wants its type."""
         kind = event["e"]
-        for connection, wanted in self._connections.items():
-            if wanted is None or kind in wanted:
-                connection.send(event)
+        key = self._key
+        for connection, listener in self._connections.items():
+            if listener.key is None or listener.key != key:
+                continue
+            if listener.wanted is None or kind in listener.wanted:
+                connection.send({"stream": key, "data": event} if listener.combined else event)
 
     @property
     def connections(self) -> int:
@@ -89,18 +104,62 @@ class UserStream:
     # ----------------------------------------------------------------- the websocket
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``/private/ws?listenKey=K[&events=A/B]``."""
+        return await self._serve(request, combined=False)
+
+    async def handle_combined(self, request: web.Request) -> web.StreamResponse:
+        """``/private/stream[?listenKey=K][&events=A/B]``: frames wrapped with the key."""
+        return await self._serve(request, combined=True)
+
+    async def _serve(self, request: web.Request, *, combined: bool) -> web.StreamResponse:
         refusal = self._gate.refusal()
         if refusal is not None:
             return refusal
-        key = request.query.get("listenKey", "")
-        if not key or key != self._active():
+        key = request.query.get("listenKey") or None
+        if (key is None and not combined) or (key is not None and key != self._active()):
             return await refuse(request, CLOSE_POLICY, "invalid or expired listenKey")
         raw = request.query.get("events", "")
         wanted = frozenset(e for e in raw.split("/") if e) or None
-        ws, connection = await accept(request, self._settings, self._forget)
-        self._connections[connection] = wanted
+        ws, connection = await accept(request, self._settings, self._forget, self._request)
+        self._connections[connection] = _Listener(wanted, combined, key)
         await connection.serve()
         return ws
+
+    def _request(self, connection: StreamConnection, text: str) -> None:
+        """``SUBSCRIBE [K]`` / ``UNSUBSCRIBE [K]`` / ``LIST_SUBSCRIPTIONS`` from the client."""
+        listener = self._connections.get(connection)
+        if listener is None:
+            return
+        try:
+            body = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            connection.send({"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}, "id": None})
+            return
+        if not isinstance(body, dict):
+            connection.send(_invalid("must be a JSON object", None))
+            return
+        request_id = body.get("id")
+        if request_id is not None and (isinstance(request_id, bool)
+                                       or not isinstance(request_id, int) or request_id < 0):
+            connection.send(_invalid("request ID must be an unsigned integer", None))
+            return
+        method, params = body.get("method"), body.get("params")
+        if method == "LIST_SUBSCRIPTIONS":
+            names = [] if listener.key is None else [listener.key]
+            connection.send({"result": names, "id": request_id})
+            return
+        if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
+            connection.send(_invalid("expected SUBSCRIBE, UNSUBSCRIBE or LIST_SUBSCRIPTIONS "
+                                     "with params: [listenKey]", request_id))
+            return
+        if method == "UNSUBSCRIBE":
+            if listener.key in params:
+                listener.key = None
+        elif len(params) != 1 or params[0] != self._active():
+            connection.send(_invalid("params must be [the active listenKey]", request_id))
+            return
+        else:
+            listener.key = params[0]
+        connection.send({"result": None, "id": request_id})
 
     def _forget(self, connection: StreamConnection) -> None:
         self._connections.pop(connection, None)
@@ -140,7 +199,13 @@ class UserStream:
             self._timer.cancel()
             self._timer = None
         event = listen_key_expired(key, self._clock())
-        for connection in list(self._connections):
+        for connection, listener in list(self._connections.items()):
+            if listener.key != key:
+                continue
             if notify:
-                connection.send(event)
+                connection.send({"stream": key, "data": event} if listener.combined else event)
             connection.close(CLOSE_NORMAL, reason)
+
+
+def _invalid(detail: str, request_id: object) -> dict[str, object]:
+    return {"error": {"code": 2, "msg": f"Invalid request: {detail}"}, "id": request_id}

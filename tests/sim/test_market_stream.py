@@ -75,16 +75,27 @@ async def test_combined_stream_wraps_each_event(raw: RawClient) -> None:
 
 
 @pytest.mark.parametrize("path", [
-    "/market/ws/btcusdt@trade", "/market/ws/nosuch@markPrice", "/market/ws/btcusdt@markPrice@2s",
-    "/market/stream?streams=btcusdt@markPrice/bogus",
+    "/market/ws/0", "/market/ws/btcusdt@trade", "/market/ws/nosuch@markPrice",
+    "/market/ws/btcusdt@markPrice@2s",
 ])
-async def test_an_unknown_stream_is_closed_at_once(raw: RawClient, path: str) -> None:
-    """A name that is no mark-price stream: accepted, closed with 1008 naming the problem."""
+async def test_a_name_that_is_no_stream_gets_no_data(raw: RawClient, path: str) -> None:
+    """As on Binance (ccxt connects to /market/ws/<n> and subscribes afterwards): the
+    connection stays open, nothing is pushed for the name, and SUBSCRIBE still works."""
     async with market_socket(raw, path) as ws:
-        msg = await asyncio.wait_for(ws.receive(), 2)
-        assert msg.type is aiohttp.WSMsgType.CLOSE
-        assert ws.close_code == 1008
-        assert msg.extra
+        await set_price(raw, "BTCUSDT", "65150.0")
+        assert await quiet_for(ws, 0.3) == []
+        await ws.send_json({"method": "SUBSCRIBE", "params": ["btcusdt@markPrice"], "id": 7})
+        assert await receive(ws) == {"result": None, "id": 7}
+
+
+async def test_public_route_is_accepted_but_serves_nothing(raw: RawClient) -> None:
+    """/public/stream (Binance's high-frequency route): open, and a SUBSCRIBE there says the
+    simulator serves nothing on it."""
+    async with market_socket(raw, "/public/stream") as ws:
+        await ws.send_json({"method": "SUBSCRIBE", "params": ["btcusdt@bookTicker"], "id": 1})
+        answer = await receive(ws)
+    assert answer["error"]["code"] == 2
+    assert "/public" in answer["error"]["msg"]
 
 
 async def test_state_counts_market_connections(raw: RawClient) -> None:

@@ -15,7 +15,9 @@ from tests.sim.streams import (
     kinds,
     listen_key,
     quiet_for,
+    receive,
     user_socket,
+    ws_url,
 )
 from tests.sim.test_algo import stop
 
@@ -239,3 +241,29 @@ async def test_drop_rejects_a_bad_block(raw: RawClient, body: object) -> None:
     answer = await raw.admin("POST", "/_sim/streams/drop", body)
     assert answer.status == 400
     assert answer.body["error"].startswith("block_s")
+
+
+async def test_stream_mode_wraps_events_with_the_key(raw: RawClient) -> None:
+    """/private/stream?listenKey=K: each event as {"stream": K, "data": event}."""
+    key = await listen_key(raw)
+    async with raw.session.ws_connect(ws_url(raw, f"/private/stream?listenKey={key}")) as ws:
+        await open_long(raw)
+        frames = await collect(ws, lambda f: len(f) == 3)
+    assert {f["stream"] for f in frames} == {key}
+    assert kinds([f["data"] for f in frames])[-1] == "ORDER_TRADE_UPDATE:TRADE/FILLED"
+
+
+async def test_stream_mode_subscribes_by_request(raw: RawClient) -> None:
+    """/private/stream with no key, then SUBSCRIBE [K] (as Binance's official connector does):
+    answered, then the events follow; a key that is not the active one is an error."""
+    key = await listen_key(raw)
+    async with raw.session.ws_connect(ws_url(raw, "/private/stream")) as ws:
+        await ws.send_json({"method": "SUBSCRIBE", "params": ["f" * 64], "id": 1})
+        assert (await receive(ws))["error"]["code"] == 2
+        await ws.send_json({"method": "SUBSCRIBE", "params": [key], "id": 2})
+        assert await receive(ws) == {"result": None, "id": 2}
+        await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": 3})
+        assert await receive(ws) == {"result": [key], "id": 3}
+        await open_long(raw)
+        frames = await collect(ws, lambda f: len(f) == 3)
+    assert frames[0]["stream"] == key
