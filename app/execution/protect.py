@@ -1,11 +1,15 @@
 """Protective orders (SPEC §5.4): stop-loss first, then take-profit, both algo orders that
 close the whole position; replacement; the unprotected path; orphan clean-up.
 
-A new entry with tp/sl replaces the symbol's protective orders: the new ones are placed first
-and the old ones cancelled after, so the position is never without a stop in between. If the
-stop-loss cannot be placed (``-2021`` "would immediately trigger", a rejection, or the exchange
-refusing until the deadline), the position is unprotected: ``position_unprotected`` (critical)
-and then, with ``on_unprotected = "flatten"``, a reduce-only market close.
+A new entry with tp/sl replaces the symbol's protective orders (SPEC §5.9). Binance may refuse a
+second open closePosition order of a type and side (-4130), so each old leg is cancelled just
+before its replacement is placed: the position is without a stop for one cancel round trip at
+most, and a replacement is never refused. If the old stop cannot be cancelled it stays (it
+still covers the whole position) and the signal says so; the position is never flattened for
+it. If the new stop-loss cannot be placed (``-2021`` "would immediately trigger", a rejection,
+or the exchange refusing until the deadline), the position is unprotected:
+``position_unprotected`` (critical) and then, with ``on_unprotected = "flatten"``, a reduce-only
+market close.
 """
 
 from __future__ import annotations
@@ -54,42 +58,70 @@ class Protector:
                           order_type, price=price, now=self._clock.time())
 
     async def protect(self, signal: Signal, journaled: dict[Leg, Intent]) -> str | None:
-        """Place the signal's stop-loss and take-profit (skipping legs already live), then
-        cancel the symbol's older protective orders. Returns a warning when only the
-        take-profit failed; raises ``Unprotected`` when the stop-loss failed."""
+        """Place the signal's stop-loss and take-profit (skipping legs already live), each
+        right after cancelling the symbol's older order of that leg, then cancel what is left
+        of the older ones. Returns a warning when the take-profit failed or the old stop had
+        to stay; raises ``Unprotected`` when the stop-loss failed."""
         close_side = signal.type.order_side.opposite
         own = {i.client_id for i in journaled.values()}
         older = [i for i in await self._journal.live_protective(signal.symbol)
                  if i.client_id not in own]
         deadline = self._clock.time() + PROTECT_DEADLINE_S
-        warning = None
+        warnings: list[str] = []
         placed: dict[str, str] = {}
+        replaced: list[str] = []
         if signal.stop_loss is not None:
             sl = journaled.get(Leg.STOP_LOSS) or self._intent(
                 signal, Leg.STOP_LOSS, close_side, OrderType.STOP_MARKET, signal.stop_loss)
             if sl.state is not IntentState.PLACED:
-                try:
-                    sl = await self._place(sl, deadline)
-                except (ExchangeError, TimeoutError) as error:
-                    await self.unprotected(signal, f"stop-loss not placed: {error}")
-            placed["stop_loss"] = sl.client_id
+                kept = await self._clear(older, Leg.STOP_LOSS, replaced)
+                if kept is not None:
+                    warnings.append(f"stop-loss not replaced, the previous one stays: {kept}")
+                else:
+                    try:
+                        sl = await self._place(sl, deadline)
+                    except (ExchangeError, TimeoutError) as error:
+                        await self.unprotected(signal, f"stop-loss not placed: {error}")
+                    placed["stop_loss"] = sl.client_id
+            else:
+                placed["stop_loss"] = sl.client_id
         if signal.take_profit is not None:
             tp = journaled.get(Leg.TAKE_PROFIT) or self._intent(
                 signal, Leg.TAKE_PROFIT, close_side, OrderType.TAKE_PROFIT_MARKET,
                 signal.take_profit)
             if tp.state is not IntentState.PLACED:
-                try:
-                    tp = await self._place(tp, deadline)
-                    placed["take_profit"] = tp.client_id
-                except (ExchangeError, TimeoutError) as error:
-                    warning = f"take-profit not placed: {error}"
+                kept = await self._clear(older, Leg.TAKE_PROFIT, replaced)
+                if kept is not None:
+                    warnings.append(f"take-profit not replaced, the previous one stays: {kept}")
+                else:
+                    try:
+                        tp = await self._place(tp, deadline)
+                        placed["take_profit"] = tp.client_id
+                    except (ExchangeError, TimeoutError) as error:
+                        warnings.append(f"take-profit not placed: {error}")
             else:
                 placed["take_profit"] = tp.client_id
-        self._log.info(AuditEvent.PROTECTIVE_PLACED, replaced=[i.client_id for i in older],
-                       **placed)
         for old in older:
-            await self.retire(old, reason="replaced")
-        return warning
+            if await self.retire(old, reason="replaced"):
+                replaced.append(old.client_id)
+        self._log.info(AuditEvent.PROTECTIVE_PLACED, replaced=replaced, **placed)
+        return "; ".join(warnings) or None
+
+    async def _clear(self, older: list[Intent], leg: Leg, replaced: list[str]) -> str | None:
+        """Cancel the older orders of ``leg`` (removed from ``older``) before a replacement is
+        placed: the exchange may refuse a second closePosition order of a side (-4130). None
+        when done; else why the old order could not be cancelled (it stays, and ``older``
+        keeps it out of further cancels so the position keeps its cover)."""
+        for old in [i for i in older if i.leg is leg]:
+            older.remove(old)
+            try:
+                retired = await self.retire(old, reason="replaced")
+            except (ExchangeError, TimeoutError) as error:
+                return str(error)
+            if not retired:
+                return f"{old.client_id} is still open after every cancel attempt"
+            replaced.append(old.client_id)
+        return None
 
     async def _place(self, intent: Intent, deadline: float) -> Intent:
         placement = await self._sender.send_algo(intent, priority=Priority.CRITICAL,
@@ -125,25 +157,49 @@ class Protector:
         await self.cancel_protective(signal.symbol, reason="flattened")
         return True
 
-    async def retire(self, intent: Intent, *, reason: str) -> None:
-        """Cancel one protective order; journal it CANCELLED (or FILLED if it had fired)."""
-        cancelled = await self._exchange.cancel_algo_order(intent.client_id)
-        state = IntentState.CANCELLED
-        if not cancelled:
-            found = await self._exchange.get_algo_order(intent.client_id)
-            state = algo_outcome(found)[0] if found is not None else IntentState.CANCELLED
-            if state is IntentState.PLACED:
+    async def retire(self, intent: Intent, *, reason: str) -> bool:
+        """Cancel one protective order; journal it CANCELLED (or FILLED if it had fired).
+
+        An "unknown order" answer to the cancel of an order we placed proves nothing at once:
+        Binance may not show a just-placed order for a few seconds. So the order is looked up,
+        and the cancel tried again, until it is cancelled, found ended (fired, expired), or not
+        found by a lookup made once ``resolve_window_s`` has passed. Returns False if it is still
+        open then (the intent stays PLACED: it still protects, and the journal still knows it),
+        True once it is retired."""
+        window_end = self._clock.monotonic() + self._settings.resolve_window_s
+        delay = 0.1
+        while True:
+            if await self._exchange.cancel_algo_order(intent.client_id):
                 state = IntentState.CANCELLED
+                break
+            found = await self._exchange.get_algo_order(intent.client_id)
+            past_window = self._clock.monotonic() >= window_end
+            if found is not None and algo_outcome(found)[0] is not IntentState.PLACED:
+                state = algo_outcome(found)[0]          # it fired, or ended otherwise
+                break
+            if found is None and past_window:
+                state = IntentState.CANCELLED           # definitely not there
+                break
+            if found is not None and past_window:
+                self._log.warning(AuditEvent.ORDER_CANCELLED, client_order_id=intent.client_id,
+                                  leg=intent.leg.value, reason=reason, final_state="PLACED",
+                                  note="still open after every cancel attempt")
+                return False
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, 1.0)
         await self._journal.put_intent(intent.with_state(state, now=self._clock.time()))
         self._log.info(AuditEvent.ORDER_CANCELLED, client_order_id=intent.client_id,
                        leg=intent.leg.value, reason=reason, final_state=state.value)
+        return True
 
     async def cancel_protective(self, symbol: str, *, reason: str) -> int:
-        """Retire every live protective order of ``symbol`` (the position is flat)."""
+        """Retire every live protective order of ``symbol`` (the position is flat); returns
+        how many were retired (one still open stays live, for the watcher's next pass)."""
         live = await self._journal.live_protective(symbol)
+        retired = 0
         for intent in live:
-            await self.retire(intent, reason=reason)
-        return len(live)
+            retired += await self.retire(intent, reason=reason)
+        return retired
 
     async def check_orphans(self) -> int:
         """One watcher pass: for each symbol with live protective orders whose position is

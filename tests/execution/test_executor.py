@@ -148,7 +148,9 @@ async def test_close_cancels_the_protective_orders(run: Run, admin: Admin,
 
 
 async def test_second_entry_replaces_protective_orders(run: Run, admin: Admin) -> None:
-    """A new entry with tp/sl places new protective orders first, then cancels the old."""
+    """A new entry with tp/sl replaces the protective orders: each old leg is cancelled just
+    before its replacement goes out (the simulator refuses a second closePosition stop of a
+    side with -4130, as Binance may), and the position is never flattened for it."""
     await run(LONG)
     record = await run({**LONG, "stop_loss": "61000.0", "take_profit": "69000.0"})
     assert record.state is SignalState.DONE, record.reason
@@ -157,6 +159,36 @@ async def test_second_entry_replaces_protective_orders(run: Run, admin: Admin) -
         ("60000.00", "CANCELED"), ("70000.00", "CANCELED"),
         ("61000.00", "NEW"), ("69000.00", "NEW")]
     assert await admin.position("BTCUSDT") == "0.020"
+
+
+async def test_an_old_stop_that_cannot_be_cancelled_stays(run: Run, admin: Admin) -> None:
+    """If the old stop cannot be cancelled, it stays (it covers the whole position), no second
+    stop is tried (-4130) and the position is not flattened; the signal says so."""
+    await run(LONG)
+    await admin.post("faults", {"seed": 1, "rules": [
+        {"endpoint": "DELETE /fapi/v1/algoOrder", "fault": "http_500", "probability": 1}]})
+    record = await run({**LONG, "stop_loss": "61000.0", "take_profit": "69000.0"})
+    assert record.state is SignalState.DONE, record.reason
+    assert "stop-loss not replaced, the previous one stays" in (record.reason or "")
+    algos = await admin.orders("algo")
+    assert [(a["trigger_price"], a["status"]) for a in algos] == [
+        ("60000.00", "NEW"), ("70000.00", "NEW")]
+    assert await admin.position("BTCUSDT") == "0.020"
+
+
+async def test_a_cancel_that_says_unknown_order_is_not_taken_for_done(
+        run: Run, admin: Admin) -> None:
+    """Protective orders the exchange does not show yet (-2011 to the cancel, -2013 to the
+    lookup) are cancelled once it does, not journaled CANCELLED while they stay open on the
+    exchange (an orphan stop there would later refuse the next one with -4130)."""
+    await admin.post("faults", {"seed": 1, "rules": [
+        {"endpoint": "POST /fapi/v1/algoOrder", "fault": "delayed_visibility",
+         "probability": 1, "visibility_delay_s": 1.0}]})
+    await run(LONG)
+    record = await run({"symbol": "BTCUSDT", "type": "CLOSE_LONG"})
+    assert record.state is SignalState.DONE, record.reason
+    algos = await admin.orders("algo")
+    assert [a["status"] for a in algos] == ["CANCELED", "CANCELED"]
 
 
 async def test_stop_fires_and_watcher_cancels_the_leftover_take_profit(
