@@ -11,9 +11,9 @@ its close (``LONG_ENTRY``/``CLOSE_LONG``, then ``SHORT_ENTRY``/``CLOSE_SHORT``);
 
 RSS is this process's ``VmRSS`` (``/proc/self/status``): after a warm-up and a ``gc.collect()``
 (the baseline), at every 10,000 signals submitted, and at the end (``gc.collect()``); at each of
-these points the queue is drained, so every position is flat, and the simulator is reset
-(``POST /_sim/reset``: it keeps every order and scans them per request, so it would otherwise
-slow down as the run goes on). The warm-up lasts at least ``--warmup`` signals and
+these points the queue is drained, so every position is flat. The simulator is never reset: it
+indexes its orders, so a long history costs it nothing per request (bench/sim_history.py).
+The warm-up lasts at least ``--warmup`` signals and
 ``--warmup-s`` seconds: the limiter keeps a log of the requests of the last rate-limit window
 (60 s for the request weight), so its memory reaches its steady level only after one window.
 Target: growth < 20 MB from baseline to end.
@@ -39,7 +39,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from lib.report import RESULTS_DIR, machine, save
 from lib.simproc import UNTHROTTLED, simulator
 from lib.workload import QUANTITIES, brackets
@@ -83,14 +82,10 @@ def bodies(brackets: dict[str, tuple[str, str]], protect_every: int) -> Iterator
         i += 1
 
 
-async def flat_reset(daemon: Daemon, url: str) -> None:
-    """Let the queue drain (every position is then flat, every protective order cancelled),
-    then reset the simulator: it keeps every order and scans them on each request, so without
-    this it slows down as the run goes on (not the daemon's cost)."""
+async def drained(daemon: Daemon) -> None:
+    """Let the queue drain: every position is then flat, every protective order cancelled."""
     assert daemon.bus is not None
     assert await daemon.bus.drain(120), "the queue did not drain"
-    async with aiohttp.ClientSession() as session, session.post(f"{url}/_sim/reset") as resp:
-        resp.raise_for_status()
 
 
 async def soak(url: str, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -113,7 +108,7 @@ async def soak(url: str, workdir: Path, args: argparse.Namespace) -> dict[str, A
         while warmed < args.warmup or time.perf_counter() < warm_until or warmed % ROUND:
             await accept(next(feed), source="bench", wait=True)
             warmed += 1
-        await flat_reset(daemon, url)
+        await drained(daemon)
         gc.collect()
         if args.tracemalloc:
             tracemalloc.start(10)
@@ -124,7 +119,7 @@ async def soak(url: str, workdir: Path, args: argparse.Namespace) -> dict[str, A
         for i in range(1, args.signals + 1):
             await accept(next(feed), source="bench", wait=True)
             if i % CHECKPOINT == 0 and i < args.signals:
-                await flat_reset(daemon, url)
+                await drained(daemon)
                 rows.append({"signals": i, "rss_mb": round(rss_mb(), 2),
                              "elapsed_s": round(time.perf_counter() - start, 2)})
         assert await daemon.bus.drain(120), "the queue did not drain"

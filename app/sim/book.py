@@ -113,6 +113,11 @@ class Book(Generic[E]):
                 return entry
         return None
 
+    def recent(self, spec: SymbolSpec, limit: int) -> list[E]:
+        """The last ``limit`` entries of ``spec``, oldest first."""
+        rows = self._history.get(spec.symbol, [])
+        return rows[max(0, len(rows) - limit):]
+
     def history(self, spec: SymbolSpec, from_id: int, limit: int) -> list[E]:
         """Entries of ``spec`` with id ≥ ``from_id``, the first ``limit`` of them (a negative
         ``limit`` drops that many from the end, as a slice would)."""

@@ -4,7 +4,8 @@ One-way mode only. The server layer owns HTTP, security, rate limits and faults;
 rules live in four modules that share one ``SimState`` and raise ``errors.ApiError``:
 
 - ``state``: symbols, marks, positions, wallet, orders, algo orders, trades, ids, and the few
-  methods every order change goes through;
+  methods every order change goes through (``book`` indexes the orders: by id, by client id,
+  per-symbol history, open ones apart, so no request scans the history);
 - ``account``: leverage, margin type, available balance, margin checks, settling fills;
 - ``orders``: regular MARKET / LIMIT orders and fills;
 - ``algos``: conditional (algo) orders and their triggers.

@@ -150,12 +150,17 @@ class Orders:
                                lambda order, now: st.set_order_status(order, "CANCELED", now))
 
     def history(self, params: Params) -> list[dict[str, object]]:
-        """``GET /fapi/v1/allOrders``: from ``orderId`` on, at most ``limit`` (≤ 1000)."""
+        """``GET /fapi/v1/allOrders``: from ``orderId`` on, at most ``limit`` (≤ 1000); without
+        ``orderId`` the most recent ``limit`` orders, oldest first (as Binance answers)."""
         st = self._state
         spec = st.require_spec(params)
-        from_id = int_param(params, "orderId", required=False) or 0
+        from_id = int_param(params, "orderId", required=False)
         limit = min(int_param(params, "limit", required=False) or 500, 1000)
-        return [o.to_json(with_time=True) for o in st.orders.history(spec, from_id, limit)]
+        if from_id is None:
+            rows = st.orders.recent(spec, limit)
+        else:
+            rows = st.orders.history(spec, from_id, limit)
+        return [o.to_json(with_time=True) for o in rows]
 
     def trades(self, params: Params) -> list[dict[str, object]]:
         """``GET /fapi/v1/userTrades``: the last ``limit`` (≤ 1000) trades of a symbol."""

@@ -130,6 +130,14 @@ async def test_all_orders_from_order_id_in_id_order_up_to_limit(raw: RawClient) 
     assert [o["orderId"] for o in answer.body] == ids[1:3]
 
 
+async def test_all_orders_without_order_id_are_the_most_recent(raw: RawClient) -> None:
+    """allOrders without orderId answers the symbol's most recent limit orders, oldest first."""
+    ids = [await market(raw, side="BUY" if i % 2 else "SELL") for i in range(4)]
+    await market(raw, ETH)
+    answer = await raw.signed("GET", "/fapi/v1/allOrders", {"symbol": BTC, "limit": 2})
+    assert [o["orderId"] for o in answer.body] == ids[2:]
+
+
 async def test_user_trades_are_the_symbols_last_trades(raw: RawClient) -> None:
     """userTrades answers the last limit trades of the symbol, oldest first."""
     ids = [await market(raw, side="BUY" if i % 2 else "SELL") for i in range(3)]
