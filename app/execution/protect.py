@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import NoReturn
 
 from app.clock import Clock
 from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal
@@ -70,37 +71,28 @@ class Protector:
         warnings: list[str] = []
         placed: dict[str, str] = {}
         replaced: list[str] = []
-        if signal.stop_loss is not None:
-            sl = journaled.get(Leg.STOP_LOSS) or self._intent(
-                signal, Leg.STOP_LOSS, close_side, OrderType.STOP_MARKET, signal.stop_loss)
-            if sl.state is not IntentState.PLACED:
-                kept = await self._clear(older, Leg.STOP_LOSS, replaced)
+        legs = ((Leg.STOP_LOSS, OrderType.STOP_MARKET, signal.stop_loss, "stop_loss"),
+                (Leg.TAKE_PROFIT, OrderType.TAKE_PROFIT_MARKET, signal.take_profit,
+                 "take_profit"))
+        for leg, order_type, price, name in legs:
+            if price is None:
+                continue
+            label = name.replace("_", "-")
+            intent = journaled.get(leg) or self._intent(signal, leg, close_side, order_type,
+                                                        price)
+            if intent.state is not IntentState.PLACED:
+                kept = await self._clear(older, leg, replaced)
                 if kept is not None:
-                    warnings.append(f"stop-loss not replaced, the previous one stays: {kept}")
-                else:
-                    try:
-                        sl = await self._place(sl, deadline)
-                    except (ExchangeError, TimeoutError) as error:
+                    warnings.append(f"{label} not replaced, the previous one stays: {kept}")
+                    continue
+                try:
+                    intent = await self._place(intent, deadline)
+                except (ExchangeError, TimeoutError) as error:
+                    if leg is Leg.STOP_LOSS:
                         await self.unprotected(signal, f"stop-loss not placed: {error}")
-                    placed["stop_loss"] = sl.client_id
-            else:
-                placed["stop_loss"] = sl.client_id
-        if signal.take_profit is not None:
-            tp = journaled.get(Leg.TAKE_PROFIT) or self._intent(
-                signal, Leg.TAKE_PROFIT, close_side, OrderType.TAKE_PROFIT_MARKET,
-                signal.take_profit)
-            if tp.state is not IntentState.PLACED:
-                kept = await self._clear(older, Leg.TAKE_PROFIT, replaced)
-                if kept is not None:
-                    warnings.append(f"take-profit not replaced, the previous one stays: {kept}")
-                else:
-                    try:
-                        tp = await self._place(tp, deadline)
-                        placed["take_profit"] = tp.client_id
-                    except (ExchangeError, TimeoutError) as error:
-                        warnings.append(f"take-profit not placed: {error}")
-            else:
-                placed["take_profit"] = tp.client_id
+                    warnings.append(f"{label} not placed: {error}")
+                    continue
+            placed[name] = intent.client_id
         for old in older:
             if await self.retire(old, reason="replaced"):
                 replaced.append(old.client_id)
@@ -128,7 +120,7 @@ class Protector:
                                                  deadline=deadline)
         return placement.intent
 
-    async def unprotected(self, signal: Signal, reason: str) -> None:
+    async def unprotected(self, signal: Signal, reason: str) -> NoReturn:
         """Report the naked position, flatten it if so configured, and raise Unprotected."""
         action = self._settings.on_unprotected
         self._log.critical(AuditEvent.POSITION_UNPROTECTED, reason=reason, action=action.value)

@@ -21,14 +21,21 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
-import orjson
 from aiohttp import web
 
 from app.sim.config import Streams, SymbolSpec
 from app.sim.events import mark_price_update
-from app.sim.wsconn import CLOSE_POLICY, Gate, StreamConnection, accept, refuse
+from app.sim.wsconn import (
+    CLOSE_POLICY,
+    Gate,
+    LiveRequest,
+    RequestError,
+    StreamConnection,
+    accept,
+    answer_request,
+    refuse,
+)
 
 #: Streams whose interval is not given push every this many seconds (Binance: 3 s).
 DEFAULT_INTERVAL_S = 3
@@ -156,57 +163,34 @@ class MarketStream:
     def _request(self, connection: StreamConnection, text: str) -> None:
         """A live request from the client: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS."""
         client = self._clients.get(connection)
-        if client is None:
-            return
-        try:
-            body = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            connection.send({"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}, "id": None})
-            return
-        request_id = body.get("id") if isinstance(body, dict) else None
-        answer = self._answer(client, body)
-        if "error" in answer:
-            connection.send({"error": answer["error"], "id": request_id})
-        else:
-            connection.send({"result": answer["result"], "id": request_id})
+        if client is not None:
+            answer_request(connection, text, lambda request: self._answer(client, request))
 
-    def _answer(self, client: _Client, body: object) -> dict[str, Any]:
-        def invalid(detail: str) -> dict[str, Any]:
-            return {"error": {"code": 2, "msg": f"Invalid request: {detail}"}}
-
-        if not isinstance(body, dict):
-            return invalid("must be a JSON object")
-        request_id = body.get("id")
-        if request_id is not None and (isinstance(request_id, bool)
-                                       or not isinstance(request_id, int) or request_id < 0):
-            return invalid("request ID must be an unsigned integer")
-        method = body.get("method")
+    def _answer(self, client: _Client, request: LiveRequest) -> object:
+        method, params = request.method, request.params
         if method == "LIST_SUBSCRIPTIONS":
-            return {"result": [sub.name for sub in client.subscriptions]}
+            return [sub.name for sub in client.subscriptions]
         if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            return invalid(f"unknown method {method!r}, expected one of SUBSCRIBE, "
-                           "UNSUBSCRIBE, LIST_SUBSCRIPTIONS")
-        params = body.get("params")
-        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-            return invalid("params must be a list of stream names")
+            raise RequestError(f"unknown method {method!r}, expected one of SUBSCRIBE, "
+                               "UNSUBSCRIBE, LIST_SUBSCRIPTIONS")
         if not client.serves:
-            return invalid("the simulator serves no stream on /public (mark prices are on "
-                           "/market)")
+            raise RequestError("the simulator serves no stream on /public (mark prices are on "
+                               "/market)")
         if method == "UNSUBSCRIBE":
             client.subscriptions[:] = [s for s in client.subscriptions if s.name not in params]
-            return {"result": None}
+            return None
         added = []
         for name in params:
             sub = parse_stream(name, self._symbols)
             if sub is None:
-                return invalid(f"invalid stream name: {name}")
+                raise RequestError(f"invalid stream name: {name}")
             added.append(sub)
         have = {s.name for s in client.subscriptions}
         fresh = [s for s in added if s.name not in have]
         if len(client.subscriptions) + len(fresh) > MAX_STREAMS:
-            return invalid(f"at most {MAX_STREAMS} streams per connection")
+            raise RequestError(f"at most {MAX_STREAMS} streams per connection")
         client.subscriptions.extend(fresh)
-        return {"result": None}
+        return None
 
     def _forget(self, connection: StreamConnection) -> None:
         self._clients.pop(connection, None)

@@ -23,13 +23,22 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import orjson
 from aiohttp import web
 
 from app.sim import errors
 from app.sim.config import Streams
 from app.sim.events import listen_key_expired
-from app.sim.wsconn import CLOSE_NORMAL, CLOSE_POLICY, Gate, StreamConnection, accept, refuse
+from app.sim.wsconn import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    Gate,
+    LiveRequest,
+    RequestError,
+    StreamConnection,
+    accept,
+    answer_request,
+    refuse,
+)
 
 LISTEN_KEY_MISSING = "This listenKey does not exist."
 
@@ -127,39 +136,22 @@ class UserStream:
     def _request(self, connection: StreamConnection, text: str) -> None:
         """``SUBSCRIBE [K]`` / ``UNSUBSCRIBE [K]`` / ``LIST_SUBSCRIPTIONS`` from the client."""
         listener = self._connections.get(connection)
-        if listener is None:
-            return
-        try:
-            body = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            connection.send({"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}, "id": None})
-            return
-        if not isinstance(body, dict):
-            connection.send(_invalid("must be a JSON object", None))
-            return
-        request_id = body.get("id")
-        if request_id is not None and (isinstance(request_id, bool)
-                                       or not isinstance(request_id, int) or request_id < 0):
-            connection.send(_invalid("request ID must be an unsigned integer", None))
-            return
-        method, params = body.get("method"), body.get("params")
-        if method == "LIST_SUBSCRIPTIONS":
-            names = [] if listener.key is None else [listener.key]
-            connection.send({"result": names, "id": request_id})
-            return
-        if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
-            connection.send(_invalid("expected SUBSCRIBE, UNSUBSCRIBE or LIST_SUBSCRIPTIONS "
-                                     "with params: [listenKey]", request_id))
-            return
-        if method == "UNSUBSCRIBE":
-            if listener.key in params:
+        if listener is not None:
+            answer_request(connection, text, lambda request: self._answer(listener, request))
+
+    def _answer(self, listener: _Listener, request: LiveRequest) -> object:
+        if request.method == "LIST_SUBSCRIPTIONS":
+            return [] if listener.key is None else [listener.key]
+        if request.method == "UNSUBSCRIBE":
+            if listener.key in request.params:
                 listener.key = None
-        elif len(params) != 1 or params[0] != self._active():
-            connection.send(_invalid("params must be [the active listenKey]", request_id))
-            return
-        else:
-            listener.key = params[0]
-        connection.send({"result": None, "id": request_id})
+            return None
+        if request.method != "SUBSCRIBE":
+            raise RequestError("expected SUBSCRIBE, UNSUBSCRIBE or LIST_SUBSCRIPTIONS")
+        if len(request.params) != 1 or request.params[0] != self._active():
+            raise RequestError("params must be [the active listenKey]")
+        listener.key = request.params[0]
+        return None
 
     def _forget(self, connection: StreamConnection) -> None:
         self._connections.pop(connection, None)
@@ -206,6 +198,3 @@ class UserStream:
                 connection.send({"stream": key, "data": event} if listener.combined else event)
             connection.close(CLOSE_NORMAL, reason)
 
-
-def _invalid(detail: str, request_id: object) -> dict[str, object]:
-    return {"error": {"code": 2, "msg": f"Invalid request: {detail}"}, "id": request_id}

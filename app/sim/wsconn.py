@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -128,6 +129,51 @@ class StreamConnection:
             if now >= last_ping + cfg.ping_interval_s:
                 last_ping = now
                 await self._ws.ping()
+
+
+class RequestError(Exception):
+    """A live request the stream cannot take; the message says why (``Invalid request: …``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRequest:
+    """``{"method": …, "params": [...], "id": N}`` as a client sends it on a stream."""
+
+    method: str
+    params: list[str]
+    id: int | None
+
+
+def answer_request(connection: StreamConnection, text: str,
+                   respond: Callable[[LiveRequest], object]) -> None:
+    """Parse a live request and send its answer: ``{"result": respond(request), "id": N}``,
+    or ``{"error": {"code": 2|3, "msg": …}, "id": N}`` for a malformed request (3: not JSON),
+    or when ``respond`` raises ``RequestError``. Request ids are unsigned integers, as Binance
+    requires."""
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        connection.send({"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}, "id": None})
+        return
+    request_id = body.get("id") if isinstance(body, dict) else None
+    try:
+        if not isinstance(body, dict):
+            raise RequestError("must be a JSON object")
+        if request_id is not None and (isinstance(request_id, bool)
+                                       or not isinstance(request_id, int) or request_id < 0):
+            request_id = None
+            raise RequestError("request ID must be an unsigned integer")
+        method, params = body.get("method"), body.get("params", [])
+        if not isinstance(method, str):
+            raise RequestError("method must be a string")
+        if not isinstance(params, list) or not all(isinstance(x, str) for x in params):
+            raise RequestError("params must be a list of strings")
+        result = respond(LiveRequest(method, params, request_id))
+    except RequestError as error:
+        connection.send({"error": {"code": 2, "msg": f"Invalid request: {error}"},
+                         "id": request_id})
+        return
+    connection.send({"result": result, "id": request_id})
 
 
 class Gate:
