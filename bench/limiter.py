@@ -560,13 +560,16 @@ async def measure(args: argparse.Namespace, settings: LimiterSettings, workdir: 
 
 
 def limiter_revision() -> str | None:
-    """The commit of app/resilience/limiter.py, with "+dirty" if it has local changes."""
+    """The last commit of the limiter's code (limiter.py and its window arithmetic,
+    window.py), with "+dirty" if either has local changes."""
+    files = ("app/resilience/limiter.py", "app/resilience/window.py")
+
     def git(*argv: str) -> str:
         return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True,
                               check=True, timeout=10).stdout.strip()
     try:
-        rev = git("log", "-1", "--format=%h", "--", "app/resilience/limiter.py")
-        dirty = git("status", "--porcelain", "--", "app/resilience/limiter.py")
+        rev = git("log", "-1", "--format=%h", "--", *files)
+        dirty = git("status", "--porcelain", "--", *files)
     except (OSError, subprocess.SubprocessError):
         return None
     return rev + ("+dirty" if dirty else "")
