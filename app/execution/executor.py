@@ -9,7 +9,8 @@ protective orders. Closes: a reduce-only MARKET order capped at the open positio
 symbol's protective orders are cancelled once it is flat. While the exchange certainly refuses
 work (breaker open, outage, throttling) and nothing has been sent, the signal waits
 (``signal_deferred``) — up to its TTL: a signal past its TTL is never executed. An entry that
-already filled is still protected after its TTL.
+already filled is still protected after its TTL; so is one that filled only in part (it ends
+``DONE`` with reason ``partially filled X of Y``, SPEC §5.9).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from app.journal import Journal, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 from app.resilience.limiter import Priority
+
+#: How an entry can end without filling whole (it may still have filled in part).
+ENDED_UNFILLED = frozenset({IntentState.EXPIRED, IntentState.CANCELLED})
 
 
 class Executor:
@@ -162,17 +166,35 @@ class Executor:
     # ------------------------------------------------------------------ entries
     async def _entry(self, signal: Signal, journaled: dict[Leg, Intent]) -> str:
         entry = journaled.get(Leg.ENTRY)
+        partial: Decimal | None = None      # what filled of an entry that did not fill whole
         if entry is None or entry.state is not IntentState.FILLED:
-            if entry is None or entry.state is IntentState.PENDING:
-                entry = await self._new_entry(signal, entry)
-            placement = await self._sender.send_order(entry, priority=Priority.NORMAL,
-                                                      deadline=signal.expires_at)
-            entry = placement.intent
+            if entry is not None and entry.state in ENDED_UNFILLED:
+                # An earlier run journaled how it ended: never send it again; ask how much of
+                # it filled (the journal keeps the state, not the quantity).
+                found = await self._exchange.get_order(signal.symbol, entry.client_id,
+                                                       priority=Priority.NORMAL)
+                executed = found.executed_qty if found is not None else Decimal(0)
+            else:
+                if entry is None or entry.state is IntentState.PENDING:
+                    entry = await self._new_entry(signal, entry)
+                placement = await self._sender.send_order(entry, priority=Priority.NORMAL,
+                                                          deadline=signal.expires_at)
+                entry = placement.intent
+                executed = placement.state.executed_qty
             if entry.state is not IntentState.FILLED:
-                raise OrderRejected(f"entry ended {entry.state.value}, not filled",
-                                    endpoint="POST /fapi/v1/order")
+                if executed <= 0:
+                    raise OrderRejected(f"entry ended {entry.state.value}, not filled",
+                                        endpoint="POST /fapi/v1/order")
+                partial = executed          # a real position: it gets its protection (§5.9)
         journaled[Leg.ENTRY] = entry
-        reason = f"entry filled: {entry.quantity} {signal.symbol}"
+        if partial is None:
+            reason = f"entry filled: {entry.quantity} {signal.symbol}"
+        else:
+            reason = f"partially filled {partial} of {entry.quantity} {signal.symbol}"
+            self._log.warning(AuditEvent.ORDER_FILLED, client_order_id=entry.client_id,
+                              leg=entry.leg.value, state=entry.state.value,
+                              filled_quantity=str(partial), quantity=str(entry.quantity),
+                              note="partially filled")
         if signal.stop_loss is None and signal.take_profit is None:
             return reason
         warning = await self._protector.protect(signal, journaled)

@@ -191,6 +191,21 @@ async def test_a_cancel_that_says_unknown_order_is_not_taken_for_done(
     assert [a["status"] for a in algos] == ["CANCELED", "CANCELED"]
 
 
+async def test_a_partly_filled_entry_is_protected(run: Run, admin: Admin) -> None:
+    """An entry that fills only in part (the rest expires) opened a real position: it gets
+    its stop-loss and take-profit, and the signal ends DONE saying how much filled."""
+    await admin.post("faults", {"seed": 1, "rules": [
+        {"endpoint": "POST /fapi/v1/order", "fault": "partial_fill", "probability": 1,
+         "fill_ratio": 0.5}]})
+    record = await run(LONG)
+    assert record.state is SignalState.DONE, record.reason
+    assert record.reason == "partially filled 0.005 of 0.010 BTCUSDT; protected"
+    assert await admin.position("BTCUSDT") == "0.005"
+    algos = await admin.orders("algo")
+    assert [(a["type"], a["status"]) for a in algos] == [
+        ("STOP_MARKET", "NEW"), ("TAKE_PROFIT_MARKET", "NEW")]
+
+
 async def test_stop_fires_and_watcher_cancels_the_leftover_take_profit(
         run: Run, admin: Admin, execution: ExecutionParts, journal: Journal) -> None:
     """When the mark crosses the stop the position closes; the watcher cancels the TP."""

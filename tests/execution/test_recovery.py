@@ -86,3 +86,32 @@ async def test_filled_entry_without_protection_gets_it(
     algos = await admin.orders("algo")
     assert [(a["type"], a["status"]) for a in algos] == [("STOP_MARKET", "NEW")]
     assert len(await admin.orders("order")) == 1
+
+
+async def test_a_partly_filled_entry_is_protected_at_restart_never_sent_again(
+        gateway: Gateway, journal: Journal, execution: ExecutionParts, admin: Admin) -> None:
+    """A RUNNING entry journaled EXPIRED after a partial fill (the crash came before its
+    protection): recovery looks up how much filled, protects that, and sends no second
+    entry."""
+    now = time.time()
+    signal = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
+                          "stop_loss": "60000.0"})
+    await journal.accept(signal, now=now)
+    await journal.set_signal_state(signal.id, SignalState.RUNNING, reason=None, now=now)
+    intent = entry_intent(signal.id, "BTCUSDT", "0.010", IntentState.SENDING)
+    await journal.put_intent(intent)
+    await admin.post("faults", {"seed": 1, "rules": [
+        {"endpoint": "POST /fapi/v1/order", "fault": "partial_fill", "probability": 1}]})
+    placed = await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), intent.client_id)
+    await admin.post("faults", {"seed": 1, "rules": []})
+    await journal.put_intent(intent.with_state(IntentState.EXPIRED,
+                                               exchange_id=str(placed.order_id)))
+    await recover(journal, gateway, execution.sender, execution.executor,
+                  structlog.get_logger())
+    record = await journal.get_signal(signal.id)
+    assert record is not None
+    assert (record.state, record.reason) == (
+        SignalState.DONE, "partially filled 0.005 of 0.010 BTCUSDT; protected")
+    assert len(await admin.orders("order")) == 1
+    assert [(a["type"], a["status"]) for a in await admin.orders("algo")] == [
+        ("STOP_MARKET", "NEW")]
