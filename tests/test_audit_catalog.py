@@ -251,8 +251,9 @@ async def rate_limited_call(exchange: ExchangeParts, base_url: str,
 async def execution_flows(w: World) -> None:
     """The executor: a signal past its TTL (signal_expired); an outage within the TTL
     (signal_deferred, then signal_done); an entry whose answer is lost (order_unknown_outcome,
-    order_resolved, adopted); a stop-loss the market already passed (-2021: order_rejected,
-    position_unprotected, position_flattened, signal_failed)."""
+    order_resolved, adopted); an entry filled in part (order_partially_filled); a stop-loss
+    the market already passed (-2021: order_rejected, position_unprotected,
+    position_flattened, signal_failed)."""
     expired = dataclasses.replace(make_signal(ENTRY), expires_at=time.time() - 1)
     record, _ = await w.journal.accept(expired, now=time.time())
     assert (await w.executor.execute(record)).state is SignalState.EXPIRED
@@ -267,6 +268,13 @@ async def execution_flows(w: World) -> None:
     adopted = await w.executor.execute(await accept(w.journal, lost, ttl=20))
     await w.admin.post("faults", {"seed": 1, "rules": []})
     assert adopted.state is SignalState.DONE, adopted.reason
+
+    await w.admin.post("faults", {"seed": 1, "rules": [
+        {"endpoint": "POST /fapi/v1/order", "fault": "partial_fill", "probability": 1.0}]})
+    part = await w.executor.execute(await accept(w.journal, {
+        "symbol": "SOLUSDT", "type": "LONG_ENTRY", "quantity": "2"}, ttl=20))
+    await w.admin.post("faults", {"seed": 1, "rules": []})
+    assert part.state is SignalState.DONE, part.reason           # order_partially_filled
 
     settings = ExecutorSettings(resolve_window_s=5.0, busy_retry_s=0.05)
     naked = executor_for(MarketMovesBeforeTheStop(w.gateway, w.admin, "59000.0"), w.exchange,

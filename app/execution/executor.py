@@ -191,10 +191,10 @@ class Executor:
             reason = f"entry filled: {entry.quantity} {signal.symbol}"
         else:
             reason = f"partially filled {partial} of {entry.quantity} {signal.symbol}"
-            self._log.warning(AuditEvent.ORDER_FILLED, client_order_id=entry.client_id,
-                              leg=entry.leg.value, state=entry.state.value,
-                              filled_quantity=str(partial), quantity=str(entry.quantity),
-                              note="partially filled")
+            self._log.warning(AuditEvent.ORDER_PARTIALLY_FILLED,
+                              client_order_id=entry.client_id, leg=entry.leg.value,
+                              state=entry.state.value, filled_quantity=str(partial),
+                              quantity=str(entry.quantity))
         if signal.stop_loss is None and signal.take_profit is None:
             return reason
         warning = await self._protector.protect(signal, journaled)

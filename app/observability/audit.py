@@ -41,6 +41,7 @@ class AuditEvent(StrEnum):
     ORDER_SUBMITTED = "order_submitted"
     ORDER_PLACED = "order_placed"
     ORDER_FILLED = "order_filled"
+    ORDER_PARTIALLY_FILLED = "order_partially_filled"
     ORDER_REJECTED = "order_rejected"
     ORDER_CANCELLED = "order_cancelled"
     ORDER_UNKNOWN_OUTCOME = "order_unknown_outcome"
@@ -121,6 +122,7 @@ GROUPS: tuple[EventGroup, ...] = (
             _E.ORDER_SUBMITTED,
             _E.ORDER_PLACED,
             _E.ORDER_FILLED,
+            _E.ORDER_PARTIALLY_FILLED,
             _E.ORDER_REJECTED,
             _E.ORDER_CANCELLED,
             _E.ORDER_UNKNOWN_OUTCOME,
