@@ -29,11 +29,10 @@ from app.sim.events import mark_price_update
 from app.sim.wsconn import (
     CLOSE_POLICY,
     Gate,
+    Hub,
     LiveRequest,
     RequestError,
     StreamConnection,
-    accept,
-    answer_request,
     refuse,
 )
 
@@ -72,27 +71,18 @@ class _Client:
     serves: bool = True                 # False on /public: nothing is served there
 
 
-class MarketStream:
+class MarketStream(Hub[_Client]):
     """Mark-price connections. ``marks`` and ``symbols`` are the exchange's (read, never
     changed); ``clock`` is the simulator's (epoch seconds) for the events' times."""
 
     def __init__(self, settings: Streams, symbols: Mapping[str, SymbolSpec],
                  marks: Callable[[], Mapping[str, Decimal]], clock: Callable[[], float],
                  gate: Gate) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._symbols = symbols
         self._marks = marks
         self._clock = clock
         self._gate = gate
-        self._clients: dict[StreamConnection, _Client] = {}
-
-    @property
-    def connections(self) -> int:
-        return len(self._clients)
-
-    def close_all(self, code: int, reason: str) -> None:
-        for connection in list(self._clients):
-            connection.close(code, reason)
 
     # ----------------------------------------------------------------- pushing
     def tick(self, second: int) -> None:
@@ -155,18 +145,10 @@ class MarketStream:
             return await refuse(request, CLOSE_POLICY, f"at most {MAX_STREAMS} streams")
         parsed = (parse_stream(name, self._symbols) for name in names)
         subscriptions = [sub for sub in parsed if sub is not None]
-        ws, connection = await accept(request, self._settings, self._forget, self._request)
-        self._clients[connection] = _Client(subscriptions, combined, serves)
-        await connection.serve()
-        return ws
-
-    def _request(self, connection: StreamConnection, text: str) -> None:
-        """A live request from the client: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS."""
-        client = self._clients.get(connection)
-        if client is not None:
-            answer_request(connection, text, lambda request: self._answer(client, request))
+        return await self._open(request, _Client(subscriptions, combined, serves))
 
     def _answer(self, client: _Client, request: LiveRequest) -> object:
+        """A live request: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS."""
         method, params = request.method, request.params
         if method == "LIST_SUBSCRIPTIONS":
             return [sub.name for sub in client.subscriptions]
@@ -191,6 +173,3 @@ class MarketStream:
             raise RequestError(f"at most {MAX_STREAMS} streams per connection")
         client.subscriptions.extend(fresh)
         return None
-
-    def _forget(self, connection: StreamConnection) -> None:
-        self._clients.pop(connection, None)

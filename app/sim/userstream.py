@@ -32,11 +32,9 @@ from app.sim.wsconn import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
     Gate,
+    Hub,
     LiveRequest,
     RequestError,
-    StreamConnection,
-    accept,
-    answer_request,
     refuse,
 )
 
@@ -50,37 +48,32 @@ class _Listener:
     key: str | None                    # the key it listens to (None: not subscribed yet)
 
 
-class UserStream:
+class UserStream(Hub[_Listener]):
     """The listenKey and the user-data connections. ``clock`` is the simulator's (epoch
     seconds); the key's expiry is checked against it by a timer of the event loop."""
 
     def __init__(self, settings: Streams, clock: Callable[[], float], gate: Gate) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._clock = clock
         self._gate = gate
         self._key: str | None = None
         self._expires_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._connections: dict[StreamConnection, _Listener] = {}
 
     # ----------------------------------------------------------------- the sink
     @property
     def listening(self) -> bool:
-        return bool(self._connections)
+        return bool(self._clients)
 
     def publish(self, event: dict[str, object]) -> None:
         """Send an account event to every connection of the key that wants its type."""
         kind = event["e"]
         key = self._key
-        for connection, listener in self._connections.items():
+        for connection, listener in self._clients.items():
             if listener.key is None or listener.key != key:
                 continue
             if listener.wanted is None or kind in listener.wanted:
                 connection.send({"stream": key, "data": event} if listener.combined else event)
-
-    @property
-    def connections(self) -> int:
-        return len(self._connections)
 
     # ----------------------------------------------------------------- REST
     def create(self) -> dict[str, object]:
@@ -106,10 +99,6 @@ class UserStream:
         """``POST /_sim/listen-key/expire``: the active key expires now."""
         self._end(notify=True, reason="listenKey expired")
 
-    def close_all(self, code: int, reason: str) -> None:
-        for connection in list(self._connections):
-            connection.close(code, reason)
-
     # ----------------------------------------------------------------- the websocket
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``/private/ws?listenKey=K[&events=A/B]``."""
@@ -128,18 +117,10 @@ class UserStream:
             return await refuse(request, CLOSE_POLICY, "invalid or expired listenKey")
         raw = request.query.get("events", "")
         wanted = frozenset(e for e in raw.split("/") if e) or None
-        ws, connection = await accept(request, self._settings, self._forget, self._request)
-        self._connections[connection] = _Listener(wanted, combined, key)
-        await connection.serve()
-        return ws
-
-    def _request(self, connection: StreamConnection, text: str) -> None:
-        """``SUBSCRIBE [K]`` / ``UNSUBSCRIBE [K]`` / ``LIST_SUBSCRIPTIONS`` from the client."""
-        listener = self._connections.get(connection)
-        if listener is not None:
-            answer_request(connection, text, lambda request: self._answer(listener, request))
+        return await self._open(request, _Listener(wanted, combined, key))
 
     def _answer(self, listener: _Listener, request: LiveRequest) -> object:
+        """``SUBSCRIBE [K]`` / ``UNSUBSCRIBE [K]`` / ``LIST_SUBSCRIPTIONS`` from the client."""
         if request.method == "LIST_SUBSCRIPTIONS":
             return [] if listener.key is None else [listener.key]
         if request.method == "UNSUBSCRIBE":
@@ -152,9 +133,6 @@ class UserStream:
             raise RequestError("params must be [the active listenKey]")
         listener.key = request.params[0]
         return None
-
-    def _forget(self, connection: StreamConnection) -> None:
-        self._connections.pop(connection, None)
 
     # ----------------------------------------------------------------- expiry
     def _active(self) -> str | None:
@@ -191,7 +169,7 @@ class UserStream:
             self._timer.cancel()
             self._timer = None
         event = listen_key_expired(key, self._clock())
-        for connection, listener in list(self._connections.items()):
+        for connection, listener in list(self._clients.items()):
             if listener.key != key:
                 continue
             if notify:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -174,6 +175,44 @@ def answer_request(connection: StreamConnection, text: str,
                          "id": request_id})
         return
     connection.send({"result": result, "id": request_id})
+
+
+S = TypeVar("S")
+
+
+class Hub(Generic[S]):
+    """The connections of one kind of stream, each with its state ``S`` (what it listens
+    to). A subclass answers the live requests its clients send (``_answer``)."""
+
+    def __init__(self, settings: Streams) -> None:
+        self._settings = settings
+        self._clients: dict[StreamConnection, S] = {}
+
+    @property
+    def connections(self) -> int:
+        return len(self._clients)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for connection in list(self._clients):
+            connection.close(code, reason)
+
+    async def _open(self, request: web.Request, state: S) -> web.WebSocketResponse:
+        """Upgrade ``request``, register it with ``state``, serve it until it closes."""
+        ws, connection = await accept(request, self._settings, self._forget, self._request)
+        self._clients[connection] = state
+        await connection.serve()
+        return ws
+
+    def _forget(self, connection: StreamConnection) -> None:
+        self._clients.pop(connection, None)
+
+    def _request(self, connection: StreamConnection, text: str) -> None:
+        state = self._clients.get(connection)
+        if state is not None:
+            answer_request(connection, text, lambda request: self._answer(state, request))
+
+    def _answer(self, state: S, request: LiveRequest) -> object:
+        raise RequestError("this stream takes no requests")
 
 
 class Gate:

@@ -9,7 +9,7 @@ from decimal import Decimal
 import structlog
 from structlog.testing import capture_logs
 
-from app.domain import Intent, IntentState, Leg, OrderType, Side, SignalState
+from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
 from app.exchange.gateway import Gateway
 from app.execution.client_ids import client_id
 from app.execution.reconcile import recover
@@ -24,6 +24,19 @@ def entry_intent(signal_id: str, symbol: str, qty: str, state: IntentState) -> I
                   Leg.ENTRY), symbol=symbol, side=Side.BUY, order_type=OrderType.MARKET,
                   quantity=Decimal(qty), price=None, reduce_only=False, state=state,
                   updated_at=time.time())
+
+
+async def running_entry(journal: Journal) -> tuple[Signal, Intent]:
+    """A BTCUSDT LONG_ENTRY (0.010, stop-loss 60000) journaled RUNNING with its entry intent
+    SENDING: the state a crash right after the entry left leaves behind."""
+    now = time.time()
+    signal = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
+                          "stop_loss": "60000.0"})
+    await journal.accept(signal, now=now)
+    await journal.set_signal_state(signal.id, SignalState.RUNNING, reason=None, now=now)
+    intent = entry_intent(signal.id, "BTCUSDT", "0.010", IntentState.SENDING)
+    await journal.put_intent(intent)
+    return signal, intent
 
 
 async def test_sending_intents_are_adopted_or_sent_once(
@@ -70,13 +83,7 @@ async def test_sending_intents_are_adopted_or_sent_once(
 async def test_filled_entry_without_protection_gets_it(
         gateway: Gateway, journal: Journal, execution: ExecutionParts, admin: Admin) -> None:
     """A RUNNING entry whose fill was journaled but whose stop was not placed is protected."""
-    now = time.time()
-    signal = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
-                          "stop_loss": "60000.0"})
-    await journal.accept(signal, now=now)
-    await journal.set_signal_state(signal.id, SignalState.RUNNING, reason=None, now=now)
-    intent = entry_intent(signal.id, "BTCUSDT", "0.010", IntentState.SENDING)
-    await journal.put_intent(intent)
+    signal, intent = await running_entry(journal)
     placed = await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), intent.client_id)
     await journal.put_intent(intent.with_state(IntentState.FILLED,
                                                exchange_id=str(placed.order_id)))
@@ -93,13 +100,7 @@ async def test_a_partly_filled_entry_is_protected_at_restart_never_sent_again(
     """A RUNNING entry journaled EXPIRED after a partial fill (the crash came before its
     protection): recovery looks up how much filled, protects that, and sends no second
     entry."""
-    now = time.time()
-    signal = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
-                          "stop_loss": "60000.0"})
-    await journal.accept(signal, now=now)
-    await journal.set_signal_state(signal.id, SignalState.RUNNING, reason=None, now=now)
-    intent = entry_intent(signal.id, "BTCUSDT", "0.010", IntentState.SENDING)
-    await journal.put_intent(intent)
+    signal, intent = await running_entry(journal)
     await admin.post("faults", {"seed": 1, "rules": [
         {"endpoint": "POST /fapi/v1/order", "fault": "partial_fill", "probability": 1}]})
     placed = await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), intent.client_id)
