@@ -32,7 +32,6 @@ from app.sim.wsconn import (
     Hub,
     LiveRequest,
     RequestError,
-    StreamConnection,
     refuse,
 )
 
@@ -87,28 +86,32 @@ class MarketStream(Hub[_Client]):
     # ----------------------------------------------------------------- pushing
     def tick(self, second: int) -> None:
         """Push every stream due at this whole second of the loop's interval timer."""
-        for connection, client in self._clients.items():
-            for sub in client.subscriptions:
-                if second % sub.interval_s == 0:
-                    self._push(connection, client, sub)
+        self._push(lambda sub: second % sub.interval_s == 0)
 
     def on_mark(self, symbol: str) -> None:
         """A mark was set by hand: push its streams (and the all-symbol ones) now."""
-        for connection, client in self._clients.items():
-            for sub in client.subscriptions:
-                if sub.symbol is None or sub.symbol == symbol:
-                    self._push(connection, client, sub)
+        self._push(lambda sub: sub.symbol is None or sub.symbol == symbol)
 
-    def _push(self, connection: StreamConnection, client: _Client, sub: Subscription) -> None:
+    def _push(self, due: Callable[[Subscription], bool]) -> None:
+        """Send every subscription that is ``due``; each symbol's event (and the all-symbol
+        list) is built once per push, however many connections want it."""
         marks = self._marks()
         now = self._clock()
-        data: object
-        if sub.symbol is None:
-            data = [mark_price_update(spec, marks[name], now)
-                    for name, spec in self._symbols.items()]
-        else:
-            data = mark_price_update(self._symbols[sub.symbol], marks[sub.symbol], now)
-        connection.send({"stream": sub.name, "data": data} if client.combined else data)
+        built: dict[str | None, object] = {}
+        for connection, client in self._clients.items():
+            for sub in client.subscriptions:
+                if not due(sub):
+                    continue
+                data = built.get(sub.symbol)
+                if data is None:
+                    if sub.symbol is None:
+                        data = [mark_price_update(spec, marks[name], now)
+                                for name, spec in self._symbols.items()]
+                    else:
+                        data = mark_price_update(self._symbols[sub.symbol], marks[sub.symbol],
+                                                 now)
+                    built[sub.symbol] = data
+                connection.send({"stream": sub.name, "data": data} if client.combined else data)
 
     async def run(self) -> None:
         """Push the due streams once a second until cancelled."""

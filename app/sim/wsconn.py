@@ -39,7 +39,7 @@ class StreamConnection:
 
     def __init__(self, ws: web.WebSocketResponse, settings: Streams, *,
                  on_closed: Callable[[StreamConnection], None],
-                 on_text: Callable[[StreamConnection, str], None] | None = None) -> None:
+                 on_text: Callable[[StreamConnection, str], None]) -> None:
         self._ws = ws
         self._settings = settings
         self._on_closed = on_closed
@@ -50,10 +50,6 @@ class StreamConnection:
         self._loop = loop
         self._opened = loop.time()
         self._heard = self._opened
-
-    @property
-    def closing(self) -> bool:
-        return self._close is not None
 
     def send(self, payload: object) -> None:
         """Queue one JSON frame; never blocks. Ignored once the connection is closing."""
@@ -108,7 +104,7 @@ class StreamConnection:
             self._heard = self._loop.time()
             if msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
-            elif msg.type is WSMsgType.TEXT and self._on_text is not None:
+            elif msg.type is WSMsgType.TEXT:
                 self._on_text(self, msg.data)
 
     async def _keep(self) -> None:
@@ -197,8 +193,12 @@ class Hub(Generic[S]):
             connection.close(code, reason)
 
     async def _open(self, request: web.Request, state: S) -> web.WebSocketResponse:
-        """Upgrade ``request``, register it with ``state``, serve it until it closes."""
-        ws, connection = await accept(request, self._settings, self._forget, self._request)
+        """Upgrade ``request``, register it with ``state``, serve it until it closes (pings
+        and pongs are handled by the connection; text frames are live requests)."""
+        ws = web.WebSocketResponse(autoping=False, heartbeat=None, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        connection = StreamConnection(ws, self._settings, on_closed=self._forget,
+                                      on_text=self._request)
         self._clients[connection] = state
         await connection.serve()
         return ws
@@ -242,13 +242,3 @@ async def refuse(request: web.Request, code: int, reason: str) -> web.WebSocketR
     await ws.close(code=code, message=reason.encode())
     return ws
 
-
-async def accept(request: web.Request, settings: Streams,
-                 on_closed: Callable[[StreamConnection], None],
-                 on_text: Callable[[StreamConnection, str], None] | None = None,
-                 ) -> tuple[web.WebSocketResponse, StreamConnection]:
-    """Upgrade ``request`` to a stream connection (pings and pongs are handled by it; text
-    frames from the client go to ``on_text``)."""
-    ws = web.WebSocketResponse(autoping=False, heartbeat=None, max_msg_size=64 * 1024)
-    await ws.prepare(request)
-    return ws, StreamConnection(ws, settings, on_closed=on_closed, on_text=on_text)
