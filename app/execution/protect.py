@@ -153,32 +153,25 @@ class Protector:
         """Cancel one protective order; journal it CANCELLED (or FILLED if it had fired).
 
         An "unknown order" answer to the cancel of an order we placed proves nothing at once:
-        Binance may not show a just-placed order for a few seconds. So the order is looked up,
-        and the cancel tried again, until it is cancelled, found ended (fired, expired), or not
-        found by a lookup made once ``resolve_window_s`` has passed. Returns False if it is still
-        open then (the intent stays PLACED: it still protects, and the journal still knows it),
-        True once it is retired."""
-        window_end = self._clock.monotonic() + self._settings.resolve_window_s
-        delay = 0.1
-        while True:
-            if await self._exchange.cancel_algo_order(intent.client_id):
-                state = IntentState.CANCELLED
-                break
-            found = await self._exchange.get_algo_order(intent.client_id)
-            past_window = self._clock.monotonic() >= window_end
-            if found is not None and algo_outcome(found)[0] is not IntentState.PLACED:
+        Binance may not show a just-placed order for a few seconds. So it is looked up as an
+        unknown outcome is (the sender's ``resolve``: until found, or not found once
+        ``resolve_window_s`` has passed), and a found open order is cancelled again. Returns
+        False if it is still open then (the intent stays PLACED: it still protects, and the
+        journal still knows it), True once it is retired."""
+        exchange = self._exchange
+        state = IntentState.CANCELLED
+        if not await exchange.cancel_algo_order(intent.client_id):
+            found = await self._sender.resolve(lambda: exchange.get_algo_order(intent.client_id))
+            if found is not None:
                 state = algo_outcome(found)[0]          # it fired, or ended otherwise
-                break
-            if found is None and past_window:
-                state = IntentState.CANCELLED           # definitely not there
-                break
-            if found is not None and past_window:
-                self._log.warning(AuditEvent.ORDER_CANCELLED, client_order_id=intent.client_id,
-                                  leg=intent.leg.value, reason=reason, final_state="PLACED",
-                                  note="still open after every cancel attempt")
-                return False
-            await self._clock.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            if state is IntentState.PLACED:
+                if not await exchange.cancel_algo_order(intent.client_id):
+                    self._log.warning(AuditEvent.ORDER_CANCELLED,
+                                      client_order_id=intent.client_id, leg=intent.leg.value,
+                                      reason=reason, final_state=state.value,
+                                      note="still open after every cancel attempt")
+                    return False
+                state = IntentState.CANCELLED
         await self._journal.put_intent(intent.with_state(state, now=self._clock.time()))
         self._log.info(AuditEvent.ORDER_CANCELLED, client_order_id=intent.client_id,
                        leg=intent.leg.value, reason=reason, final_state=state.value)

@@ -223,8 +223,9 @@ class OrderSender:
             delay = min(delay * 2, 1.0)
 
     async def resolve(self, lookup: Callable[[], Awaitable[S | None]]) -> S | None:
-        """One lookup pass for restart recovery: found, None (definitely not found) or
-        ``UnknownOutcome`` when the exchange could not answer within the window."""
+        """One lookup pass (restart recovery; a cancel answered "unknown order"): found, None
+        (definitely not found) or ``UnknownOutcome`` when the exchange could not answer within
+        the window."""
         return await self._resolve(lookup, self._clock.time() + self._settings.resolve_window_s)
 
     async def _adopt(self, intent: Intent, found: S, describe: Callable[[S], tuple[IntentState,
