@@ -77,8 +77,9 @@ class Daemon:
     `executor_settings` replaces the ``[execution]`` section's executor settings (benchmarks
     use it to run the seeds' blind-retry baseline; production never passes it); `on_decision`
     is also told every decision latency (seconds) the metrics histogram records (benchmarks
-    keep the exact values). Raises ConfigError when the mode's credentials are missing or the
-    simulator config is invalid.
+    keep the exact values). `owns_process` (``execd run`` only) leaves SIGTERM/SIGINT ignored
+    once the daemon has stopped, for the last moments of the process. Raises ConfigError when
+    the mode's credentials are missing or the simulator config is invalid.
     """
 
     def __init__(
@@ -91,8 +92,10 @@ class Daemon:
         out: TextIO | None = None,
         executor_settings: ExecutorSettings | None = None,
         on_decision: Callable[[float], None] | None = None,
+        owns_process: bool = False,
     ) -> None:
         self.settings = settings
+        self._owns_process = owns_process
         self._executor_settings = executor_settings
         self._on_decision = on_decision
         self.exchange_url = exchange_url
@@ -115,13 +118,17 @@ class Daemon:
         self.monitor: ErrorMonitor | None = None
         self.lag = LoopLagProbe(self.metrics.loop_lag.observe)
         self._stopping_logged = False
+        self._signals_installed = False
         self._drain: dict[str, object] = {}
 
     async def __aenter__(self) -> Self:
         try:
             await self._start()
         except BaseException:
-            await self._stack.aclose()
+            try:
+                await self._stack.aclose()
+            finally:
+                self._release_stop_signals()
             raise
         return self
 
@@ -243,11 +250,25 @@ class Daemon:
         return server.url
 
     def _handle_stop_signals(self) -> None:
-        """SIGTERM/SIGINT request a stop; installed before the ready line so none is missed."""
+        """SIGTERM/SIGINT request a stop; installed before the ready line so none is missed,
+        and kept until the whole shutdown is over (`_release_stop_signals`): a second SIGTERM
+        while the daemon drains or closes its journal must not kill it half-way."""
         loop = asyncio.get_running_loop()
         for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-            self._stack.callback(loop.remove_signal_handler, sig)
+        self._signals_installed = True
+
+    def _release_stop_signals(self) -> None:
+        """Give the stop signals back; when the daemon owns the process (``execd run``) they
+        are ignored from here on, so one that arrives while the interpreter exits cannot turn
+        a clean stop into death by SIGTERM."""
+        if self._signals_installed:
+            self._signals_installed = False
+            loop = asyncio.get_running_loop()
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+                if self._owns_process:
+                    signal.signal(sig, signal.SIG_IGN)
 
     async def serve(self) -> None:
         """Run the workers until `request_stop()` (SIGTERM and SIGINT call it), then stop
@@ -314,7 +335,10 @@ class Daemon:
                 self.log.error(AuditEvent.DAEMON_STOPPING, reason="error", exc_info=exc)
             elif not self._stopping_logged:
                 self.log.info(AuditEvent.DAEMON_STOPPING, reason=self._stop_reason)
-        await self._stack.aclose()
+        try:
+            await self._stack.aclose()
+        finally:
+            self._release_stop_signals()
 
     def _emit_stopped(self) -> None:
         if self.log is not None:
@@ -331,6 +355,7 @@ def run(settings: Settings, *, exchange_url: str | None = None, spool: Path | No
 
 
 async def _run(settings: Settings, *, exchange_url: str | None, spool: Path | None) -> int:
-    async with Daemon(settings, exchange_url=exchange_url, spool=spool) as daemon:
+    async with Daemon(settings, exchange_url=exchange_url, spool=spool,
+                      owns_process=True) as daemon:
         await daemon.serve()
     return 0

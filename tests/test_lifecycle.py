@@ -5,7 +5,9 @@ client id."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +158,27 @@ async def test_kill_9_during_a_burst_then_restart(tmp_path: Path, sim: SimServer
                                  if r["kind"] != "triggered")
     assert counts
     assert max(counts.values()) == 1
+
+
+@pytest.mark.timeout(120)
+async def test_repeated_sigterm_while_stopping_still_exits_cleanly(tmp_path: Path,
+                                                                   sim: SimServer) -> None:
+    """SIGTERM every 10 ms until the daemon is gone (an impatient supervisor, or a test that
+    signals twice): the signals that arrive while it drains and closes its journal change
+    nothing, it exits 0 with daemon_stopped last."""
+    port = free_port()
+    env = daemon_env(tmp_path, port, EXECD_API_TOKEN=TOKEN,
+                     EXECD_EXECUTION__SHUTDOWN_TIMEOUT_S="0.3")
+    daemon = await DaemonProcess(env, "--exchange-url", sim.url).start()
+    try:
+        proc = daemon.proc
+        assert proc is not None
+        while proc.returncode is None:
+            proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), 0.01)
+        code, err = await daemon.stop()
+    finally:
+        await daemon.ensure_dead()
+    assert code == 0, err
+    assert audit_events(tmp_path)[-1]["event"] == "daemon_stopped"
