@@ -44,6 +44,7 @@ from app.config_schema import (
     MonitorConfig,
     RateLimitConfig,
     RetryConfig,
+    StreamConfig,
 )
 
 __all__ = [
@@ -103,6 +104,7 @@ class Settings(BaseSettings):
     api: ApiConfig = ApiConfig()
     journal: JournalConfig = JournalConfig()
     monitor: MonitorConfig = MonitorConfig()
+    stream: StreamConfig = StreamConfig()
 
     # Not a config key: resolved by load_settings() from the environment or key files.
     _credentials: Credentials | None = PrivateAttr(default=None)

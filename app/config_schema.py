@@ -141,7 +141,31 @@ class ExecutionConfig(BaseModel):
     client_id_prefix: str = Field(default="xd", pattern=r"^[A-Za-z0-9_-]{1,8}$")
     shutdown_timeout_s: float = Field(default=10.0, gt=0, le=600)
     queue_size: int = Field(default=1000, ge=1, le=1_000_000)
-    position_poll_s: float = Field(default=5.0, gt=0, le=3600)
+
+
+def _check_ws_url(value: str) -> str:
+    if not re.fullmatch(r"wss?://[^\s/]+(/\S*)?", value):
+        raise ValueError("must be a ws:// or wss:// URL")
+    return value.rstrip("/")
+
+
+OptionalWsUrl = Annotated[Annotated[str, AfterValidator(_check_ws_url)] | None,
+                          BeforeValidator(_blank_to_none)]
+
+
+class StreamConfig(BaseModel):
+    """The user-data and mark-price streams and the live book (SPEC §5.8)."""
+
+    model_config = _SECTION
+
+    enabled: bool = True
+    #: Websocket base URL; None: derived from the mode (the simulator's own URL, Binance's
+    #: ``wss://fstream.binancefuture.com`` on testnet, ``wss://fstream.binance.com`` live).
+    ws_url: OptionalWsUrl = None
+    reconcile_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    fallback_poll_s: float = Field(default=5.0, gt=0, le=3600)
+    max_mark_age_s: float = Field(default=2.0, gt=0, le=3600)
+    keepalive_s: float = Field(default=1800.0, gt=0, le=3600)
 
 
 class RetryConfig(BaseModel):

@@ -166,7 +166,7 @@ class Daemon:
         ex = settings.execution
         self.execution = execution = build_execution(
             gateway, rules, journal, self.clock, log,
-            self._executor_settings or executor_settings(ex),
+            self._executor_settings or executor_settings(ex, settings.stream),
             on_decision=self._observe_decision)
         self.bus = bus = SignalBus(execution.executor.execute, capacity=ex.queue_size,
                                    max_concurrency=ex.max_concurrency, log=log)

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 
 from app.clock import Clock
 from app.config import Credentials, Settings
-from app.config_schema import BreakerConfig, ExecutionConfig, RateLimitConfig, RetryConfig
+from app.config_schema import (
+    BreakerConfig,
+    ExecutionConfig,
+    RateLimitConfig,
+    RetryConfig,
+    StreamConfig,
+)
 from app.exchange.client import BinanceClient
 from app.exchange.endpoints import BreakerGroup
 from app.exchange.gateway import Gateway, is_breaker_failure
@@ -75,11 +81,11 @@ def retry_settings(config: RetryConfig) -> RetrySettings:
                          jitter=config.jitter)
 
 
-def executor_settings(config: ExecutionConfig) -> ExecutorSettings:
+def executor_settings(config: ExecutionConfig, stream: StreamConfig) -> ExecutorSettings:
     return ExecutorSettings(client_id_prefix=config.client_id_prefix,
                             resolve_window_s=config.resolve_window_s,
                             on_unprotected=config.on_unprotected,
-                            position_poll_s=config.position_poll_s)
+                            position_poll_s=stream.fallback_poll_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,7 +76,7 @@ SIM_LIMITS = {"request_weight": 400, "request_weight_interval_s": 2,
 #: Daemon settings (dotted keys) that let every fault resolve well within a signal's TTL.
 DAEMON = {"exchange.request_timeout_s": 1.0, "execution.resolve_window_s": 4.0,
           "execution.default_ttl_s": float(TTL_S), "execution.shutdown_timeout_s": 5.0,
-          "execution.position_poll_s": 2.0, "breaker.recovery_timeout_s": 1.0,
+          "stream.fallback_poll_s": 2.0, "breaker.recovery_timeout_s": 1.0,
           "retry.initial_delay": 0.05, "retry.max_delay": 1.0, "retry.jitter": 0.02}
 
 
@@ -119,7 +119,7 @@ def daemon_settings(workdir: Path) -> Settings:
 
 
 def executor_settings(policy: str, settings: Settings) -> ExecutorSettings:
-    base = factory.executor_settings(settings.execution)
+    base = factory.executor_settings(settings.execution, settings.stream)
     if policy == "blind-retry":
         return dataclasses.replace(base, unknown_outcome_protocol=False)
     return base

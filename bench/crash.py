@@ -66,7 +66,7 @@ SIM_LIMITS = {"request_weight": 6000, "request_weight_interval_s": 10,
               "orders_long": 100_000, "orders_long_interval_s": 60, "ban_after_429s": 3}
 DAEMON_ENV = {"EXECD_EXECUTION__RESOLVE_WINDOW_S": "2", "EXECD_EXECUTION__DEFAULT_TTL_S": "600",
               "EXECD_EXECUTION__SHUTDOWN_TIMEOUT_S": "5", "EXECD_EXCHANGE__REQUEST_TIMEOUT_S": "2",
-              "EXECD_BREAKER__RECOVERY_TIMEOUT_S": "1", "EXECD_EXECUTION__POSITION_POLL_S": "2"}
+              "EXECD_BREAKER__RECOVERY_TIMEOUT_S": "1", "EXECD_STREAM__FALLBACK_POLL_S": "2"}
 
 
 def fault_plan(seed: int) -> dict[str, Any]:
