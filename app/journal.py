@@ -33,7 +33,7 @@ import orjson
 
 from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
 
-__all__ = ["Journal", "SignalRecord"]
+__all__ = ["Fill", "Journal", "SignalRecord"]
 
 _T = TypeVar("_T")
 _SYNCHRONOUS: Final = ("NORMAL", "FULL", "EXTRA")
@@ -78,9 +78,27 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX intents_state ON intents (state, symbol)",
         "CREATE TABLE offsets (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     ),
+    (
+        # SPEC §5.9: how much of an entry filled; §5.8: every fill, as the exchange reported it.
+        "ALTER TABLE signals ADD COLUMN filled_quantity TEXT",
+        """CREATE TABLE fills (
+            client_id        TEXT NOT NULL,
+            trade_id         INTEGER NOT NULL,
+            symbol           TEXT NOT NULL,
+            side             TEXT NOT NULL,
+            quantity         TEXT NOT NULL,
+            price            TEXT NOT NULL,
+            commission       TEXT NOT NULL,
+            commission_asset TEXT NOT NULL,
+            realized_pnl     TEXT NOT NULL,
+            time             REAL NOT NULL,           -- epoch seconds (the trade's time)
+            PRIMARY KEY (client_id, trade_id)
+        )""",
+        "CREATE INDEX fills_time ON fills (time)",
+    ),
 )
 
-_SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at"
+_SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at, filled_quantity"
 _INTENT_COLUMNS: Final = ("signal_id, leg, client_id, symbol, side, order_type, quantity, price, "
                           "reduce_only, state, exchange_id, error_code, error_message, updated_at")
 
@@ -96,6 +114,24 @@ class SignalRecord:
     seq: int
     accepted_at: float
     updated_at: float
+    #: How much of the entry filled, once known (SPEC §5.9: set for a partial fill too).
+    filled_quantity: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One trade of an order, as the exchange reported it (an ``ORDER_TRADE_UPDATE``)."""
+
+    client_id: str
+    trade_id: int
+    symbol: str
+    side: Side
+    quantity: Decimal
+    price: Decimal
+    commission: Decimal
+    commission_asset: str
+    realized_pnl: Decimal
+    time: float
 
 
 class Journal:
@@ -208,7 +244,8 @@ class Journal:
                                      f"{old.state.value} to {state.value}")
                 conn.execute("UPDATE signals SET state = ?, reason = ?, updated_at = ? "
                              "WHERE id = ?", (state.value, reason, now, signal_id))
-            return SignalRecord(old.signal, state, reason, old.seq, old.accepted_at, now)
+            return SignalRecord(old.signal, state, reason, old.seq, old.accepted_at, now,
+                                old.filled_quantity)
 
         return await self._run(work)
 
@@ -295,6 +332,55 @@ class Journal:
         sql = (f"SELECT {_INTENT_COLUMNS} FROM intents WHERE state = ? AND leg IN (?, ?) "
                "ORDER BY seq")
         return await self._intents(sql, (IntentState.PLACED.value, *_PROTECTIVE))
+
+    async def set_filled_quantity(self, signal_id: str, quantity: Decimal) -> None:
+        """Record how much of the signal's entry filled."""
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute("UPDATE signals SET filled_quantity = ? WHERE id = ?",
+                             (str(quantity), signal_id))
+
+        await self._run(work)
+
+    # ------------------------------------------------------------------ fills
+    async def add_fill(self, fill: Fill) -> bool:
+        """Journal one trade; False if it was already journaled (a replayed event)."""
+        row = (fill.client_id, fill.trade_id, fill.symbol, fill.side.value, str(fill.quantity),
+               str(fill.price), str(fill.commission), fill.commission_asset,
+               str(fill.realized_pnl), fill.time)
+
+        def work(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cursor = conn.execute(
+                    "INSERT INTO fills (client_id, trade_id, symbol, side, quantity, price, "
+                    "commission, commission_asset, realized_pnl, time) VALUES "
+                    f"({_marks(row)}) ON CONFLICT DO NOTHING", row)
+                return cursor.rowcount == 1
+
+        return await self._run(work)
+
+    async def realized_pnl_since(self, since: float) -> dict[str, Decimal]:
+        """Realized PnL per symbol from the fills at or after ``since`` (epoch seconds)."""
+        def work(conn: sqlite3.Connection) -> dict[str, Decimal]:
+            totals: dict[str, Decimal] = {}
+            for symbol, pnl in conn.execute(
+                    "SELECT symbol, realized_pnl FROM fills WHERE time >= ?", (since,)):
+                totals[symbol] = totals.get(symbol, Decimal(0)) + Decimal(pnl)
+            return totals
+
+        return await self._run(work)
+
+    async def fills_for(self, client_id: str) -> list[Fill]:
+        """The journaled trades of one order, oldest first."""
+        def work(conn: sqlite3.Connection) -> list[Fill]:
+            rows = conn.execute(
+                "SELECT client_id, trade_id, symbol, side, quantity, price, commission, "
+                "commission_asset, realized_pnl, time FROM fills WHERE client_id = ? "
+                "ORDER BY time, trade_id", (client_id,))
+            return [Fill(c, t, sym, Side(side), Decimal(q), Decimal(p), Decimal(n), asset,
+                         Decimal(rp), time) for c, t, sym, side, q, p, n, asset, rp, time in rows]
+
+        return await self._run(work)
 
     # ------------------------------------------------------------------ offsets
     async def get_offset(self, name: str) -> int | None:
@@ -386,9 +472,9 @@ def _select_signal(conn: sqlite3.Connection, signal_id: str) -> SignalRecord | N
 
 
 def _signal_record(row: Sequence[Any]) -> SignalRecord:
-    body, state, reason, seq, accepted_at, updated_at = row
+    body, state, reason, seq, accepted_at, updated_at, filled = row
     return SignalRecord(Signal.from_record(orjson.loads(body)), SignalState(state), reason, seq,
-                        accepted_at, updated_at)
+                        accepted_at, updated_at, Decimal(filled) if filled is not None else None)
 
 
 def _intent_row(intent: Intent) -> tuple[object, ...]:

@@ -17,8 +17,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+import app.journal as journal_module
 from app.domain import (
     Intent,
     IntentState,
@@ -30,7 +32,7 @@ from app.domain import (
     SignalState,
     SignalType,
 )
-from app.journal import Journal
+from app.journal import Fill, Journal
 
 NOW = 1_795_000_000.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +87,7 @@ async def test_open_creates_parent_dirs_wal_and_schema_version(tmp_path: Path) -
         conn.close()
         return mode, version
 
-    assert await asyncio.to_thread(inspect) == ("wal", 1)
+    assert await asyncio.to_thread(inspect) == ("wal", 2)
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -485,3 +487,37 @@ async def test_event_loop_keeps_turning_while_accepts_run(journal: Journal) -> N
     assert ticks >= 50
     assert max_gap < 1.0, f"the loop stalled for {max_gap:.3f} s"
     assert (await journal.counts())["ACCEPTED"] == 500
+
+
+async def test_a_version_1_journal_is_migrated_keeping_its_signals(tmp_path: Path) -> None:
+    """A journal written before fills existed opens: its signals stay, filled_quantity is
+    None, and fills can be added (each trade once)."""
+    path = tmp_path / "j.sqlite3"
+
+    def old_schema() -> None:
+        conn = sqlite3.connect(path)
+        for statement in journal_module._MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO signals (id, seq, symbol, state, reason, accepted_at, "
+                     "updated_at, body) VALUES ('s1', 1, 'BTCUSDT', 'DONE', NULL, 1, 1, ?)",
+                     (orjson.dumps(make_signal("s1").to_record()).decode(),))
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+        conn.close()
+
+    await asyncio.to_thread(old_schema)
+    async with Journal(path) as journal:
+        record = await journal.get_signal("s1")
+        assert record is not None
+        assert record.filled_quantity is None
+        await journal.set_filled_quantity("s1", Decimal("0.003"))
+        record = await journal.get_signal("s1")
+        assert record is not None
+        assert record.filled_quantity == Decimal("0.003")
+        fill = Fill("xdABCE", 7, "BTCUSDT", Side.BUY, Decimal("0.003"), Decimal("65000.1"),
+                    Decimal("0.078"), "USDT", Decimal("-1.5"), 1.0)
+        assert await journal.add_fill(fill)
+        assert not await journal.add_fill(fill)              # a replayed event: once only
+        assert await journal.fills_for("xdABCE") == [fill]
+        assert await journal.realized_pnl_since(0.5) == {"BTCUSDT": Decimal("-1.5")}
+        assert await journal.realized_pnl_since(2.0) == {}

@@ -63,6 +63,7 @@ class OrderUpdate:
     reduce_only: bool
     close_position: bool
     trade_time_ms: int
+    trade_id: int = 0
 
     @property
     def is_trade(self) -> bool:
@@ -199,7 +200,8 @@ def _order_update(raw: Mapping[str, Any]) -> OrderUpdate:
         last_qty=_number(o, "l", "o"), last_price=_number(o, "L", "o"),
         commission=_number(o, "n", "o"), commission_asset=str(o.get("N") or ""),
         realized_pnl=_number(o, "rp", "o"), reduce_only=bool(o.get("R", False)),
-        close_position=bool(o.get("cp", False)), trade_time_ms=_int(o, "T", "o", 0))
+        close_position=bool(o.get("cp", False)), trade_time_ms=_int(o, "T", "o", 0),
+        trade_id=_int(o, "t", "o", 0))
 
 
 def _algo_update(raw: Mapping[str, Any]) -> AlgoUpdate:

@@ -15,6 +15,7 @@ already filled is still protected after its TTL; so is one that filled only in p
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -31,7 +32,7 @@ from app.domain import (
     SignalError,
     SignalState,
 )
-from app.errors import ExchangeError, OrderRejected
+from app.errors import ExchangeError, OrderRejected, UnknownOutcome
 from app.exchange.symbols import SymbolRuleError, SymbolRules, trading_rules
 from app.execution.client_ids import new_intent
 from app.execution.ports import ExchangePort
@@ -45,6 +46,11 @@ from app.resilience.limiter import Priority
 
 #: How an entry can end without filling whole (it may still have filled in part).
 ENDED_UNFILLED = frozenset({IntentState.EXPIRED, IntentState.CANCELLED})
+#: What a journal that cannot write raises (disk full, I/O error, read-only, lock timeout).
+JOURNAL_FAILURES = (sqlite3.Error, OSError)
+#: Pauses between two tries to settle an unknown outcome, or to write a failing journal.
+SETTLE_PAUSE_S = (0.5, 5.0)
+OUTCOME_UNKNOWN = "outcome unknown"
 
 
 class Executor:
@@ -53,8 +59,10 @@ class Executor:
 
     def __init__(self, exchange: ExchangePort, rules: Callable[[str], SymbolRules],
                  sender: OrderSender, protector: Protector, journal: Journal, clock: Clock,
-                 log: AuditLogger, settings: ExecutorSettings) -> None:
+                 log: AuditLogger, settings: ExecutorSettings, *,
+                 marks: Callable[[str], Decimal | None] | None = None) -> None:
         self._exchange = exchange
+        self._marks = marks
         self._rules = rules
         self._sender = sender
         self._protector = protector
@@ -66,17 +74,22 @@ class Executor:
         self._margin: dict[str, MarginType] = {}
 
     # ------------------------------------------------------------------ one signal
-    async def execute(self, record: SignalRecord) -> SignalRecord:
-        """Run (or resume) a signal to a terminal state and return its final record."""
+    async def execute(self, record: SignalRecord, *, settle: bool = True) -> SignalRecord:
+        """Run (or resume) a signal to a terminal state and return its final record.
+
+        An order whose outcome stays unknown keeps the signal ``RUNNING`` (reason ``outcome
+        unknown``) until a lookup or a stream event settles it (SPEC §5.9); with ``settle``
+        False (restart recovery, which must not hold start-up) the record is returned
+        ``RUNNING`` instead, for the daemon to hand to the bus."""
         if record.state.is_terminal:
             return record
         decision = DECISION_STARTED.set(self._clock.monotonic())
         try:
-            return await self._execute(record)
+            return await self._execute(record, settle)
         finally:
             DECISION_STARTED.reset(decision)
 
-    async def _execute(self, record: SignalRecord) -> SignalRecord:
+    async def _execute(self, record: SignalRecord, settle: bool) -> SignalRecord:
         signal = record.signal
         with bound_contextvars(signal_id=signal.id, symbol=signal.symbol):
             if signal.is_expired(self._clock.time()) and not await self._started(signal):
@@ -88,7 +101,12 @@ class Executor:
             try:
                 # An ACCEPTED signal has no intents yet (RUNNING is journaled before the first).
                 fresh = record.state is SignalState.ACCEPTED
-                reason = await self._run_until_taken(signal, fresh=fresh)
+                async with self._protector.holding(signal.symbol):
+                    reason = await self._run_until_taken(signal, fresh=fresh, settle=settle)
+            except UnknownOutcome:
+                return await self._journal.set_signal_state(
+                    signal.id, SignalState.RUNNING, reason=OUTCOME_UNKNOWN,
+                    now=self._clock.time())
             except SignalError as rejected:
                 return await self._finish(signal, SignalState.REJECTED, str(rejected),
                                           AuditEvent.SIGNAL_REJECTED, field=rejected.field,
@@ -118,14 +136,21 @@ class Executor:
         return any(i.state is not IntentState.PENDING
                    for i in await self._journal.intents_for(signal.id))
 
-    async def _run_until_taken(self, signal: Signal, *, fresh: bool) -> str:
+    async def _run_until_taken(self, signal: Signal, *, fresh: bool, settle: bool) -> str:
         """Run the signal's flow from its journaled intents. While the exchange certainly
         refuses work for now (breaker open, outage, throttled), wait and run it again: the flow
         resumes from the journal, so nothing done is done twice. Before anything was sent, up
         to the signal's TTL (past it a signal never starts: ``TimeoutError`` → ``EXPIRED``);
         once an order may have left, for up to ``PROTECT_DEADLINE_S`` more, so that a filled
-        entry still gets its protection and a close still cleans up (then the error stands)."""
+        entry still gets its protection and a close still cleans up (then the error stands).
+
+        An unknown outcome (with ``settle``) and a journal that fails after an order may have
+        left do not end the signal: the flow runs again after a pause, until the order is found
+        (or definitely not found) and the journal writes again; a journal failure is a critical
+        ``position_unprotected`` until then (SPEC §5.9), then ``protection_repaired``."""
         finish_by: float | None = None
+        pause = SETTLE_PAUSE_S[0]
+        journal_failed = False
         while True:
             journaled: dict[Leg, Intent] = {}
             if not fresh:
@@ -133,8 +158,33 @@ class Executor:
             fresh = False
             try:
                 if signal.type.is_entry:
-                    return await self._entry(signal, journaled)
-                return await self._close(signal, journaled)
+                    reason = await self._entry(signal, journaled)
+                else:
+                    reason = await self._close(signal, journaled)
+                if journal_failed:
+                    self._log.warning(AuditEvent.PROTECTION_REPAIRED, cause="journal failure",
+                                      outcome=reason)
+                return reason
+            except UnknownOutcome as unknown:
+                if not settle:
+                    raise
+                await self._journal.set_signal_state(signal.id, SignalState.RUNNING,
+                                                     reason=OUTCOME_UNKNOWN,
+                                                     now=self._clock.time())
+                self._log.warning(AuditEvent.SIGNAL_DEFERRED, reason=OUTCOME_UNKNOWN,
+                                  message=unknown.message, retry_in_s=pause)
+                await self._clock.sleep(pause)
+                pause = min(pause * 2, SETTLE_PAUSE_S[1])
+                continue
+            except JOURNAL_FAILURES as broken:
+                if not journal_failed:
+                    journal_failed = True
+                    self._log.critical(AuditEvent.POSITION_UNPROTECTED,
+                                       reason=f"journal write failed: {broken!r}",
+                                       action="retrying until the journal works again")
+                await self._clock.sleep(pause)
+                pause = min(pause * 2, SETTLE_PAUSE_S[1])
+                continue
             except NOT_TAKEN as busy:
                 now = self._clock.time()
                 if await self._started(signal):
@@ -187,6 +237,9 @@ class Executor:
                                         endpoint="POST /fapi/v1/order")
                 partial = executed          # a real position: it gets its protection (§5.9)
         journaled[Leg.ENTRY] = entry
+        filled = partial if partial is not None else entry.quantity
+        if filled is not None:
+            await self._journal.set_filled_quantity(signal.id, filled)
         if partial is None:
             reason = f"entry filled: {entry.quantity} {signal.symbol}"
         else:
@@ -205,7 +258,9 @@ class Executor:
         sender journals it, as SENDING, before it leaves)."""
         rules = trading_rules(self._rules, signal.symbol)
         assert signal.quantity is not None
-        mark = await self._exchange.mark_price(signal.symbol)
+        mark = self._marks(signal.symbol) if self._marks is not None else None
+        if mark is None:
+            mark = await self._exchange.mark_price(signal.symbol)
         quantity = rules.quantize_qty(signal.quantity, market=True)
         try:
             rules.check_order(quantity, mark, market=True, reduce_only=False)

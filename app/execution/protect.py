@@ -15,12 +15,15 @@ market close.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import NoReturn
 
 from app.clock import Clock
 from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal
-from app.errors import ExchangeError
+from app.errors import ExchangeError, UnknownOutcome
 from app.execution.client_ids import new_intent
 from app.execution.ports import ExchangePort
 from app.execution.sender import OrderSender, algo_outcome
@@ -52,6 +55,21 @@ class Protector:
         self._clock = clock
         self._log = log
         self._settings = settings
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @contextlib.asynccontextmanager
+    async def holding(self, symbol: str) -> AsyncIterator[None]:
+        """The symbol's protection to oneself: the executor holds it while it runs a signal
+        (an entry is unprotected until its stop is placed; a replacement cancels before it
+        places), the guard while it repairs or cleans up, so neither acts on a state the other
+        is changing."""
+        async with self._locks[symbol]:
+            yield
+
+    def busy(self, symbol: str) -> bool:
+        """Whether someone holds the symbol (the guard's checks wait for a quiet symbol)."""
+        lock = self._locks.get(symbol)
+        return lock is not None and lock.locked()
 
     def _intent(self, signal: Signal, leg: Leg, side: Side, order_type: OrderType,
                 price: Decimal) -> Intent:
@@ -87,6 +105,12 @@ class Protector:
                     continue
                 try:
                     intent = await self._place(intent, deadline)
+                except UnknownOutcome as error:
+                    if leg is Leg.STOP_LOSS:   # it may be on the exchange: settle, never flatten
+                        self._log.critical(AuditEvent.POSITION_UNPROTECTED,
+                                           reason=f"stop-loss outcome unknown: {error}",
+                                           action="looking it up until the exchange answers")
+                    raise
                 except (ExchangeError, TimeoutError) as error:
                     if leg is Leg.STOP_LOSS:
                         await self.unprotected(signal, f"stop-loss not placed: {error}")

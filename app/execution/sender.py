@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from app.clock import Clock
 from app.domain import Intent, IntentState
@@ -80,19 +80,30 @@ class Placement(Generic[S]):
     adopted: bool
 
 
+class OrderEvents(Protocol):
+    """News of orders by client id (the live book): `wait` returns True as soon as an event
+    about ``client_id`` arrives, False after ``timeout`` seconds."""
+
+    async def wait(self, client_id: str, timeout: float) -> bool: ...
+
+
 class OrderSender:
     """Sends intents exactly once. ``on_decision`` is called with the seconds from dequeue to
-    a signal's first order on the wire (the decision latency metric)."""
+    a signal's first order on the wire (the decision latency metric). With ``events`` (the
+    live book), a lookup of an unknown outcome runs again the moment the stream reports the
+    order, instead of after its backoff pause."""
 
     def __init__(self, exchange: ExchangePort, journal: Journal, clock: Clock, log: AuditLogger,
                  settings: ExecutorSettings, *,
-                 on_decision: Callable[[float], None] | None = None) -> None:
+                 on_decision: Callable[[float], None] | None = None,
+                 events: OrderEvents | None = None) -> None:
         self._exchange = exchange
         self._journal = journal
         self._clock = clock
         self._log = log
         self._settings = settings
         self._on_decision = on_decision
+        self._events = events
 
     async def send_order(self, intent: Intent, *, priority: Priority,
                          deadline: float) -> Placement[OrderState]:
@@ -139,8 +150,8 @@ class OrderSender:
         log = self._log.bind(client_order_id=intent.client_id, leg=intent.leg.value)
         attempts = 0
         if intent.state is IntentState.SENDING and self._settings.unknown_outcome_protocol:
-            # An earlier run sent it and never learnt the outcome: look before sending again.
-            found = await self._resolve(lookup, deadline)
+            # An earlier try sent it and never learnt the outcome: look before sending again.
+            found = await self._resolve(lookup, deadline, intent.client_id)
             if found is not None:
                 return await self._adopt(intent, found, describe, log)
             attempts = 1
@@ -182,7 +193,7 @@ class OrderSender:
                     if attempts >= self._settings.max_send_attempts:
                         raise
                     continue                          # the seeds' blind retry (test seam)
-                found = await self._resolve(lookup, deadline)
+                found = await self._resolve(lookup, deadline, intent.client_id)
                 if found is not None:
                     return await self._adopt(intent, found, describe, log)
                 log.warning(AuditEvent.ORDER_RESOLVED, outcome="not_found",
@@ -194,7 +205,7 @@ class OrderSender:
             return await self._record(intent, state, describe, log, adopted=False)
 
     async def _resolve(self, lookup: Callable[[], Awaitable[S | None]],
-                       deadline: float) -> S | None:
+                       deadline: float, client_id: str | None = None) -> S | None:
         """Look the order up until it is found (returned), or definitely not found by a lookup
         made once ``resolve_window_s`` has passed (None: it may be sent again). Failed lookups
         prove nothing and never end the search; once ``deadline`` (``clock.time()``) has
@@ -219,14 +230,19 @@ class OrderSender:
             pause = delay
             if not past_window:
                 pause = min(delay, max(0.0, window_end - self._clock.monotonic()) + 0.001)
-            await self._clock.sleep(pause)
+            if self._events is not None and client_id is not None:
+                await self._events.wait(client_id, pause)   # an event about it: look now
+            else:
+                await self._clock.sleep(pause)
             delay = min(delay * 2, 1.0)
 
-    async def resolve(self, lookup: Callable[[], Awaitable[S | None]]) -> S | None:
+    async def resolve(self, lookup: Callable[[], Awaitable[S | None]],
+                      client_id: str | None = None) -> S | None:
         """One lookup pass (restart recovery; a cancel answered "unknown order"): found, None
         (definitely not found) or ``UnknownOutcome`` when the exchange could not answer within
         the window."""
-        return await self._resolve(lookup, self._clock.time() + self._settings.resolve_window_s)
+        return await self._resolve(lookup, self._clock.time() + self._settings.resolve_window_s,
+                                   client_id)
 
     async def _adopt(self, intent: Intent, found: S, describe: Callable[[S], tuple[IntentState,
                      str]], log: AuditLogger) -> Placement[S]:

@@ -50,6 +50,10 @@ class AuditEvent(StrEnum):
     PROTECTIVE_PLACED = "protective_placed"
     POSITION_UNPROTECTED = "position_unprotected"
     POSITION_FLATTENED = "position_flattened"
+    PROTECTIVE_TRIGGERED = "protective_triggered"
+    POSITION_LIQUIDATED = "position_liquidated"
+    POSITION_FOREIGN = "position_foreign"
+    PROTECTION_REPAIRED = "protection_repaired"
     # account operations
     LEVERAGE_SET = "leverage_set"
     MARGIN_TYPE_SET = "margin_type_set"

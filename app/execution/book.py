@@ -1,0 +1,213 @@
+"""The live book (SPEC §5.8): the account's open orders and algo orders by client id, its
+positions by symbol and the last mark of each symbol with its age.
+
+Fed by the streams' typed events in the order they arrive (Binance sends a connection's events
+in ``E`` order), and rebuilt from REST (``positionRisk``, ``openOrders``, ``openAlgoOrders``)
+at start, after every stream (re)connect and every ``stream.reconcile_interval_s``. A rebuild
+fetches while events keep arriving: `begin_sync()` marks the start, and `sync()` then keeps
+whatever an event changed since (the event is newer than the snapshot) and takes the rest
+from the snapshot. The book holds no I/O and no policy: the guard (``guard.py``) reads it and
+acts.
+
+`wait(client_id, timeout)` lets the sender settle an unknown outcome the moment an event with
+that client id arrives, instead of at its next lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from app.clock import Clock
+from app.domain import Side
+from app.exchange.models import AlgoState, OrderState, Position
+from app.exchange.stream_events import (
+    AlgoUpdate,
+    MarkUpdate,
+    OrderUpdate,
+    PositionsUpdate,
+    UserEvent,
+)
+
+__all__ = ["Book", "BookAlgo", "BookOrder", "BookPosition"]
+
+
+@dataclass(frozen=True, slots=True)
+class BookPosition:
+    """A non-zero one-way position: ``amount`` signed (negative = short)."""
+
+    symbol: str
+    amount: Decimal
+    entry_price: Decimal
+
+    @property
+    def side(self) -> Side:
+        return Side.BUY if self.amount > 0 else Side.SELL
+
+
+@dataclass(frozen=True, slots=True)
+class BookOrder:
+    """An open regular order."""
+
+    symbol: str
+    client_id: str
+    side: Side
+    order_type: str
+    status: str
+    quantity: Decimal
+    filled_qty: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class BookAlgo:
+    """An open conditional (algo) order."""
+
+    symbol: str
+    client_id: str
+    side: Side
+    order_type: str
+    trigger_price: Decimal
+    close_position: bool
+
+
+class Book:
+    """The live state. ``clock.monotonic()`` dates the marks."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.positions: dict[str, BookPosition] = {}
+        self.orders: dict[str, BookOrder] = {}
+        self.algos: dict[str, BookAlgo] = {}
+        self._marks: dict[str, tuple[Decimal, float]] = {}
+        self._touched: set[str] | None = None      # keys an event changed since begin_sync()
+        self._waiters: dict[str, asyncio.Event] = {}
+        self.synced_at: float | None = None         # monotonic time of the last rebuild
+
+    # ------------------------------------------------------------------ events
+    def apply(self, event: UserEvent) -> None:
+        """One user-data event, in arrival order."""
+        if isinstance(event, OrderUpdate):
+            self._apply_order(event)
+            self._wake(event.client_id)
+        elif isinstance(event, AlgoUpdate):
+            self._apply_algo(event)
+            self._wake(event.client_algo_id)
+        elif isinstance(event, PositionsUpdate):
+            for change in event.positions:
+                self._touch(f"P:{change.symbol}")
+                self._set_position(change.symbol, change.amount, change.entry_price)
+
+    def apply_mark(self, update: MarkUpdate) -> None:
+        self._marks[update.symbol] = (update.mark, self._clock.monotonic())
+
+    def _apply_order(self, event: OrderUpdate) -> None:
+        self._touch(f"O:{event.client_id}")
+        if event.is_final:
+            self.orders.pop(event.client_id, None)
+            return
+        self.orders[event.client_id] = BookOrder(
+            event.symbol, event.client_id, event.side, event.order_type, event.status,
+            event.quantity, event.filled_qty)
+
+    def _apply_algo(self, event: AlgoUpdate) -> None:
+        self._touch(f"A:{event.client_algo_id}")
+        if not event.is_open:
+            self.algos.pop(event.client_algo_id, None)
+            return
+        self.algos[event.client_algo_id] = BookAlgo(
+            event.symbol, event.client_algo_id, event.side, event.order_type,
+            event.trigger_price, event.close_position)
+
+    def _set_position(self, symbol: str, amount: Decimal, entry_price: Decimal) -> None:
+        if amount == 0:
+            self.positions.pop(symbol, None)
+        else:
+            self.positions[symbol] = BookPosition(symbol, amount, entry_price)
+
+    def _touch(self, key: str) -> None:
+        if self._touched is not None:
+            self._touched.add(key)
+
+    # ------------------------------------------------------------------ rebuild
+    def begin_sync(self) -> None:
+        """A REST rebuild starts: from now on, what events change wins over its snapshot."""
+        self._touched = set()
+
+    def sync(self, positions: Iterable[Position], orders: Iterable[OrderState],
+             algos: Iterable[AlgoState]) -> None:
+        """Replace the book by a REST snapshot taken after `begin_sync()`, keeping every
+        position and order an event changed meanwhile."""
+        touched = self._touched or set()
+        self._touched = None
+        fresh_positions = {p.symbol: p for p in positions if p.amount != 0}
+        for symbol in set(self.positions) | set(fresh_positions):
+            if f"P:{symbol}" in touched:
+                continue
+            found = fresh_positions.get(symbol)
+            if found is None:
+                self.positions.pop(symbol, None)
+            else:
+                self._set_position(symbol, found.amount, found.entry_price)
+        fresh_orders = {o.client_id: o for o in orders if o.is_open}
+        for cid in set(self.orders) | set(fresh_orders):
+            if f"O:{cid}" in touched:
+                continue
+            order = fresh_orders.get(cid)
+            if order is None:
+                self.orders.pop(cid, None)
+            else:
+                self.orders[cid] = BookOrder(order.symbol, cid, order.side, order.type,
+                                             order.status, order.orig_qty, order.executed_qty)
+        fresh_algos = {a.client_algo_id: a for a in algos if a.is_open}
+        for cid in set(self.algos) | set(fresh_algos):
+            if f"A:{cid}" in touched:
+                continue
+            algo = fresh_algos.get(cid)
+            if algo is None:
+                self.algos.pop(cid, None)
+            else:
+                self.algos[cid] = BookAlgo(algo.symbol, cid, algo.side, algo.order_type,
+                                           algo.trigger_price, algo.close_position)
+        self.synced_at = self._clock.monotonic()
+
+    def abandon_sync(self) -> None:
+        """A rebuild failed: keep applying events as before."""
+        self._touched = None
+
+    # ------------------------------------------------------------------ reads
+    def position(self, symbol: str) -> BookPosition | None:
+        return self.positions.get(symbol)
+
+    def open_algos(self, symbol: str) -> list[BookAlgo]:
+        return [a for a in self.algos.values() if a.symbol == symbol]
+
+    def mark(self, symbol: str, max_age_s: float) -> Decimal | None:
+        """The streamed mark of ``symbol`` if it is at most ``max_age_s`` old, else None."""
+        found = self._marks.get(symbol)
+        if found is None or self._clock.monotonic() - found[1] > max_age_s:
+            return None
+        return found[0]
+
+    def mark_age_s(self, symbol: str) -> float | None:
+        found = self._marks.get(symbol)
+        return None if found is None else self._clock.monotonic() - found[1]
+
+    # ------------------------------------------------------------------ waiting
+    async def wait(self, client_id: str, timeout: float) -> bool:
+        """Until an event about ``client_id`` arrives (True) or ``timeout`` seconds pass."""
+        event = self._waiters.setdefault(client_id, asyncio.Event())
+        arrived = asyncio.ensure_future(event.wait())
+        sleeping = asyncio.ensure_future(self._clock.sleep(timeout))
+        try:
+            await asyncio.wait((arrived, sleeping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrived.cancel()
+            sleeping.cancel()
+        return event.is_set()
+
+    def _wake(self, client_id: str) -> None:
+        event = self._waiters.pop(client_id, None)
+        if event is not None:
+            event.set()
