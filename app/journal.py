@@ -327,6 +327,18 @@ class Journal:
                "AND leg IN (?, ?) ORDER BY seq")
         return await self._intents(sql, (IntentState.PLACED.value, symbol, *_PROTECTIVE))
 
+    async def last_filled(self, symbol: str) -> Intent | None:
+        """The last entry or close of ``symbol`` that filled, whole or in part (an entry that
+        ended with a ``filled_quantity``), by the order first journaled; None if none did."""
+        columns = ", ".join(f"i.{c.strip()}" for c in _INTENT_COLUMNS.split(","))
+        sql = (f"SELECT {columns} FROM intents i JOIN signals s ON s.id = i.signal_id "
+               "WHERE i.symbol = ? AND i.leg IN (?, ?) AND (i.state = ? OR "
+               "(i.leg = ? AND s.filled_quantity IS NOT NULL AND s.filled_quantity != '0')) "
+               "ORDER BY i.seq DESC LIMIT 1")
+        rows = await self._intents(sql, (symbol, Leg.ENTRY.value, Leg.CLOSE.value,
+                                         IntentState.FILLED.value, Leg.ENTRY.value))
+        return rows[0] if rows else None
+
     async def live_protective_all(self) -> list[Intent]:
         """`live_protective` over every symbol (the orphan watcher's view), oldest first."""
         sql = (f"SELECT {_INTENT_COLUMNS} FROM intents WHERE state = ? AND leg IN (?, ?) "

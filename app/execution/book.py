@@ -135,10 +135,10 @@ class Book:
         """A REST rebuild starts: from now on, what events change wins over its snapshot."""
         self._touched = set()
 
-    def sync(self, positions: Iterable[Position], orders: Iterable[OrderState],
-             algos: Iterable[AlgoState]) -> None:
+    def sync(self, positions: Iterable[Position], orders: Iterable[OrderState] | None,
+             algos: Iterable[AlgoState] | None) -> None:
         """Replace the book by a REST snapshot taken after `begin_sync()`, keeping every
-        position and order an event changed meanwhile."""
+        position and order an event changed meanwhile. None: that part was not fetched."""
         touched = self._touched or set()
         self._touched = None
         fresh_positions = {p.symbol: p for p in positions if p.amount != 0}
@@ -150,6 +150,13 @@ class Book:
                 self.positions.pop(symbol, None)
             else:
                 self._set_position(symbol, found.amount, found.entry_price)
+        if orders is not None:
+            self._sync_orders(orders, touched)
+        if algos is not None:
+            self._sync_algos(algos, touched)
+        self.synced_at = self._clock.monotonic()
+
+    def _sync_orders(self, orders: Iterable[OrderState], touched: set[str]) -> None:
         fresh_orders = {o.client_id: o for o in orders if o.is_open}
         for cid in set(self.orders) | set(fresh_orders):
             if f"O:{cid}" in touched:
@@ -160,6 +167,8 @@ class Book:
             else:
                 self.orders[cid] = BookOrder(order.symbol, cid, order.side, order.type,
                                              order.status, order.orig_qty, order.executed_qty)
+
+    def _sync_algos(self, algos: Iterable[AlgoState], touched: set[str]) -> None:
         fresh_algos = {a.client_algo_id: a for a in algos if a.is_open}
         for cid in set(self.algos) | set(fresh_algos):
             if f"A:{cid}" in touched:
@@ -170,7 +179,6 @@ class Book:
             else:
                 self.algos[cid] = BookAlgo(algo.symbol, cid, algo.side, algo.order_type,
                                            algo.trigger_price, algo.close_position)
-        self.synced_at = self._clock.monotonic()
 
     def abandon_sync(self) -> None:
         """A rebuild failed: keep applying events as before."""
@@ -195,11 +203,11 @@ class Book:
         return None if found is None else self._clock.monotonic() - found[1]
 
     # ------------------------------------------------------------------ waiting
-    async def wait(self, client_id: str, timeout: float) -> bool:
-        """Until an event about ``client_id`` arrives (True) or ``timeout`` seconds pass."""
+    async def wait(self, client_id: str, within_s: float) -> bool:
+        """Until an event about ``client_id`` arrives (True) or ``within_s`` seconds pass."""
         event = self._waiters.setdefault(client_id, asyncio.Event())
         arrived = asyncio.ensure_future(event.wait())
-        sleeping = asyncio.ensure_future(self._clock.sleep(timeout))
+        sleeping = asyncio.ensure_future(self._clock.sleep(within_s))
         try:
             await asyncio.wait((arrived, sleeping), return_when=asyncio.FIRST_COMPLETED)
         finally:

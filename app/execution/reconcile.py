@@ -20,7 +20,7 @@ from app.resilience.limiter import Priority
 
 
 class Resumable(Protocol):
-    async def execute(self, record: SignalRecord) -> SignalRecord: ...
+    async def execute(self, record: SignalRecord, *, settle: bool = True) -> SignalRecord: ...
 
 
 class Lookups(Protocol):
@@ -40,7 +40,9 @@ async def recover(journal: Journal, exchange: Lookups, sender: OrderSender, exec
        signal sends it (once, with the same id) when it resumes.
     2. Every non-terminal signal resumes through the executor, in acceptance order: an entry
        that filled without protection gets its protective orders; an expired signal that sent
-       nothing becomes ``EXPIRED``.
+       nothing becomes ``EXPIRED``. One whose order's outcome is still unknown (the exchange
+       does not answer) stays ``RUNNING`` (``outcome unknown``): start-up goes on, and the
+       daemon hands it to the bus, which settles it while running (SPEC §5.9).
     A mismatch never blocks start-up: it is reported. Returns counts for the audit event.
     """
     sending = await journal.intents_in_states([IntentState.SENDING])
@@ -79,7 +81,7 @@ async def recover(journal: Journal, exchange: Lookups, sender: OrderSender, exec
     finals: dict[str, int] = {}
     for record in pending:
         try:
-            final = await executor.execute(record)
+            final = await executor.execute(record, settle=False)
         except Exception as error:  # report and go on: one bad signal must not block start-up
             log.error(AuditEvent.RECONCILE_FINISHED, signal_id=record.signal.id,
                       error=repr(error), partial=True)

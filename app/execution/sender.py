@@ -82,9 +82,9 @@ class Placement(Generic[S]):
 
 class OrderEvents(Protocol):
     """News of orders by client id (the live book): `wait` returns True as soon as an event
-    about ``client_id`` arrives, False after ``timeout`` seconds."""
+    about ``client_id`` arrives, False after ``within_s`` seconds."""
 
-    async def wait(self, client_id: str, timeout: float) -> bool: ...
+    async def wait(self, client_id: str, within_s: float) -> bool: ...
 
 
 class OrderSender:

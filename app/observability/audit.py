@@ -139,6 +139,14 @@ GROUPS: tuple[EventGroup, ...] = (
         (_E.PROTECTIVE_PLACED, _E.POSITION_UNPROTECTED, _E.POSITION_FLATTENED),
     ),
     EventGroup(
+        "live_state",
+        "What the user-data stream reports and the protection invariant does about it (SPEC "
+        "§5.8, §5.9): a stop or take-profit that fired, a liquidation, a trade execd did not "
+        "make, a missing stop placed again.",
+        (_E.PROTECTIVE_TRIGGERED, _E.POSITION_LIQUIDATED, _E.POSITION_FOREIGN,
+         _E.PROTECTION_REPAIRED),
+    ),
+    EventGroup(
         "account",
         "Account operations: leverage, margin type, position and balance queries (SPEC §5.5).",
         (_E.LEVERAGE_SET, _E.MARGIN_TYPE_SET, _E.POSITION_QUERY, _E.BALANCE_QUERY),

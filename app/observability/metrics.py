@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
     "BREAKER_STATES",
@@ -70,6 +70,13 @@ class GaugeSnapshot:
     buckets: Sequence[BucketGauge] = ()
     breakers: Mapping[str, int] = field(default_factory=dict)
     queue_depth: int = 0
+    #: stream name → 1 connected, 0 not (``stream.enabled = false``: no series).
+    streams: Mapping[str, int] = field(default_factory=dict)
+    #: user-stream events received by kind, since start (a counter read at scrape).
+    stream_events: Mapping[str, int] = field(default_factory=dict)
+    unprotected_seconds: float = 0.0
+    #: today's (UTC) realized PnL by symbol, from fills.
+    realized_pnl: Mapping[str, float] = field(default_factory=dict)
 
 
 GaugeSource = Callable[[], GaugeSnapshot]
@@ -86,7 +93,16 @@ def gauges_from_status(status: Mapping[str, Any]) -> GaugeSnapshot:
                 for group, info in (status.get("breakers") or {}).items()
                 if info.get("state") in BREAKER_STATES}
     queue = status.get("queue") or {}
-    return GaugeSnapshot(buckets, breakers, int(queue.get("pending", 0)))
+    streams_info = status.get("streams") or {}
+    streams = {name: int(state == "connected") for name, state in
+               ((n, (streams_info.get(n) or {}).get("state")) for n in ("user", "market"))
+               if state not in (None, "off")}
+    protection = status.get("protection") or {}
+    pnl = {str(symbol): float(value)
+           for symbol, value in (status.get("realized_pnl_today") or {}).items()}
+    return GaugeSnapshot(buckets, breakers, int(queue.get("pending", 0)), streams,
+                         dict(streams_info.get("events") or {}),
+                         float(protection.get("unprotected_seconds_total", 0.0)), pnl)
 
 
 class _Registry(CollectorRegistry):
@@ -132,7 +148,25 @@ class _GaugeCollector:
             breakers.add_metric([group], state)
         depth = GaugeMetricFamily("execd_queue_depth", "Signals queued or running in the bus",
                                   value=snapshot.queue_depth)
-        yield from (used, limit, breakers, depth)
+        connected = GaugeMetricFamily("execd_stream_connected",
+                                      "Whether a stream is connected (1) or not (0)",
+                                      labels=["stream"])
+        for name, value in sorted(snapshot.streams.items()):
+            connected.add_metric([name], value)
+        events = CounterMetricFamily("execd_stream_events",
+                                     "User-data stream events received, by kind",
+                                     labels=["event"])
+        for name, count in sorted(snapshot.stream_events.items()):
+            events.add_metric([name], count)
+        naked = CounterMetricFamily("execd_unprotected_seconds",
+                                    "Seconds a position execd protects spent without its stop",
+                                    value=snapshot.unprotected_seconds)
+        pnl = GaugeMetricFamily("execd_realized_pnl",
+                                "Realized PnL today (UTC) by symbol, from fills",
+                                labels=["symbol"])
+        for symbol, amount in sorted(snapshot.realized_pnl.items()):
+            pnl.add_metric([symbol], amount)
+        yield from (used, limit, breakers, depth, connected, events, naked, pnl)
 
 
 class Metrics:

@@ -32,6 +32,10 @@ FAMILIES = {
     "execd_limiter_limit": "gauge",
     "execd_breaker_state": "gauge",
     "execd_queue_depth": "gauge",
+    "execd_stream_connected": "gauge",
+    "execd_stream_events": "counter",
+    "execd_unprotected_seconds": "counter",
+    "execd_realized_pnl": "gauge",
     "execd_event_loop_lag_seconds": "histogram",
     "execd_decision_latency_seconds": "histogram",
 }

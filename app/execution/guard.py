@@ -1,0 +1,454 @@
+"""The protection invariant (SPEC §5.9) and what the account's events mean (SPEC §5.8).
+
+The guard feeds the live book with the user-data stream's events and acts on them:
+- every fill is journaled (average price, quantity, commission, realized PnL) and execd's own
+  are audited (``order_filled``); a protective order of execd's that fires is
+  ``protective_triggered``; a liquidation is ``position_liquidated`` (critical); a trade execd
+  did not make is ``position_foreign`` (warning) — foreign orders are never touched;
+- each change of a symbol schedules a check of that symbol: a flat symbol whose protective
+  orders are still open gets them cancelled (orphans, within a second of the event); a
+  position that execd opened or added to with a stop-loss and that has no open stop gets one
+  again at the last requested stop price (``protection_repaired``), or ``on_unprotected``
+  applies when the mark has crossed that price. Time without a stop is measured.
+The book is rebuilt by REST (`reconcile`) at start, after every stream (re)connect and every
+``reconcile_interval_s``; while the user stream is down, every ``fallback_poll_s``.
+
+A check takes the symbol's hold (``Protector.holding``): it waits while a signal of that symbol
+runs, so it never acts between an entry's fill and its stop, or inside a replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+from app.clock import Clock
+from app.domain import Intent, IntentState, Leg, OrderType, Signal
+from app.errors import ExchangeError
+from app.exchange.models import AlgoState, OrderState, Position
+from app.exchange.stream_events import (
+    AlgoUpdate,
+    ListenKeyExpired,
+    OrderUpdate,
+    PositionsUpdate,
+    StreamKind,
+    StreamStatus,
+    UserEvent,
+)
+from app.execution.book import Book
+from app.execution.client_ids import client_id
+from app.execution.protect import PROTECT_DEADLINE_S, Protector, Unprotected
+from app.execution.sender import OrderSender, algo_outcome
+from app.execution.settings import ExecutorSettings
+from app.journal import Fill, Journal
+from app.observability.audit import AuditEvent
+from app.observability.logging import AuditLogger
+from app.resilience.limiter import Priority
+
+__all__ = ["AccountReads", "Guard", "GuardSettings"]
+
+
+class AccountReads(Protocol):
+    """The gateway's account-wide reads the guard reconciles from."""
+
+    async def positions(self, *, priority: Priority | None = None) -> list[Position]: ...
+
+    async def open_orders(self, symbol: str | None = None) -> list[OrderState]: ...
+
+    async def open_algo_orders(self, symbol: str | None = None) -> list[AlgoState]: ...
+
+    async def get_algo_order(self, client_algo_id: str, *,
+                             priority: Priority | None = None) -> AlgoState | None: ...
+
+    async def mark_price(self, symbol: str) -> Decimal: ...
+
+    async def get_position(self, symbol: str, *, priority: Priority | None = None
+                           ) -> Position | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    reconcile_interval_s: float = 60.0
+    fallback_poll_s: float = 5.0
+    max_mark_age_s: float = 2.0
+    #: False: no user-data stream at all (``stream.enabled = false``): poll only.
+    streaming: bool = True
+
+
+class Guard:
+    def __init__(self, book: Book, exchange: AccountReads, sender: OrderSender,
+                 protector: Protector, journal: Journal, clock: Clock, log: AuditLogger,
+                 executor_settings: ExecutorSettings, settings: GuardSettings) -> None:
+        self._book = book
+        self._exchange = exchange
+        self._sender = sender
+        self._protector = protector
+        self._journal = journal
+        self._clock = clock
+        self._log = log
+        self._prefix = executor_settings.client_id_prefix
+        self._executor_settings = executor_settings
+        self._settings = settings
+        self._checks: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._naked_since: dict[str, float] = {}
+        self.unprotected_seconds = 0.0
+        self.user_connected = False
+        self.events: dict[str, int] = {}
+        self._last_event: float | None = None
+        self._resync = asyncio.Event()
+        self._fill_tasks: set[asyncio.Task[None]] = set()
+        self._owned: dict[str, bool] = {}
+        self._pnl: dict[str, Decimal] = {}
+        self._pnl_day = self._day()
+
+    # ------------------------------------------------------------------ views
+    def _day(self) -> int:
+        return int(self._clock.time() // 86_400)
+
+    async def load(self) -> None:
+        """Today's realized PnL from the journaled fills (at start)."""
+        self._pnl_day = self._day()
+        self._pnl = await self._journal.realized_pnl_since(self._pnl_day * 86_400.0)
+
+    def realized_pnl_today(self) -> dict[str, str]:
+        if self._day() != self._pnl_day:
+            self._pnl_day, self._pnl = self._day(), {}
+        return {symbol: str(value) for symbol, value in sorted(self._pnl.items())}
+
+    def positions_view(self) -> list[dict[str, object]]:
+        """Every non-zero position on the account (SPEC §11.2), each with its open stop and
+        take-profit trigger prices (any client id) and whether execd opened it."""
+        rows: list[dict[str, object]] = []
+        for symbol, position in sorted(self._book.positions.items()):
+            algos = self._book.open_algos(symbol)
+            stops = [str(a.trigger_price) for a in algos if a.order_type == "STOP_MARKET"]
+            takes = [str(a.trigger_price) for a in algos
+                     if a.order_type == "TAKE_PROFIT_MARKET"]
+            mark = self._book.mark(symbol, float("inf"))
+            rows.append({"symbol": symbol, "amount": str(position.amount),
+                         "entry_price": str(position.entry_price),
+                         "mark": str(mark) if mark is not None else None,
+                         "foreign": not self._owned.get(symbol, False),
+                         "stop_loss": stops[0] if len(stops) == 1 else (stops or None),
+                         "take_profit": takes[0] if len(takes) == 1 else (takes or None)})
+        return rows
+
+    # ------------------------------------------------------------------ stream input
+    def on_user_event(self, event: UserEvent | StreamStatus) -> None:
+        """The user stream's callback (in arrival order)."""
+        if isinstance(event, StreamStatus):
+            self.on_status(event)
+            return
+        self._last_event = self._clock.monotonic()
+        name = type(event).__name__
+        self.events[name] = self.events.get(name, 0) + 1
+        self._book.apply(event)
+        if isinstance(event, OrderUpdate):
+            self._on_order(event)
+        elif isinstance(event, AlgoUpdate):
+            self._on_algo(event)
+        elif isinstance(event, PositionsUpdate):
+            for change in event.positions:
+                self.schedule(change.symbol)
+        elif isinstance(event, ListenKeyExpired):
+            pass                                # the stream gets a new key and reconnects
+
+    def on_status(self, status: StreamStatus) -> None:
+        if status.stream is not StreamKind.USER:
+            return
+        self.user_connected = status.connected
+        if status.connected:
+            self._resync.set()                  # events sent while down are never replayed
+
+    def last_event_age_s(self) -> float | None:
+        return None if self._last_event is None else self._clock.monotonic() - self._last_event
+
+    def _ours(self, cid: str) -> bool:
+        return cid.startswith(self._prefix) and not cid.startswith(("autoclose-", "web_"))
+
+    def _on_order(self, event: OrderUpdate) -> None:
+        if event.is_trade:
+            self._spawn(self._journal_fill(event))
+        if event.is_liquidation:
+            if event.is_final:
+                self._log.critical(AuditEvent.POSITION_LIQUIDATED, symbol=event.symbol,
+                                   client_order_id=event.client_id, side=event.side.value,
+                                   quantity=str(event.filled_qty),
+                                   avg_price=str(event.avg_price),
+                                   realized_pnl=str(event.realized_pnl))
+                self.schedule(event.symbol)
+        elif not self._ours(event.client_id):
+            if event.is_trade:
+                self._log.warning(AuditEvent.POSITION_FOREIGN, symbol=event.symbol,
+                                  client_order_id=event.client_id, side=event.side.value,
+                                  quantity=str(event.last_qty), price=str(event.last_price),
+                                  note="not execd's order: never touched; its stop still "
+                                       "covers the whole position")
+                self.schedule(event.symbol)
+        elif event.is_final and event.filled_qty > 0:
+            self._spawn(self._report_filled(event))
+            self.schedule(event.symbol)
+
+    def _on_algo(self, event: AlgoUpdate) -> None:
+        if not self._ours(event.client_algo_id):
+            return
+        if event.fired:
+            leg = "stop_loss" if event.client_algo_id.endswith(Leg.STOP_LOSS.value) else (
+                "take_profit")
+            self._log.warning(AuditEvent.PROTECTIVE_TRIGGERED, symbol=event.symbol,
+                              client_order_id=event.client_algo_id, leg=leg,
+                              trigger_price=str(event.trigger_price), status=event.status)
+        if not event.is_open:
+            self._spawn(self._journal_algo_end(event))
+        self.schedule(event.symbol)
+
+    async def _journal_fill(self, event: OrderUpdate) -> None:
+        added = await self._journal.add_fill(Fill(
+            event.client_id, event.trade_id, event.symbol, event.side, event.last_qty,
+            event.last_price, event.commission, event.commission_asset, event.realized_pnl,
+            event.trade_time_ms / 1000))
+        if added and int(event.trade_time_ms // 86_400_000) == self._pnl_day:
+            self._pnl[event.symbol] = self._pnl.get(event.symbol, Decimal(0)) + (
+                event.realized_pnl)
+
+    async def _report_filled(self, event: OrderUpdate) -> None:
+        fills = await self._journal.fills_for(event.client_id)
+        self._log.info(AuditEvent.ORDER_FILLED, symbol=event.symbol, source="stream",
+                       client_order_id=event.client_id, status=event.status,
+                       avg_price=str(event.avg_price), executed_qty=str(event.filled_qty),
+                       commission=str(sum((f.commission for f in fills), Decimal(0))),
+                       commission_asset=event.commission_asset or (
+                           fills[0].commission_asset if fills else ""),
+                       realized_pnl=str(sum((f.realized_pnl for f in fills), Decimal(0))))
+
+    async def _journal_algo_end(self, event: AlgoUpdate) -> None:
+        intent = await self._journal.get_intent(event.client_algo_id)
+        if intent is None or intent.state is not IntentState.PLACED:
+            return
+        state = IntentState.FILLED if event.fired else {
+            "CANCELED": IntentState.CANCELLED, "EXPIRED": IntentState.EXPIRED,
+            "REJECTED": IntentState.REJECTED}.get(event.status, IntentState.EXPIRED)
+        await self._journal.put_intent(intent.with_state(state, now=self._clock.time()))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception as error:  # a report must never take the guard down
+                self._log.error(AuditEvent.API_ERROR, operation="stream_event",
+                                error=repr(error))
+
+        task = asyncio.create_task(run())
+        self._fill_tasks.add(task)
+        task.add_done_callback(self._fill_tasks.discard)
+
+    # ------------------------------------------------------------------ checks
+    def schedule(self, symbol: str) -> None:
+        """Check ``symbol`` soon (once more if a check of it is running)."""
+        running = self._checks.get(symbol)
+        if running is not None and not running.done():
+            self._again.add(symbol)
+            return
+        self._checks[symbol] = asyncio.create_task(self._check_loop(symbol),
+                                                   name=f"execd-guard-{symbol}")
+
+    async def _check_loop(self, symbol: str) -> None:
+        while True:
+            self._again.discard(symbol)
+            try:
+                await self.check(symbol)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # reported; the next event or reconciliation retries
+                self._log.warning(AuditEvent.API_ERROR, operation="protection_check",
+                                  symbol=symbol, error=repr(error))
+            if symbol not in self._again:
+                return
+
+    async def check(self, symbol: str) -> None:
+        """The invariant for one symbol, against the book (SPEC §5.9)."""
+        async with self._protector.holding(symbol):
+            position = self._book.position(symbol)
+            if position is None:
+                self._clothed(symbol)
+                # Confirmed by one read before anything is cancelled: a snapshot fetched
+                # before a fill must never strip a position that was just protected.
+                if await self._journal.live_protective(symbol) and (
+                        await self._exchange.get_position(symbol, priority=Priority.CRITICAL)
+                        is None):
+                    await self._protector.cancel_protective(symbol, reason="position flat")
+                return
+            wanted = await self._wanted_stop(symbol)
+            if wanted is None:
+                self._clothed(symbol)
+                return
+            signal, stop = wanted
+            if signal.type.position_sign * position.amount <= 0:
+                self._clothed(symbol)           # the other side: not the position it guards
+                return
+            open_algos = {a.client_id for a in self._book.open_algos(symbol)}
+            if stop is not None and stop.state is IntentState.PLACED and (
+                    stop.client_id in open_algos or not self.streaming):
+                # without the stream the book's orders are as old as the last full
+                # reconciliation: the journal's word stands until then
+                self._clothed(symbol)
+                return
+            if stop is not None and stop.state in (IntentState.FILLED, IntentState.CANCELLED,
+                                                   IntentState.SENDING):
+                self._clothed(symbol)   # fired or retired by execd: that position ended;
+                return                  # SENDING: its outcome is being settled
+            if stop is not None and stop.state is IntentState.PLACED:
+                found = await self._sender.resolve(
+                    lambda: self._exchange.get_algo_order(stop.client_id,
+                                                          priority=Priority.CRITICAL),
+                    stop.client_id)
+                state = algo_outcome(found)[0] if found is not None else IntentState.EXPIRED
+                if state is IntentState.PLACED:
+                    self._clothed(symbol)       # open after all: the book was behind
+                    return
+                await self._journal.put_intent(stop.with_state(state, now=self._clock.time()))
+                if state is IntentState.FILLED:
+                    return                      # it fired: the position is closing
+            confirmed = await self._exchange.get_position(symbol, priority=Priority.CRITICAL)
+            if confirmed is None or confirmed.amount * position.amount <= 0:
+                return                          # the book was behind: the next event re-checks
+            await self._repair(symbol, signal, confirmed.amount)
+
+    async def _wanted_stop(self, symbol: str) -> tuple[Signal, Intent | None] | None:
+        """The last entry of ``symbol`` that filled and asked for a stop-loss, with its latest
+        stop intent (None if it has none yet); None when no stop is wanted (no such entry, or
+        a close of execd's filled after it)."""
+        entry = await self._journal.last_filled(symbol)
+        self._owned[symbol] = entry is not None and entry.leg is Leg.ENTRY
+        if entry is None or entry.leg is not Leg.ENTRY:
+            return None
+        record = await self._journal.get_signal(entry.signal_id)
+        if record is None or record.signal.stop_loss is None:
+            return None
+        stops = [i for i in await self._journal.intents_for(entry.signal_id)
+                 if i.leg is Leg.STOP_LOSS]
+        return record.signal, (stops[-1] if stops else None)
+
+    async def _repair(self, symbol: str, signal: Signal, amount: Decimal) -> None:
+        assert signal.stop_loss is not None
+        self._naked_since.setdefault(symbol, self._clock.monotonic())
+        stop_price = signal.stop_loss
+        mark = self._book.mark(symbol, self._settings.max_mark_age_s)
+        if mark is None:
+            mark = await self._exchange.mark_price(symbol)
+        crossed = mark <= stop_price if amount > 0 else mark >= stop_price
+        if crossed:
+            with contextlib.suppress(Unprotected):
+                await self._protector.unprotected(
+                    signal, f"stop-loss missing and the mark {mark} has crossed its price "
+                            f"{stop_price}")
+            self._clothed(symbol)
+            return
+        attempt = len([i for i in await self._journal.intents_for(signal.id)
+                       if i.leg is Leg.STOP_LOSS])
+        intent = Intent(signal_id=signal.id, leg=Leg.STOP_LOSS,
+                        client_id=client_id(self._prefix, f"{signal.id}/repair{attempt}",
+                                            Leg.STOP_LOSS),
+                        symbol=symbol, side=signal.type.order_side.opposite,
+                        order_type=OrderType.STOP_MARKET, quantity=None, price=stop_price,
+                        reduce_only=True, state=IntentState.PENDING,
+                        updated_at=self._clock.time())
+        try:
+            placement = await self._sender.send_algo(
+                intent, priority=Priority.CRITICAL,
+                deadline=self._clock.time() + PROTECT_DEADLINE_S)
+        except (ExchangeError, TimeoutError) as error:
+            self._log.critical(AuditEvent.POSITION_UNPROTECTED, symbol=symbol,
+                               reason=f"stop-loss missing, repair failed: {error}",
+                               action="retrying at the next check")
+            return
+        naked = self._clothed(symbol)
+        self._log.warning(AuditEvent.PROTECTION_REPAIRED, symbol=symbol, signal_id=signal.id,
+                          client_order_id=placement.intent.client_id, leg="stop_loss",
+                          stop_price=str(stop_price), naked_s=round(naked, 3))
+
+    def _clothed(self, symbol: str) -> float:
+        """The symbol has its stop (or needs none): close its naked interval, if any."""
+        since = self._naked_since.pop(symbol, None)
+        if since is None:
+            return 0.0
+        naked = self._clock.monotonic() - since
+        self.unprotected_seconds += naked
+        return naked
+
+    # ------------------------------------------------------------------ reconciliation
+    async def reconcile(self, *, full: bool = True) -> None:
+        """Rebuild the book from REST (LOW priority): positions, and with ``full`` the open
+        orders and algo orders too (80 weight account-wide, so only at start, after a
+        (re)connect and every ``reconcile_interval_s``); then check every symbol that has a
+        position or live protective orders."""
+        self._book.begin_sync()
+        try:
+            positions = await self._exchange.positions(priority=Priority.LOW)
+            orders = await self._exchange.open_orders() if full else None
+            algos = await self._exchange.open_algo_orders() if full else None
+        except BaseException:
+            self._book.abandon_sync()
+            raise
+        self._book.sync(positions, orders, algos)
+        symbols = {p.symbol for p in positions}
+        symbols |= {i.symbol for i in await self._journal.live_protective_all()}
+        for symbol in sorted(symbols):
+            self.schedule(symbol)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the user stream is up, so the book follows the account by events."""
+        return self._settings.streaming and self.user_connected
+
+    async def run(self) -> None:
+        """Reconcile fully now, after every user-stream (re)connect and every
+        ``reconcile_interval_s``; while the stream is down (or off), poll the positions every
+        ``fallback_poll_s`` in between."""
+        last_full = last = -float("inf")
+        while True:
+            now = self._clock.monotonic()
+            due_full = last_full + self._settings.reconcile_interval_s
+            due = due_full if self.streaming else min(
+                due_full, last + self._settings.fallback_poll_s)
+            if due > now and not self._resync.is_set():
+                await self._wait_resync(due - now)
+                continue                        # the stream's state may have changed: recompute
+            full = self._resync.is_set() or self._clock.monotonic() >= due_full
+            self._resync.clear()
+            last = self._clock.monotonic()
+            if full:
+                last_full = last
+            try:
+                await self.reconcile(full=full)
+            except asyncio.CancelledError:
+                raise
+            except ExchangeError as error:
+                self._log.warning(AuditEvent.API_ERROR, operation="reconcile",
+                                  error_class=error.error_class, message=error.message)
+
+    async def _wait_resync(self, seconds: float) -> None:
+        resync = asyncio.ensure_future(self._resync.wait())
+        sleeping = asyncio.ensure_future(self._clock.sleep(seconds))
+        try:
+            await asyncio.wait((resync, sleeping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            resync.cancel()
+            sleeping.cancel()
+
+    async def aclose(self) -> None:
+        tasks = [*self._checks.values(), *self._fill_tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def naked_seconds_now(self) -> float:
+        """Time without a stop so far, including the intervals still open."""
+        now = self._clock.monotonic()
+        return self.unprotected_seconds + sum(now - t for t in self._naked_since.values())
+
