@@ -41,16 +41,21 @@ from app import __version__
 from app.clock import Clock, SystemClock
 from app.config import ConfigError, Settings, resolve_api_token, sim_config_paths
 from app.control.http_api import ControlApi
-from app.exchange.symbols import trading_rules
+from app.exchange.symbols import SymbolRules, trading_rules
+from app.exchange.streams import MarketStream, UserStream
+from app.execution.book import Book
 from app.execution.reconcile import recover
 from app.execution.settings import ExecutorSettings
 from app.factory import (
     ExchangeParts,
     ExecutionParts,
+    LiveParts,
     build_execution,
+    build_live,
     exchange_setup,
     executor_settings,
     open_exchange,
+    ws_base_url,
 )
 from app.intake.bus import SignalBus
 from app.intake.service import Service
@@ -114,6 +119,8 @@ class Daemon:
         self.service: Service | None = None
         self.api: ControlApi | None = None
         self.recovery: dict[str, int] = {}
+        self.live: LiveParts | None = None
+        self._live_tasks: list[asyncio.Task[None]] = []
         self.metrics = Metrics()
         self.monitor: ErrorMonitor | None = None
         self.lag = LoopLagProbe(self.metrics.loop_lag.observe)
@@ -164,14 +171,21 @@ class Daemon:
         await journal.open()
         self._stack.push_async_callback(journal.close)
         ex = settings.execution
+        chosen = self._executor_settings or executor_settings(ex)
+        book = Book(self.clock)
         self.execution = execution = build_execution(
-            gateway, rules, journal, self.clock, log,
-            self._executor_settings or executor_settings(ex, settings.stream),
-            on_decision=self._observe_decision)
+            gateway, rules, journal, self.clock, log, chosen,
+            on_decision=self._observe_decision, book=book,
+            max_mark_age_s=settings.stream.max_mark_age_s)
+        self.live = live = build_live(gateway, book, execution, journal, self.clock, log,
+                                      settings.stream,
+                                      ws_base_url(settings, self.exchange_url), chosen)
+        self._stack.push_async_callback(live.guard.aclose)
+        await live.guard.load()
         self.bus = bus = SignalBus(execution.executor.execute, capacity=ex.queue_size,
                                    max_concurrency=ex.max_concurrency, log=log)
         self._stack.push_async_callback(bus.aclose)
-        self.service = service = Service(journal, bus, partial(trading_rules, rules), self.clock,
+        self.service = service = Service(journal, bus, self._symbol_checker(rules), self.clock,
                                          log, default_ttl_s=ex.default_ttl_s)
         self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
         self.api = api = ControlApi(service, journal, gateway, self.status, token=token,
@@ -182,8 +196,19 @@ class Daemon:
         self._stack.push_async_callback(api.close)
         self._stack.callback(service.close)    # first thing on the way down: refuse intake
 
+        # The streams and the guard start before recovery: recovery's lookups settle on
+        # their events, and the book is rebuilt (and every position checked) meanwhile.
+        self._live_tasks = [asyncio.create_task(live.guard.run(), name="execd-guard")]
+        for stream in (live.user, live.market):
+            if stream is not None:
+                self._live_tasks.append(asyncio.create_task(stream.run(),
+                                                            name=f"execd-{stream!r:.20}"))
+        self._stack.push_async_callback(self._stop_live)
         self.recovery = await recover(journal, gateway, execution.sender, execution.executor,
                                       log)
+        for record in await journal.non_terminal_signals():   # outcome still unknown
+            bus.reserve_nowait()
+            bus.push(record)
         service.open()
 
         self._handle_stop_signals()
@@ -216,6 +241,21 @@ class Daemon:
             print(f"  send a first signal:  {example}", file=self._out, flush=True)
         print("  watch what it does:   .venv/bin/execd logs -f    (Ctrl-C here stops execd)",
               file=self._out, flush=True)
+
+    def _symbol_checker(self, rules: Callable[[str], SymbolRules]) -> Callable[[str], object]:
+        """The accept path's symbol check; a symbol signalled is also watched on the
+        mark-price stream, so its entries read the mark without an exchange call."""
+        def check(symbol: str) -> SymbolRules:
+            found = trading_rules(rules, symbol)
+            if self.live is not None and self.live.market is not None:
+                self.live.market.watch([symbol])
+            return found
+        return check
+
+    async def _stop_live(self) -> None:
+        for task in self._live_tasks:
+            task.cancel()
+        await asyncio.gather(*self._live_tasks, return_exceptions=True)
 
     def _observe_decision(self, seconds: float) -> None:
         self.metrics.observe_decision(seconds)
@@ -279,8 +319,7 @@ class Daemon:
         assert self.journal is not None
         assert self.log is not None
         async with asyncio.TaskGroup() as workers:
-            tasks = [workers.create_task(self.execution.protector.watch(), name="execd-watcher"),
-                     workers.create_task(self.lag.run(), name="execd-loop-lag")]
+            tasks = [workers.create_task(self.lag.run(), name="execd-loop-lag")]
             if self.spool is not None:
                 tail = SpoolTail(self.spool, self.service, self.journal, self.clock, self.log)
                 tasks.append(workers.create_task(tail.run(), name="execd-spool"))
@@ -314,8 +353,35 @@ class Daemon:
                                       "retry_after": round(b.retry_after(), 3)}
                          for name, b in exchange.breakers.items()} if exchange else {},
             "recovery": self.recovery,
+            **self._live_status(),
             "errors": self.monitor.snapshot() if self.monitor is not None else None,
             "loop_lag": self.lag.statistics(),
+        }
+
+    def _live_status(self) -> dict[str, object]:
+        """Positions (every non-zero one on the account, SPEC §11.2), the streams, time
+        without a stop and today's realized PnL."""
+        live = self.live
+        if live is None:
+            return {"positions": [], "streams": None, "protection": None,
+                    "realized_pnl_today": {}}
+
+        def stream(client: UserStream | MarketStream | None) -> dict[str, object]:
+            if client is None:
+                return {"state": "off"}
+            stats = client.statistics()
+            age = stats.get("last_event_age_s")
+            return {"state": "connected" if client.connected else "down",
+                    "last_event_age_s": round(age, 3) if age is not None else None,
+                    "connects": stats.get("connects"), "drops": stats.get("drops")}
+
+        guard = live.guard
+        return {
+            "positions": guard.positions_view(),
+            "streams": {"user": stream(live.user), "market": stream(live.market),
+                        "events": dict(guard.events)},
+            "protection": {"unprotected_seconds_total": round(guard.naked_seconds_now(), 3)},
+            "realized_pnl_today": guard.realized_pnl_today(),
         }
 
     def request_stop(self, reason: str = "shutdown requested") -> None:

@@ -25,6 +25,7 @@ from app.clock import Clock
 from app.config import Credentials, Settings
 from app.config_schema import (
     BreakerConfig,
+    ExchangeMode,
     ExecutionConfig,
     RateLimitConfig,
     RetryConfig,
@@ -36,8 +37,12 @@ from app.exchange.gateway import Gateway, is_breaker_failure
 from app.exchange.limits import buckets_from_rate_limits
 from app.exchange.symbol_cache import SymbolCache
 from app.exchange.symbols import SymbolRules
+from app.exchange.streams import MarketStream, UserStream
 from app.exchange.timesync import TimeSync
+from app.exchange.wsclient import StreamSettings
+from app.execution.book import Book
 from app.execution.executor import Executor
+from app.execution.guard import AccountReads, Guard, GuardSettings
 from app.execution.ports import ExchangePort
 from app.execution.protect import Protector
 from app.execution.sender import OrderSender
@@ -52,12 +57,15 @@ __all__ = [
     "ExchangeParts",
     "ExchangeSetup",
     "ExecutionParts",
+    "LiveParts",
     "breaker_settings",
     "build_execution",
+    "build_live",
     "exchange_setup",
     "executor_settings",
     "limiter_settings",
     "open_exchange",
+    "ws_base_url",
     "retry_settings",
 ]
 
@@ -81,11 +89,35 @@ def retry_settings(config: RetryConfig) -> RetrySettings:
                          jitter=config.jitter)
 
 
-def executor_settings(config: ExecutionConfig, stream: StreamConfig) -> ExecutorSettings:
+def executor_settings(config: ExecutionConfig) -> ExecutorSettings:
     return ExecutorSettings(client_id_prefix=config.client_id_prefix,
                             resolve_window_s=config.resolve_window_s,
-                            on_unprotected=config.on_unprotected,
-                            position_poll_s=stream.fallback_poll_s)
+                            on_unprotected=config.on_unprotected)
+
+
+#: Binance's websocket bases (research/binance-futures-api.md §11).
+WS_URLS: Mapping[ExchangeMode, str] = {ExchangeMode.TESTNET: "wss://fstream.binancefuture.com",
+                                       ExchangeMode.LIVE: "wss://fstream.binance.com"}
+
+
+def ws_base_url(settings: Settings, exchange_url: str) -> str:
+    """The websocket base: ``stream.ws_url``, else Binance's for testnet/live, else (sim) the
+    simulator's own URL with a ws scheme."""
+    if settings.stream.ws_url:
+        return settings.stream.ws_url
+    if settings.exchange.mode in WS_URLS and exchange_url == settings.exchange.base_url():
+        return WS_URLS[settings.exchange.mode]
+    return "ws" + exchange_url.removeprefix("http")
+
+
+def stream_settings(config: StreamConfig) -> StreamSettings:
+    return StreamSettings(keepalive_s=config.keepalive_s)
+
+
+def guard_settings(config: StreamConfig) -> GuardSettings:
+    return GuardSettings(reconcile_interval_s=config.reconcile_interval_s,
+                         fallback_poll_s=config.fallback_poll_s,
+                         max_mark_age_s=config.max_mark_age_s, streaming=config.enabled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +219,47 @@ class ExecutionParts:
 def build_execution(exchange: ExchangePort, rules: Callable[[str], SymbolRules],
                     journal: Journal, clock: Clock, log: AuditLogger,
                     settings: ExecutorSettings, *,
-                    on_decision: Callable[[float], None] | None = None) -> ExecutionParts:
-    """The sender, the protector that uses it, and the executor that uses both."""
-    sender = OrderSender(exchange, journal, clock, log, settings, on_decision=on_decision)
+                    on_decision: Callable[[float], None] | None = None,
+                    book: Book | None = None, max_mark_age_s: float = 2.0) -> ExecutionParts:
+    """The sender, the protector that uses it, and the executor that uses both. With the
+    live ``book``, the sender settles unknown outcomes on its events and entries read marks
+    from it while they are at most ``max_mark_age_s`` old."""
+    sender = OrderSender(exchange, journal, clock, log, settings, on_decision=on_decision,
+                         events=book)
     protector = Protector(exchange, sender, journal, clock, log, settings)
-    executor = Executor(exchange, rules, sender, protector, journal, clock, log, settings)
+    marks = None if book is None else (lambda symbol: book.mark(symbol, max_mark_age_s))
+    executor = Executor(exchange, rules, sender, protector, journal, clock, log, settings,
+                        marks=marks)
     return ExecutionParts(sender, protector, executor)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveParts:
+    """The live state: the book, the guard that keeps the protection invariant on it, and
+    the streams that feed it (None with ``stream.enabled = false``)."""
+
+    book: Book
+    guard: Guard
+    user: UserStream | None
+    market: MarketStream | None
+
+
+def build_live(gateway: Gateway, book: Book, execution: ExecutionParts, journal: Journal,
+               clock: Clock, log: AuditLogger, config: StreamConfig, ws_base: str,
+               executor: ExecutorSettings) -> LiveParts:
+    """The guard over ``book``, and (when enabled) the user-data and mark-price streams whose
+    events it receives. The streams' listenKey calls go through the gateway (limiter,
+    breaker, retry)."""
+    reads: AccountReads = gateway
+    if not config.enabled:
+        guard = Guard(book, reads, execution.sender, execution.protector, journal, clock, log,
+                      executor, guard_settings(config))
+        return LiveParts(book, guard, None, None)
+    timings = stream_settings(config)
+    # The market stream's ups and downs are audited by the stream and shown by its status;
+    # nothing acts on them (a stale mark is simply not used).
+    market = MarketStream(ws_base, book.apply_mark, lambda status: None, clock, log, timings)
+    guard = Guard(book, reads, execution.sender, execution.protector, journal, clock, log,
+                  executor, guard_settings(config), watch=market.watch)
+    user = UserStream(ws_base, gateway, guard.on_user_event, clock, log, timings)
+    return LiveParts(book, guard, user, market)

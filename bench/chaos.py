@@ -119,7 +119,7 @@ def daemon_settings(workdir: Path) -> Settings:
 
 
 def executor_settings(policy: str, settings: Settings) -> ExecutorSettings:
-    base = factory.executor_settings(settings.execution, settings.stream)
+    base = factory.executor_settings(settings.execution)
     if policy == "blind-retry":
         return dataclasses.replace(base, unknown_outcome_protocol=False)
     return base

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -82,8 +82,10 @@ class GuardSettings:
 class Guard:
     def __init__(self, book: Book, exchange: AccountReads, sender: OrderSender,
                  protector: Protector, journal: Journal, clock: Clock, log: AuditLogger,
-                 executor_settings: ExecutorSettings, settings: GuardSettings) -> None:
+                 executor_settings: ExecutorSettings, settings: GuardSettings, *,
+                 watch: Callable[[Iterable[str]], None] | None = None) -> None:
         self._book = book
+        self._watch = watch
         self._exchange = exchange
         self._sender = sender
         self._protector = protector
@@ -397,6 +399,8 @@ class Guard:
             raise
         self._book.sync(positions, orders, algos)
         symbols = {p.symbol for p in positions}
+        if self._watch is not None and symbols:
+            self._watch(symbols)                # their marks, for status and repairs
         symbols |= {i.symbol for i in await self._journal.live_protective_all()}
         for symbol in sorted(symbols):
             self.schedule(symbol)

@@ -209,29 +209,3 @@ class Protector:
         for intent in live:
             retired += await self.retire(intent, reason=reason)
         return retired
-
-    async def check_orphans(self) -> int:
-        """One watcher pass: for each symbol with live protective orders whose position is
-        flat (a stop fired, or a close elsewhere), cancel what is left. Returns how many."""
-        symbols = {i.symbol for i in await self._journal.live_protective_all()}
-        retired = 0
-        for symbol in sorted(symbols):
-            position = await self._exchange.get_position(symbol, priority=Priority.LOW)
-            if position is None:
-                retired += await self.cancel_protective(symbol, reason="position flat")
-        return retired
-
-    async def watch(self) -> None:
-        """The orphan watcher (SPEC §5.4): a pass every ``watch_interval_s`` until cancelled.
-        Its queries are LOW priority, so the limiter serves them only from spare weight, and a
-        symbol without live protective orders costs nothing. A failed pass is reported and
-        the next one tries again; it never stops the watcher."""
-        while True:
-            await self._clock.sleep(self._settings.position_poll_s)
-            try:
-                await self.check_orphans()
-            except asyncio.CancelledError:
-                raise
-            except ExchangeError as error:
-                self._log.warning(AuditEvent.API_ERROR, operation="orphan_watch",
-                                  error_class=error.error_class, message=error.message)

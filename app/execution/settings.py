@@ -16,8 +16,6 @@ class ExecutorSettings:
     #: How long an unknown outcome is looked up by client id before the order is resent.
     resolve_window_s: float = 10.0
     on_unprotected: OnUnprotected = OnUnprotected.FLATTEN
-    #: Seconds between two passes of the orphan watcher (LOW priority position queries).
-    position_poll_s: float = 5.0
     #: Sends of one intent (the first plus resends after an unknown outcome not found).
     max_send_attempts: int = 3
     #: Pause before trying again after the exchange certainly refused to take the order for

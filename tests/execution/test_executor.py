@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,9 +13,9 @@ from structlog.testing import capture_logs
 from app.clock import SystemClock
 from app.domain import IntentState, Leg, SignalState
 from app.execution.settings import ExecutorSettings
-from app.factory import ExchangeParts, ExecutionParts, build_execution
+from app.factory import ExchangeParts, build_execution
 from app.journal import Journal, SignalRecord
-from tests.execution.conftest import execution_for, make_signal
+from tests.execution.conftest import make_signal
 from tests.simulator import Admin
 
 Run = Callable[..., Any]
@@ -204,46 +201,6 @@ async def test_a_partly_filled_entry_is_protected(run: Run, admin: Admin) -> Non
     algos = await admin.orders("algo")
     assert [(a["type"], a["status"]) for a in algos] == [
         ("STOP_MARKET", "NEW"), ("TAKE_PROFIT_MARKET", "NEW")]
-
-
-async def test_stop_fires_and_watcher_cancels_the_leftover_take_profit(
-        run: Run, admin: Admin, execution: ExecutionParts, journal: Journal) -> None:
-    """When the mark crosses the stop the position closes; the watcher cancels the TP."""
-    entry = await run(LONG)
-    await admin.post("price", {"symbol": "BTCUSDT", "price": "59990.0"})
-    assert await admin.position("BTCUSDT") == "0"
-    assert await execution.protector.check_orphans() == 2
-    algos = {a["type"]: a["status"] for a in await admin.orders("algo")}
-    assert algos == {"STOP_MARKET": "FINISHED", "TAKE_PROFIT_MARKET": "CANCELED"}
-    states = {i.leg: i.state for i in await journal.intents_for(entry.signal.id)}
-    assert states[Leg.STOP_LOSS] is IntentState.FILLED
-    assert states[Leg.TAKE_PROFIT] is IntentState.CANCELLED
-    assert await execution.protector.check_orphans() == 0
-
-
-async def test_watcher_task_cleans_up_on_its_own(
-        run: Run, admin: Admin, exchange: ExchangeParts, journal: Journal,
-        exec_settings: ExecutorSettings) -> None:
-    """The running watcher (not a hand-called pass) cancels the TP left after the stop fired."""
-    execution = execution_for(exchange.gateway, exchange, journal,
-                              replace(exec_settings, position_poll_s=0.05))
-    record, _ = await journal.accept(make_signal(LONG), now=time.time())
-    entry = await execution.executor.execute(record)
-    assert entry.state is SignalState.DONE
-    watcher = asyncio.create_task(execution.protector.watch())
-    try:
-        await admin.post("price", {"symbol": "BTCUSDT", "price": "59990.0"})
-        for _ in range(100):
-            if {a["status"] for a in await admin.orders("algo")} == {"FINISHED", "CANCELED"}:
-                break
-            await asyncio.sleep(0.05)
-        assert {a["type"]: a["status"] for a in await admin.orders("algo")} == {
-            "STOP_MARKET": "FINISHED", "TAKE_PROFIT_MARKET": "CANCELED"}
-        assert not watcher.done()
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
 
 
 async def test_decision_latency_is_reported_once_per_signal(
