@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from app.domain import MarginType, OrderType, Side
-from app.errors import CircuitOpen, OrderRejected, UnknownOutcome
+from app.errors import CircuitOpen, ExchangeError, OrderRejected, UnknownOutcome
 from app.exchange.endpoints import BreakerGroup
 from app.exchange.gateway import Gateway
 from app.factory import ExchangeParts
@@ -284,3 +284,46 @@ class TestSharedIp:
         state = await admin.get("state")
         assert state["throttled"]["429"] - before == 1    # refused once, then the retry worked
         assert state["throttled"]["418"] == 0
+
+
+async def test_account_wide_reads(gateway: Gateway, admin: Admin) -> None:
+    """Without a symbol: every open position, order and algo order of the account, at the
+    account-wide weights (5, 40, 40)."""
+    await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), "xdW1E")
+    await gateway.place_order("ETHUSDT", Side.SELL, Decimal("0.100"), "xdW2E")
+    await gateway.place_order("ETHUSDT", Side.BUY, Decimal("0.100"), "xdW2L",
+                              order_type=OrderType.LIMIT, price=Decimal("3000"))
+    await gateway.place_algo_order("BTCUSDT", Side.SELL, OrderType.STOP_MARKET,
+                                   Decimal("60000"), "xdW1S")
+    before = (await admin.get("state"))["used_weight"]["1m"]
+    positions = await gateway.positions()
+    orders = await gateway.open_orders()
+    algos = await gateway.open_algo_orders()
+    assert (await admin.get("state"))["used_weight"]["1m"] - before == 5 + 40 + 40
+    assert {(p.symbol, p.amount) for p in positions} == {
+        ("BTCUSDT", Decimal("0.010")), ("ETHUSDT", Decimal("-0.100"))}
+    assert [o.client_id for o in orders] == ["xdW2L"]
+    assert [a.client_algo_id for a in algos] == ["xdW1S"]
+    assert await gateway.open_orders("BTCUSDT") == []
+
+
+async def test_positions_leaves_out_flat_symbols(gateway: Gateway) -> None:
+    """A symbol with only an open order (listed by positionRisk v3) is no position."""
+    await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), "xdW3L",
+                              order_type=OrderType.LIMIT, price=Decimal("60000"))
+    assert await gateway.positions() == []
+
+
+async def test_listen_key_calls(gateway: Gateway) -> None:
+    """POST gives the account's one key (the same while it is active), PUT extends it,
+    DELETE ends it, and a PUT then answers -1125 as an ExchangeError with that code."""
+    key = await gateway.new_listen_key()
+    assert len(key) == 64
+    assert await gateway.new_listen_key() == key
+    await gateway.keepalive_listen_key(key)
+    await gateway.close_listen_key(key)
+    with pytest.raises(ExchangeError) as raised:
+        await gateway.keepalive_listen_key(key)
+    assert raised.value.code == -1125
+    assert key not in str(raised.value)
+    assert await gateway.new_listen_key() != key
