@@ -6,7 +6,8 @@ Two kinds of thing live here:
 - **Settings mapping**, in one place: each component's own settings class from its section of
   the validated configuration (``[retry]`` → `RetrySettings`, ``[breaker]`` →
   `BreakerSettings`, ``[rate_limit]`` → `LimiterSettings`, ``[execution]`` →
-  `ExecutorSettings`, ``[exchange]`` plus credentials → `ExchangeSetup`).
+  `ExecutorSettings`, ``[stream]`` → `StreamSettings`, ``[exchange]`` plus credentials →
+  `ExchangeSetup`).
 - **Builders**: `open_exchange` (the python-binance client, time sync, symbol cache, breakers,
   retry policy, gateway, and the limiter from exchangeInfo ``rateLimits``) and
   `build_execution` (the exactly-once sender, the protector, the executor). Each component is
@@ -34,6 +35,7 @@ from app.exchange.client import BinanceClient
 from app.exchange.endpoints import BreakerGroup
 from app.exchange.gateway import Gateway, is_breaker_failure
 from app.exchange.limits import buckets_from_rate_limits
+from app.exchange.streams import StreamSettings
 from app.exchange.symbol_cache import SymbolCache
 from app.exchange.symbols import SymbolRules
 from app.exchange.timesync import TimeSync
@@ -59,6 +61,7 @@ __all__ = [
     "limiter_settings",
     "open_exchange",
     "retry_settings",
+    "stream_settings",
 ]
 
 
@@ -86,6 +89,11 @@ def executor_settings(config: ExecutionConfig, stream: StreamConfig) -> Executor
                             resolve_window_s=config.resolve_window_s,
                             on_unprotected=config.on_unprotected,
                             position_poll_s=stream.fallback_poll_s)
+
+
+def stream_settings(config: StreamConfig) -> StreamSettings:
+    """The stream clients' timings; reconnect backoff and rotation keep their defaults."""
+    return StreamSettings(keepalive_s=config.keepalive_s)
 
 
 @dataclass(frozen=True, slots=True)
