@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import TypeVar
 
 import pytest
 from structlog.testing import capture_logs
@@ -18,6 +21,8 @@ from app.resilience.retry import RetrySettings
 from app.sim import SimConfig, SimServer
 from tests.exchange.conftest import ExchangeFactory
 from tests.simulator import Admin, quiet_sim_config
+
+T = TypeVar("T")
 
 
 async def test_start_configures_limiter_from_rate_limits(exchange: ExchangeParts) -> None:
@@ -286,6 +291,18 @@ class TestSharedIp:
         assert state["throttled"]["418"] == 0
 
 
+async def weighed(admin: Admin, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """``call()``'s answer and the weight the simulator counted for it. The simulator counts in
+    clock-aligned minutes: a call in the last second of one is made in the next instead."""
+    left = 60 - time.time() % 60
+    if left < 1.0:
+        await asyncio.sleep(left + 0.05)
+    before = (await admin.get("state"))["used_weight"]["1m"]
+    answer = await call()
+    after = (await admin.get("state"))["used_weight"]["1m"]
+    return answer, after - before
+
+
 async def test_account_wide_reads(gateway: Gateway, admin: Admin) -> None:
     """Without a symbol: every open position, order and algo order of the account, at the
     account-wide weights (5, 40, 40)."""
@@ -295,11 +312,12 @@ async def test_account_wide_reads(gateway: Gateway, admin: Admin) -> None:
                               order_type=OrderType.LIMIT, price=Decimal("3000"))
     await gateway.place_algo_order("BTCUSDT", Side.SELL, OrderType.STOP_MARKET,
                                    Decimal("60000"), "xdW1S")
-    before = (await admin.get("state"))["used_weight"]["1m"]
-    positions = await gateway.positions()
-    orders = await gateway.open_orders()
-    algos = await gateway.open_algo_orders()
-    assert (await admin.get("state"))["used_weight"]["1m"] - before == 5 + 40 + 40
+    positions, weight = await weighed(admin, gateway.positions)
+    assert weight == 5
+    orders, weight = await weighed(admin, gateway.open_orders)
+    assert weight == 40
+    algos, weight = await weighed(admin, gateway.open_algo_orders)
+    assert weight == 40
     assert {(p.symbol, p.amount) for p in positions} == {
         ("BTCUSDT", Decimal("0.010")), ("ETHUSDT", Decimal("-0.100"))}
     assert [o.client_id for o in orders] == ["xdW2L"]
