@@ -6,7 +6,8 @@ Two kinds of thing live here:
 - **Settings mapping**, in one place: each component's own settings class from its section of
   the validated configuration (``[retry]`` → `RetrySettings`, ``[breaker]`` →
   `BreakerSettings`, ``[rate_limit]`` → `LimiterSettings`, ``[execution]`` →
-  `ExecutorSettings`, ``[exchange]`` plus credentials → `ExchangeSetup`).
+  `ExecutorSettings`, ``[stream]`` → `StreamSettings`, ``[exchange]`` plus credentials →
+  `ExchangeSetup`).
 - **Builders**: `open_exchange` (the python-binance client, time sync, symbol cache, breakers,
   retry policy, gateway, and the limiter from exchangeInfo ``rateLimits``) and
   `build_execution` (the exactly-once sender, the protector, the executor). Each component is
@@ -35,6 +36,7 @@ from app.exchange.client import BinanceClient
 from app.exchange.endpoints import BreakerGroup
 from app.exchange.gateway import Gateway, is_breaker_failure
 from app.exchange.limits import buckets_from_rate_limits
+from app.exchange.streams import StreamSettings
 from app.exchange.symbol_cache import SymbolCache
 from app.exchange.symbols import SymbolRules
 from app.exchange.streams import MarketStream, UserStream
@@ -67,6 +69,7 @@ __all__ = [
     "open_exchange",
     "ws_base_url",
     "retry_settings",
+    "stream_settings",
 ]
 
 
@@ -118,6 +121,11 @@ def guard_settings(config: StreamConfig) -> GuardSettings:
     return GuardSettings(reconcile_interval_s=config.reconcile_interval_s,
                          fallback_poll_s=config.fallback_poll_s,
                          max_mark_age_s=config.max_mark_age_s, streaming=config.enabled)
+
+
+def stream_settings(config: StreamConfig) -> StreamSettings:
+    """The stream clients' timings; reconnect backoff and rotation keep their defaults."""
+    return StreamSettings(keepalive_s=config.keepalive_s)
 
 
 @dataclass(frozen=True, slots=True)

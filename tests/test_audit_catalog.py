@@ -31,6 +31,7 @@ from app.daemon import Daemon
 from app.domain import IntentState, SignalState
 from app.errors import ExchangeError, UnknownOutcome
 from app.exchange.gateway import Gateway
+from app.exchange.streams import StreamSettings, UserStream
 from app.exchange.symbols import trading_rules
 from app.execution.executor import Executor
 from app.execution.settings import ExecutorSettings
@@ -248,6 +249,27 @@ async def rate_limited_call(exchange: ExchangeParts, base_url: str,
     pytest.fail("no 429 reached the gateway in five windows")
 
 
+async def stream_flow(log: AuditLogger, seen: Collector) -> None:
+    """The user stream connects (listen_key_renewed, stream_connected); its key expires, so
+    the connection ends (stream_disconnected) and a new key is fetched."""
+    async with SimServer(quiet_sim_config()) as sim, aiohttp.ClientSession() as session:
+        admin = Admin(session, sim.url)
+        async with started_exchange(sim, log) as exchange:
+            settings = StreamSettings(backoff_initial_s=0.05, backoff_max_s=0.2)
+            stream = UserStream(sim.url.replace("http://", "ws://", 1), exchange.gateway,
+                                lambda event: None, SystemClock(), log, settings)
+            task = asyncio.create_task(stream.run())
+            try:
+                async with asyncio.timeout(5):
+                    await seen.wait_for(AuditEvent.STREAM_CONNECTED)
+                    await admin.post("listen-key/expire", {})
+                    await seen.wait_for(AuditEvent.STREAM_DISCONNECTED)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
 async def execution_flows(w: World) -> None:
     """The executor: a signal past its TTL (signal_expired); an outage within the TTL
     (signal_deferred, then signal_done); an entry whose answer is lost (order_unknown_outcome,
@@ -335,6 +357,7 @@ async def component_flows(tmp_path: Path) -> set[str]:
         await breaker_flow(log)
         await session_reset_flow(log)
         await throttling_flow(log, seen)
+        await stream_flow(log, seen)
         async with world(tmp_path, log) as w:
             await execution_flows(w)
             await spool_flows(w, tmp_path, seen)

@@ -17,6 +17,8 @@ from app.resilience.limiter import Priority
 class Security(StrEnum):
     NONE = "NONE"
     SIGNED = "SIGNED"
+    #: Binance's USER_STREAM: the API-key header, no signature (the listenKey calls).
+    USER_STREAM = "USER_STREAM"
 
 
 class BreakerGroup(StrEnum):
@@ -50,7 +52,7 @@ class Endpoint:
         return f"{self.method} {self.path}"
 
 
-S, N = Security.SIGNED, Security.NONE
+S, N, U = Security.SIGNED, Security.NONE, Security.USER_STREAM
 T, A, M = BreakerGroup.TRADE, BreakerGroup.ACCOUNT, BreakerGroup.MARKET
 CRIT, NORM, LOW = Priority.CRITICAL, Priority.NORMAL, Priority.LOW
 
@@ -81,10 +83,15 @@ MARK_PRICE = Endpoint("mark_price", "GET", "/fapi/v1/premiumIndex", N, 1, M, NOR
                       weight_without_symbol=10)
 TICKER_PRICE = Endpoint("ticker_price", "GET", "/fapi/v1/ticker/price", N, 1, M, LOW,
                         weight_without_symbol=2)
+NEW_LISTEN_KEY = Endpoint("new_listen_key", "POST", "/fapi/v1/listenKey", U, 1, A, NORM)
+KEEPALIVE_LISTEN_KEY = Endpoint("keepalive_listen_key", "PUT", "/fapi/v1/listenKey", U, 1, A,
+                                NORM)
+CLOSE_LISTEN_KEY = Endpoint("close_listen_key", "DELETE", "/fapi/v1/listenKey", U, 1, A, NORM)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     PLACE_ORDER, GET_ORDER, CANCEL_ORDER, CANCEL_ALL_ORDERS, OPEN_ORDERS, PLACE_ALGO, GET_ALGO,
     CANCEL_ALGO, CANCEL_ALL_ALGOS, OPEN_ALGOS, SET_LEVERAGE, SET_MARGIN_TYPE, POSITION_RISK,
-    BALANCE, ACCOUNT, EXCHANGE_INFO, SERVER_TIME, MARK_PRICE, TICKER_PRICE,
+    BALANCE, ACCOUNT, EXCHANGE_INFO, SERVER_TIME, MARK_PRICE, TICKER_PRICE, NEW_LISTEN_KEY,
+    KEEPALIVE_LISTEN_KEY, CLOSE_LISTEN_KEY,
 )
 BY_ROUTE: dict[tuple[str, str], Endpoint] = {(e.method, e.path): e for e in ENDPOINTS}

@@ -343,9 +343,11 @@ class Gateway:
         self._log.info(AuditEvent.ORDER_CANCELLED, symbol=symbol, client_order_id=client_id)
         return state
 
-    async def open_orders(self, symbol: str) -> list[OrderState]:
+    async def open_orders(self, symbol: str | None = None) -> list[OrderState]:
+        """The open orders of ``symbol``, or of the whole account (weight 40) without one."""
+        params = {} if symbol is None else {"symbol": symbol}
         raw = await self._call(ep.OPEN_ORDERS, lambda: self._client.futures_get_open_orders(
-            symbol=symbol))
+            **params), has_symbol=symbol is not None)
         return [OrderState.from_wire(r) for r in raw]
 
     async def place_algo_order(self, symbol: str, side: Side, order_type: OrderType,
@@ -395,9 +397,11 @@ class Gateway:
         self._log.debug(AuditEvent.ORDER_CANCELLED, client_order_id=client_algo_id, algo=True)
         return True
 
-    async def open_algo_orders(self, symbol: str) -> list[AlgoState]:
+    async def open_algo_orders(self, symbol: str | None = None) -> list[AlgoState]:
+        """The open algo orders of ``symbol``, or of the whole account (weight 40)."""
+        params = {} if symbol is None else {"symbol": symbol}
         raw = await self._call(ep.OPEN_ALGOS, lambda: self._client.futures_get_open_algo_orders(
-            symbol=symbol))
+            **params), has_symbol=symbol is not None)
         return [AlgoState.from_wire(r) for r in raw]
 
     async def cancel_all_orders(self, symbol: str) -> CancelCounts:
@@ -449,6 +453,12 @@ class Gateway:
                        amount=str(position.amount) if position else "0")
         return position
 
+    async def positions(self, *, priority: Priority = Priority.LOW) -> list[Position]:
+        """Every open (non-zero) position of the account, for reconciliation (weight 5)."""
+        rows = await self._call(ep.POSITION_RISK, self._client.futures_position_information,
+                                has_symbol=False, priority=priority)
+        return [p for p in map(Position.from_wire, rows) if p.amount != 0]
+
     async def get_account_balance(self, asset: str = "USDT") -> Balance:
         rows = await self._call(ep.BALANCE, self._client.futures_account_balance)
         for row in rows:
@@ -458,3 +468,21 @@ class Gateway:
                                available=str(balance.available))
                 return balance
         raise InvalidRequest(f"no {asset} balance in the account", endpoint=ep.BALANCE.label)
+
+    # ------------------------------------------------------------------ user-data stream keys
+    # The listenKey is a credential: it is passed to python-binance and returned, never logged.
+    async def new_listen_key(self) -> str:
+        """``POST listenKey``: the account's active key (extended), or a new one."""
+        key = await self._call(ep.NEW_LISTEN_KEY, self._client.futures_stream_get_listen_key)
+        return str(key)
+
+    async def keepalive_listen_key(self, key: str) -> None:
+        """``PUT listenKey``: extend ``key`` by 60 min. Raises ``InvalidRequest`` with
+        ``code == -1125`` when the key no longer exists (get a new one)."""
+        await self._call(ep.KEEPALIVE_LISTEN_KEY,
+                         lambda: self._client.futures_stream_keepalive(listenKey=key))
+
+    async def close_listen_key(self, key: str) -> None:
+        """``DELETE listenKey``: ends the stream of every process sharing the account."""
+        await self._call(ep.CLOSE_LISTEN_KEY,
+                         lambda: self._client.futures_stream_close(listenKey=key))

@@ -160,9 +160,12 @@ def _side(value: object, field: str) -> Side:
 
 def _number(raw: Mapping[str, Any], key: str, where: str) -> Decimal:
     try:
-        return dec(raw.get(key))
+        value = dec(raw.get(key))
     except (InvalidOperation, TypeError):
-        raise ValueError(f"{where}.{key}: {raw.get(key)!r} is not a number") from None
+        value = None
+    if value is None or not value.is_finite():     # "NaN" would raise on every comparison
+        raise ValueError(f"{where}.{key}: {raw.get(key)!r} is not a number")
+    return value
 
 
 def _int(raw: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
@@ -213,7 +216,7 @@ def _algo_update(raw: Mapping[str, Any]) -> AlgoUpdate:
         side=_side(o.get("S"), "o.S"), order_type=_str(o, "o", "o"),
         status=_str(o, "X", "o"), trigger_price=_number(o, "tp", "o"),
         close_position=bool(o.get("cp", False)),
-        actual_order_id=int(actual) if actual not in (None, "", 0, "0") else None)
+        actual_order_id=_int(o, "ai", "o") if actual not in (None, "", 0, "0") else None)
 
 
 def _positions_update(raw: Mapping[str, Any]) -> PositionsUpdate:

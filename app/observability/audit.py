@@ -73,6 +73,10 @@ class AuditEvent(StrEnum):
     # exchange housekeeping
     TIME_SYNCED = "time_synced"
     EXCHANGE_INFO_REFRESHED = "exchange_info_refreshed"
+    # streams
+    STREAM_CONNECTED = "stream_connected"
+    STREAM_DISCONNECTED = "stream_disconnected"
+    LISTEN_KEY_RENEWED = "listen_key_renewed"
     # restart recovery
     RECONCILE_STARTED = "reconcile_started"
     ORDER_RECONCILED = "order_reconciled"
@@ -171,6 +175,12 @@ GROUPS: tuple[EventGroup, ...] = (
         "housekeeping",
         "Server-time offset measurements and exchangeInfo refreshes (SPEC §6.2).",
         (_E.TIME_SYNCED, _E.EXCHANGE_INFO_REFRESHED),
+    ),
+    EventGroup(
+        "streams",
+        "The user-data and mark-price websockets: connections, drops, listenKey renewals "
+        "(SPEC §5.8).",
+        (_E.STREAM_CONNECTED, _E.STREAM_DISCONNECTED, _E.LISTEN_KEY_RENEWED),
     ),
     EventGroup(
         "recovery",

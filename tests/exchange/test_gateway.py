@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import TypeVar
 
 import pytest
 from structlog.testing import capture_logs
 
 from app.domain import MarginType, OrderType, Side
-from app.errors import CircuitOpen, OrderRejected, UnknownOutcome
+from app.errors import CircuitOpen, ExchangeError, OrderRejected, UnknownOutcome
 from app.exchange.endpoints import BreakerGroup
 from app.exchange.gateway import Gateway
 from app.factory import ExchangeParts
@@ -18,6 +21,8 @@ from app.resilience.retry import RetrySettings
 from app.sim import SimConfig, SimServer
 from tests.exchange.conftest import ExchangeFactory
 from tests.simulator import Admin, quiet_sim_config
+
+T = TypeVar("T")
 
 
 async def test_start_configures_limiter_from_rate_limits(exchange: ExchangeParts) -> None:
@@ -284,3 +289,59 @@ class TestSharedIp:
         state = await admin.get("state")
         assert state["throttled"]["429"] - before == 1    # refused once, then the retry worked
         assert state["throttled"]["418"] == 0
+
+
+async def weighed(admin: Admin, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """``call()``'s answer and the weight the simulator counted for it. The simulator counts in
+    clock-aligned minutes: a call in the last second of one is made in the next instead."""
+    left = 60 - time.time() % 60
+    if left < 1.0:
+        await asyncio.sleep(left + 0.05)
+    before = (await admin.get("state"))["used_weight"]["1m"]
+    answer = await call()
+    after = (await admin.get("state"))["used_weight"]["1m"]
+    return answer, after - before
+
+
+async def test_account_wide_reads(gateway: Gateway, admin: Admin) -> None:
+    """Without a symbol: every open position, order and algo order of the account, at the
+    account-wide weights (5, 40, 40)."""
+    await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), "xdW1E")
+    await gateway.place_order("ETHUSDT", Side.SELL, Decimal("0.100"), "xdW2E")
+    await gateway.place_order("ETHUSDT", Side.BUY, Decimal("0.100"), "xdW2L",
+                              order_type=OrderType.LIMIT, price=Decimal("3000"))
+    await gateway.place_algo_order("BTCUSDT", Side.SELL, OrderType.STOP_MARKET,
+                                   Decimal("60000"), "xdW1S")
+    positions, weight = await weighed(admin, gateway.positions)
+    assert weight == 5
+    orders, weight = await weighed(admin, gateway.open_orders)
+    assert weight == 40
+    algos, weight = await weighed(admin, gateway.open_algo_orders)
+    assert weight == 40
+    assert {(p.symbol, p.amount) for p in positions} == {
+        ("BTCUSDT", Decimal("0.010")), ("ETHUSDT", Decimal("-0.100"))}
+    assert [o.client_id for o in orders] == ["xdW2L"]
+    assert [a.client_algo_id for a in algos] == ["xdW1S"]
+    assert await gateway.open_orders("BTCUSDT") == []
+
+
+async def test_positions_leaves_out_flat_symbols(gateway: Gateway) -> None:
+    """A symbol with only an open order (listed by positionRisk v3) is no position."""
+    await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), "xdW3L",
+                              order_type=OrderType.LIMIT, price=Decimal("60000"))
+    assert await gateway.positions() == []
+
+
+async def test_listen_key_calls(gateway: Gateway) -> None:
+    """POST gives the account's one key (the same while it is active), PUT extends it,
+    DELETE ends it, and a PUT then answers -1125 as an ExchangeError with that code."""
+    key = await gateway.new_listen_key()
+    assert len(key) == 64
+    assert await gateway.new_listen_key() == key
+    await gateway.keepalive_listen_key(key)
+    await gateway.close_listen_key(key)
+    with pytest.raises(ExchangeError) as raised:
+        await gateway.keepalive_listen_key(key)
+    assert raised.value.code == -1125
+    assert key not in str(raised.value)
+    assert await gateway.new_listen_key() != key
