@@ -32,7 +32,6 @@ import signal
 import sys
 from collections.abc import Callable
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TextIO
@@ -41,8 +40,8 @@ from app import __version__
 from app.clock import Clock, SystemClock
 from app.config import ConfigError, Settings, resolve_api_token, sim_config_paths
 from app.control.http_api import ControlApi
-from app.exchange.symbols import SymbolRules, trading_rules
 from app.exchange.streams import MarketStream, UserStream
+from app.exchange.symbols import SymbolRules, trading_rules
 from app.execution.book import Book
 from app.execution.reconcile import recover
 from app.execution.settings import ExecutorSettings

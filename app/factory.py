@@ -36,12 +36,10 @@ from app.exchange.client import BinanceClient
 from app.exchange.endpoints import BreakerGroup
 from app.exchange.gateway import Gateway, is_breaker_failure
 from app.exchange.limits import buckets_from_rate_limits
-from app.exchange.streams import StreamSettings
+from app.exchange.streams import MarketStream, StreamSettings, UserStream
 from app.exchange.symbol_cache import SymbolCache
 from app.exchange.symbols import SymbolRules
-from app.exchange.streams import MarketStream, UserStream
 from app.exchange.timesync import TimeSync
-from app.exchange.wsclient import StreamSettings
 from app.execution.book import Book
 from app.execution.executor import Executor
 from app.execution.guard import AccountReads, Guard, GuardSettings
@@ -67,9 +65,9 @@ __all__ = [
     "executor_settings",
     "limiter_settings",
     "open_exchange",
-    "ws_base_url",
     "retry_settings",
     "stream_settings",
+    "ws_base_url",
 ]
 
 
@@ -111,10 +109,6 @@ def ws_base_url(settings: Settings, exchange_url: str) -> str:
     if settings.exchange.mode in WS_URLS and exchange_url == settings.exchange.base_url():
         return WS_URLS[settings.exchange.mode]
     return "ws" + exchange_url.removeprefix("http")
-
-
-def stream_settings(config: StreamConfig) -> StreamSettings:
-    return StreamSettings(keepalive_s=config.keepalive_s)
 
 
 def guard_settings(config: StreamConfig) -> GuardSettings:

@@ -13,7 +13,8 @@ loss, at the cost of an fsync per commit. ``EXTRA`` additionally syncs the direc
 
 Storage: decimals as TEXT (``str(Decimal)``, exact), enums as their string values, the signal as
 the JSON of `Signal.to_record` beside indexed columns. The schema is versioned with
-``PRAGMA user_version``; `_MIGRATIONS` lists the steps, never edited once released, only extended.
+``PRAGMA user_version``; ``journal_schema.MIGRATIONS`` lists the steps, never edited once
+released, only extended.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
+from app.journal_schema import MIGRATIONS
 
 __all__ = ["Fill", "Journal", "SignalRecord"]
 
@@ -41,62 +43,6 @@ _BUSY_TIMEOUT_MS: Final = 5_000
 _LEG_ORDER: Final = {leg: rank for rank, leg in enumerate(Leg)}  # E, S, T, C
 _PROTECTIVE: Final = (Leg.STOP_LOSS.value, Leg.TAKE_PROFIT.value)
 _NON_TERMINAL: Final = tuple(s.value for s in SignalState if not s.is_terminal)
-
-# Each migration is one transaction; its index + 1 is the user_version it leaves behind.
-_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        """CREATE TABLE signals (
-            id          TEXT PRIMARY KEY,
-            seq         INTEGER NOT NULL UNIQUE,  -- acceptance order, 1, 2, 3, ...
-            symbol      TEXT NOT NULL,
-            state       TEXT NOT NULL,
-            reason      TEXT,
-            accepted_at REAL NOT NULL,
-            updated_at  REAL NOT NULL,
-            body        TEXT NOT NULL             -- JSON of Signal.to_record()
-        )""",
-        "CREATE INDEX signals_state ON signals (state, seq)",
-        "CREATE INDEX signals_symbol ON signals (symbol, seq)",
-        """CREATE TABLE intents (
-            seq           INTEGER PRIMARY KEY,    -- order first journaled; kept by upserts
-            client_id     TEXT NOT NULL UNIQUE,
-            signal_id     TEXT NOT NULL REFERENCES signals (id),
-            leg           TEXT NOT NULL,
-            symbol        TEXT NOT NULL,
-            side          TEXT NOT NULL,
-            order_type    TEXT NOT NULL,
-            quantity      TEXT,
-            price         TEXT,
-            reduce_only   INTEGER NOT NULL,
-            state         TEXT NOT NULL,
-            exchange_id   TEXT,
-            error_code    INTEGER,
-            error_message TEXT,
-            updated_at    REAL NOT NULL
-        )""",
-        "CREATE INDEX intents_signal ON intents (signal_id)",
-        "CREATE INDEX intents_state ON intents (state, symbol)",
-        "CREATE TABLE offsets (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    ),
-    (
-        # SPEC §5.9: how much of an entry filled; §5.8: every fill, as the exchange reported it.
-        "ALTER TABLE signals ADD COLUMN filled_quantity TEXT",
-        """CREATE TABLE fills (
-            client_id        TEXT NOT NULL,
-            trade_id         INTEGER NOT NULL,
-            symbol           TEXT NOT NULL,
-            side             TEXT NOT NULL,
-            quantity         TEXT NOT NULL,
-            price            TEXT NOT NULL,
-            commission       TEXT NOT NULL,
-            commission_asset TEXT NOT NULL,
-            realized_pnl     TEXT NOT NULL,
-            time             REAL NOT NULL,           -- epoch seconds (the trade's time)
-            PRIMARY KEY (client_id, trade_id)
-        )""",
-        "CREATE INDEX fills_time ON fills (time)",
-    ),
-)
 
 _SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at, filled_quantity"
 _INTENT_COLUMNS: Final = ("signal_id, leg, client_id, symbol, side, order_type, quantity, price, "
@@ -457,10 +403,10 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     with _transaction(conn):
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > len(_MIGRATIONS):
+        if version > len(MIGRATIONS):
             raise RuntimeError(f"journal {str(path)!r} has schema version {version}; this "
-                               f"execd knows up to {len(_MIGRATIONS)}")
-        for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+                               f"execd knows up to {len(MIGRATIONS)}")
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in statements:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number:d}")  # PRAGMA takes no parameters

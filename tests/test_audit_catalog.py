@@ -26,6 +26,7 @@ import structlog
 
 from app.clock import SystemClock
 from app.config import load_settings, resolve_api_token
+from app.config_schema import StreamConfig
 from app.control.http_api import ControlApi
 from app.daemon import Daemon
 from app.domain import IntentState, SignalState
@@ -33,9 +34,10 @@ from app.errors import ExchangeError, UnknownOutcome
 from app.exchange.gateway import Gateway
 from app.exchange.streams import StreamSettings, UserStream
 from app.exchange.symbols import trading_rules
+from app.execution.book import Book
 from app.execution.executor import Executor
 from app.execution.settings import ExecutorSettings
-from app.factory import ExchangeParts, build_execution, open_exchange
+from app.factory import ExchangeParts, build_execution, build_live, open_exchange
 from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.intake.spool import SpoolTail
@@ -270,6 +272,51 @@ async def stream_flow(log: AuditLogger, seen: Collector) -> None:
                     await task
 
 
+async def live_flow(tmp_path: Path, log: AuditLogger, seen: Collector) -> None:
+    """The guard on the user stream: execd's stop cancelled by hand is placed again
+    (protection_repaired); a web-UI trade (position_foreign); the stop fires
+    (protective_triggered); a new position is liquidated (position_liquidated)."""
+    async with SimServer(quiet_sim_config()) as sim, aiohttp.ClientSession() as session:
+        admin = Admin(session, sim.url)
+        async with started_exchange(sim, log) as exchange:
+            journal = Journal(tmp_path / "live" / "journal.sqlite3")
+            await journal.open()
+            clock, settings = SystemClock(), ExecutorSettings(resolve_window_s=1.0)
+            book = Book(clock)
+            execution = build_execution(exchange.gateway, exchange.symbols.get, journal, clock,
+                                        log, settings, book=book)
+            live = build_live(exchange.gateway, book, execution, journal, clock, log,
+                              StreamConfig(), sim.url.replace("http://", "ws://", 1), settings)
+            assert live.user is not None
+            tasks = [asyncio.create_task(live.guard.run()),
+                     asyncio.create_task(live.user.run())]
+            try:
+                async with asyncio.timeout(10):
+                    await seen.wait_for(AuditEvent.STREAM_CONNECTED)
+                    entry = {"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
+                             "stop_loss": "60000.0", "take_profit": "70000.0"}
+                    done = await execution.executor.execute(await accept(journal, entry,
+                                                                         ttl=20))
+                    assert done.state is SignalState.DONE, done.reason
+                    stop = next(a for a in await admin.orders("algo")
+                                if a["type"] == "STOP_MARKET")
+                    await exchange.gateway.cancel_algo_order(stop["client_id"])
+                    await seen.wait_for(AuditEvent.PROTECTION_REPAIRED)
+                    await admin.post("trade", {"symbol": "ETHUSDT", "side": "BUY",
+                                               "qty": "0.100"})
+                    await seen.wait_for(AuditEvent.POSITION_FOREIGN)
+                    await admin.post("price", {"symbol": "BTCUSDT", "price": "59990.0"})
+                    await seen.wait_for(AuditEvent.PROTECTIVE_TRIGGERED)
+                    await admin.post("liquidate", {"symbol": "ETHUSDT"})
+                    await seen.wait_for(AuditEvent.POSITION_LIQUIDATED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await live.guard.aclose()
+                await journal.close()
+
+
 async def execution_flows(w: World) -> None:
     """The executor: a signal past its TTL (signal_expired); an outage within the TTL
     (signal_deferred, then signal_done); an entry whose answer is lost (order_unknown_outcome,
@@ -358,6 +405,7 @@ async def component_flows(tmp_path: Path) -> set[str]:
         await session_reset_flow(log)
         await throttling_flow(log, seen)
         await stream_flow(log, seen)
+        await live_flow(tmp_path, log, seen)
         async with world(tmp_path, log) as w:
             await execution_flows(w)
             await spool_flows(w, tmp_path, seen)

@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 import pytest
 
-import app.journal as journal_module
 from app.domain import (
     Intent,
     IntentState,
@@ -33,6 +32,7 @@ from app.domain import (
     SignalType,
 )
 from app.journal import Fill, Journal
+from app.journal_schema import MIGRATIONS
 
 NOW = 1_795_000_000.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -496,7 +496,7 @@ async def test_a_version_1_journal_is_migrated_keeping_its_signals(tmp_path: Pat
 
     def old_schema() -> None:
         conn = sqlite3.connect(path)
-        for statement in journal_module._MIGRATIONS[0]:
+        for statement in MIGRATIONS[0]:
             conn.execute(statement)
         conn.execute("INSERT INTO signals (id, seq, symbol, state, reason, accepted_at, "
                      "updated_at, body) VALUES ('s1', 1, 'BTCUSDT', 'DONE', NULL, 1, 1, ?)",

@@ -55,7 +55,7 @@ __all__ = ["AccountReads", "Guard", "GuardSettings"]
 class AccountReads(Protocol):
     """The gateway's account-wide reads the guard reconciles from."""
 
-    async def positions(self, *, priority: Priority | None = None) -> list[Position]: ...
+    async def positions(self, *, priority: Priority = Priority.LOW) -> list[Position]: ...
 
     async def open_orders(self, symbol: str | None = None) -> list[OrderState]: ...
 
@@ -105,6 +105,7 @@ class Guard:
         self._resync = asyncio.Event()
         self._fill_tasks: set[asyncio.Task[None]] = set()
         self._owned: dict[str, bool] = {}
+        self._fired: dict[str, None] = {}           # algo ids reported triggered (bounded)
         self._pnl: dict[str, Decimal] = {}
         self._pnl_day = self._day()
 
@@ -142,7 +143,15 @@ class Guard:
 
     # ------------------------------------------------------------------ stream input
     def on_user_event(self, event: UserEvent | StreamStatus) -> None:
-        """The user stream's callback (in arrival order)."""
+        """The user stream's callback (in arrival order). A failure here is reported and the
+        event skipped (the next reconciliation makes up for it): it must not end the stream."""
+        try:
+            self._on_user_event(event)
+        except Exception as error:
+            self._log.error(AuditEvent.API_ERROR, operation="user_stream_event",
+                            error=repr(error))
+
+    def _on_user_event(self, event: UserEvent | StreamStatus) -> None:
         if isinstance(event, StreamStatus):
             self.on_status(event)
             return
@@ -199,13 +208,16 @@ class Guard:
     def _on_algo(self, event: AlgoUpdate) -> None:
         if not self._ours(event.client_algo_id):
             return
-        if event.fired:
+        if event.fired and event.client_algo_id not in self._fired:
+            self._fired[event.client_algo_id] = None      # TRIGGERED, then FINISHED: once
+            while len(self._fired) > 1000:
+                del self._fired[next(iter(self._fired))]
             leg = "stop_loss" if event.client_algo_id.endswith(Leg.STOP_LOSS.value) else (
                 "take_profit")
             self._log.warning(AuditEvent.PROTECTIVE_TRIGGERED, symbol=event.symbol,
                               client_order_id=event.client_algo_id, leg=leg,
                               trigger_price=str(event.trigger_price), status=event.status)
-        if not event.is_open:
+        if event.fired:
             self._spawn(self._journal_algo_end(event))
         self.schedule(event.symbol)
 
@@ -229,13 +241,15 @@ class Guard:
                        realized_pnl=str(sum((f.realized_pnl for f in fills), Decimal(0))))
 
     async def _journal_algo_end(self, event: AlgoUpdate) -> None:
-        intent = await self._journal.get_intent(event.client_algo_id)
-        if intent is None or intent.state is not IntentState.PLACED:
+        """Journal a protective order of execd's that fired. One that was cancelled, expired
+        or rejected stays ``PLACED`` here: execd journals its own cancels, so any other end
+        is found by the check (the order is gone from the book) and repaired."""
+        if not event.fired:
             return
-        state = IntentState.FILLED if event.fired else {
-            "CANCELED": IntentState.CANCELLED, "EXPIRED": IntentState.EXPIRED,
-            "REJECTED": IntentState.REJECTED}.get(event.status, IntentState.EXPIRED)
-        await self._journal.put_intent(intent.with_state(state, now=self._clock.time()))
+        intent = await self._journal.get_intent(event.client_algo_id)
+        if intent is not None and intent.state is IntentState.PLACED:
+            await self._journal.put_intent(intent.with_state(IntentState.FILLED,
+                                                             now=self._clock.time()))
 
     def _spawn(self, work: Awaitable[None]) -> None:
         async def run() -> None:

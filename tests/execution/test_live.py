@@ -167,13 +167,16 @@ async def test_an_outage_past_the_ttl_right_after_the_entry_settles_without_a_re
     """The entry is applied but its answer lost, then the exchange is down for longer than
     the signal's TTL: the signal stays RUNNING ('outcome unknown'); once the exchange answers
     again the entry is found FILLED and protected — one order, no restart."""
-    await live.admin.post("faults", {"seed": 1, "rules": [
-        {"endpoint": "POST /fapi/v1/order", "fault": "reset_after_apply", "probability": 1}]})
     record, _ = await live.journal.accept(make_signal(LONG, ttl=1.0), now=time.time())
+    # The entry is applied, its answer lost and it stays hidden from lookups for 0.5 s; from
+    # 0.2 s on every request meets an outage of 2.5 s, far past the 1 s TTL.
+    await live.admin.post("faults", {
+        "seed": 1, "outages": [{"start_s": 0.2, "duration_s": 2.5}],
+        "rules": [{"endpoint": "POST /fapi/v1/order", "fault": "reset_after_apply",
+                   "probability": 1, "visibility_delay_s": 0.5}]})
     running = asyncio.create_task(live.execution.executor.execute(record))
-    await until(lambda: _has_orders(live.admin), 5, "the entry reached the exchange")
-    await live.admin.post("faults", {"seed": 1, "outages": [{"start_s": 0, "duration_s": 2.5}]})
     await asyncio.sleep(2.0)                        # past the TTL, inside the outage
+    assert await _has_orders(live.admin)            # the entry did reach the exchange
     assert not running.done()
     during = await live.journal.get_signal(record.signal.id)
     assert during is not None
