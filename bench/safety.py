@@ -349,7 +349,7 @@ def analyse(rows: list[dict[str, Any]], signals: list[dict[str, Any]], *, end_ms
             events.append((row["time"], 1, seq, "order", row))
     events.sort(key=lambda e: e[:3])
     tracks: dict[str, _Track] = collections.defaultdict(_Track)
-    naked: list[float] = []
+    naked: list[tuple[float, str, int]] = []              # (seconds, symbol, start ms)
     orphans: list[float] = []
     flattens: list[dict[str, Any]] = []
     counts: collections.Counter[str] = collections.Counter()
@@ -375,7 +375,7 @@ def analyse(rows: list[dict[str, Any]], signals: list[dict[str, Any]], *, end_ms
             if track.naked() and track.naked_since is None:
                 track.naked_since = t
             elif not track.naked() and track.naked_since is not None:
-                naked.append((t - track.naked_since) / 1000)
+                naked.append(((t - track.naked_since) / 1000, symbol, track.naked_since))
                 track.naked_since = None
             if track.orphaned() and track.orphan_since is None:
                 track.orphan_since = t
@@ -383,21 +383,23 @@ def analyse(rows: list[dict[str, Any]], signals: list[dict[str, Any]], *, end_ms
                 orphans.append((t - track.orphan_since) / 1000)
                 track.orphan_since = None
     naked_open = orphans_open = 0
-    for track in tracks.values():
+    for symbol, track in tracks.items():
         if track.naked_since is not None:
-            naked.append(max(0, end_ms - track.naked_since) / 1000)
+            naked.append((max(0, end_ms - track.naked_since) / 1000, symbol, track.naked_since))
             naked_open += 1
         if track.orphan_since is not None:
             orphans.append(max(0, end_ms - track.orphan_since) / 1000)
             orphans_open += 1
-    naked = [d for d in naked if d > 0]
+    naked = sorted((n for n in naked if n[0] > 0), reverse=True)
     orphans = [d for d in orphans if d > 0]
     left = sorted(s for s, tr in tracks.items() if tr.naked())
     foreign = sorted(s for s, tr in tracks.items() if tr.amount != 0 and not tr.owed)
     wrong = [f for f in flattens if not f["justified"]]
     return {
-        "naked_position_s": round(sum(naked), 3), "naked_episodes": len(naked),
-        "naked_max_s": round(max(naked, default=0.0), 3),
+        "naked_position_s": round(sum(n[0] for n in naked), 3), "naked_episodes": len(naked),
+        "naked_max_s": round(naked[0][0] if naked else 0.0, 3),
+        "naked_longest": [{"symbol": sym, "start_ms": start, "seconds": round(sec, 3)}
+                          for sec, sym, start in naked[:5]],
         "left_without_stop": len(left), "left_without_stop_symbols": left,
         "naked_open_at_end": naked_open,
         "foreign_open_at_end": len(foreign), "foreign_symbols": foreign,
@@ -765,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['fallback_poll_s']:g}): execd audit — unknown outcomes "
               f"{audit['order_unknown_outcome']}, unprotected {audit['position_unprotected']}, "
               f"flattened {audit['position_flattened']}; admin {row['admin']}")
+        longest = ", ".join(f"{n['symbol']} {n['seconds']:.3f} s" for n in row["naked_longest"][:3])
+        print(f"  longest naked episodes: {longest or '-'}")
         for detail in row["wrong_flatten_details"]:
             print(f"  WRONG FLATTEN {detail}")
         if row["left_without_stop"]:
