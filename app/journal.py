@@ -252,10 +252,11 @@ class Journal:
         return rows[0] if rows else None
 
     async def intents_for(self, signal_id: str) -> list[Intent]:
-        """The signal's intents in leg order (E, S, T, C), then by client id."""
-        sql = f"SELECT {_INTENT_COLUMNS} FROM intents WHERE signal_id = ?"
+        """The signal's intents in leg order (E, S, T, C); within a leg (a stop-loss placed
+        again by the guard) in the order first journaled, the latest last."""
+        sql = f"SELECT {_INTENT_COLUMNS} FROM intents WHERE signal_id = ? ORDER BY seq"
         intents = await self._intents(sql, (signal_id,))
-        return sorted(intents, key=lambda i: (_LEG_ORDER[i.leg], i.client_id))
+        return sorted(intents, key=lambda i: _LEG_ORDER[i.leg])
 
     async def intents_in_states(self, states: Iterable[IntentState]) -> list[Intent]:
         """Every intent in one of `states`, in the order first journaled."""

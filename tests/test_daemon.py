@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,65 @@ async def test_failed_start_closes_what_was_started(tmp_path: Path) -> None:
         async with Daemon(settings, out=io.StringIO()):
             pass
     assert not any(t.name == "execd-audit-writer" for t in threading.enumerate())
+
+
+async def test_status_shows_every_position_its_protection_the_streams_and_pnl(
+        tmp_path: Path) -> None:
+    """/v1/status (what `execd status` and the monitor show): every non-zero position on the
+    account — one execd opened, with its stop and take-profit, and one made in the web UI,
+    marked foreign — the streams connected, and today's realized PnL from fills; the metrics
+    carry the stream and protection series."""
+    import asyncio
+
+    import aiohttp
+
+    from app.config import resolve_api_token
+
+    settings = load_settings(overrides={     # the embedded simulator's own keys
+        "audit.log_dir": str(tmp_path / "audit"), "audit.console": False,
+        "journal.path": str(tmp_path / "data" / "journal.sqlite3"), "api.port": 0}, environ={})
+    async with Daemon(settings, out=io.StringIO()) as daemon:
+        serving = asyncio.create_task(daemon.serve())
+        assert daemon.api is not None
+        assert daemon.exchange_url is not None
+        auth = {"Authorization": f"Bearer {resolve_api_token(settings, create=False)}"}
+        entry = {"id": "status-entry", "symbol": "BTCUSDT", "type": "LONG_ENTRY",
+                 "quantity": "0.010", "stop_loss": "60000.0", "take_profit": "70000.0"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{daemon.api.url}/v1/signals", headers=auth,
+                                 data=orjson.dumps(entry)) as resp:
+                assert resp.status == 202, await resp.text()
+            for body in ({"symbol": "ETHUSDT", "side": "BUY", "qty": "0.100"},
+                         {"symbol": "SOLUSDT", "side": "BUY", "qty": "2"},
+                         {"symbol": "SOLUSDT", "side": "SELL", "qty": "1"}):
+                async with http.post(f"{daemon.exchange_url}/_sim/trade", json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+            status: dict[str, Any] = {}
+            for _ in range(100):
+                async with http.get(f"{daemon.api.url}/v1/status", headers=auth) as resp:
+                    status = await resp.json()
+                positions = {p["symbol"]: p for p in status["positions"]}
+                if (set(positions) == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+                        and positions["BTCUSDT"]["stop_loss"] and status["realized_pnl_today"]):
+                    break
+                await asyncio.sleep(0.05)
+            async with http.get(f"{daemon.api.url}/metrics") as resp:
+                metrics = await resp.text()
+        daemon.request_stop("test")
+        await serving
+    positions = {p["symbol"]: p for p in status["positions"]}
+    assert positions["BTCUSDT"]["amount"] == "0.010"
+    assert positions["BTCUSDT"]["foreign"] is False
+    assert positions["BTCUSDT"]["stop_loss"] == "60000.00"
+    assert positions["BTCUSDT"]["take_profit"] == "70000.00"
+    assert positions["ETHUSDT"]["foreign"] is True
+    assert positions["ETHUSDT"]["stop_loss"] is None
+    assert status["streams"]["user"]["state"] == "connected"
+    assert status["streams"]["market"]["state"] == "connected"
+    pnl = {symbol: Decimal(v) for symbol, v in status["realized_pnl_today"].items()}
+    assert pnl["SOLUSDT"] != 0                           # the only closing trade
+    assert pnl["BTCUSDT"] == pnl["ETHUSDT"] == 0         # opening trades realize nothing
+    assert status["protection"]["unprotected_seconds_total"] == 0
+    assert 'execd_stream_connected{stream="user"} 1.0' in metrics
+    assert "execd_unprotected_seconds_total 0.0" in metrics
+    assert 'execd_realized_pnl{symbol="SOLUSDT"}' in metrics

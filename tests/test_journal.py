@@ -292,8 +292,9 @@ async def test_put_intent_for_an_unknown_signal_raises_key_error(journal: Journa
         await journal.put_intent(make_intent("ghost", Leg.ENTRY))
 
 
-async def test_intents_for_orders_by_leg_then_client_id(journal: Journal) -> None:
-    """A signal's intents come back E, S, T, C, then by client id, whatever the write order."""
+async def test_intents_for_orders_by_leg_then_as_first_journaled(journal: Journal) -> None:
+    """A signal's intents come back E, S, T, C, whatever the write order; two of one leg (a
+    stop-loss placed again by the guard) in the order first journaled, the latest last."""
     await accepted(journal, "s1", "s2")
     written = [make_intent("s1", Leg.CLOSE), make_intent("s1", Leg.TAKE_PROFIT),
                make_intent("s1", Leg.STOP_LOSS, client_id="xds1S-b"),
@@ -302,8 +303,8 @@ async def test_intents_for_orders_by_leg_then_client_id(journal: Journal) -> Non
     for intent in written:
         await journal.put_intent(intent)
     order = [(i.leg, i.client_id) for i in await journal.intents_for("s1")]
-    assert order == [(Leg.ENTRY, "xds1E"), (Leg.STOP_LOSS, "xds1S-a"),
-                     (Leg.STOP_LOSS, "xds1S-b"), (Leg.TAKE_PROFIT, "xds1T"),
+    assert order == [(Leg.ENTRY, "xds1E"), (Leg.STOP_LOSS, "xds1S-b"),
+                     (Leg.STOP_LOSS, "xds1S-a"), (Leg.TAKE_PROFIT, "xds1T"),
                      (Leg.CLOSE, "xds1C")]
     assert await journal.intents_for("none") == []
 

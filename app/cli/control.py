@@ -86,7 +86,8 @@ def show_status(args: argparse.Namespace, client: ControlClient, settings: Setti
     if answer.status != 200:
         return _refused(answer, client, settings)
     status: dict[str, Any] = answer.body
-    status["positions"] = client.positions(status.get("symbols", []))
+    if not isinstance(status.get("positions"), list):   # a daemon without the live book
+        status["positions"] = client.positions(status.get("symbols", []))
     if args.json:
         print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
         return 0

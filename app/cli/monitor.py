@@ -53,9 +53,32 @@ def render(status: Mapping[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [_header(status), top,
                                    _limiter(status.get("limiter") or []),
                                    _errors(status.get("errors"))]
+    if status.get("streams") is not None:
+        parts.append(_live(status))
     if status.get("positions") is not None:
         parts.append(_positions(status["positions"]))
     return Group(*parts)
+
+
+def _live(status: Mapping[str, Any]) -> Text:
+    """The streams' state, time without a stop, today's realized PnL."""
+    streams = status.get("streams") or {}
+    text = Text()
+    for name in ("user", "market"):
+        info = streams.get(name) or {}
+        state = str(info.get("state", "?"))
+        style = {"connected": "green", "down": "bold red"}.get(state, "dim")
+        text.append(f"{name} stream ")
+        text.append(state, style=style)
+        age = info.get("last_event_age_s")
+        text.append(f" (last event {age} s ago)  " if age is not None else "  ")
+    naked = (status.get("protection") or {}).get("unprotected_seconds_total")
+    if naked is not None:
+        text.append(f"· unprotected {naked} s  ", style="bold red" if naked else "")
+    pnl = status.get("realized_pnl_today") or {}
+    text.append("· realized PnL today " + (", ".join(f"{s} {v}" for s, v in pnl.items())
+                                           or "0"))
+    return text
 
 
 def _header(status: Mapping[str, Any]) -> Text:
@@ -144,32 +167,41 @@ def _errors(errors: Mapping[str, Any] | None) -> Panel:
 
 
 def _positions(positions: Sequence[Mapping[str, Any]]) -> Panel:
-    table = Table("symbol", "side", "amount", "entry", "mark", "unrealized PnL", box=None,
-                  expand=True)
+    """Every non-zero position on the account, each with its stop and take-profit; a
+    position execd did not open is marked foreign, one execd opened without a stop in red."""
+    table = Table("symbol", "side", "amount", "entry", "mark", "stop", "take-profit", "owner",
+                  box=None, expand=True)
     for p in positions:
         amount = str(p.get("amount", "0"))
         side = ("flat" if amount.strip("-0.") == "" else
                 "SHORT" if amount.startswith("-") else "LONG")
-        table.add_row(str(p.get("symbol", "?")), str(side), amount,
-                      str(p.get("entry_price", "-")), str(p.get("mark_price", "-")),
-                      str(p.get("unrealized_pnl", "-")))
+        foreign = bool(p.get("foreign", False))
+        stop = p.get("stop_loss")
+        table.add_row(str(p.get("symbol", "?")), side, amount,
+                      str(p.get("entry_price", "-")),
+                      str(p.get("mark") or p.get("mark_price") or "-"),
+                      Text(str(stop) if stop else "none",
+                           style="" if stop or foreign else "bold red"),
+                      str(p.get("take_profit") or "-"), "foreign" if foreign else "execd")
     if not positions:
-        table.add_row("-", "no symbols", "", "", "", "")
+        table.add_row("-", "no positions", "", "", "", "", "", "")
     return Panel(table, title="positions")
 
 
 # ---------------------------------------------------------------------- the command
 def fetch_status(client: ControlClient) -> dict[str, Any]:
-    """``/v1/status`` plus ``positions`` (one ``/v1/positions/{symbol}`` per known symbol;
-    symbols whose lookup fails are left out). Raises StatusUnavailable for a non-200 status
-    answer and DaemonUnreachable when nothing listens."""
+    """``/v1/status``, whose ``positions`` lists every non-zero position on the account (from
+    a daemon before the live book: one ``/v1/positions/{symbol}`` per known symbol). Raises
+    StatusUnavailable for a non-200 status answer and DaemonUnreachable when nothing
+    listens."""
     answer = client.get("/v1/status")
     if answer.status != 200:
         body = answer.body if isinstance(answer.body, dict) else {}
         raise StatusUnavailable(f"HTTP {answer.status}: "
                                 f"{body.get('error') or body.get('detail') or answer.body}")
     status: dict[str, Any] = answer.body
-    status["positions"] = client.positions(status.get("symbols", []))
+    if not isinstance(status.get("positions"), list):   # a daemon without the live book
+        status["positions"] = client.positions(status.get("symbols", []))
     return status
 
 

@@ -179,9 +179,15 @@ class Executor:
             except JOURNAL_FAILURES as broken:
                 if not journal_failed:
                     journal_failed = True
-                    self._log.critical(AuditEvent.POSITION_UNPROTECTED,
-                                       reason=f"journal write failed: {broken!r}",
-                                       action="retrying until the journal works again")
+                    try:
+                        started = await self._started(signal)
+                    except JOURNAL_FAILURES:
+                        started = True               # cannot tell: assume the worst
+                    event = AuditEvent.POSITION_UNPROTECTED if started else (
+                        AuditEvent.SIGNAL_DEFERRED)
+                    level = self._log.critical if started else self._log.error
+                    level(event, reason=f"journal write failed: {broken!r}",
+                          action="retrying until the journal works again")
                 await self._clock.sleep(pause)
                 pause = min(pause * 2, SETTLE_PAUSE_S[1])
                 continue

@@ -105,7 +105,10 @@ class Guard:
         self._resync = asyncio.Event()
         self._fill_tasks: set[asyncio.Task[None]] = set()
         self._owned: dict[str, bool] = {}
-        self._fired: dict[str, None] = {}           # algo ids reported triggered (bounded)
+        self._fired: dict[str, None] = {}
+        #: symbol → the signal whose stop could not be placed again (the mark had crossed
+        #: it): on_unprotected applied once, not at every later event.
+        self._given_up: dict[str, str] = {}           # algo ids reported triggered (bounded)
         self._pnl: dict[str, Decimal] = {}
         self._pnl_day = self._day()
 
@@ -292,6 +295,7 @@ class Guard:
             position = self._book.position(symbol)
             if position is None:
                 self._clothed(symbol)
+                self._given_up.pop(symbol, None)
                 # Confirmed by one read before anything is cancelled: a snapshot fetched
                 # before a fill must never strip a position that was just protected.
                 if await self._journal.live_protective(symbol) and (
@@ -359,6 +363,9 @@ class Guard:
             mark = await self._exchange.mark_price(symbol)
         crossed = mark <= stop_price if amount > 0 else mark >= stop_price
         if crossed:
+            if self._given_up.get(symbol) == signal.id:
+                return                          # reported (and flattened if so set) once
+            self._given_up[symbol] = signal.id
             with contextlib.suppress(Unprotected):
                 await self._protector.unprotected(
                     signal, f"stop-loss missing and the mark {mark} has crossed its price "
