@@ -350,7 +350,7 @@ def analyse(rows: list[dict[str, Any]], signals: list[dict[str, Any]], *, end_ms
     events.sort(key=lambda e: e[:3])
     tracks: dict[str, _Track] = collections.defaultdict(_Track)
     naked: list[tuple[float, str, int]] = []              # (seconds, symbol, start ms)
-    orphans: list[float] = []
+    orphans: list[tuple[float, str, int]] = []           # (seconds, symbol, start ms)
     flattens: list[dict[str, Any]] = []
     counts: collections.Counter[str] = collections.Counter()
     i = 0
@@ -380,7 +380,7 @@ def analyse(rows: list[dict[str, Any]], signals: list[dict[str, Any]], *, end_ms
             if track.orphaned() and track.orphan_since is None:
                 track.orphan_since = t
             elif not track.orphaned() and track.orphan_since is not None:
-                orphans.append((t - track.orphan_since) / 1000)
+                orphans.append(((t - track.orphan_since) / 1000, symbol, track.orphan_since))
                 track.orphan_since = None
     naked_open = orphans_open = 0
     for symbol, track in tracks.items():
@@ -388,10 +388,12 @@ def analyse(rows: list[dict[str, Any]], signals: list[dict[str, Any]], *, end_ms
             naked.append((max(0, end_ms - track.naked_since) / 1000, symbol, track.naked_since))
             naked_open += 1
         if track.orphan_since is not None:
-            orphans.append(max(0, end_ms - track.orphan_since) / 1000)
+            orphans.append((max(0, end_ms - track.orphan_since) / 1000, symbol,
+                            track.orphan_since))
             orphans_open += 1
     naked = sorted((n for n in naked if n[0] > 0), reverse=True)
-    orphans = [d for d in orphans if d > 0]
+    orphan_longest = sorted((o for o in orphans if o[0] > 0), reverse=True)[:5]
+    orphans = [o[0] for o in orphans if o[0] > 0]
     left = sorted(s for s, tr in tracks.items() if tr.naked())
     foreign = sorted(s for s, tr in tracks.items() if tr.amount != 0 and not tr.owed)
     wrong = [f for f in flattens if not f["justified"]]
@@ -408,6 +410,8 @@ def analyse(rows: list[dict[str, Any]], signals: list[dict[str, Any]], *, end_ms
         "orphan_p99_s": _round(_percentile(orphans, 99)),
         "orphan_max_s": _round(max(orphans, default=None)),
         "orphans_open_at_end": orphans_open,
+        "orphan_longest": [{"symbol": sym, "start_ms": start, "seconds": round(sec, 3)}
+                           for sec, sym, start in orphan_longest],
         "flattens": len(flattens), "wrong_flattens": len(wrong),
         "wrong_flatten_details": wrong[:20],
         "justified_flatten_details": [f for f in flattens if f["justified"]][:20],
@@ -769,6 +773,9 @@ def main(argv: list[str] | None = None) -> int:
               f"flattened {audit['position_flattened']}; admin {row['admin']}")
         longest = ", ".join(f"{n['symbol']} {n['seconds']:.3f} s" for n in row["naked_longest"][:3])
         print(f"  longest naked episodes: {longest or '-'}")
+        orphans = ", ".join(f"{o['symbol']} {o['seconds']:.3f} s at {o['start_ms']}"
+                            for o in row["orphan_longest"][:3])
+        print(f"  longest orphan episodes: {orphans or '-'}")
         for detail in row["wrong_flatten_details"]:
             print(f"  WRONG FLATTEN {detail}")
         if row["left_without_stop"]:

@@ -44,6 +44,10 @@ class StreamSettings:
     max_connection_s: float = 23.5 * 3600
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 30.0
+    #: A connection that stayed up this long was healthy: when it ends, the first attempt
+    #: to reconnect is made at once and the backoff starts over (a server that accepts and
+    #: drops at once still meets the backoff).
+    healthy_after_s: float = 5.0
     #: aiohttp's ping interval; no pong within half of it drops the connection.
     heartbeat_s: float = 30.0
     connect_timeout_s: float = 10.0
@@ -173,9 +177,11 @@ class WsLoop:
                 await self._ready()
                 started = self._clock.monotonic()
                 ended, was_up = await self._attempt(session)
-                if was_up and self._clock.monotonic() - started >= self._settings.backoff_max_s:
+                healthy = was_up and (self._clock.monotonic() - started
+                                      >= self._settings.healthy_after_s)
+                if healthy:
                     backoff.reset()
-                delay = 0.0 if ended.immediate else backoff.next()
+                delay = 0.0 if ended.immediate or healthy else backoff.next()
                 self._stats["drops" if was_up else "failed_attempts"] += 1
                 self._log.warning(AuditEvent.STREAM_DISCONNECTED, stream=self._kind.value,
                                   reason=ended.reason, retry_in_s=delay, connected=was_up)

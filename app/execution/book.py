@@ -16,6 +16,7 @@ that client id arrives, instead of at its next lookup.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -32,6 +33,9 @@ from app.exchange.stream_events import (
 )
 
 __all__ = ["Book", "BookAlgo", "BookOrder", "BookPosition"]
+
+#: How many orders' last stream word `Book.settled` remembers.
+SETTLED_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,9 @@ class Book:
         self._marks: dict[str, tuple[Decimal, float]] = {}
         self._touched: set[str] | None = None      # keys an event changed since begin_sync()
         self._waiters: dict[str, asyncio.Event] = {}
+        #: The last word of the stream on recent orders by client id: a regular order's final
+        #: state, an algo order's latest (bounded: the oldest are forgotten first).
+        self._settled: OrderedDict[str, OrderState | AlgoState] = OrderedDict()
         self.synced_at: float | None = None         # monotonic time of the last rebuild
 
     # ------------------------------------------------------------------ events
@@ -90,9 +97,18 @@ class Book:
         """One user-data event, in arrival order."""
         if isinstance(event, OrderUpdate):
             self._apply_order(event)
+            if event.is_final:
+                self._settle(event.client_id, OrderState(
+                    event.symbol, event.order_id, event.client_id, event.status, event.side,
+                    event.order_type, event.quantity, event.filled_qty, event.avg_price,
+                    event.reduce_only, event.trade_time_ms))
             self._wake(event.client_id)
         elif isinstance(event, AlgoUpdate):
             self._apply_algo(event)
+            self._settle(event.client_algo_id, AlgoState(
+                event.symbol, event.algo_id, event.client_algo_id, event.status, event.side,
+                event.order_type, event.trigger_price, event.close_position,
+                event.actual_order_id))
             self._wake(event.client_algo_id)
         elif isinstance(event, PositionsUpdate):
             for change in event.positions:
@@ -201,6 +217,17 @@ class Book:
     def mark_age_s(self, symbol: str) -> float | None:
         found = self._marks.get(symbol)
         return None if found is None else self._clock.monotonic() - found[1]
+
+    def settled(self, client_id: str) -> OrderState | AlgoState | None:
+        """What the stream last said of the order ``client_id``: a regular order once it
+        ended (filled, cancelled, expired), an algo order in any state; None if nothing."""
+        return self._settled.get(client_id)
+
+    def _settle(self, client_id: str, state: OrderState | AlgoState) -> None:
+        self._settled[client_id] = state
+        self._settled.move_to_end(client_id)
+        while len(self._settled) > SETTLED_KEPT:
+            self._settled.popitem(last=False)
 
     # ------------------------------------------------------------------ waiting
     async def wait(self, client_id: str, within_s: float) -> bool:

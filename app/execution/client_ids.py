@@ -23,21 +23,25 @@ DIGEST_LENGTH = 24
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{0,8}$")
 
 
-def client_id(prefix: str, signal_id: str, leg: Leg) -> str:
-    """The client order id of ``leg`` of signal ``signal_id``."""
+def client_id(prefix: str, signal_id: str, leg: Leg, attempt: int = 0) -> str:
+    """The client order id of ``leg`` of signal ``signal_id``. ``attempt`` > 0 names a further
+    order of that leg (a stop placed again by the guard, a second flattening close): a new id,
+    as deterministic as the first, never the id of an order that already exists."""
     if not _PREFIX_RE.fullmatch(prefix):
         raise ValueError(f"client id prefix {prefix!r}: at most 8 of [A-Za-z0-9_-]")
-    digest = base64.b32encode(hashlib.sha256(signal_id.encode()).digest()).decode()
+    key = signal_id if attempt == 0 else f"{signal_id}\x00{attempt}"   # NUL: never in an id
+    digest = base64.b32encode(hashlib.sha256(key.encode()).digest()).decode()
     return f"{prefix}{digest[:DIGEST_LENGTH]}{leg.value}"
 
 
 def new_intent(prefix: str, signal_id: str, symbol: str, leg: Leg, side: Side,
                order_type: OrderType, *, quantity: Decimal | None = None,
-               price: Decimal | None = None, now: float) -> Intent:
+               price: Decimal | None = None, now: float, attempt: int = 0) -> Intent:
     """A ``PENDING`` intent for ``leg`` of a signal, with its deterministic client id.
     ``quantity`` for regular orders, ``price`` (the trigger) for conditional ones; ``now`` is
-    epoch seconds."""
-    return Intent(signal_id=signal_id, leg=leg, client_id=client_id(prefix, signal_id, leg),
+    epoch seconds; ``attempt`` as for `client_id`."""
+    return Intent(signal_id=signal_id, leg=leg,
+                  client_id=client_id(prefix, signal_id, leg, attempt),
                   symbol=symbol, side=side, order_type=order_type, quantity=quantity,
                   price=price, reduce_only=leg is not Leg.ENTRY, state=IntentState.PENDING,
                   updated_at=now)

@@ -40,7 +40,7 @@ from app.exchange.stream_events import (
     UserEvent,
 )
 from app.execution.book import Book
-from app.execution.client_ids import client_id
+from app.execution.client_ids import new_intent
 from app.execution.protect import PROTECT_DEADLINE_S, Protector, Unprotected
 from app.execution.sender import OrderSender, algo_outcome
 from app.execution.settings import ExecutorSettings
@@ -50,6 +50,12 @@ from app.observability.logging import AuditLogger
 from app.resilience.limiter import Priority
 
 __all__ = ["AccountReads", "Guard", "GuardSettings"]
+
+
+#: Binance's name of each event kind (the ``execd_stream_events_total`` label).
+_WIRE_NAMES: dict[type, str] = {OrderUpdate: "ORDER_TRADE_UPDATE", AlgoUpdate: "ALGO_UPDATE",
+                                PositionsUpdate: "ACCOUNT_UPDATE",
+                                ListenKeyExpired: "listenKeyExpired"}
 
 
 class AccountReads(Protocol):
@@ -75,6 +81,11 @@ class GuardSettings:
     reconcile_interval_s: float = 60.0
     fallback_poll_s: float = 5.0
     max_mark_age_s: float = 2.0
+    #: Right after the user stream drops, what happens on the account goes unseen until it
+    #: is back: the positions are polled every ``catch_up_poll_s`` for ``catch_up_s``, then
+    #: every ``fallback_poll_s`` (weight 5 a poll).
+    catch_up_poll_s: float = 1.0
+    catch_up_s: float = 30.0
     #: False: no user-data stream at all (``stream.enabled = false``): poll only.
     streaming: bool = True
 
@@ -103,6 +114,7 @@ class Guard:
         self.events: dict[str, int] = {}
         self._last_event: float | None = None
         self._resync = asyncio.Event()
+        self._down_since: float | None = None
         self._fill_tasks: set[asyncio.Task[None]] = set()
         self._owned: dict[str, bool] = {}
         self._fired: dict[str, None] = {}
@@ -159,7 +171,7 @@ class Guard:
             self.on_status(event)
             return
         self._last_event = self._clock.monotonic()
-        name = type(event).__name__
+        name = _WIRE_NAMES[type(event)]
         self.events[name] = self.events.get(name, 0) + 1
         self._book.apply(event)
         if isinstance(event, OrderUpdate):
@@ -175,9 +187,14 @@ class Guard:
     def on_status(self, status: StreamStatus) -> None:
         if status.stream is not StreamKind.USER:
             return
+        was = self.user_connected
         self.user_connected = status.connected
         if status.connected:
+            self._down_since = None
             self._resync.set()                  # events sent while down are never replayed
+        elif was:
+            self._down_since = self._clock.monotonic()
+            self._resync.set()                  # recompute the poll interval now
 
     def last_event_age_s(self) -> float | None:
         return None if self._last_event is None else self._clock.monotonic() - self._last_event
@@ -374,13 +391,9 @@ class Guard:
             return
         attempt = len([i for i in await self._journal.intents_for(signal.id)
                        if i.leg is Leg.STOP_LOSS])
-        intent = Intent(signal_id=signal.id, leg=Leg.STOP_LOSS,
-                        client_id=client_id(self._prefix, f"{signal.id}/repair{attempt}",
-                                            Leg.STOP_LOSS),
-                        symbol=symbol, side=signal.type.order_side.opposite,
-                        order_type=OrderType.STOP_MARKET, quantity=None, price=stop_price,
-                        reduce_only=True, state=IntentState.PENDING,
-                        updated_at=self._clock.time())
+        intent = new_intent(self._prefix, signal.id, symbol, Leg.STOP_LOSS,
+                            signal.type.order_side.opposite, OrderType.STOP_MARKET,
+                            price=stop_price, now=self._clock.time(), attempt=attempt)
         try:
             placement = await self._sender.send_algo(
                 intent, priority=Priority.CRITICAL,
@@ -439,12 +452,12 @@ class Guard:
         while True:
             now = self._clock.monotonic()
             due_full = last_full + self._settings.reconcile_interval_s
-            due = due_full if self.streaming else min(
-                due_full, last + self._settings.fallback_poll_s)
+            due = due_full if self.streaming else min(due_full, last + self._poll_interval(now))
             if due > now and not self._resync.is_set():
                 await self._wait_resync(due - now)
                 continue                        # the stream's state may have changed: recompute
-            full = self._resync.is_set() or self._clock.monotonic() >= due_full
+            full = (self._resync.is_set() and self.streaming) or (
+                self._clock.monotonic() >= due_full)
             self._resync.clear()
             last = self._clock.monotonic()
             if full:
@@ -456,6 +469,13 @@ class Guard:
             except ExchangeError as error:
                 self._log.warning(AuditEvent.API_ERROR, operation="reconcile",
                                   error_class=error.error_class, message=error.message)
+
+    def _poll_interval(self, now: float) -> float:
+        """Seconds between position polls while the user stream is down (or off)."""
+        down = self._down_since
+        if down is not None and now - down < self._settings.catch_up_s:
+            return min(self._settings.catch_up_poll_s, self._settings.fallback_poll_s)
+        return self._settings.fallback_poll_s
 
     async def _wait_resync(self, seconds: float) -> None:
         resync = asyncio.ensure_future(self._resync.wait())

@@ -35,6 +35,8 @@ from app.resilience.limiter import Priority
 
 #: How long the exchange may refuse a protective or flattening order before we give up on it.
 PROTECT_DEADLINE_S = 30.0
+#: Reduce-only closes one flatten may send (a close can fill only in part).
+FLATTEN_TRIES = 3
 
 
 class Unprotected(Exception):
@@ -154,24 +156,42 @@ class Protector:
         raise Unprotected(reason, flattened=flattened)
 
     async def flatten(self, signal: Signal) -> bool:
-        """Close the signal's whole position with a reduce-only market order (leg C)."""
-        position = await self._exchange.get_position(signal.symbol, priority=Priority.CRITICAL)
-        if position is None:
-            self._log.info(AuditEvent.POSITION_FLATTENED, amount="0", note="already flat")
+        """Close the signal's whole position with reduce-only market orders (leg C, each with
+        its own id): a close that fills only in part is followed by one for the rest, up to
+        ``FLATTEN_TRIES`` closes. True once flat."""
+        closes = [i for i in await self._journal.intents_for(signal.id) if i.leg is Leg.CLOSE]
+        for attempt in range(len(closes), len(closes) + FLATTEN_TRIES):
+            position = await self._exchange.get_position(signal.symbol,
+                                                         priority=Priority.CRITICAL)
+            if position is None:
+                if attempt == len(closes):
+                    self._log.info(AuditEvent.POSITION_FLATTENED, amount="0",
+                                   note="already flat")
+                await self.cancel_protective(signal.symbol, reason="flattened")
+                return True
+            intent = new_intent(self._settings.client_id_prefix, signal.id, signal.symbol,
+                                Leg.CLOSE, position.side.opposite, OrderType.MARKET,
+                                quantity=abs(position.amount), now=self._clock.time(),
+                                attempt=attempt)
+            try:
+                placement = await self._sender.send_order(
+                    intent, priority=Priority.CRITICAL,
+                    deadline=self._clock.time() + PROTECT_DEADLINE_S)
+            except (ExchangeError, TimeoutError) as error:
+                self._log.critical(AuditEvent.POSITION_UNPROTECTED,
+                                   reason=f"flatten failed: {error}", action="none")
+                return False
+            closed = placement.state.executed_qty
+            self._log.warning(AuditEvent.POSITION_FLATTENED, amount=str(position.amount),
+                              closed=str(closed))
+        still = await self._exchange.get_position(signal.symbol, priority=Priority.CRITICAL)
+        if still is None:
+            await self.cancel_protective(signal.symbol, reason="flattened")
             return True
-        intent = new_intent(self._settings.client_id_prefix, signal.id, signal.symbol,
-                            Leg.CLOSE, position.side.opposite, OrderType.MARKET,
-                            quantity=abs(position.amount), now=self._clock.time())
-        try:
-            await self._sender.send_order(intent, priority=Priority.CRITICAL,
-                                          deadline=self._clock.time() + PROTECT_DEADLINE_S)
-        except (ExchangeError, TimeoutError) as error:
-            self._log.critical(AuditEvent.POSITION_UNPROTECTED, reason=f"flatten failed: {error}",
-                               action="none")
-            return False
-        self._log.warning(AuditEvent.POSITION_FLATTENED, amount=str(position.amount))
-        await self.cancel_protective(signal.symbol, reason="flattened")
-        return True
+        self._log.critical(AuditEvent.POSITION_UNPROTECTED, action="none",
+                           reason=f"flatten left {still.amount} open after {FLATTEN_TRIES} "
+                                  "closes")
+        return False
 
     async def retire(self, intent: Intent, *, reason: str) -> bool:
         """Cancel one protective order; journal it CANCELLED (or FILLED if it had fired).

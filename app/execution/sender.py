@@ -86,6 +86,8 @@ class OrderEvents(Protocol):
 
     async def wait(self, client_id: str, within_s: float) -> bool: ...
 
+    def settled(self, client_id: str) -> OrderState | AlgoState | None: ...
+
 
 class OrderSender:
     """Sends intents exactly once. ``on_decision`` is called with the seconds from dequeue to
@@ -111,14 +113,19 @@ class OrderSender:
         quantity = intent.quantity
         assert quantity is not None, "a market order intent has a quantity"
         exchange = self._exchange
+        async def lookup() -> OrderState | None:
+            heard = self._events.settled(intent.client_id) if self._events else None
+            if isinstance(heard, OrderState):
+                return heard                  # the stream saw it end: no request needed
+            return await exchange.get_order(intent.symbol, intent.client_id,
+                                            priority=priority)
+
         return await self.send(
             intent,
             place=lambda: exchange.place_order(
                 intent.symbol, intent.side, quantity, intent.client_id,
                 reduce_only=intent.reduce_only, priority=priority),
-            lookup=lambda: exchange.get_order(intent.symbol, intent.client_id,
-                                              priority=priority),
-            describe=order_outcome, deadline=deadline)
+            lookup=lookup, describe=order_outcome, deadline=deadline)
 
     async def send_algo(self, intent: Intent, *, priority: Priority,
                         deadline: float) -> Placement[AlgoState]:
@@ -126,13 +133,17 @@ class OrderSender:
         trigger = intent.price
         assert trigger is not None, "a conditional order intent has a trigger price"
         exchange = self._exchange
+        async def lookup() -> AlgoState | None:
+            heard = self._events.settled(intent.client_id) if self._events else None
+            if isinstance(heard, AlgoState):
+                return heard                  # the stream saw it: no request needed
+            return await exchange.get_algo_order(intent.client_id, priority=priority)
+
         return await self.send(
-            intent,
-            place=lambda: exchange.place_algo_order(
+            intent, place=lambda: exchange.place_algo_order(
                 intent.symbol, intent.side, intent.order_type, trigger, intent.client_id,
                 priority=priority),
-            lookup=lambda: exchange.get_algo_order(intent.client_id, priority=priority),
-            describe=algo_outcome, deadline=deadline)
+            lookup=lookup, describe=algo_outcome, deadline=deadline)
 
     async def send(self, intent: Intent, place: Callable[[], Awaitable[S]],
                    lookup: Callable[[], Awaitable[S | None]],

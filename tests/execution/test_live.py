@@ -168,8 +168,13 @@ async def test_an_outage_past_the_ttl_right_after_the_entry_settles_without_a_re
     the signal's TTL: the signal stays RUNNING ('outcome unknown'); once the exchange answers
     again the entry is found FILLED and protected — one order, no restart."""
     record, _ = await live.journal.accept(make_signal(LONG, ttl=1.0), now=time.time())
-    # The entry is applied, its answer lost and it stays hidden from lookups for 0.5 s; from
-    # 0.2 s on every request meets an outage of 2.5 s, far past the 1 s TTL.
+    # The websockets are down too (else the fill event would settle it at once): the entry
+    # is applied, its answer lost and it stays hidden from lookups for 0.5 s; from 0.2 s on
+    # every request meets an outage of 2.5 s, far past the 1 s TTL.
+    user = live.live.user
+    assert user is not None
+    await live.admin.post("streams/drop", {"block_s": 4})
+    await until(lambda: asyncio.sleep(0, not user.connected), 2, "stream down")
     await live.admin.post("faults", {
         "seed": 1, "outages": [{"start_s": 0.2, "duration_s": 2.5}],
         "rules": [{"endpoint": "POST /fapi/v1/order", "fault": "reset_after_apply",
@@ -298,3 +303,19 @@ async def test_a_stop_cancelled_by_hand_is_placed_again(live: Live) -> None:
 async def _stop_open(admin: Admin) -> bool:
     return any(a["type"] == "STOP_MARKET" for a in await open_algos(admin))
 
+
+
+async def test_an_unknown_outcome_is_settled_by_the_stream_event(live: Live) -> None:
+    """The entry is applied but answered 503 'Unknown error', and lookups by id say 'unknown
+    order' for 5 s — longer than the 1 s resolve window, so lookups alone would resend it.
+    The stream's ORDER_TRADE_UPDATE settles it: adopted, one order, protected."""
+    await live.admin.post("faults", {"seed": 1, "rules": [
+        {"endpoint": "POST /fapi/v1/order", "fault": "unknown_503", "probability": 1,
+         "visibility_delay_s": 5}]})
+    started = time.monotonic()
+    with capture_logs() as logs:
+        record = await live.run(LONG)
+    assert record.state is SignalState.DONE, record.reason
+    assert time.monotonic() - started < 2.0
+    assert [e["outcome"] for e in events(logs, "order_resolved")] == ["found"]
+    assert [r["kind"] for r in await live.admin.orders()].count("order") == 1
