@@ -152,9 +152,11 @@ class Book:
         self._touched = set()
 
     def sync(self, positions: Iterable[Position], orders: Iterable[OrderState] | None,
-             algos: Iterable[AlgoState] | None) -> None:
+             algos: Iterable[AlgoState] | None, *, only: set[str] | None = None) -> None:
         """Replace the book by a REST snapshot taken after `begin_sync()`, keeping every
-        position and order an event changed meanwhile. None: that part was not fetched."""
+        position and order an event changed meanwhile. None: that part was not fetched;
+        ``only``: the orders and algo orders fetched are those of these symbols alone (the
+        positions are always the whole account's)."""
         touched = self._touched or set()
         self._touched = None
         fresh_positions = {p.symbol: p for p in positions if p.amount != 0}
@@ -167,14 +169,16 @@ class Book:
             else:
                 self._set_position(symbol, found.amount, found.entry_price)
         if orders is not None:
-            self._sync_orders(orders, touched)
+            self._sync_orders(orders, touched, only)
         if algos is not None:
-            self._sync_algos(algos, touched)
+            self._sync_algos(algos, touched, only)
         self.synced_at = self._clock.monotonic()
 
-    def _sync_orders(self, orders: Iterable[OrderState], touched: set[str]) -> None:
+    def _sync_orders(self, orders: Iterable[OrderState], touched: set[str],
+                     only: set[str] | None) -> None:
         fresh_orders = {o.client_id: o for o in orders if o.is_open}
-        for cid in set(self.orders) | set(fresh_orders):
+        known = {c for c, o in self.orders.items() if only is None or o.symbol in only}
+        for cid in known | set(fresh_orders):
             if f"O:{cid}" in touched:
                 continue
             order = fresh_orders.get(cid)
@@ -184,9 +188,11 @@ class Book:
                 self.orders[cid] = BookOrder(order.symbol, cid, order.side, order.type,
                                              order.status, order.orig_qty, order.executed_qty)
 
-    def _sync_algos(self, algos: Iterable[AlgoState], touched: set[str]) -> None:
+    def _sync_algos(self, algos: Iterable[AlgoState], touched: set[str],
+                    only: set[str] | None) -> None:
         fresh_algos = {a.client_algo_id: a for a in algos if a.is_open}
-        for cid in set(self.algos) | set(fresh_algos):
+        known = {c for c, a in self.algos.items() if only is None or a.symbol in only}
+        for cid in known | set(fresh_algos):
             if f"A:{cid}" in touched:
                 continue
             algo = fresh_algos.get(cid)

@@ -309,7 +309,8 @@ class Executor:
         close = journaled.get(Leg.CLOSE)
         wanted = "LONG" if signal.type.position_sign > 0 else "SHORT"
         if close is None or close.state is IntentState.PENDING:
-            position = await self._exchange.get_position(signal.symbol)
+            position = await self._exchange.get_position(signal.symbol,
+                                                       priority=Priority.NORMAL)
             if position is None or (position.amount > 0) != (signal.type.position_sign > 0):
                 note = f"no {wanted} position to close"
                 self._log.info(AuditEvent.POSITION_QUERY, note=note,
@@ -335,6 +336,6 @@ class Executor:
                     raise
                 return f"no {wanted} position to close (reduce-only rejected: already flat)"
             close = placement.intent
-        if await self._exchange.get_position(signal.symbol) is None:
+        if await self._exchange.get_position(signal.symbol, priority=Priority.NORMAL) is None:
             await self._protector.cancel_protective(signal.symbol, reason="position closed")
         return f"closed {close.quantity} {signal.symbol}"

@@ -418,24 +418,36 @@ class Guard:
         return naked
 
     # ------------------------------------------------------------------ reconciliation
-    async def reconcile(self, *, full: bool = True) -> None:
-        """Rebuild the book from REST (LOW priority): positions, and with ``full`` the open
-        orders and algo orders too (80 weight account-wide, so only at start, after a
-        (re)connect and every ``reconcile_interval_s``); then check every symbol that has a
-        position or live protective orders."""
+    async def reconcile(self, *, full: bool = True, after_connect: bool = False) -> None:
+        """Rebuild the book from REST (LOW priority), then check every symbol that has a
+        position or live protective orders of execd's.
+
+        ``full``: the positions, open orders and open algo orders of the whole account (85
+        weight: at start and every ``reconcile_interval_s``). ``after_connect``: the
+        positions and the open algo orders of each symbol where execd has protective orders
+        (5 + 1 a symbol: what a drop may have hidden — a stop that fired, one cancelled by
+        hand). Else the positions alone (5: the fallback poll)."""
         self._book.begin_sync()
         try:
             positions = await self._exchange.positions(priority=Priority.LOW)
-            orders = await self._exchange.open_orders() if full else None
-            algos = await self._exchange.open_algo_orders() if full else None
+            live = await self._journal.live_protective_all()
+            orders = algos = None
+            if full:
+                orders = await self._exchange.open_orders()
+                algos = await self._exchange.open_algo_orders()
+            elif after_connect:
+                algos = []
+                for symbol in sorted({i.symbol for i in live}):
+                    algos += await self._exchange.open_algo_orders(symbol)
         except BaseException:
             self._book.abandon_sync()
             raise
-        self._book.sync(positions, orders, algos)
+        self._book.sync(positions, orders, algos, only=None if full else {
+            i.symbol for i in live})
         symbols = {p.symbol for p in positions}
         if self._watch is not None and symbols:
             self._watch(symbols)                # their marks, for status and repairs
-        symbols |= {i.symbol for i in await self._journal.live_protective_all()}
+        symbols |= {i.symbol for i in live}
         for symbol in sorted(symbols):
             self.schedule(symbol)
 
@@ -445,9 +457,10 @@ class Guard:
         return self._settings.streaming and self.user_connected
 
     async def run(self) -> None:
-        """Reconcile fully now, after every user-stream (re)connect and every
-        ``reconcile_interval_s``; while the stream is down (or off), poll the positions every
-        ``fallback_poll_s`` in between."""
+        """Reconcile fully now and every ``reconcile_interval_s``, the symbols with execd's
+        protective orders after every user-stream (re)connect; while the stream is down (or
+        off), poll the positions every ``fallback_poll_s`` in between (every
+        ``catch_up_poll_s`` for ``catch_up_s`` after a drop)."""
         last_full = last = -float("inf")
         while True:
             now = self._clock.monotonic()
@@ -456,14 +469,14 @@ class Guard:
             if due > now and not self._resync.is_set():
                 await self._wait_resync(due - now)
                 continue                        # the stream's state may have changed: recompute
-            full = (self._resync.is_set() and self.streaming) or (
-                self._clock.monotonic() >= due_full)
+            full = self._clock.monotonic() >= due_full
+            after_connect = self._resync.is_set() and self.streaming
             self._resync.clear()
             last = self._clock.monotonic()
             if full:
                 last_full = last
             try:
-                await self.reconcile(full=full)
+                await self.reconcile(full=full, after_connect=after_connect)
             except asyncio.CancelledError:
                 raise
             except ExchangeError as error:

@@ -124,3 +124,14 @@ async def test_wait_returns_when_an_event_about_the_client_id_arrives() -> None:
         await asyncio.sleep(0)
     clock.advance(5.0)
     assert await late is False
+
+
+def test_a_rebuild_of_some_symbols_keeps_the_others_orders() -> None:
+    """After a reconnect only the symbols with execd's protective orders are fetched: the
+    others' algo orders stay as they were."""
+    book = Book(FakeClock())
+    book.apply(algo("btc-stop", "NEW"))
+    book.apply(algo("eth-stop", "NEW", symbol="ETHUSDT"))
+    book.begin_sync()
+    book.sync([], None, [], only={"BTCUSDT"})
+    assert set(book.algos) == {"eth-stop"}
