@@ -180,7 +180,7 @@ class Daemon:
                                       settings.stream,
                                       ws_base_url(settings, self.exchange_url), chosen)
         self._stack.push_async_callback(live.guard.aclose)
-        await live.guard.load()
+        await live.reports.load()
         self.bus = bus = SignalBus(execution.executor.execute, capacity=ex.queue_size,
                                    max_concurrency=ex.max_concurrency, log=log)
         self._stack.push_async_callback(bus.aclose)
@@ -380,7 +380,7 @@ class Daemon:
             "streams": {"user": stream(live.user), "market": stream(live.market),
                         "events": dict(guard.events)},
             "protection": {"unprotected_seconds_total": round(guard.naked_seconds_now(), 3)},
-            "realized_pnl_today": guard.realized_pnl_today(),
+            "realized_pnl_today": live.reports.realized_pnl_today(),
         }
 
     def request_stop(self, reason: str = "shutdown requested") -> None:

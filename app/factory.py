@@ -45,6 +45,7 @@ from app.execution.executor import Executor
 from app.execution.guard import AccountReads, Guard, GuardSettings
 from app.execution.ports import ExchangePort
 from app.execution.protect import Protector
+from app.execution.reports import AccountReports
 from app.execution.sender import OrderSender
 from app.execution.settings import ExecutorSettings
 from app.journal import Journal
@@ -237,10 +238,12 @@ def build_execution(exchange: ExchangePort, rules: Callable[[str], SymbolRules],
 
 @dataclass(frozen=True, slots=True)
 class LiveParts:
-    """The live state: the book, the guard that keeps the protection invariant on it, and
-    the streams that feed it (None with ``stream.enabled = false``)."""
+    """The live state: the book, the account's reports, the guard that keeps the protection
+    invariant on the book, and the streams that feed it (None with ``stream.enabled =
+    false``)."""
 
     book: Book
+    reports: AccountReports
     guard: Guard
     user: UserStream | None
     market: MarketStream | None
@@ -253,15 +256,16 @@ def build_live(gateway: Gateway, book: Book, execution: ExecutionParts, journal:
     events it receives. The streams' listenKey calls go through the gateway (limiter,
     breaker, retry)."""
     reads: AccountReads = gateway
+    reports = AccountReports(journal, clock, log, executor.client_id_prefix)
     if not config.enabled:
-        guard = Guard(book, reads, execution.sender, execution.protector, journal, clock, log,
-                      executor, guard_settings(config))
-        return LiveParts(book, guard, None, None)
+        guard = Guard(book, reports, reads, execution.sender, execution.protector, journal,
+                      clock, log, executor, guard_settings(config))
+        return LiveParts(book, reports, guard, None, None)
     timings = stream_settings(config)
     # The market stream's ups and downs are audited by the stream and shown by its status;
     # nothing acts on them (a stale mark is simply not used).
     market = MarketStream(ws_base, book.apply_mark, lambda status: None, clock, log, timings)
-    guard = Guard(book, reads, execution.sender, execution.protector, journal, clock, log,
-                  executor, guard_settings(config), watch=market.watch)
+    guard = Guard(book, reports, reads, execution.sender, execution.protector, journal, clock,
+                  log, executor, guard_settings(config), watch=market.watch)
     user = UserStream(ws_base, gateway, guard.on_user_event, clock, log, timings)
-    return LiveParts(book, guard, user, market)
+    return LiveParts(book, reports, guard, user, market)

@@ -1,10 +1,8 @@
-"""The protection invariant (SPEC §5.9) and what the account's events mean (SPEC §5.8).
+"""The protection invariant (SPEC §5.9), kept on every user-data event and reconciliation.
 
-The guard feeds the live book with the user-data stream's events and acts on them:
-- every fill is journaled (average price, quantity, commission, realized PnL) and execd's own
-  are audited (``order_filled``); a protective order of execd's that fires is
-  ``protective_triggered``; a liquidation is ``position_liquidated`` (critical); a trade execd
-  did not make is ``position_foreign`` (warning) — foreign orders are never touched;
+The guard feeds the live book with the user-data stream's events, hands each to the account's
+reports (``reports.py``: fills journaled, triggers, liquidations and foreign trades reported),
+and acts on them:
 - each change of a symbol schedules a check of that symbol: a flat symbol whose protective
   orders are still open gets them cancelled (orphans, within a second of the event); a
   position that execd opened or added to with a stop-loss and that has no open stop gets one
@@ -21,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -42,9 +40,10 @@ from app.exchange.stream_events import (
 from app.execution.book import Book
 from app.execution.client_ids import new_intent
 from app.execution.protect import PROTECT_DEADLINE_S, Protector, Unprotected
+from app.execution.reports import AccountReports
 from app.execution.sender import OrderSender, algo_outcome
 from app.execution.settings import ExecutorSettings
-from app.journal import Fill, Journal
+from app.journal import Journal
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 from app.resilience.limiter import Priority
@@ -91,11 +90,13 @@ class GuardSettings:
 
 
 class Guard:
-    def __init__(self, book: Book, exchange: AccountReads, sender: OrderSender,
-                 protector: Protector, journal: Journal, clock: Clock, log: AuditLogger,
-                 executor_settings: ExecutorSettings, settings: GuardSettings, *,
+    def __init__(self, book: Book, reports: AccountReports, exchange: AccountReads,
+                 sender: OrderSender, protector: Protector, journal: Journal, clock: Clock,
+                 log: AuditLogger, executor_settings: ExecutorSettings,
+                 settings: GuardSettings, *,
                  watch: Callable[[Iterable[str]], None] | None = None) -> None:
         self._book = book
+        self._reports = reports
         self._watch = watch
         self._exchange = exchange
         self._sender = sender
@@ -115,29 +116,12 @@ class Guard:
         self._last_event: float | None = None
         self._resync = asyncio.Event()
         self._down_since: float | None = None
-        self._fill_tasks: set[asyncio.Task[None]] = set()
         self._owned: dict[str, bool] = {}
-        self._fired: dict[str, None] = {}
         #: symbol → the signal whose stop could not be placed again (the mark had crossed
         #: it): on_unprotected applied once, not at every later event.
-        self._given_up: dict[str, str] = {}           # algo ids reported triggered (bounded)
-        self._pnl: dict[str, Decimal] = {}
-        self._pnl_day = self._day()
+        self._given_up: dict[str, str] = {}
 
     # ------------------------------------------------------------------ views
-    def _day(self) -> int:
-        return int(self._clock.time() // 86_400)
-
-    async def load(self) -> None:
-        """Today's realized PnL from the journaled fills (at start)."""
-        self._pnl_day = self._day()
-        self._pnl = await self._journal.realized_pnl_since(self._pnl_day * 86_400.0)
-
-    def realized_pnl_today(self) -> dict[str, str]:
-        if self._day() != self._pnl_day:
-            self._pnl_day, self._pnl = self._day(), {}
-        return {symbol: str(value) for symbol, value in sorted(self._pnl.items())}
-
     def positions_view(self) -> list[dict[str, object]]:
         """Every non-zero position on the account (SPEC §11.2), each with its open stop and
         take-profit trigger prices (any client id) and whether execd opened it."""
@@ -174,15 +158,8 @@ class Guard:
         name = _WIRE_NAMES[type(event)]
         self.events[name] = self.events.get(name, 0) + 1
         self._book.apply(event)
-        if isinstance(event, OrderUpdate):
-            self._on_order(event)
-        elif isinstance(event, AlgoUpdate):
-            self._on_algo(event)
-        elif isinstance(event, PositionsUpdate):
-            for change in event.positions:
-                self.schedule(change.symbol)
-        elif isinstance(event, ListenKeyExpired):
-            pass                                # the stream gets a new key and reconnects
+        for symbol in self._reports.on_event(event):
+            self.schedule(symbol)
 
     def on_status(self, status: StreamStatus) -> None:
         if status.stream is not StreamKind.USER:
@@ -198,90 +175,6 @@ class Guard:
 
     def last_event_age_s(self) -> float | None:
         return None if self._last_event is None else self._clock.monotonic() - self._last_event
-
-    def _ours(self, cid: str) -> bool:
-        return cid.startswith(self._prefix) and not cid.startswith(("autoclose-", "web_"))
-
-    def _on_order(self, event: OrderUpdate) -> None:
-        if event.is_trade:
-            self._spawn(self._journal_fill(event))
-        if event.is_liquidation:
-            if event.is_final:
-                self._log.critical(AuditEvent.POSITION_LIQUIDATED, symbol=event.symbol,
-                                   client_order_id=event.client_id, side=event.side.value,
-                                   quantity=str(event.filled_qty),
-                                   avg_price=str(event.avg_price),
-                                   realized_pnl=str(event.realized_pnl))
-                self.schedule(event.symbol)
-        elif not self._ours(event.client_id):
-            if event.is_trade:
-                self._log.warning(AuditEvent.POSITION_FOREIGN, symbol=event.symbol,
-                                  client_order_id=event.client_id, side=event.side.value,
-                                  quantity=str(event.last_qty), price=str(event.last_price),
-                                  note="not execd's order: never touched; its stop still "
-                                       "covers the whole position")
-                self.schedule(event.symbol)
-        elif event.is_final and event.filled_qty > 0:
-            self._spawn(self._report_filled(event))
-            self.schedule(event.symbol)
-
-    def _on_algo(self, event: AlgoUpdate) -> None:
-        if not self._ours(event.client_algo_id):
-            return
-        if event.fired and event.client_algo_id not in self._fired:
-            self._fired[event.client_algo_id] = None      # TRIGGERED, then FINISHED: once
-            while len(self._fired) > 1000:
-                del self._fired[next(iter(self._fired))]
-            leg = "stop_loss" if event.client_algo_id.endswith(Leg.STOP_LOSS.value) else (
-                "take_profit")
-            self._log.warning(AuditEvent.PROTECTIVE_TRIGGERED, symbol=event.symbol,
-                              client_order_id=event.client_algo_id, leg=leg,
-                              trigger_price=str(event.trigger_price), status=event.status)
-        if event.fired:
-            self._spawn(self._journal_algo_end(event))
-        self.schedule(event.symbol)
-
-    async def _journal_fill(self, event: OrderUpdate) -> None:
-        added = await self._journal.add_fill(Fill(
-            event.client_id, event.trade_id, event.symbol, event.side, event.last_qty,
-            event.last_price, event.commission, event.commission_asset, event.realized_pnl,
-            event.trade_time_ms / 1000))
-        if added and int(event.trade_time_ms // 86_400_000) == self._pnl_day:
-            self._pnl[event.symbol] = self._pnl.get(event.symbol, Decimal(0)) + (
-                event.realized_pnl)
-
-    async def _report_filled(self, event: OrderUpdate) -> None:
-        fills = await self._journal.fills_for(event.client_id)
-        self._log.info(AuditEvent.ORDER_FILLED, symbol=event.symbol, source="stream",
-                       client_order_id=event.client_id, status=event.status,
-                       avg_price=str(event.avg_price), executed_qty=str(event.filled_qty),
-                       commission=str(sum((f.commission for f in fills), Decimal(0))),
-                       commission_asset=event.commission_asset or (
-                           fills[0].commission_asset if fills else ""),
-                       realized_pnl=str(sum((f.realized_pnl for f in fills), Decimal(0))))
-
-    async def _journal_algo_end(self, event: AlgoUpdate) -> None:
-        """Journal a protective order of execd's that fired. One that was cancelled, expired
-        or rejected stays ``PLACED`` here: execd journals its own cancels, so any other end
-        is found by the check (the order is gone from the book) and repaired."""
-        if not event.fired:
-            return
-        intent = await self._journal.get_intent(event.client_algo_id)
-        if intent is not None and intent.state is IntentState.PLACED:
-            await self._journal.put_intent(intent.with_state(IntentState.FILLED,
-                                                             now=self._clock.time()))
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        async def run() -> None:
-            try:
-                await work
-            except Exception as error:  # a report must never take the guard down
-                self._log.error(AuditEvent.API_ERROR, operation="stream_event",
-                                error=repr(error))
-
-        task = asyncio.create_task(run())
-        self._fill_tasks.add(task)
-        task.add_done_callback(self._fill_tasks.discard)
 
     # ------------------------------------------------------------------ checks
     def schedule(self, symbol: str) -> None:
@@ -500,7 +393,8 @@ class Guard:
             sleeping.cancel()
 
     async def aclose(self) -> None:
-        tasks = [*self._checks.values(), *self._fill_tasks]
+        await self._reports.aclose()
+        tasks = list(self._checks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

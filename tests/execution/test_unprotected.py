@@ -85,3 +85,25 @@ async def test_alert_mode_leaves_the_position_and_reports(
     assert final.state is SignalState.FAILED
     assert "left open" in final.reason
     assert await admin.position("BTCUSDT") == "0.010"
+
+
+async def test_a_flattening_close_that_fills_in_part_is_followed_by_one_for_the_rest(
+        exchange: ExchangeParts, journal: Journal, admin: Admin,
+        exec_settings: ExecutorSettings) -> None:
+    """Every market order fills 90 % (at least one step): the entry 0.009, the first close
+    0.008 of it, the next the last 0.001 — each close under its own client id, and flat."""
+    await admin.post("faults", {"seed": 1, "rules": [
+        {"endpoint": "POST /fapi/v1/order", "fault": "partial_fill", "probability": 1,
+         "fill_ratio": 0.9}]})
+    executor = executor_for(MarketMovesBeforeTheStop(exchange.gateway, admin, "59000.0"),
+                            exchange, journal, exec_settings)
+    signal = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
+                          "stop_loss": "60000.0"})
+    record, _ = await journal.accept(signal, now=signal.received_at)
+    final = await executor.execute(record)
+    assert final.state is SignalState.FAILED
+    assert "flattened" in final.reason
+    assert await admin.position("BTCUSDT") == "0"
+    closes = [r for r in await admin.orders("order") if r["reduce_only"]]
+    assert [r["executed_qty"] for r in closes] == ["0.008", "0.001"]
+    assert len({r["client_id"] for r in closes}) == 2
