@@ -56,7 +56,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from lib.report import RESULTS_DIR, machine, save
+from lib.report import RESULTS_DIR, machine, save, text_table
 from lib.simproc import Admin, duplicates, sim_toml, simulator
 from lib.workload import MARKETS, TTL_S, make_signals
 
@@ -269,15 +269,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                       str(row["extra_orders"]), str(row["throttled_429"]),
                       str(row["throttled_418"]), str(row["open_positions"]),
                       str(row["unprotected_positions"]), f"{row['wall_s']:.1f}", target])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = []
-    for n, line in enumerate(lines):
-        cells = [c.ljust(w) if i in (0, len(head) - 1) else c.rjust(w)
-                 for i, (c, w) in enumerate(zip(line, widths, strict=True))]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("-" * len(out[0]))
-    return "\n".join(out)
+    return text_table(lines)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -99,7 +99,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from lib.report import RESULTS_DIR, machine, save
+from lib.report import RESULTS_DIR, machine, save, text_table
 from lib.simproc import duplicates, sim_toml, simulator
 
 from app.config import Settings, load_settings
@@ -707,15 +707,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             mark = f"{target}: " + ("-" if not streams else
                                     "met" if checks[key] else "NOT met")
         lines.append([label, *cells, mark])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = []
-    for n, line in enumerate(lines):
-        cells = [c.ljust(w) if i in (0, len(head) - 1) else c.rjust(w)
-                 for i, (c, w) in enumerate(zip(line, widths, strict=True))]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("-" * len(out[0]))
-    return "\n".join(out)
+    return text_table(lines)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,3 +26,18 @@ def save(out: Path, result: Mapping[str, Any]) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out)
+
+
+def text_table(lines: list[list[str]]) -> str:
+    """``lines`` (the head first) as aligned text: the first and last columns left-aligned,
+    the figures between them right-aligned, a rule under the head."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    last = len(widths) - 1
+    out: list[str] = []
+    for n, line in enumerate(lines):
+        cells = [c.ljust(w) if i in (0, last) else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("-" * len(out[0]))
+    return "\n".join(out)
