@@ -18,7 +18,7 @@ import itertools
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "wait_event"]
 
 
 class Clock(Protocol):
@@ -110,3 +110,16 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock(monotonic={self._now}, time={self.time()}, sleepers={self.sleepers})"
+
+
+async def wait_event(event: asyncio.Event, clock: Clock, seconds: float) -> bool:
+    """Until ``event`` is set (True) or ``seconds`` pass on ``clock`` (False), whichever is
+    first."""
+    arrived = asyncio.ensure_future(event.wait())
+    sleeping = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait((arrived, sleeping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        arrived.cancel()
+        sleeping.cancel()
+    return event.is_set()

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.clock import Clock, FakeClock, SystemClock
+from app.clock import Clock, FakeClock, SystemClock, wait_event
 
 
 async def _settle() -> None:
@@ -104,3 +104,17 @@ async def test_system_clock_sleep_zero_returns() -> None:
     before = clock.monotonic()
     await clock.sleep(0)
     assert clock.monotonic() >= before
+
+
+async def test_wait_event_returns_on_the_event_or_after_the_time() -> None:
+    clock = FakeClock()
+    event = asyncio.Event()
+    waiting = asyncio.create_task(wait_event(event, clock, 5.0))
+    await asyncio.sleep(0)
+    event.set()
+    assert await waiting is True
+    late = asyncio.create_task(wait_event(asyncio.Event(), clock, 5.0))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    clock.advance(5.0)
+    assert await late is False

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from app.clock import Clock
+from app.clock import Clock, wait_event
 from app.domain import Side
 from app.exchange.models import AlgoState, OrderState, Position
 from app.exchange.stream_events import (
@@ -238,15 +238,8 @@ class Book:
     # ------------------------------------------------------------------ waiting
     async def wait(self, client_id: str, within_s: float) -> bool:
         """Until an event about ``client_id`` arrives (True) or ``within_s`` seconds pass."""
-        event = self._waiters.setdefault(client_id, asyncio.Event())
-        arrived = asyncio.ensure_future(event.wait())
-        sleeping = asyncio.ensure_future(self._clock.sleep(within_s))
-        try:
-            await asyncio.wait((arrived, sleeping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            arrived.cancel()
-            sleeping.cancel()
-        return event.is_set()
+        return await wait_event(self._waiters.setdefault(client_id, asyncio.Event()),
+                                self._clock, within_s)
 
     def _wake(self, client_id: str) -> None:
         event = self._waiters.pop(client_id, None)

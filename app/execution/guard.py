@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from app.clock import Clock
+from app.clock import Clock, wait_event
 from app.domain import Intent, IntentState, Leg, OrderType, Signal
 from app.errors import ExchangeError
 from app.exchange.models import AlgoState, OrderState, Position
@@ -384,13 +384,7 @@ class Guard:
         return self._settings.fallback_poll_s
 
     async def _wait_resync(self, seconds: float) -> None:
-        resync = asyncio.ensure_future(self._resync.wait())
-        sleeping = asyncio.ensure_future(self._clock.sleep(seconds))
-        try:
-            await asyncio.wait((resync, sleeping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            resync.cancel()
-            sleeping.cancel()
+        await wait_event(self._resync, self._clock, seconds)
 
     async def aclose(self) -> None:
         await self._reports.aclose()
