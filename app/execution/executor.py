@@ -116,7 +116,9 @@ class Executor:
                                           "expired before the order could be sent",
                                           AuditEvent.SIGNAL_EXPIRED)
             except Unprotected as naked:
-                if naked.flattened:
+                if naked.already_flat:
+                    what = "already flat (an earlier stop had closed it)"
+                elif naked.flattened:
                     what = "flattened"
                 elif self.settings.on_unprotected is OnUnprotected.FLATTEN:
                     what = "left open: the flattening close failed"

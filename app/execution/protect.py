@@ -40,12 +40,14 @@ FLATTEN_TRIES = 3
 
 
 class Unprotected(Exception):
-    """The stop-loss could not be placed; ``flattened`` says whether the position was closed."""
+    """The stop-loss could not be placed; ``flattened`` says whether the position is closed
+    now, ``already_flat`` that it was so before execd's close (an older stop fired)."""
 
-    def __init__(self, reason: str, *, flattened: bool) -> None:
+    def __init__(self, reason: str, *, flattened: bool, already_flat: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.flattened = flattened
+        self.already_flat = already_flat
 
 
 class Protector:
@@ -152,19 +154,21 @@ class Protector:
         self._log.critical(AuditEvent.POSITION_UNPROTECTED, reason=reason, action=action.value)
         if action is OnUnprotected.ALERT:
             raise Unprotected(reason, flattened=False)
+        closes = await self._closes(signal)
         flattened = await self.flatten(signal)
-        raise Unprotected(reason, flattened=flattened)
+        raise Unprotected(reason, flattened=flattened,
+                          already_flat=flattened and closes == await self._closes(signal))
 
     async def flatten(self, signal: Signal) -> bool:
         """Close the signal's whole position with reduce-only market orders (leg C, each with
         its own id): a close that fills only in part is followed by one for the rest, up to
         ``FLATTEN_TRIES`` closes. True once flat."""
-        closes = [i for i in await self._journal.intents_for(signal.id) if i.leg is Leg.CLOSE]
-        for attempt in range(len(closes), len(closes) + FLATTEN_TRIES):
+        closes = await self._closes(signal)
+        for attempt in range(closes, closes + FLATTEN_TRIES):
             position = await self._exchange.get_position(signal.symbol,
                                                          priority=Priority.CRITICAL)
             if position is None:
-                if attempt == len(closes):
+                if attempt == closes:
                     self._log.info(AuditEvent.POSITION_FLATTENED, amount="0",
                                    note="already flat")
                 await self.cancel_protective(signal.symbol, reason="flattened")
@@ -192,6 +196,10 @@ class Protector:
                            reason=f"flatten left {still.amount} open after {FLATTEN_TRIES} "
                                   "closes")
         return False
+
+    async def _closes(self, signal: Signal) -> int:
+        """How many closing orders of the signal are journaled (each flatten try adds one)."""
+        return sum(i.leg is Leg.CLOSE for i in await self._journal.intents_for(signal.id))
 
     async def retire(self, intent: Intent, *, reason: str) -> bool:
         """Cancel one protective order; journal it CANCELLED (or FILLED if it had fired).
