@@ -206,7 +206,9 @@ class Metrics:
             # ``signal_failed`` with the journal's (non-final) state, and the label set stays
             # the four final states.
             self._signals.labels(_SIGNAL_STATES[name]).inc()
-        elif name in _ORDER_OUTCOMES:
+        elif name in _ORDER_OUTCOMES and event.get("source") != "stream":
+            # the stream's order_filled reports the fill's figures of an order already
+            # counted from its REST answer
             self._orders.labels(str(event.get("leg") or "unknown"), _ORDER_OUTCOMES[name]).inc()
         elif name == "retry_attempt":
             self._retries.labels(str(event.get("operation") or "unknown")).inc()

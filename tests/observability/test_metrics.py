@@ -98,7 +98,9 @@ def test_order_events_count_by_leg_and_outcome() -> None:
     metrics.tap({"event": "order_rejected", "leg": "T"})
     metrics.tap({"event": "order_unknown_outcome", "leg": "E"})
     metrics.tap({"event": "order_submitted", "leg": "E"})
+    metrics.tap({"event": "order_filled", "source": "stream", "executed_qty": "0.010"})
     assert value(metrics, "execd_orders_total", leg="E", outcome="filled") == 1.0
+    assert value(metrics, "execd_orders_total", leg="unknown", outcome="filled") is None
     assert value(metrics, "execd_orders_total", leg="S", outcome="placed") == 1.0
     assert value(metrics, "execd_orders_total", leg="T", outcome="rejected") == 1.0
     assert value(metrics, "execd_orders_total", leg="E", outcome="unknown") == 1.0
