@@ -202,6 +202,8 @@ class Daemon:
             if stream is not None:
                 self._live_tasks.append(asyncio.create_task(stream.run(),
                                                             name=f"execd-{stream!r:.20}"))
+        for task in self._live_tasks:
+            task.add_done_callback(self._live_task_ended)
         self._stack.push_async_callback(self._stop_live)
         self.recovery = await recover(journal, gateway, execution.sender, execution.executor,
                                       log)
@@ -250,6 +252,14 @@ class Daemon:
                 self.live.market.watch([symbol])
             return found
         return check
+
+    def _live_task_ended(self, task: asyncio.Task[None]) -> None:
+        """The guard and the streams run until shutdown: one that ends early is a bug, said
+        loudly (the position poll and the protection checks stop with it)."""
+        if task.cancelled() or self.log is None:
+            return
+        self.log.critical(AuditEvent.ALERT, kind="live_task_ended", task=task.get_name(),
+                          error=repr(task.exception()))
 
     async def _stop_live(self) -> None:
         for task in self._live_tasks:

@@ -375,6 +375,9 @@ class Guard:
             except ExchangeError as error:
                 self._log.warning(AuditEvent.API_ERROR, operation="reconcile",
                                   error_class=error.error_class, message=error.message)
+            except Exception as error:  # a journal error: reported, the next pass retries
+                self._log.error(AuditEvent.API_ERROR, operation="reconcile",
+                                error_class=type(error).__name__, message=repr(error))
 
     def _poll_interval(self, now: float) -> float:
         """Seconds between position polls while the user stream is down (or off)."""
