@@ -60,6 +60,7 @@ from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.intake.spool import SpoolTail
 from app.journal import Journal
+from app.journal_lock import JournalLock
 from app.observability.alerts import ErrorMonitor
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger, configure_logging
@@ -141,6 +142,10 @@ class Daemon:
     async def _start(self) -> None:
         settings = self.settings
         credentials = settings.require_credentials()
+        # One daemon per journal (SPEC §5.6), before anything else is started or written.
+        lock = JournalLock(settings.journal.path)
+        await lock.acquire()
+        self._stack.push_async_callback(lock.aclose)
         token = await asyncio.to_thread(resolve_api_token, settings, create=True)
         assert token is not None
         audit = configure_logging(
@@ -424,7 +429,8 @@ class Daemon:
 def run(settings: Settings, *, exchange_url: str | None = None, spool: Path | None = None) -> int:
     """`execd run`: start the daemon, serve until SIGTERM/SIGINT, shut down. Returns 0.
 
-    Raises ConfigError for configuration problems found at start (the CLI exits 2).
+    Raises ConfigError for configuration problems found at start (the CLI exits 2) and
+    JournalLocked when another daemon runs on the same journal (the CLI exits 1).
     """
     return asyncio.run(_run(settings, exchange_url=exchange_url, spool=spool))
 

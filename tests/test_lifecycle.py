@@ -18,7 +18,7 @@ import pytest
 from app.domain import SignalState
 from app.journal import Journal
 from app.sim import SimServer
-from tests.daemon_process import DaemonProcess, audit_events, daemon_env, free_port
+from tests.daemon_process import DaemonProcess, audit_events, daemon_env, free_port, run_cli
 from tests.simulator import Admin
 
 TOKEN = "lifecycle-test-token"
@@ -182,3 +182,31 @@ async def test_repeated_sigterm_while_stopping_still_exits_cleanly(tmp_path: Pat
         await daemon.ensure_dead()
     assert code == 0, err
     assert audit_events(tmp_path)[-1]["event"] == "daemon_stopped"
+
+
+@pytest.mark.timeout(120)
+async def test_a_second_daemon_on_the_same_journal_is_refused(tmp_path: Path,
+                                                               sim: SimServer) -> None:
+    """Two daemons on one journal would execute its signals twice: the second exits 1 naming
+    the first's pid, touching nothing; once the first is killed (-9: its lock file stays), a
+    new one starts."""
+    first_env = daemon_env(tmp_path, free_port(), EXECD_API_TOKEN=TOKEN)
+    second_env = daemon_env(tmp_path, free_port(), EXECD_API_TOKEN=TOKEN)
+    first = await DaemonProcess(first_env, "--exchange-url", sim.url).start()
+    try:
+        assert first.proc is not None
+        code, out, err = await run_cli(second_env, "run", "--exchange-url", sim.url)
+        assert code == 1, (out, err)
+        assert f"pid {first.proc.pid}" in err
+        assert "execd ready" not in out
+        assert (tmp_path / "data" / "journal.sqlite3.lock").exists()
+        code, _ = await first.stop(kill=True)
+        assert code == -9
+    finally:
+        await first.ensure_dead()
+    third = await DaemonProcess(second_env, "--exchange-url", sim.url).start()
+    try:
+        code, err = await third.stop()
+    finally:
+        await third.ensure_dead()
+    assert code == 0, err

@@ -49,6 +49,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Imported here so that `execd --help` and the client commands stay light.
     from app import daemon
     from app.errors import ExchangeError
+    from app.journal_lock import JournalLocked
 
     overrides = {"exchange.mode": args.mode, "api.port": args.api_port}
     try:
@@ -60,6 +61,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ExchangeError as exc:
         print(f"execd run: the exchange failed at start-up: {exc.error_class} ({exc.message}); "
               f"{exc.suggested_action}", file=sys.stderr)
+        return 1
+    except JournalLocked as exc:
+        print(f"execd run: {exc}", file=sys.stderr)
         return 1
 
 
