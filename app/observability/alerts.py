@@ -27,6 +27,7 @@ events, so the monitor never feeds on itself. Time comes from the injected `Cloc
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -221,8 +222,10 @@ class ErrorMonitor:
             async with asyncio.timeout(timeout):
                 status = await self._post(url, body, timeout)
         except Exception as error:  # delivery is best effort; the audit event is the record
-            # The URL is not logged: webhook URLs often carry a token.
-            reason = "timed out" if isinstance(error, TimeoutError) else repr(error)
+            # The URL is not logged: webhook URLs often carry a token, and aiohttp's errors
+            # quote the URL they failed on (InvalidURL, ClientResponseError, …).
+            reason = "timed out" if isinstance(error, TimeoutError) else _without_url(
+                repr(error), url)
             self._log.warning(AuditEvent.ALERT, kind=alert.kind, delivery="failed",
                               error=f"webhook {reason}")
             return
@@ -284,3 +287,10 @@ def _message(event: Mapping[str, Any]) -> str:
         if value:
             return str(value)
     return ""
+
+
+def _without_url(text: str, url: str) -> str:
+    """``text`` with the webhook URL, and anything that looks like a URL's path or query
+    after its host, replaced: only the scheme and host stay."""
+    text = text.replace(url, "<webhook url>")
+    return re.sub(r"(https?://[^/\s'\"?#]+)[^\s'\")]*", r"\1/…", text)

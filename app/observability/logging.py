@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -268,4 +269,22 @@ class _PrettyConsole:
         self._renderer = structlog.dev.ConsoleRenderer(colors=colors, timestamp_key="ts")
 
     def __call__(self, event: Mapping[str, Any]) -> str:
-        return self._renderer(None, "msg", dict(event))
+        return self._renderer(None, "msg", {
+            k: _printable(v, _CONTROL_BUT_LINES if k in _MULTILINE else _CONTROL)
+            for k, v in event.items()})
+
+
+#: C0 controls (ESC included), DEL and C1 controls: a value holding them (a signal id, an
+#: exchange message) must not drive the operator's terminal, nor fake a line of its own.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Fields whose lines are the point (a traceback): escaped but for newlines and tabs.
+_MULTILINE = frozenset({"exception", "stack"})
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(value: Any, control: re.Pattern[str]) -> Any:
+    """A string value with the characters ``control`` matches escaped (``\\x1b``); other
+    values as they are."""
+    if isinstance(value, str) and control.search(value):
+        return control.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+    return value

@@ -345,3 +345,15 @@ async def test_listen_key_calls(gateway: Gateway) -> None:
     assert raised.value.code == -1125
     assert key not in str(raised.value)
     assert await gateway.new_listen_key() != key
+
+
+def test_the_exchange_setup_never_shows_its_keys() -> None:
+    """repr/str of the exchange settings (they reach logs and tracebacks) hide the key and
+    the secret (issue 14 finding 8: the old GatewaySettings printed both)."""
+    from app.factory import ExchangeSetup
+
+    setup = ExchangeSetup(base_url="http://127.0.0.1:1", api_key="KEY-abc123",
+                          api_secret="SECRET-xyz789")
+    for text in (repr(setup), str(setup), f"{setup!r} {setup}"):
+        assert "KEY-abc123" not in text
+        assert "SECRET-xyz789" not in text

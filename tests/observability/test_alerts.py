@@ -277,3 +277,24 @@ async def test_aclose_cancels_posts_still_pending_after_the_timeout(
     await asyncio.wait_for(started.wait(), timeout=5)
     await asyncio.wait_for(monitor.aclose(), timeout=5)
     assert monitor.pending_posts == 0
+
+
+async def test_a_failed_webhook_never_logs_its_url(
+    audit: LogHandle, clock: FakeClock, read_events: ReadEvents
+) -> None:
+    """aiohttp's errors quote the URL they failed on, and webhook URLs carry tokens: the
+    logged reason keeps the error's kind and the host, never the path or the query."""
+    url = "https://hooks.example.com/services/T0SECRETPATH/B1?token=tok-SECRET-123"
+
+    async def refused(target: str, body: bytes, timeout_s: float) -> int:
+        import aiohttp
+
+        raise aiohttp.InvalidURL(target)
+
+    monitor = ErrorMonitor(settings(webhook_url=url), clock, audit.logger, post=refused)
+    await feed(monitor, {"event": "ip_banned", "retry_after": 60})
+    await asyncio.wait_for(monitor.aclose(), timeout=5)
+    (failed,) = [a for a in alerts(audit, read_events) if a["level"] == "warning"]
+    assert "InvalidURL" in failed["error"]
+    assert "SECRET" not in failed["error"]
+    assert "token" not in failed["error"]

@@ -221,3 +221,19 @@ def test_taps_see_every_event_redacted_and_a_broken_tap_is_removed(
     assert "audit tap" in capsys.readouterr().err
     lines = handle.current_file().read_bytes().splitlines()
     assert len(lines) == 2
+
+
+def test_the_pretty_console_escapes_control_characters() -> None:
+    """A value holding an escape sequence or a newline (a signal id, an exchange message)
+    cannot drive the operator's terminal or fake a log line; a traceback keeps its lines."""
+    from app.observability.logging import _PrettyConsole
+
+    line = _PrettyConsole(colors=False)({
+        "ts": "2026-12-03T00:00:00.000Z", "level": "warning", "event": "signal_rejected",
+        "signal_id": "evil\x1b[2J\x1b[31m", "message": "one\nfake_event level=critical",
+        "exception": "Traceback\n  File x\x1b[0m"})
+    assert "\x1b" not in line
+    assert "evil\\x1b[2J\\x1b[31m" in line
+    assert "one\nfake_event" not in line
+    assert "x0afake_event" in line
+    assert "Traceback\n  File x\\x1b[0m" in line
