@@ -45,6 +45,15 @@ _T = TypeVar("_T")
 _ASSET: Final = re.compile(r"[A-Z0-9]{2,16}")
 _INVALID_SYMBOL_CODE: Final = -1121  # Binance: "Invalid symbol."
 _PUBLIC: Final = frozenset({"/healthz", "/metrics"})
+_WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
+
+
+def _host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port: ``[::1]:8470`` → ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
 class AccountPort(Protocol):
@@ -137,6 +146,7 @@ class ControlApi:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            self._check_host(request)
             if request.path not in _PUBLIC and request.match_info.http_exception is None:
                 self._authorize(request)
             return await handler(request)
@@ -149,6 +159,20 @@ class ControlApi:
                             path=request.path, error_class=type(error).__name__, exc_info=True)
             return _json(500, {"error": "internal_error",
                                "detail": f"unexpected {type(error).__name__}; see the audit log"})
+
+    def _check_host(self, request: web.Request) -> None:
+        """SPEC §11.2 host check, on every path (``/healthz`` and ``/metrics`` too): a
+        ``Host`` that is not a loopback name or address, nor the configured ``api.host``, is
+        refused (421), so a web page cannot reach the API through DNS rebinding. A wildcard
+        bind (``0.0.0.0``, ``::``) accepts any host: the token guards it."""
+        if self._host in _WILDCARD_HOSTS:
+            return
+        name = _host_name(request.headers.get("Host", ""))
+        if name and (is_loopback(name) or name == self._host.lower()):
+            return
+        raise _Problem(421, {"error": "misdirected_request",
+                             "detail": f"Host {name or '(none)'!r} is not this API's: use "
+                                       f"127.0.0.1, localhost or the configured api.host"})
 
     def _authorize(self, request: web.Request) -> None:
         if not self._token:

@@ -420,3 +420,28 @@ async def test_port_zero_binds_a_free_port(api: ControlApi) -> None:
     """port=0 picks a free port, and url names it."""
     assert api.url.startswith("http://127.0.0.1:")
     assert int(api.url.rsplit(":", 1)[1]) > 0
+
+
+# ------------------------------------------------------------------ the host check
+
+@pytest.mark.parametrize("path", ["/healthz", "/metrics", "/v1/status"])
+async def test_a_foreign_host_is_refused_on_every_path(api: ControlApi,
+                                                       http: aiohttp.ClientSession,
+                                                       path: str) -> None:
+    """DNS rebinding: a page at evil.example whose name now points at 127.0.0.1 sends
+    Host: evil.example — refused with 421, even where no token is needed."""
+    port = api.url.rsplit(":", 1)[1]
+    status, body, _ = await call(http, "GET", f"{api.url}{path}",
+                                 headers={**AUTH, "Host": f"evil.example:{port}"})
+    assert status == 421
+    assert body["error"] == "misdirected_request"
+    assert "evil.example" in body["detail"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "LOCALHOST", "[::1]", "127.0.0.2"])
+async def test_loopback_hosts_are_served(api: ControlApi, http: aiohttp.ClientSession,
+                                         host: str) -> None:
+    port = api.url.rsplit(":", 1)[1]
+    status, _, _ = await call(http, "GET", f"{api.url}/v1/status",
+                              headers={**AUTH, "Host": f"{host}:{port}"})
+    assert status == 200
