@@ -393,7 +393,7 @@ class Daemon:
         return {
             "positions": guard.positions_view(),
             "streams": {"user": stream(live.user), "market": stream(live.market),
-                        "events": dict(guard.events)},
+                        "events": live.user.statistics()["events"] if live.user else {}},
             "protection": {"unprotected_seconds_total": round(guard.naked_seconds_now(), 3)},
             "realized_pnl_today": live.reports.realized_pnl_today(),
         }

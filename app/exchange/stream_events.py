@@ -30,6 +30,7 @@ __all__ = [
     "UserEvent",
     "parse_mark_event",
     "parse_user_event",
+    "wire_name",
 ]
 
 
@@ -149,6 +150,16 @@ class StreamStatus:
 
 
 UserEvent = OrderUpdate | AlgoUpdate | PositionsUpdate | ListenKeyExpired
+
+
+def wire_name(event: UserEvent) -> str:
+    """Binance's name of the event's kind (``e``): ``ORDER_TRADE_UPDATE`` …"""
+    return _WIRE_NAMES[type(event)]
+
+
+_WIRE_NAMES: dict[type, str] = {OrderUpdate: "ORDER_TRADE_UPDATE", AlgoUpdate: "ALGO_UPDATE",
+                                PositionsUpdate: "ACCOUNT_UPDATE",
+                                ListenKeyExpired: "listenKeyExpired"}
 
 
 def _side(value: object, field: str) -> Side:

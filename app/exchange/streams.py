@@ -35,6 +35,7 @@ from app.exchange.stream_events import (
     UserEvent,
     parse_mark_event,
     parse_user_event,
+    wire_name,
 )
 from app.exchange.wsclient import Ended, StreamSettings, Unreachable, WsLoop
 from app.observability.audit import AuditEvent
@@ -122,7 +123,7 @@ class UserStream(WsLoop):
             return None
         if event is None:
             return None
-        self._delivered(type(event).__name__)
+        self._delivered(wire_name(event))
         self._on_event(event)
         if isinstance(event, ListenKeyExpired):
             return Ended("listenKey expired", renew="expired")

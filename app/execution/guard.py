@@ -29,10 +29,6 @@ from app.domain import Intent, IntentState, Leg, OrderType, Signal
 from app.errors import ExchangeError
 from app.exchange.models import AlgoState, OrderState, Position
 from app.exchange.stream_events import (
-    AlgoUpdate,
-    ListenKeyExpired,
-    OrderUpdate,
-    PositionsUpdate,
     StreamKind,
     StreamStatus,
     UserEvent,
@@ -49,12 +45,6 @@ from app.observability.logging import AuditLogger
 from app.resilience.limiter import Priority
 
 __all__ = ["AccountReads", "Guard", "GuardSettings"]
-
-
-#: Binance's name of each event kind (the ``execd_stream_events_total`` label).
-_WIRE_NAMES: dict[type, str] = {OrderUpdate: "ORDER_TRADE_UPDATE", AlgoUpdate: "ALGO_UPDATE",
-                                PositionsUpdate: "ACCOUNT_UPDATE",
-                                ListenKeyExpired: "listenKeyExpired"}
 
 
 class AccountReads(Protocol):
@@ -105,15 +95,12 @@ class Guard:
         self._clock = clock
         self._log = log
         self._prefix = executor_settings.client_id_prefix
-        self._executor_settings = executor_settings
         self._settings = settings
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._naked_since: dict[str, float] = {}
         self.unprotected_seconds = 0.0
         self.user_connected = False
-        self.events: dict[str, int] = {}
-        self._last_event: float | None = None
         self._resync = asyncio.Event()
         self._down_since: float | None = None
         self._owned: dict[str, bool] = {}
@@ -154,9 +141,6 @@ class Guard:
         if isinstance(event, StreamStatus):
             self.on_status(event)
             return
-        self._last_event = self._clock.monotonic()
-        name = _WIRE_NAMES[type(event)]
-        self.events[name] = self.events.get(name, 0) + 1
         self._book.apply(event)
         for symbol in self._reports.on_event(event):
             self.schedule(symbol)
@@ -172,9 +156,6 @@ class Guard:
         elif was:
             self._down_since = self._clock.monotonic()
             self._resync.set()                  # recompute the poll interval now
-
-    def last_event_age_s(self) -> float | None:
-        return None if self._last_event is None else self._clock.monotonic() - self._last_event
 
     # ------------------------------------------------------------------ checks
     def schedule(self, symbol: str) -> None:
@@ -360,7 +341,7 @@ class Guard:
             due_full = last_full + self._settings.reconcile_interval_s
             due = due_full if self.streaming else min(due_full, last + self._poll_interval(now))
             if due > now and not self._resync.is_set():
-                await self._wait_resync(due - now)
+                await wait_event(self._resync, self._clock, due - now)
                 continue                        # the stream's state may have changed: recompute
             full = self._clock.monotonic() >= due_full
             after_connect = self._resync.is_set() and self.streaming
@@ -385,9 +366,6 @@ class Guard:
         if down is not None and now - down < self._settings.catch_up_s:
             return min(self._settings.catch_up_poll_s, self._settings.fallback_poll_s)
         return self._settings.fallback_poll_s
-
-    async def _wait_resync(self, seconds: float) -> None:
-        await wait_event(self._resync, self._clock, seconds)
 
     async def aclose(self) -> None:
         await self._reports.aclose()

@@ -144,7 +144,7 @@ async def test_order_algo_and_position_changes_arrive_typed(sim: SimServer,
     assert (algo.client_algo_id, algo.status, algo.trigger_price, algo.close_position) == (
         "xdS1S", "NEW", Decimal("60000.00"), True)
     stats = stream.statistics()
-    assert stats["events"] == {"OrderUpdate": 2, "PositionsUpdate": 1, "AlgoUpdate": 1}
+    assert stats["events"] == {"ORDER_TRADE_UPDATE": 2, "ACCOUNT_UPDATE": 1, "ALGO_UPDATE": 1}
     age = stream.last_event_age_s()
     assert age is not None
     assert 0 <= age < WITHIN
