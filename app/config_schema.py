@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -64,10 +65,13 @@ def _blank_to_none(value: object) -> object:
     return None if value == "" else value
 
 
-def _check_url(value: str) -> str:
-    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
-        raise ValueError("must be an http:// or https:// URL")
-    return value.rstrip("/")
+def _url_check(scheme: str, article: str) -> Callable[[str], str]:
+    """A validator of ``{scheme}://`` or ``{scheme}s://`` URLs (the trailing ``/`` dropped)."""
+    def check(value: str) -> str:
+        if not re.fullmatch(rf"{scheme}s?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"must be {article} {scheme}:// or {scheme}s:// URL")
+        return value.rstrip("/")
+    return check
 
 
 def _upper(value: object) -> object:
@@ -88,8 +92,10 @@ def _parse_console(value: object) -> object:
     return value
 
 
-Url = Annotated[str, AfterValidator(_check_url)]
+Url = Annotated[str, AfterValidator(_url_check("http", "an"))]
 OptionalUrl = Annotated[Url | None, BeforeValidator(_blank_to_none)]
+WsUrl = Annotated[str, AfterValidator(_url_check("ws", "a"))]
+OptionalWsUrl = Annotated[WsUrl | None, BeforeValidator(_blank_to_none)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_blank_to_none)]
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_to_none)]
 Share = Annotated[float, Field(gt=0, le=1)]
@@ -141,16 +147,6 @@ class ExecutionConfig(BaseModel):
     client_id_prefix: str = Field(default="xd", pattern=r"^[A-Za-z0-9_-]{1,8}$")
     shutdown_timeout_s: float = Field(default=10.0, gt=0, le=600)
     queue_size: int = Field(default=1000, ge=1, le=1_000_000)
-
-
-def _check_ws_url(value: str) -> str:
-    if not re.fullmatch(r"wss?://[^\s/]+(/\S*)?", value):
-        raise ValueError("must be a ws:// or wss:// URL")
-    return value.rstrip("/")
-
-
-OptionalWsUrl = Annotated[Annotated[str, AfterValidator(_check_ws_url)] | None,
-                          BeforeValidator(_blank_to_none)]
 
 
 class StreamConfig(BaseModel):

@@ -45,6 +45,8 @@ _PROTECTIVE: Final = (Leg.STOP_LOSS.value, Leg.TAKE_PROFIT.value)
 _NON_TERMINAL: Final = tuple(s.value for s in SignalState if not s.is_terminal)
 
 _SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at, filled_quantity"
+_FILL_COLUMNS: Final = ("client_id, trade_id, symbol, side, quantity, price, commission, "
+                        "commission_asset, realized_pnl, time")
 _INTENT_COLUMNS: Final = ("signal_id, leg, client_id, symbol, side, order_type, quantity, price, "
                           "reduce_only, state, exchange_id, error_code, error_message, updated_at")
 
@@ -297,7 +299,7 @@ class Journal:
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
                 conn.execute("UPDATE signals SET filled_quantity = ? WHERE id = ?",
-                             (str(quantity), signal_id))
+                             (_text(quantity), signal_id))
 
         await self._run(work)
 
@@ -311,9 +313,8 @@ class Journal:
         def work(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
                 cursor = conn.execute(
-                    "INSERT INTO fills (client_id, trade_id, symbol, side, quantity, price, "
-                    "commission, commission_asset, realized_pnl, time) VALUES "
-                    f"({_marks(row)}) ON CONFLICT DO NOTHING", row)
+                    f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES ({_marks(row)}) "
+                    "ON CONFLICT DO NOTHING", row)
                 return cursor.rowcount == 1
 
         return await self._run(work)
@@ -332,10 +333,8 @@ class Journal:
     async def fills_for(self, client_id: str) -> list[Fill]:
         """The journaled trades of one order, oldest first."""
         def work(conn: sqlite3.Connection) -> list[Fill]:
-            rows = conn.execute(
-                "SELECT client_id, trade_id, symbol, side, quantity, price, commission, "
-                "commission_asset, realized_pnl, time FROM fills WHERE client_id = ? "
-                "ORDER BY time, trade_id", (client_id,))
+            rows = conn.execute(f"SELECT {_FILL_COLUMNS} FROM fills WHERE client_id = ? "
+                                "ORDER BY time, trade_id", (client_id,))
             return [Fill(c, t, sym, Side(side), Decimal(q), Decimal(p), Decimal(n), asset,
                          Decimal(rp), time) for c, t, sym, side, q, p, n, asset, rp, time in rows]
 
@@ -433,7 +432,7 @@ def _select_signal(conn: sqlite3.Connection, signal_id: str) -> SignalRecord | N
 def _signal_record(row: Sequence[Any]) -> SignalRecord:
     body, state, reason, seq, accepted_at, updated_at, filled = row
     return SignalRecord(Signal.from_record(orjson.loads(body)), SignalState(state), reason, seq,
-                        accepted_at, updated_at, Decimal(filled) if filled is not None else None)
+                        accepted_at, updated_at, _decimal(filled))
 
 
 def _intent_row(intent: Intent) -> tuple[object, ...]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TypeVar
 
 from app.clock import Clock, wait_event
 from app.domain import Side
@@ -90,7 +91,6 @@ class Book:
         #: The last word of the stream on recent orders by client id: a regular order's final
         #: state, an algo order's latest (bounded: the oldest are forgotten first).
         self._settled: OrderedDict[str, OrderState | AlgoState] = OrderedDict()
-        self.synced_at: float | None = None         # monotonic time of the last rebuild
 
     # ------------------------------------------------------------------ events
     def apply(self, event: UserEvent) -> None:
@@ -159,48 +159,21 @@ class Book:
         positions are always the whole account's)."""
         touched = self._touched or set()
         self._touched = None
-        fresh_positions = {p.symbol: p for p in positions if p.amount != 0}
-        for symbol in set(self.positions) | set(fresh_positions):
-            if f"P:{symbol}" in touched:
-                continue
-            found = fresh_positions.get(symbol)
-            if found is None:
-                self.positions.pop(symbol, None)
-            else:
-                self._set_position(symbol, found.amount, found.entry_price)
+        _merge(self.positions, {p.symbol: BookPosition(p.symbol, p.amount, p.entry_price)
+                                for p in positions if p.amount != 0}, "P", touched)
+
+        def elsewhere(held: BookOrder | BookAlgo) -> bool:   # a symbol not fetched
+            return only is not None and held.symbol not in only
+
         if orders is not None:
-            self._sync_orders(orders, touched, only)
+            _merge(self.orders, {o.client_id: BookOrder(o.symbol, o.client_id, o.side, o.type,
+                                                        o.status, o.orig_qty, o.executed_qty)
+                                 for o in orders if o.is_open}, "O", touched, elsewhere)
         if algos is not None:
-            self._sync_algos(algos, touched, only)
-        self.synced_at = self._clock.monotonic()
-
-    def _sync_orders(self, orders: Iterable[OrderState], touched: set[str],
-                     only: set[str] | None) -> None:
-        fresh_orders = {o.client_id: o for o in orders if o.is_open}
-        known = {c for c, o in self.orders.items() if only is None or o.symbol in only}
-        for cid in known | set(fresh_orders):
-            if f"O:{cid}" in touched:
-                continue
-            order = fresh_orders.get(cid)
-            if order is None:
-                self.orders.pop(cid, None)
-            else:
-                self.orders[cid] = BookOrder(order.symbol, cid, order.side, order.type,
-                                             order.status, order.orig_qty, order.executed_qty)
-
-    def _sync_algos(self, algos: Iterable[AlgoState], touched: set[str],
-                    only: set[str] | None) -> None:
-        fresh_algos = {a.client_algo_id: a for a in algos if a.is_open}
-        known = {c for c, a in self.algos.items() if only is None or a.symbol in only}
-        for cid in known | set(fresh_algos):
-            if f"A:{cid}" in touched:
-                continue
-            algo = fresh_algos.get(cid)
-            if algo is None:
-                self.algos.pop(cid, None)
-            else:
-                self.algos[cid] = BookAlgo(algo.symbol, cid, algo.side, algo.order_type,
-                                           algo.trigger_price, algo.close_position)
+            _merge(self.algos, {a.client_algo_id: BookAlgo(a.symbol, a.client_algo_id, a.side,
+                                                           a.order_type, a.trigger_price,
+                                                           a.close_position)
+                                for a in algos if a.is_open}, "A", touched, elsewhere)
 
     def abandon_sync(self) -> None:
         """A rebuild failed: keep applying events as before."""
@@ -245,3 +218,21 @@ class Book:
         event = self._waiters.pop(client_id, None)
         if event is not None:
             event.set()
+
+
+_V = TypeVar("_V", BookPosition, BookOrder, BookAlgo)
+
+
+def _merge(held: dict[str, _V], fresh: dict[str, _V], tag: str, touched: set[str],
+           elsewhere: Callable[[_V], bool] | None = None) -> None:
+    """Make ``held`` what the snapshot ``fresh`` says, except for the keys an event changed
+    since the snapshot was asked for (``"{tag}:{key}"`` in ``touched``: the event is newer)
+    and the entries ``elsewhere`` says the snapshot did not cover."""
+    known = {k for k, v in held.items() if elsewhere is None or not elsewhere(v)}
+    for key in known | set(fresh):
+        if f"{tag}:{key}" in touched:
+            continue
+        if key in fresh:
+            held[key] = fresh[key]
+        else:
+            held.pop(key, None)

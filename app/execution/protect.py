@@ -37,6 +37,9 @@ from app.resilience.limiter import Priority
 PROTECT_DEADLINE_S = 30.0
 #: Reduce-only closes one flatten may send (a close can fill only in part).
 FLATTEN_TRIES = 3
+#: How a flatten ended with the position flat: closed by it, or flat before it.
+FLATTENED = "flattened"
+ALREADY_FLAT = "already flat"
 
 
 class Unprotected(Exception):
@@ -69,11 +72,6 @@ class Protector:
         is changing."""
         async with self._locks[symbol]:
             yield
-
-    def busy(self, symbol: str) -> bool:
-        """Whether someone holds the symbol (the guard's checks wait for a quiet symbol)."""
-        lock = self._locks.get(symbol)
-        return lock is not None and lock.locked()
 
     def _intent(self, signal: Signal, leg: Leg, side: Side, order_type: OrderType,
                 price: Decimal) -> Intent:
@@ -154,16 +152,16 @@ class Protector:
         self._log.critical(AuditEvent.POSITION_UNPROTECTED, reason=reason, action=action.value)
         if action is OnUnprotected.ALERT:
             raise Unprotected(reason, flattened=False)
-        closes = await self._closes(signal)
-        flattened = await self.flatten(signal)
-        raise Unprotected(reason, flattened=flattened,
-                          already_flat=flattened and closes == await self._closes(signal))
+        outcome = await self.flatten(signal)
+        raise Unprotected(reason, flattened=outcome is not None,
+                          already_flat=outcome == ALREADY_FLAT)
 
-    async def flatten(self, signal: Signal) -> bool:
+    async def flatten(self, signal: Signal) -> str | None:
         """Close the signal's whole position with reduce-only market orders (leg C, each with
         its own id): a close that fills only in part is followed by one for the rest, up to
-        ``FLATTEN_TRIES`` closes. True once flat."""
-        closes = await self._closes(signal)
+        ``FLATTEN_TRIES`` closes. Returns ``FLATTENED``, ``ALREADY_FLAT`` (no close was
+        needed), or None when the position is still open."""
+        closes = sum(i.leg is Leg.CLOSE for i in await self._journal.intents_for(signal.id))
         for attempt in range(closes, closes + FLATTEN_TRIES):
             position = await self._exchange.get_position(signal.symbol,
                                                          priority=Priority.CRITICAL)
@@ -172,7 +170,7 @@ class Protector:
                     self._log.info(AuditEvent.POSITION_FLATTENED, amount="0",
                                    note="already flat")
                 await self.cancel_protective(signal.symbol, reason="flattened")
-                return True
+                return ALREADY_FLAT if attempt == closes else FLATTENED
             intent = new_intent(self._settings.client_id_prefix, signal.id, signal.symbol,
                                 Leg.CLOSE, position.side.opposite, OrderType.MARKET,
                                 quantity=abs(position.amount), now=self._clock.time(),
@@ -184,22 +182,18 @@ class Protector:
             except (ExchangeError, TimeoutError) as error:
                 self._log.critical(AuditEvent.POSITION_UNPROTECTED,
                                    reason=f"flatten failed: {error}", action="none")
-                return False
+                return None
             closed = placement.state.executed_qty
             self._log.warning(AuditEvent.POSITION_FLATTENED, amount=str(position.amount),
                               closed=str(closed))
         still = await self._exchange.get_position(signal.symbol, priority=Priority.CRITICAL)
         if still is None:
             await self.cancel_protective(signal.symbol, reason="flattened")
-            return True
+            return FLATTENED
         self._log.critical(AuditEvent.POSITION_UNPROTECTED, action="none",
                            reason=f"flatten left {still.amount} open after {FLATTEN_TRIES} "
                                   "closes")
-        return False
-
-    async def _closes(self, signal: Signal) -> int:
-        """How many closing orders of the signal are journaled (each flatten try adds one)."""
-        return sum(i.leg is Leg.CLOSE for i in await self._journal.intents_for(signal.id))
+        return None
 
     async def retire(self, intent: Intent, *, reason: str) -> bool:
         """Cancel one protective order; journal it CANCELLED (or FILLED if it had fired).
