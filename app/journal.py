@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -349,11 +349,28 @@ class Journal:
 
         return await self._run(work)
 
-    async def set_offset(self, name: str, value: int) -> None:
-        """Store the read offset `name` (≥ 0, else ``ValueError``), committed before return."""
+    async def get_offset_file(self, name: str) -> str | None:
+        """The identity of the file the offset `name` was read in (as given to `set_offset`),
+        or None when none was stored."""
+        def work(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT file FROM offsets WHERE name = ?", (name,)).fetchone()
+            return None if row is None else row[0]
+
+        return await self._run(work)
+
+    async def set_offset(self, name: str, value: int, *, file: str | None = None) -> None:
+        """Store the read offset `name` (≥ 0, else ``ValueError``), committed before return.
+        `file`, if given, is the identity of the file it is in, stored beside it; without it
+        the stored identity stays."""
+        await self.set_offsets({name: (value, file)})
+
+    async def set_offsets(self, offsets: Mapping[str, tuple[int, str | None]]) -> None:
+        """Store several offsets, name → (value, file) as for `set_offset`, in one
+        transaction: all or none (``ValueError`` for a bad value, and none is stored)."""
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
-                _set_offset(conn, name, value)
+                for name, (value, file) in offsets.items():
+                    _set_offset(conn, name, value, file)
 
         await self._run(work)
 
@@ -416,11 +433,12 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
 
 
-def _set_offset(conn: sqlite3.Connection, name: str, value: int) -> None:
+def _set_offset(conn: sqlite3.Connection, name: str, value: int, file: str | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"offset {name!r} must be an integer ≥ 0, got {value!r}")
-    conn.execute("INSERT INTO offsets (name, value) VALUES (?, ?) "
-                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+    conn.execute("INSERT INTO offsets (name, value, file) VALUES (?, ?, ?) "
+                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                 "file = COALESCE(excluded.file, offsets.file)", (name, value, file))
 
 
 def _select_signal(conn: sqlite3.Connection, signal_id: str) -> SignalRecord | None:

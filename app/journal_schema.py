@@ -64,4 +64,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX fills_time ON fills (time)",
     ),
+    (
+        # SPEC §4.2 item 4: which file a spool offset is in ("st_dev:st_ino"), so a rotated or
+        # replaced spool is told apart from the one the offset was read in. NULL: not known.
+        "ALTER TABLE offsets ADD COLUMN file TEXT",
+    ),
 )

@@ -355,8 +355,9 @@ async def execution_flows(w: World) -> None:
 
 
 async def spool_flows(w: World, tmp_path: Path, seen: Collector) -> None:
-    """The spool tail: a file shorter than the stored offset (spool_truncated); a path that
-    cannot be read, here a directory (spool_unreadable)."""
+    """The spool tail: a file shorter than the stored offset (spool_truncated); the path
+    naming a new file (spool_rotated); a path that cannot be read, here a directory
+    (spool_unreadable)."""
     spool = tmp_path / "spool" / "signals.jsonl"
     spool.parent.mkdir()
     spool.write_bytes(b"{oops\n{oops again\n")            # rejected lines: nothing executes
@@ -364,6 +365,10 @@ async def spool_flows(w: World, tmp_path: Path, seen: Collector) -> None:
     assert await tail.catch_up() == 2
     spool.write_bytes(b"{x\n")
     assert await tail.catch_up() == 1
+    spool.rename(spool.with_name("signals.jsonl.1"))
+    spool.write_bytes(b"{y\n")
+    assert await tail.catch_up() == 1
+    await tail.aclose()
 
     unreadable = SpoolTail(tmp_path / "spool", w.service, w.journal, SystemClock(), w.log,
                            poll_interval_s=0.05)

@@ -87,7 +87,7 @@ async def test_open_creates_parent_dirs_wal_and_schema_version(tmp_path: Path) -
         conn.close()
         return mode, version
 
-    assert await asyncio.to_thread(inspect) == ("wal", 2)
+    assert await asyncio.to_thread(inspect) == ("wal", len(MIGRATIONS))
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -348,6 +348,28 @@ async def test_offsets_are_none_until_set_then_overwritten(journal: Journal) -> 
     await journal.set_offset("spool", 245)
     await journal.set_offset("other", 7)
     assert (await journal.get_offset("spool"), await journal.get_offset("other")) == (245, 7)
+
+
+async def test_an_offset_keeps_the_identity_of_its_file(journal: Journal) -> None:
+    """The file an offset is in is stored beside it and kept by sets that do not name one
+    (a line accepted with its offset), until another is given."""
+    assert await journal.get_offset_file("spool") is None
+    await journal.set_offset("spool", 0, file="2049:77")
+    await journal.accept(make_signal("s1"), now=NOW, offset=("spool", 80))
+    await journal.set_offset("spool", 90)
+    assert (await journal.get_offset("spool"), await journal.get_offset_file("spool")) == (
+        90, "2049:77")
+    await journal.set_offset("spool", 0, file="2049:78")
+    assert await journal.get_offset_file("spool") == "2049:78"
+
+
+async def test_set_offsets_stores_all_or_none(journal: Journal) -> None:
+    """set_offsets() is one transaction: one bad value and none of them is stored."""
+    await journal.set_offsets({"gen": (1, None), "spool": (0, "1:2")})
+    with pytest.raises(ValueError, match="offset 'spool'"):
+        await journal.set_offsets({"gen": (2, None), "spool": (-1, "1:3")})
+    assert (await journal.get_offset("gen"), await journal.get_offset("spool"),
+            await journal.get_offset_file("spool")) == (1, 0, "1:2")
 
 
 async def test_negative_offset_is_refused(journal: Journal) -> None:

@@ -14,9 +14,16 @@ Each complete line (ending in ``\\n``) goes through `Service.accept` with ``sour
   and skipped; the tail goes on. Validation errors are audited by the service, which sees the two
   spool fields through structlog's bound context; the rest are audited here.
 - **The file** may not exist yet (one ``spool_waiting`` event, then quiet). If it becomes shorter
-  than the offset it was truncated or replaced: ``spool_truncated``, and reading restarts at 0
-  with a new id generation, so new lines at old offsets are not taken for the old ones. A file
-  replaced by a *longer* one is not detected; append only.
+  than the offset it was truncated: ``spool_truncated``, and reading restarts at 0 with a new id
+  generation, so new lines at old offsets are not taken for the old ones.
+- **Rotation.** The file is held open and known by its identity (``st_dev:st_ino``, stored in
+  the journal beside the offset; `app.intake.spool_file`). When the path names another file (a
+  logrotate ``mv`` and a new file, a replacement by rename), the old file is read to its end
+  through the descriptor still open, then the new one from 0 under a new id generation:
+  ``spool_rotated``. While the path names no file, the old one is still tailed. At start, an
+  offset stored for another file than the path's is looked for in the spool's directory by
+  identity (``spool.1``, any name) and read to its end first; if it is gone, ``spool_rotated``
+  says so (``unread_bytes`` null).
 
 All file I/O runs in worker threads, in chunks of at most `CHUNK_BYTES`. `run()` polls every
 ``poll_interval_s`` seconds on the injected clock: a trade-off for portability (no inotify), at
@@ -37,6 +44,7 @@ from structlog.contextvars import bound_contextvars
 from app.clock import Clock
 from app.domain import SignalError
 from app.intake.service import IntakeClosed, IntakeState, Service
+from app.intake.spool_file import SpoolFile, file_id, find_file
 from app.journal import Journal
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
@@ -55,21 +63,16 @@ def spool_name(path: Path) -> str:
 @dataclass(frozen=True, slots=True)
 class _Keys:
     offset: str  # the read offset's name in the journal
-    generation: str  # how many times the file was found truncated
+    generation: str  # how many times the file was found truncated or rotated
     id_prefix: str
+    directory: Path  # where the resolved file lives: where a rotated one is looked for
 
     @classmethod
     def of(cls, path: Path) -> _Keys:
         name = spool_name(path)
         digest = hashlib.sha256(name.encode()).hexdigest()[:10]
-        return cls(name, f"spool-generation:{name.removeprefix('spool:')}",
-                   f"spool-{digest}-")
-
-
-@dataclass(frozen=True, slots=True)
-class _Chunk:
-    size: int  # the file's size when read
-    data: bytes  # up to `limit` bytes from the offset (empty if the file is shorter)
+        resolved = Path(name.removeprefix("spool:"))
+        return cls(name, f"spool-generation:{resolved}", f"spool-{digest}-", resolved.parent)
 
 
 @dataclass(slots=True)
@@ -80,33 +83,6 @@ class _Cursor:
     pos: int  # next byte to read: past `offset` only inside an over-long line
     stored: int  # the offset last committed to the journal
     handled: int = 0
-
-
-def _read(path: Path, offset: int, limit: int) -> _Chunk | None:
-    """In a worker thread: the bytes from `offset`, or None if the file does not exist."""
-    try:
-        with path.open("rb") as file:
-            size = file.seek(0, 2)
-            if size <= offset:
-                return _Chunk(size, b"")
-            file.seek(offset)
-            return _Chunk(size, file.read(limit))
-    except FileNotFoundError:
-        return None
-
-
-def _count_lines(path: Path, start: int, stop: int) -> int:
-    """In a worker thread: the newlines in bytes [start, stop) of the file."""
-    count = 0
-    with path.open("rb") as file:
-        file.seek(start)
-        while start < stop:
-            data = file.read(min(CHUNK_BYTES, stop - start))
-            if not data:
-                break
-            count += data.count(b"\n")
-            start += len(data)
-    return count
 
 
 def _decode(raw: bytes) -> dict[str, object]:
@@ -129,6 +105,8 @@ class SpoolTail:
 
     `poll_interval_s` is seconds between reads in `run()`. One tail per file: two tails on the
     same file and journal would not repeat signals (the ids) but would race on the offset.
+    The file stays open between calls of `catch_up`; `aclose()` closes it (`run()` does so
+    when it ends).
     """
 
     def __init__(self, path: Path, service: Service, journal: Journal, clock: Clock,
@@ -145,36 +123,62 @@ class SpoolTail:
         self._skip: tuple[int, int] | None = None  # over-long line: (start, bytes scanned to)
         self._waiting = False
         self._unreadable: str | None = None
+        self._file: SpoolFile | None = None  # the file the stored offset is in, open
+        self._stored_file: str | None = None  # its identity as the journal has it
+        self._found_as: Path | None = None  # where `_file` was found, rotated while down
 
     def __repr__(self) -> str:
-        return f"<SpoolTail {str(self.path)!r} generation={self._generation}>"
+        return (f"<SpoolTail {str(self.path)!r} generation={self._generation} "
+                f"file={self._stored_file}>")
+
+    async def aclose(self) -> None:
+        """Close the open file (in a worker thread: it waits for a read in progress)."""
+        file, self._file = self._file, None
+        if file is not None:
+            await asyncio.to_thread(file.close)
 
     async def run(self) -> None:
         """Tail the file until cancelled, or until intake closes for shutdown (then return).
 
         While intake is still starting, lines wait. An unreadable file (other than a missing
         one) is audited as ``spool_unreadable`` once and retried."""
-        while True:
-            try:
-                await self.catch_up()
-                self._unreadable = None
-            except IntakeClosed as closed:
-                if closed.state is IntakeState.STOPPING:
-                    return
-            except OSError as error:
-                if repr(error) != self._unreadable:
-                    self._unreadable = repr(error)
-                    self._log.warning(AuditEvent.SPOOL_UNREADABLE, path=str(self.path),
-                                      error=repr(error))
-            await self._clock.sleep(self._poll_interval_s)
+        try:
+            while True:
+                try:
+                    await self.catch_up()
+                    self._unreadable = None
+                except IntakeClosed as closed:
+                    if closed.state is IntakeState.STOPPING:
+                        return
+                except OSError as error:
+                    if repr(error) != self._unreadable:
+                        self._unreadable = repr(error)
+                        self._log.warning(AuditEvent.SPOOL_UNREADABLE, path=str(self.path),
+                                          error=repr(error))
+                await self._clock.sleep(self._poll_interval_s)
+        finally:
+            await self.aclose()
 
     async def catch_up(self) -> int:
-        """Handle every complete line after the stored offset; return how many (accepted,
-        duplicate or rejected; blank lines are not counted).
+        """Handle every complete line after the stored offset, and after a rotation every line
+        of the new file; return how many (accepted, duplicate or rejected; blank lines are not
+        counted).
 
         Raises `IntakeClosed` when the service is not open (the line is left for later) and
         ``OSError`` if the file exists but cannot be read."""
         keys = await self._load_keys()
+        handled = 0
+        while (file := self._file or await self._open(keys)) is not None:
+            at_path = await asyncio.to_thread(file_id, self.path)  # before the last read
+            count, unread = await self._read(keys, file)
+            handled += count
+            if at_path in (None, file.id) or not await self._switch(keys, file, count, unread):
+                break  # still the file at the path (or none is there yet: keep this one)
+        return handled
+
+    async def _read(self, keys: _Keys, file: SpoolFile) -> tuple[int, int]:
+        """Handle the complete lines of `file` after the stored offset: (how many, bytes left
+        after the last complete line)."""
         offset = await self._journal.get_offset(keys.offset) or 0
         cursor = _Cursor(offset, offset, offset)
         if self._skip is not None and self._skip[0] == offset:
@@ -182,11 +186,7 @@ class SpoolTail:
         else:
             self._skip = None  # none, or the offset was moved under us
         while True:
-            chunk = await asyncio.to_thread(_read, self.path, cursor.pos, CHUNK_BYTES)
-            if chunk is None:
-                self._note_missing()
-                break
-            self._waiting = False
+            chunk = await asyncio.to_thread(file.read, cursor.pos, CHUNK_BYTES)
             if chunk.size < cursor.pos:
                 await self._restart(keys, cursor.offset, chunk.size)
                 cursor = _Cursor(0, 0, 0, cursor.handled)
@@ -199,7 +199,7 @@ class SpoolTail:
                 break
         if cursor.stored != cursor.offset:  # blank lines at the end: do not read them again
             await self._journal.set_offset(keys.offset, cursor.offset)
-        return cursor.handled
+        return cursor.handled, max(chunk.size - cursor.offset, 0)
 
     async def _lines(self, keys: _Keys, cursor: _Cursor, data: bytes) -> bool:
         """Handle the complete lines of `data` (read at `cursor.pos`); True to read on."""
@@ -279,7 +279,8 @@ class SpoolTail:
         if at != start:
             if at > start:
                 at, number = 0, 1
-            number += await asyncio.to_thread(_count_lines, self.path, at, start)
+            assert self._file is not None  # lines are only read from the open file
+            number += await asyncio.to_thread(self._file.count_lines, at, start)
             self._anchor = (start, number)
         return number
 
@@ -292,17 +293,75 @@ class SpoolTail:
         if self._keys is None:
             keys = await asyncio.to_thread(_Keys.of, self.path)
             self._generation = await self._journal.get_offset(keys.generation) or 0
+            self._stored_file = await self._journal.get_offset_file(keys.offset)
             self._keys = keys
         return self._keys
 
+    async def _open(self, keys: _Keys) -> SpoolFile | None:
+        """Open the file the stored offset is in: the one at the path; or, if that is another
+        (rotated or replaced while no file was open), the stored one found in the spool's
+        directory, to be read to its end first. None while there is neither."""
+        stored = self._stored_file
+        opened = await asyncio.to_thread(SpoolFile.open, self.path)
+        if opened is not None and stored in (None, opened.id):
+            if stored is None:  # a new spool, or an offset journaled before identities were
+                offset = await self._journal.get_offset(keys.offset) or 0
+                await self._journal.set_offset(keys.offset, offset, file=opened.id)
+                self._stored_file = opened.id
+            self._file, self._waiting = opened, False
+            return opened
+        old = None if stored is None else await asyncio.to_thread(find_file, keys.directory,
+                                                                   stored)
+        if old is not None:
+            if opened is not None:
+                await asyncio.to_thread(opened.close)
+            self._file, self._found_as, self._waiting = old, old.name, False
+            return old
+        if opened is None:
+            self._note_missing()
+            return None
+        assert stored is not None
+        # Replaced while down, and the old file is gone: what it had past the offset is lost.
+        self._waiting = False
+        await self._rotated(keys, stored, opened, lines=0, unread=None, while_down=True)
+        return opened
+
+    async def _switch(self, keys: _Keys, old: SpoolFile, lines: int, unread: int) -> bool:
+        """`old`, read to its end, is no longer the file at the path: go on with the new one.
+        False if there is no new one to open after all (next poll)."""
+        new = await asyncio.to_thread(SpoolFile.open, self.path)
+        if new is None or new.id == old.id:
+            if new is not None:
+                await asyncio.to_thread(new.close)
+            return False
+        await self._rotated(keys, old.id, new, lines=lines, unread=unread,
+                            while_down=self._found_as is not None)
+        await asyncio.to_thread(old.close)
+        return True
+
+    async def _rotated(self, keys: _Keys, old: str, new: SpoolFile, *, lines: int,
+                       unread: int | None, while_down: bool) -> None:
+        """Audit a rotation, then read `new` from 0 under a new generation (the generation,
+        the offset and the file's identity stored in one transaction)."""
+        audit = self._log.info if unread == 0 else self._log.warning
+        audit(AuditEvent.SPOOL_ROTATED, path=str(self.path), old_file=old, new_file=new.id,
+              while_down=while_down,
+              old_found_as=str(self._found_as) if self._found_as is not None else None,
+              old_lines=lines, unread_bytes=unread)
+        self._generation += 1
+        await self._journal.set_offsets({keys.generation: (self._generation, None),
+                                         keys.offset: (0, new.id)})
+        self._file, self._stored_file, self._found_as = new, new.id, None
+        self._anchor, self._skip = (0, 1), None
+
     async def _restart(self, keys: _Keys, offset: int, size: int) -> None:
         """The file is shorter than where we were: read it again from 0 under a new generation
-        (stored first, so a crash in between only bumps it twice)."""
+        (both stored in one transaction)."""
         self._log.warning(AuditEvent.SPOOL_TRUNCATED, path=str(self.path), offset=offset,
                           size=size)
         self._generation += 1
-        await self._journal.set_offset(keys.generation, self._generation)
-        await self._journal.set_offset(keys.offset, 0)
+        await self._journal.set_offsets({keys.generation: (self._generation, None),
+                                         keys.offset: (0, None)})
         self._anchor, self._skip = (0, 1), None
 
     def _note_missing(self) -> None:

@@ -36,6 +36,7 @@ class AuditEvent(StrEnum):
     # the spool source
     SPOOL_WAITING = "spool_waiting"
     SPOOL_TRUNCATED = "spool_truncated"
+    SPOOL_ROTATED = "spool_rotated"
     SPOOL_UNREADABLE = "spool_unreadable"
     # orders
     ORDER_SUBMITTED = "order_submitted"
@@ -120,8 +121,9 @@ GROUPS: tuple[EventGroup, ...] = (
     ),
     EventGroup(
         "spool",
-        "The spool file source (SPEC §4.2): waiting for the file, truncation, read errors.",
-        (_E.SPOOL_WAITING, _E.SPOOL_TRUNCATED, _E.SPOOL_UNREADABLE),
+        "The spool file source (SPEC §4.2): waiting for the file, truncation, rotation, read "
+        "errors.",
+        (_E.SPOOL_WAITING, _E.SPOOL_TRUNCATED, _E.SPOOL_ROTATED, _E.SPOOL_UNREADABLE),
     ),
     EventGroup(
         "orders",

@@ -16,7 +16,7 @@ import structlog
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from app.clock import Clock, FakeClock, SystemClock
+from app.clock import FakeClock, SystemClock
 from app.domain import SignalState
 from app.exchange.symbols import trading_rules
 from app.factory import ExchangeParts
@@ -24,23 +24,8 @@ from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.intake.spool import CHUNK_BYTES, MAX_LINE_BYTES, SpoolTail, spool_name
 from app.journal import Journal
+from tests.intake.conftest import Tail
 from tests.simulator import Admin
-
-Tail = Callable[..., SpoolTail]
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Path:
-    return tmp_path / "spool" / "signals.jsonl"
-
-
-@pytest.fixture
-def tail(spool: Path, service: Service, journal: Journal) -> Tail:
-    def make(clock: Clock | None = None) -> SpoolTail:
-        return SpoolTail(spool, service, journal, clock or SystemClock(),
-                         structlog.get_logger(), poll_interval_s=0.2)
-
-    return make
 
 
 def line(signal_id: str | None = None, **fields: Any) -> bytes:
