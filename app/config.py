@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ __all__ = [
     "Settings",
     "api_token_path",
     "config_dir",
+    "exposed_secret_files",
     "load_settings",
     "resolve_api_token",
     "sim_config_paths",
@@ -324,8 +326,10 @@ def api_token_path(settings: Settings) -> Path:
 
 def resolve_api_token(settings: Settings, *, create: bool) -> str | None:
     """The control API token: ``api.token`` (``EXECD_API_TOKEN``) if set, else the token file;
-    with ``create`` a missing file is generated (32 random bytes, mode 0600). Blocking file I/O:
-    the daemon calls this in a thread."""
+    with ``create`` a missing or empty file is generated (32 random bytes): written to a new
+    mode-0600 file in the same directory (``O_EXCL|O_NOFOLLOW``), fsynced, then renamed onto
+    the token file's name, so a symlink or an existing file there (and its mode) is replaced,
+    never written through. Blocking file I/O: the daemon calls this in a thread."""
     if settings.api.token is not None and settings.api.token.get_secret_value():
         return settings.api.token.get_secret_value()
     path = api_token_path(settings)
@@ -337,7 +341,43 @@ def resolve_api_token(settings: Settings, *, create: bool) -> str | None:
         return token or None
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
+    _write_private(path, token + "\n")
     return token
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` with a new file holding `text`, mode 0600 (blocking)."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def exposed_secret_files(settings: Settings) -> list[tuple[str, Path, int]]:
+    """The secret files that group or others have any access to: (the config key naming
+    the file, its path, its permission bits). Looks at ``exchange.api_key_file``,
+    ``exchange.api_secret_file`` and, unless ``api.token`` is set, the token file
+    (`api_token_path`; key ``api.token``); missing files are skipped. Blocking ``stat`` calls."""
+    candidates = [("exchange.api_key_file", settings.exchange.api_key_file),
+                  ("exchange.api_secret_file", settings.exchange.api_secret_file)]
+    if settings.api.token is None:
+        candidates.append(("api.token", api_token_path(settings)))
+    exposed = []
+    for key, path in candidates:
+        if path is None:
+            continue
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue
+        if mode & 0o077:
+            exposed.append((key, path, mode))
+    return exposed

@@ -97,6 +97,9 @@ OptionalUrl = Annotated[Url | None, BeforeValidator(_blank_to_none)]
 WsUrl = Annotated[str, AfterValidator(_url_check("ws", "a"))]
 OptionalWsUrl = Annotated[WsUrl | None, BeforeValidator(_blank_to_none)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_blank_to_none)]
+#: The shortest control API token accepted when the API listens off loopback (SPEC §11.2).
+MIN_REMOTE_TOKEN_CHARS = 32
+
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_to_none)]
 Share = Annotated[float, Field(gt=0, le=1)]
 Seconds = Annotated[float, Field(gt=0)]
@@ -230,8 +233,15 @@ class ApiConfig(BaseModel):
     @classmethod
     def _token_off_loopback(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         host = info.data.get("host")
-        if value is None and host is not None and not is_loopback(host):
-            raise ValueError(f"required when api.host ({host}) is not a loopback address")
+        if host is None or is_loopback(host):
+            return value
+        if value is None:
+            raise ValueError(f"required when api.host ({host}) is not a loopback address (set "
+                             "api.token or EXECD_API_TOKEN)")
+        if len(value.get_secret_value()) < MIN_REMOTE_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_REMOTE_TOKEN_CHARS} characters when "
+                             f"api.host ({host}) is not a loopback address (set api.token or "
+                             "EXECD_API_TOKEN)")
         return value
 
 

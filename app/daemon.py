@@ -8,7 +8,8 @@ mapping it uses; no component builds another or reaches into another's attribute
 
 Lifecycle, top to bottom:
 
-- start (`Daemon.__aenter__`): check credentials and the API token → audit log → exchange →
+- start (`Daemon.__aenter__`): check credentials and the API token → audit log (and a
+  ``secret_file_exposed`` warning per key or token file others can read) → exchange →
   gateway (time sync, exchangeInfo, limiter) → journal → executor, bus, service → control API
   (``/healthz`` says ``starting``) → restart recovery (§5.6) → intake opens → SIGTERM/SIGINT
   handlers → ``daemon_started`` → ready lines on stdout;
@@ -38,7 +39,13 @@ from typing import Self, TextIO
 
 from app import __version__
 from app.clock import Clock, SystemClock
-from app.config import ConfigError, Settings, resolve_api_token, sim_config_paths
+from app.config import (
+    ConfigError,
+    Settings,
+    exposed_secret_files,
+    resolve_api_token,
+    sim_config_paths,
+)
 from app.control.http_api import ControlApi
 from app.exchange.streams import MarketStream, UserStream
 from app.exchange.symbols import SymbolRules, trading_rules
@@ -159,6 +166,9 @@ class Daemon:
         self._stack.push_async_callback(audit.aclose)
         self.log = log = audit.logger
         self._stack.callback(self._emit_stopped)
+        for key, path, mode in await asyncio.to_thread(exposed_secret_files, settings):
+            log.warning(AuditEvent.SECRET_FILE_EXPOSED, key=key, path=str(path),
+                        mode=f"{mode:04o}")
         audit.add_tap(self.metrics.tap)
         self.monitor = monitor = ErrorMonitor(settings.monitor, self.clock, log)
         audit.add_tap(monitor.tap)

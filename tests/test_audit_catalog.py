@@ -441,12 +441,18 @@ async def prepare_journal(path: Path) -> str:
     return signal.id
 
 
+def loose_token_file(path: Path) -> None:
+    path.write_text("catalog-token-" + "x" * 32 + "\n", encoding="utf-8")
+    path.chmod(0o644)
+
+
 async def daemon_flow(tmp_path: Path) -> set[str]:
     """An in-process daemon (embedded simulator, DEBUG audit): start-up with restart recovery
     of a SENDING intent, signals over the control API (accepted with leverage, margin type and
     protection; a duplicate; a malformed one), position, balance and cancel-all through the
-    API, a spool file that does not exist yet, an outage that opens a breaker (alert), stop.
-    Returns the event names of its audit files."""
+    API, a spool file that does not exist yet, an outage that opens a breaker (alert), stop;
+    its token file readable by others (secret_file_exposed). Returns the event names of its
+    audit files."""
     root = tmp_path / "daemon"
     settings = load_settings(overrides={
         "audit.log_dir": str(root / "audit"), "audit.console": False, "audit.level": "DEBUG",
@@ -456,6 +462,7 @@ async def daemon_flow(tmp_path: Path) -> set[str]:
         "monitor.error_rate_per_min": 1000,
     }, environ={})
     recovered = await prepare_journal(settings.journal.path)
+    await asyncio.to_thread(loose_token_file, settings.journal.path.parent / "api-token")
     async with Daemon(settings, spool=root / "spool" / "signals.jsonl",
                       out=io.StringIO()) as daemon:
         serving = asyncio.create_task(daemon.serve())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,8 +16,11 @@ from app.config import (
     ConfigError,
     ExchangeMode,
     Settings,
+    api_token_path,
     config_dir,
+    exposed_secret_files,
     load_settings,
+    resolve_api_token,
 )
 
 KEY, SECRET, TOKEN = "k3y-A1b2C3d4E5f6", "s3cr3t-Z9y8X7w6V5u4", "t0ken-Q1w2E3r4T5y6"
@@ -284,3 +288,65 @@ def test_every_key_is_documented() -> None:
         assert f"### `[{section}]`" in doc
         for key in keys:
             assert f"| `{key}` |" in doc, f"{section}.{key} is not documented"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_short_token_off_loopback_is_refused(root: Path) -> None:
+    """Off loopback a token under 32 characters is refused, naming api.token and
+    EXECD_API_TOKEN, never echoing the token."""
+    env = {"EXECD_API__HOST": "0.0.0.0", "EXECD_API_TOKEN": "x" * 31}
+    with pytest.raises(ConfigError, match=r"api\.token: must be at least 32 characters") as info:
+        _load(root, environ=env)
+    assert "EXECD_API_TOKEN" in str(info.value)
+    assert "x" * 31 not in str(info.value)
+    settings = _load(root, environ=env | {"EXECD_API_TOKEN": "x" * 32})
+    assert settings.api.token is not None
+
+
+def test_generated_token_replaces_a_symlink_without_writing_through_it(
+        root: Path, tmp_path: Path) -> None:
+    """A symlink where the token file goes (to an empty file elsewhere) is replaced by a
+    0600 file; the file it pointed to is untouched."""
+    settings = _load(root, environ={"EXECD_JOURNAL__PATH": str(tmp_path / "d" / "j.sqlite3")})
+    path = api_token_path(settings)
+    path.parent.mkdir()
+    target = _write(tmp_path / "elsewhere", "")
+    target.chmod(0o644)
+    path.symlink_to(target)
+    token = resolve_api_token(settings, create=True)
+    assert token is not None
+    assert target.read_text(encoding="utf-8") == ""
+    assert not path.is_symlink()
+    assert (path.read_text(encoding="utf-8"), _mode(path)) == (token + "\n", 0o600)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["api-token"]  # no temp file left
+
+
+def test_generated_token_replaces_an_empty_loose_file(root: Path, tmp_path: Path) -> None:
+    """An empty token file of mode 0644 is replaced by a generated one of mode 0600."""
+    settings = _load(root, environ={"EXECD_JOURNAL__PATH": str(tmp_path / "j.sqlite3")})
+    path = _write(api_token_path(settings), "")
+    path.chmod(0o644)
+    assert resolve_api_token(settings, create=True)
+    assert _mode(path) == 0o600
+
+
+def test_loose_secret_files_are_listed(root: Path, tmp_path: Path) -> None:
+    """Key and token files that group or others can read are listed with their key and mode;
+    0600 ones are not."""
+    key = _write(tmp_path / "key", KEY)
+    secret = _write(tmp_path / "secret", SECRET)
+    key.chmod(0o640)
+    secret.chmod(0o600)
+    env = {"EXECD_JOURNAL__PATH": str(tmp_path / "j.sqlite3"),
+           "EXECD_EXCHANGE__API_KEY_FILE": str(key),
+           "EXECD_EXCHANGE__API_SECRET_FILE": str(secret)}
+    token = _write(tmp_path / "api-token", TOKEN)
+    token.chmod(0o644)
+    assert exposed_secret_files(_load(root, environ=env)) == [
+        ("exchange.api_key_file", key, 0o640), ("api.token", token, 0o644)]
+    token.chmod(0o600)
+    assert exposed_secret_files(_load(root, environ=env)) == [
+        ("exchange.api_key_file", key, 0o640)]

@@ -8,6 +8,7 @@ daemon's control API, ``logs`` reads the audit files.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,8 +53,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from app.journal_lock import JournalLocked
 
     overrides = {"exchange.mode": args.mode, "api.port": args.api_port}
+    previous_umask: int | None = None
     try:
         settings = load_settings(args.config, overrides)
+        # Before anything is created: the journal, its lock, the token and the audit files
+        # are the owner's alone (0600, directories 0700). Given back for in-process callers.
+        previous_umask = os.umask(0o077)
         return daemon.run(settings, exchange_url=args.exchange_url, spool=args.spool)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
@@ -65,6 +70,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except JournalLocked as exc:
         print(f"execd run: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if previous_umask is not None:
+            os.umask(previous_umask)
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:

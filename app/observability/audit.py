@@ -24,6 +24,7 @@ class AuditEvent(StrEnum):
     DAEMON_STARTED = "daemon_started"
     DAEMON_STOPPING = "daemon_stopping"
     DAEMON_STOPPED = "daemon_stopped"
+    SECRET_FILE_EXPOSED = "secret_file_exposed"
     # signals
     SIGNAL_RECEIVED = "signal_received"
     SIGNAL_ACCEPTED = "signal_accepted"
@@ -102,8 +103,9 @@ _E = AuditEvent
 GROUPS: tuple[EventGroup, ...] = (
     EventGroup(
         "lifecycle",
-        "The daemon process: start (mode, exchange URL, log file), stop requested, stopped.",
-        (_E.DAEMON_STARTED, _E.DAEMON_STOPPING, _E.DAEMON_STOPPED),
+        "The daemon process: start (mode, exchange URL, log file), stop requested, stopped; "
+        "a key or token file that others can read, found at start.",
+        (_E.DAEMON_STARTED, _E.DAEMON_STOPPING, _E.DAEMON_STOPPED, _E.SECRET_FILE_EXPOSED),
     ),
     EventGroup(
         "signals",
