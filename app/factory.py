@@ -18,6 +18,7 @@ Two kinds of thing live here:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,9 +33,10 @@ from app.config_schema import (
     RetryConfig,
     StreamConfig,
 )
+from app.exchange.classify import is_breaker_failure
 from app.exchange.client import BinanceClient
 from app.exchange.endpoints import BreakerGroup
-from app.exchange.gateway import Gateway, is_breaker_failure
+from app.exchange.gateway import Gateway
 from app.exchange.limits import buckets_from_rate_limits
 from app.exchange.streams import MarketStream, StreamSettings, UserStream
 from app.exchange.symbol_cache import SymbolCache
@@ -133,14 +135,18 @@ class ExchangeSetup:
     api_secret: str
     recv_window_ms: int = 5000
     timeout_s: float = 10.0
+    #: Establishing a new connection (TCP and TLS), within ``timeout_s``.
+    connect_timeout_s: float = 3.0
     limiter: LimiterSettings = field(default_factory=LimiterSettings)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     #: Consecutive connection-level failures before the HTTP session is replaced.
     session_reset_after: int = 3
-    #: exchangeInfo expiry, and the least time between reloads forced by precision errors.
+    #: exchangeInfo expiry (then reloaded in the background), the least time between reloads
+    #: forced by precision errors, and the wait before a failed reload is tried again.
     exchange_info_ttl_s: float = 86_400.0
     exchange_info_min_refresh_s: float = 60.0
+    exchange_info_retry_s: float = 60.0
 
     def __repr__(self) -> str:  # the keys never leave (DEVELOPERS.md non-negotiable 6)
         return f"ExchangeSetup(base_url={self.base_url!r}, api_key=***, api_secret=***)"
@@ -154,6 +160,7 @@ def exchange_setup(settings: Settings, credentials: Credentials, base_url: str) 
         api_secret=credentials.api_secret.get_secret_value(),
         recv_window_ms=settings.exchange.recv_window_ms,
         timeout_s=settings.exchange.request_timeout_s,
+        connect_timeout_s=settings.exchange.connect_timeout_s,
         limiter=limiter_settings(settings.rate_limit),
         breaker=breaker_settings(settings.breaker),
         retry=retry_settings(settings.retry),
@@ -171,18 +178,24 @@ class ExchangeParts:
     symbols: SymbolCache
     breakers: Mapping[BreakerGroup, CircuitBreaker]
     limiter: WeightLimiter
-    buckets: list[BucketSpec]
+
+    @property
+    def buckets(self) -> list[BucketSpec]:
+        """The limiter's buckets now (from the last ``rateLimits``)."""
+        return self.gateway.buckets
 
 
 @contextlib.asynccontextmanager
 async def open_exchange(setup: ExchangeSetup, clock: Clock,
                         log: AuditLogger) -> AsyncIterator[ExchangeParts]:
     """Build the exchange side, start it (time sync, exchangeInfo), give the gateway its
-    limiter; close everything on exit. Raises what the first calls raise (`ExchangeError`)."""
+    limiter, and start the background exchangeInfo refresh (`SymbolCache.run`); close
+    everything on exit. Raises what the first calls raise (`ExchangeError`)."""
     async with contextlib.AsyncExitStack() as stack:
         gateway: Gateway   # bound below: the listeners call into it only once it exists
         client = BinanceClient(setup.api_key, setup.api_secret, base_url=setup.base_url,
                                recv_window_ms=setup.recv_window_ms, timeout_s=setup.timeout_s,
+                               connect_timeout_s=setup.connect_timeout_s,
                                on_response=lambda call: gateway.on_response(call))
         stack.push_async_callback(client.close_connection)
         timesync = TimeSync(lambda: gateway.server_time_ms(), clock,
@@ -190,7 +203,9 @@ async def open_exchange(setup: ExchangeSetup, clock: Clock,
         symbols = SymbolCache(lambda: gateway.exchange_info(), clock,
                               ttl_s=setup.exchange_info_ttl_s,
                               min_refresh_interval_s=setup.exchange_info_min_refresh_s,
-                              on_refresh=lambda *info: gateway.on_exchange_info(*info))
+                              retry_s=setup.exchange_info_retry_s,
+                              on_refresh=lambda refresh: gateway.on_exchange_info(refresh),
+                              on_failure=lambda *failed: gateway.on_exchange_info_failed(*failed))
         stack.push_async_callback(symbols.close)
         breakers = {
             group: CircuitBreaker(group.value, clock, setup.breaker,
@@ -209,7 +224,14 @@ async def open_exchange(setup: ExchangeSetup, clock: Clock,
                                 on_warning=gateway.on_rate_warning)
         stack.push_async_callback(limiter.close)
         gateway.use_limiter(limiter, buckets)
-        yield ExchangeParts(gateway, client, timesync, symbols, breakers, limiter, buckets)
+        refresher = asyncio.create_task(symbols.run(), name="execd-exchange-info")
+        stack.push_async_callback(_cancel, refresher)
+        yield ExchangeParts(gateway, client, timesync, symbols, breakers, limiter)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)

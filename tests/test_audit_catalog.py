@@ -201,6 +201,21 @@ async def session_reset_flow(log: AuditLogger) -> None:
             assert await gateway.mark_price("BTCUSDT") == Decimal("65000.00000000")
 
 
+async def exchange_info_flow(log: AuditLogger, seen: Collector) -> None:
+    """The rules expire (0.3 s here) while the exchange refuses exchangeInfo: the background
+    reload fails (exchange_info_refresh_failed) and the rules in place stay."""
+    async with SimServer(quiet_sim_config()) as sim, aiohttp.ClientSession() as session:
+        admin = Admin(session, sim.url)
+        async with started_exchange(sim, log, retry=fast_retry(0),
+                                    exchange_info_ttl_s=0.3) as exchange:
+            await admin.post("faults", {"seed": 0, "rules": [
+                {"endpoint": "GET /fapi/v1/exchangeInfo", "fault": "service_unavailable",
+                 "probability": 1.0}]})
+            async with asyncio.timeout(10):
+                await seen.wait_for("exchange_info_refresh_failed")
+            assert "BTCUSDT" in exchange.symbols
+
+
 async def throttling_flow(log: AuditLogger, seen: Collector) -> None:
     """Small weight windows (20 per 2 s): our own use passes the warning share
     (rate_limit_warning); another client on our IP exhausts a window so our call gets a 429
@@ -408,6 +423,7 @@ async def component_flows(tmp_path: Path) -> set[str]:
     try:
         await breaker_flow(log)
         await session_reset_flow(log)
+        await exchange_info_flow(log, seen)
         await throttling_flow(log, seen)
         await stream_flow(log, seen)
         await live_flow(tmp_path, log, seen)

@@ -46,6 +46,19 @@ NOT_APPLIED_TEXTS = ("Service Unavailable", "Request occur unknown error",
 UNKNOWN_TEXTS = ("Unknown error",)
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,16})")
 
+#: Rejections that may mean our exchangeInfo is stale: reload it (rate-limited).
+PRECISION_CODES = frozenset({-1111, -4014, -4023})
+
+
+def is_breaker_failure(exc: BaseException) -> bool:
+    """Failures that say the exchange is unwell; rejections and rate limits are not."""
+    return isinstance(exc, TransientError | UnknownOutcome)
+
+
+def placement_may_retry(exc: BaseException) -> bool:
+    """An order request may be sent again only if it certainly did not execute (§5.3.4)."""
+    return isinstance(exc, TransientError | RateLimited | ClockSkew)
+
 
 def classify_answer(status: int, code: int | None, message: str, *, endpoint: str = "",
                     retry_after: float | None = None, now: float | None = None
@@ -112,6 +125,11 @@ def classify_exception(exc: BaseException, *, endpoint: str = "", now: float | N
                               endpoint=endpoint)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return TransientError(f"connection failed before sending: {exc.os_error}",
+                              endpoint=endpoint)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        # Raised only while getting a connection (``exchange.connect_timeout_s``, or the total
+        # timeout running out first): the request was never written.
+        return TransientError("no connection within the timeout (nothing sent)",
                               endpoint=endpoint)
     if isinstance(exc, TimeoutError):
         return UnknownOutcome("timed out waiting for the answer", endpoint=endpoint)

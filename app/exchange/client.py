@@ -3,8 +3,9 @@
 ``BinanceClient`` is python-binance's ``AsyncClient`` (pinned: 1.0.37) with three changes, each
 because the library has no public way to do it:
 
-* the constructor takes the base URL (``{base}/fapi``) and recvWindow explicitly, instead of
-  ``create()``, which pings the *spot* API (research/libraries.md §1.1);
+* the constructor takes the base URL (``{base}/fapi``), recvWindow and the timeouts (total and
+  connect) explicitly, instead of ``create()``, which pings the *spot* API
+  (research/libraries.md §1.1);
 * ``_handle_response`` hands every response's status and headers to a listener before the
   library parses it. It runs inside the calling task, so a context variable set by the gateway
   says which call the response belongs to (``client.response`` is shared mutable state and is
@@ -46,8 +47,13 @@ class BinanceClient(AsyncClient):  # type: ignore[misc]  # python-binance ships 
     """``AsyncClient`` pointed at ``base_url`` with explicit timeout and recvWindow."""
 
     def __init__(self, api_key: str, api_secret: str, *, base_url: str, recv_window_ms: int,
-                 timeout_s: float, on_response: ResponseListener) -> None:
-        super().__init__(api_key, api_secret, requests_params={"timeout": timeout_s})
+                 timeout_s: float, on_response: ResponseListener,
+                 connect_timeout_s: float | None = None) -> None:
+        """``timeout_s``: the whole request; ``connect_timeout_s``: establishing a new
+        connection (TCP and TLS), within it. python-binance passes ``requests_params`` to every
+        request, where they override a session-level timeout (research/libraries.md §1.6)."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        super().__init__(api_key, api_secret, requests_params={"timeout": timeout})
         self._on_response = on_response
         # Instance attributes win over the class's hard-coded production URLs.
         self.FUTURES_URL = f"{base_url.rstrip('/')}/fapi"

@@ -36,10 +36,10 @@ from app.errors import (
     UnknownOutcome,
 )
 from app.exchange import endpoints as ep
-from app.exchange.classify import classify_exception
+from app.exchange.classify import PRECISION_CODES, classify_exception, placement_may_retry
 from app.exchange.client import CURRENT_CALL, BinanceClient, CallContext
 from app.exchange.endpoints import BreakerGroup, Endpoint
-from app.exchange.limits import costs_for, header_names
+from app.exchange.limits import buckets_from_rate_limits, costs_for, header_names, successors
 from app.exchange.models import (
     AlgoState,
     Balance,
@@ -48,8 +48,8 @@ from app.exchange.models import (
     OrderState,
     Position,
 )
-from app.exchange.symbol_cache import SymbolCache
-from app.exchange.symbols import RateLimit, format_price, format_qty
+from app.exchange.symbol_cache import InfoRefresh, SymbolCache
+from app.exchange.symbols import format_price, format_qty
 from app.exchange.timesync import TimeSync
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
@@ -58,20 +58,6 @@ from app.resilience.limiter import BucketSpec, Priority, WeightLimiter
 from app.resilience.retry import RetryInfo, RetryPolicy, should_retry
 
 T = TypeVar("T")
-
-#: Rejections that may mean our exchangeInfo is stale: reload it (rate-limited).
-PRECISION_CODES = frozenset({-1111, -4014, -4023})
-
-
-def is_breaker_failure(exc: BaseException) -> bool:
-    """Failures that say the exchange is unwell; rejections and rate limits are not."""
-    return isinstance(exc, TransientError | UnknownOutcome)
-
-
-def placement_may_retry(exc: BaseException) -> bool:
-    """An order request may be sent again only if it certainly did not execute (§5.3.4)."""
-    return isinstance(exc, TransientError | RateLimited | ClockSkew)
-
 
 @dataclass(frozen=True, slots=True)
 class _Route:
@@ -112,7 +98,7 @@ class Gateway:
     async def start(self) -> None:
         """Sync time and load exchangeInfo (unlimited: the limiter comes from its answer)."""
         await self._timesync.sync()
-        await self._symbols.load()
+        await self._symbols.load("start")
 
     def use_limiter(self, limiter: WeightLimiter, buckets: list[BucketSpec]) -> None:
         """Limit every call from now on; ``buckets`` are the limiter's, from ``rateLimits``."""
@@ -120,6 +106,11 @@ class Gateway:
         self._buckets = buckets
         self._header_buckets = header_names(buckets)
         self._routes = {}
+
+    @property
+    def buckets(self) -> list[BucketSpec]:
+        """The limiter's buckets as they are now (rebuilt when ``rateLimits`` change)."""
+        return list(self._buckets)
 
     # ------------------------------------------------------------------ the pipeline
     #
@@ -218,7 +209,7 @@ class Gateway:
             self._timesync.reset()
             await self._timesync.sync()
         elif error.code in PRECISION_CODES:
-            await self._symbols.refresh_on_precision_error()
+            self._symbols.refresh_on_precision_error()     # in the background: never waited for
         connection_level = isinstance(error, TransientError | UnknownOutcome) and (
             error.http_status is None)
         if connection_level:
@@ -288,9 +279,28 @@ class Gateway:
                                                    self._client.futures_exchange_info)
         return info
 
-    def on_exchange_info(self, symbols: int, rate_limits: list[RateLimit]) -> None:
-        self._log.info(AuditEvent.EXCHANGE_INFO_REFRESHED, symbols=symbols, rate_limits=[
-            f"{r.rate_limit_type} {r.limit}/{r.interval_num} {r.interval}" for r in rate_limits])
+    def on_exchange_info(self, refresh: InfoRefresh) -> None:
+        """Before the symbol cache serves new rules: rebuild the limiter's buckets if the
+        ``rateLimits`` changed them (counts carry: ``WeightLimiter.reconfigure``); audit. A
+        ``ValueError`` (unusable limits) fails the load: old rules and buckets stay."""
+        rebuilt = False
+        if self._limiter is not None:
+            buckets = buckets_from_rate_limits(refresh.rate_limits)
+            if rebuilt := set(buckets) != set(self._buckets):
+                self._limiter.reconfigure(buckets, successors(self._buckets, buckets))
+                self.use_limiter(self._limiter, buckets)
+        limits = [f"{r.rate_limit_type} {r.limit}/{r.interval_num} {r.interval}"
+                  for r in refresh.rate_limits]
+        self._log.info(AuditEvent.EXCHANGE_INFO_REFRESHED, cause=refresh.cause,
+                       symbols=refresh.symbols, added=refresh.added, removed=refresh.removed,
+                       rate_limits=limits, rate_limits_changed=refresh.rate_limits_changed,
+                       limiter_rebuilt=rebuilt)
+
+    def on_exchange_info_failed(self, cause: str, error: Exception, retry_in_s: float) -> None:
+        """A load of exchangeInfo failed: the rules in place stay in use."""
+        self._log.warning(AuditEvent.EXCHANGE_INFO_REFRESH_FAILED, cause=cause,
+                          error_class=type(error).__name__, error=str(error),
+                          retry_in_s=round(retry_in_s, 3), age_s=self._symbols.age_s)
 
     async def mark_price(self, symbol: str) -> Decimal:
         raw = await self._call(ep.MARK_PRICE, lambda: self._client.futures_mark_price(

@@ -34,6 +34,23 @@ def buckets_from_rate_limits(rate_limits: Iterable[RateLimit]) -> list[BucketSpe
     return buckets
 
 
+def successors(old: Iterable[BucketSpec], new: Iterable[BucketSpec]) -> dict[str, str]:
+    """Which new bucket continues which old one whose window changed (``weight:1m`` →
+    ``weight:2m``): the old buckets that are gone and the new ones that were not there are
+    paired within a kind (weight, orders) in order of window length; the unpaired ones have
+    no successor / predecessor. Feeds ``WeightLimiter.reconfigure``."""
+    old, new = list(old), list(new)
+    old_names, new_names = {b.name for b in old}, {b.name for b in new}
+    pairs: dict[str, str] = {}
+    for kind in _KINDS.values():
+        gone = sorted((b for b in old if b.name.startswith(f"{kind}:")
+                       and b.name not in new_names), key=lambda b: b.interval_s)
+        came = sorted((b for b in new if b.name.startswith(f"{kind}:")
+                       and b.name not in old_names), key=lambda b: b.interval_s)
+        pairs.update((a.name, b.name) for a, b in zip(gone, came, strict=False))
+    return pairs
+
+
 def costs_for(endpoint: Endpoint, buckets: Iterable[BucketSpec], *, has_symbol: bool = True
               ) -> dict[str, int]:
     """The cost of one call of ``endpoint`` in every bucket it touches."""

@@ -75,6 +75,7 @@ class AuditEvent(StrEnum):
     # exchange housekeeping
     TIME_SYNCED = "time_synced"
     EXCHANGE_INFO_REFRESHED = "exchange_info_refreshed"
+    EXCHANGE_INFO_REFRESH_FAILED = "exchange_info_refresh_failed"
     # streams
     STREAM_CONNECTED = "stream_connected"
     STREAM_DISCONNECTED = "stream_disconnected"
@@ -177,8 +178,10 @@ GROUPS: tuple[EventGroup, ...] = (
     ),
     EventGroup(
         "housekeeping",
-        "Server-time offset measurements and exchangeInfo refreshes (SPEC §6.2).",
-        (_E.TIME_SYNCED, _E.EXCHANGE_INFO_REFRESHED),
+        "Server-time offset measurements and exchangeInfo refreshes (SPEC §6.2): at start, "
+        "every 24 h in the background, after a precision rejection; a failed one keeps the "
+        "rules in place and is tried again.",
+        (_E.TIME_SYNCED, _E.EXCHANGE_INFO_REFRESHED, _E.EXCHANGE_INFO_REFRESH_FAILED),
     ),
     EventGroup(
         "streams",

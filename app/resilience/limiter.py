@@ -165,6 +165,44 @@ class WeightLimiter:
         self._banned_until = max(self._banned_until, until)
         self._drain()
 
+    def reconfigure(self, buckets: list[BucketSpec],
+                    renamed: Mapping[str, str] | None = None) -> None:
+        """Replace the buckets (the exchange published new limits) without forgetting what was
+        spent: a bucket of the same name, or the new name ``renamed`` gives an old one (its
+        window length changed), continues from the old one (``Bucket.take_over``: same window,
+        every count carries; another window, our own admissions are recounted from the log).
+        A new bucket with no predecessor starts empty; an old one with no successor is dropped.
+
+        Queued waiters keep their place; their costs move to the renamed buckets and are
+        dropped for buckets that no longer exist. A waiter whose cost is now above a bucket's
+        budget fails with ``ValueError``, as `acquire` would. Raises ``ValueError`` (and
+        changes nothing) when a spec leaves no budget."""
+        renamed = dict(renamed or {})
+        predecessor = {new: old for old, new in renamed.items()}
+        now = self.now()
+        fresh: dict[str, Bucket] = {}
+        for spec in buckets:
+            bucket = Bucket(spec, self._settings)          # raises before anything changed
+            old = self._buckets.get(spec.name) or self._buckets.get(
+                predecessor.get(spec.name, ""))
+            if old is not None:
+                bucket.take_over(old, now)
+            fresh[spec.name] = bucket
+        self._buckets = fresh
+        for queue in self._queues.values():
+            for waiter in list(queue):
+                waiter.costs = _moved(waiter.costs, fresh, renamed)
+                too_big = [name for name, cost in waiter.costs.items()
+                           if cost > fresh[name].budget]
+                if too_big and not waiter.future.done():
+                    name = too_big[0]
+                    waiter.future.set_exception(ValueError(
+                        f"cost {waiter.costs[name]} for bucket {name!r} outside "
+                        f"0..{fresh[name].budget} after the limits changed"))
+                if waiter.future.done():
+                    queue.remove(waiter)
+        self._drain()
+
     @property
     def banned_until(self) -> float:
         return self._banned_until
@@ -329,6 +367,17 @@ class WeightLimiter:
         self._timer = None
         self._timer_at = math.inf
         self._drain()
+
+
+def _moved(costs: Mapping[str, int], buckets: Mapping[str, Bucket],
+           renamed: Mapping[str, str]) -> dict[str, int]:
+    """``costs`` in the buckets that exist now: renamed ones moved, vanished ones dropped."""
+    out: dict[str, int] = {}
+    for name, cost in costs.items():
+        target = name if name in buckets else renamed.get(name, "")
+        if target in buckets:
+            out[target] = max(out.get(target, 0), cost)
+    return out
 
 
 def _covers(costs: Mapping[str, int], other: Mapping[str, int]) -> bool:

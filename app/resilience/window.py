@@ -125,6 +125,43 @@ class Bucket:
     def start(self, window: int) -> float:
         return window * self.spec.interval_s
 
+    # ------------------------------------------------------------------ a new limit
+    def take_over(self, old: Bucket, now: float) -> None:
+        """Continue from ``old``, the bucket this one replaces after a ``rateLimits`` change,
+        at exchange time ``now``; this bucket is new (never used).
+
+        * Same window length (a new limit): everything carries — the window's own and server
+          counts, the log, the rolling sum, a pause, the co-tenant estimate, the warning flag.
+          Only the budget is the new limit's; a window already past it admits nothing more
+          until it rolls.
+        * Another window length: our own admissions are what we know for certain, so the log
+          carries (trimmed to the new length) and the new window's own count is recounted from
+          it. Admissions older than the old window length are no longer in the log: if the new
+          window is longer than that, they are learned from the next response's header (the
+          limiter adopts ``max(own, server)``). The exchange's count and the live co-tenant
+          excess belonged to the old window and start again at zero; the co-tenant estimate of
+          past windows is scaled to the new length; a pause carries.
+        """
+        old.roll(now)
+        self.paused_until = old.paused_until
+        self.straddled = old.straddled
+        self.log = deque(old.log)
+        self.rolling = old.rolling
+        if old.spec.interval_s == self.spec.interval_s:
+            self.window, self.window_start, self.next_start = (
+                old.window, old.window_start, old.next_start)
+            self.own, self.server, self.warned = old.own, old.server, old.warned
+            self.responses = list(old.responses)
+            self.foreign_history = deque(old.foreign_history, maxlen=2)
+            self.live_foreign = old.live_foreign
+            self.foreign_seen, self.foreign_estimate = old.foreign_seen, old.foreign_estimate
+            return
+        scale = self.spec.interval_s / old.spec.interval_s
+        self.foreign_history = deque((min(f * scale, float(self.spec.limit))
+                                      for f in old.foreign_history), maxlen=2)
+        self.roll(now)                     # the window holding now; trims the log
+        self.own = sum(cost for at, cost in self.log if at >= self.window_start)
+
     # ------------------------------------------------------------------ window edges
     def used(self) -> int:
         """The count in the current window as we see it: max of own (plus live foreign) and

@@ -104,9 +104,12 @@ class _Key:
     (aiohttp.ClientPayloadError("truncated"), UnknownOutcome),
     (aiohttp.ClientConnectorError(_Key(), OSError(111, "Connection refused")),  # type: ignore[arg-type]
      TransientError),
+    (aiohttp.ConnectionTimeoutError("Connection timeout to host"), TransientError),
+    (aiohttp.SocketTimeoutError("Timeout on reading data from socket"), UnknownOutcome),
 ])
 def test_transport_exceptions(exc: BaseException, cls: type[ExchangeError]) -> None:
-    """Timeouts and resets are unknown outcomes; refused connections certainly not sent."""
+    """Timeouts and resets are unknown outcomes; refused connections and connect timeouts
+    (the request was never written) certainly not sent."""
     error = classify_exception(exc, endpoint="GET /fapi/v1/time")
     assert type(error) is cls
 

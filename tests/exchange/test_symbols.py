@@ -569,9 +569,10 @@ async def test_precision_refresh_is_rate_limited(cache: SymbolCache, clock: Fake
     """After a fetch, refresh_on_precision_error() waits min_refresh_interval_s (60 s)."""
     await cache.load()
     clock.advance(59.9)
-    assert await cache.refresh_on_precision_error() is False
+    assert cache.refresh_on_precision_error() is False
     clock.advance(0.1)
-    assert await cache.refresh_on_precision_error() is True
+    assert cache.refresh_on_precision_error() is True
+    await cache.join()
     assert fetch.calls == 2
 
 
@@ -579,10 +580,10 @@ async def test_precision_refresh_counts_a_failed_fetch(cache: SymbolCache,
                                                        fetch: FakeExchangeInfo) -> None:
     """A failing exchangeInfo is not hammered: the failed attempt starts the interval too."""
     fetch.error = ConnectionError("refused")
-    with pytest.raises(ConnectionError):
-        await cache.refresh_on_precision_error()
-    assert await cache.refresh_on_precision_error() is False
-    assert fetch.calls == 1
+    assert cache.refresh_on_precision_error() is True       # started in the background
+    await cache.join()
+    assert cache.refresh_on_precision_error() is False
+    assert (fetch.calls, cache.statistics()["failures"]) == (1, 1)
 
 
 async def test_failed_reload_keeps_the_previous_rules(cache: SymbolCache,
@@ -601,8 +602,9 @@ async def test_concurrent_loads_share_one_fetch(cache: SymbolCache,
     """Callers arriving while a fetch is in flight join it instead of fetching again."""
     fetch.gate = asyncio.Event()
     callers = [asyncio.create_task(c) for c in (
-        cache.load(), cache.load(), cache.ensure_fresh(), cache.refresh_on_precision_error())]
+        cache.load(), cache.load(), cache.ensure_fresh())]
     await _settle()
+    assert cache.refresh_on_precision_error() is True        # joins the fetch in flight
     fetch.gate.set()
     await asyncio.gather(*callers)
     assert fetch.calls == 1
@@ -653,7 +655,8 @@ async def test_listener_hears_each_successful_load(fetch: FakeExchangeInfo,
                                                    clock: FakeClock) -> None:
     """on_refresh gets the symbol count and the rate limits after every load, not on failure."""
     heard: list[tuple[int, list[RateLimit]]] = []
-    cache = SymbolCache(fetch, clock, on_refresh=lambda n, limits: heard.append((n, limits)))
+    cache = SymbolCache(fetch, clock,
+                        on_refresh=lambda r: heard.append((r.symbols, r.rate_limits)))
     await cache.load()
     await cache.load()
     fetch.error = ConnectionError("refused")
