@@ -18,7 +18,8 @@ Lifecycle, top to bottom:
   signals get ``execution.shutdown_timeout_s`` to finish, and what is left stays in the journal,
   resumable at the next start;
 - stop (`Daemon.__aexit__`): ``daemon_stopping`` → everything started, in reverse order →
-  ``daemon_stopped`` → flush and close the audit log. Everything started is registered on one
+  ``daemon_stopped`` → flush and close the audit log (bounded: a console nobody reads is left
+  behind, the files are complete). Everything started is registered on one
   `AsyncExitStack`, so shutdown runs in reverse order of start-up even when start-up fails
   half-way.
 """
@@ -70,7 +71,7 @@ from app.journal import Journal
 from app.journal_lock import JournalLock
 from app.observability.alerts import ErrorMonitor
 from app.observability.audit import AuditEvent
-from app.observability.logging import AuditLogger, configure_logging
+from app.observability.logging import AuditLogger, LogHandle, configure_logging
 from app.observability.metrics import LoopLagProbe, Metrics, gauges_from_status
 from app.sim import SimConfigError, SimServer, load_sim_config
 
@@ -119,6 +120,7 @@ class Daemon:
         self._stop_reason = "shutdown requested"
         self._started_at = self.clock.monotonic()
         self.log: AuditLogger | None = None
+        self._audit: LogHandle | None = None
         self.exchange: ExchangeParts | None = None
         self.journal: Journal | None = None
         self.execution: ExecutionParts | None = None
@@ -164,6 +166,7 @@ class Daemon:
             retention_days=settings.audit.retention_days,
         )
         self._stack.push_async_callback(audit.aclose)
+        self._audit = audit
         self.log = log = audit.logger
         self._stack.callback(self._emit_stopped)
         for key, path, mode in await asyncio.to_thread(exposed_secret_files, settings):
@@ -380,6 +383,8 @@ class Daemon:
             **self._live_status(),
             "errors": self.monitor.snapshot() if self.monitor is not None else None,
             "loop_lag": self.lag.statistics(),
+            "audit": (dataclasses.asdict(self._audit.statistics())
+                      if self._audit is not None else None),
         }
 
     def _live_status(self) -> dict[str, object]:
@@ -433,7 +438,9 @@ class Daemon:
     def _emit_stopped(self) -> None:
         if self.log is not None:
             uptime = round(self.clock.monotonic() - self._started_at, 3)
-            self.log.info(AuditEvent.DAEMON_STOPPED, uptime_s=uptime, **self._drain)
+            dropped = self._audit.statistics().console_dropped if self._audit else 0
+            self.log.info(AuditEvent.DAEMON_STOPPED, uptime_s=uptime, **self._drain,
+                          console_dropped=dropped)
 
 
 def run(settings: Settings, *, exchange_url: str | None = None, spool: Path | None = None) -> int:

@@ -35,30 +35,35 @@ def daemon_env(tmp_path: Path, api_port: int, **extra: str) -> dict[str, str]:
 
 
 class DaemonProcess:
-    """``python -m app run`` started with ``env``; ``ready`` holds its ready lines."""
+    """``python -m app run`` started with ``env``; ``ready`` holds its ready lines.
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    `stderr` is where its stderr goes: a pipe read by `stop()` unless a file descriptor is
+    given (a test's own pipe, say, that nobody reads)."""
+
+    def __init__(self, env: dict[str, str], *args: str,
+                 stderr: int = asyncio.subprocess.PIPE) -> None:
         self.env = env
         self.args = args
+        self.stderr = stderr
         self.proc: asyncio.subprocess.Process | None = None
         self.ready: list[str] = []
 
     async def start(self) -> DaemonProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "app", "run", *self.args, cwd=PROJECT_ROOT, env=self.env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, stderr=self.stderr)
         assert self.proc.stdout is not None
         first = await asyncio.wait_for(self.proc.stdout.readline(), READY_TIMEOUT_S)
         if not first.startswith(b"execd ready:"):
             _, err = await asyncio.wait_for(self.proc.communicate(), READY_TIMEOUT_S)
-            raise AssertionError(f"no ready line: {first!r}\n{err.decode()}")
+            raise AssertionError(f"no ready line: {first!r}\n{(err or b'').decode()}")
         self.ready.append(first.decode())
         for _ in range(2):
             self.ready.append((await self.proc.stdout.readline()).decode())
         return self
 
     async def stop(self, *, kill: bool = False) -> tuple[int, str]:
-        """SIGTERM (or SIGKILL) and wait: (exit code, stderr)."""
+        """SIGTERM (or SIGKILL) and wait: (exit code, stderr, or "" when not ours to read)."""
         assert self.proc is not None
         if self.proc.returncode is None:
             if kill:
@@ -67,7 +72,7 @@ class DaemonProcess:
                 self.proc.terminate()
         _, err = await asyncio.wait_for(self.proc.communicate(), 60)
         assert self.proc.returncode is not None
-        return self.proc.returncode, err.decode()
+        return self.proc.returncode, err.decode() if err is not None else ""
 
     async def ensure_dead(self) -> None:
         if self.proc is not None and self.proc.returncode is None:

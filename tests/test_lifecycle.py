@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from app.domain import SignalState
 from app.journal import Journal
 from app.sim import SimServer
 from tests.daemon_process import DaemonProcess, audit_events, daemon_env, free_port, run_cli
-from tests.simulator import Admin
+from tests.simulator import Admin, quiet_sim_config
 
 TOKEN = "lifecycle-test-token"
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT")
@@ -210,3 +211,80 @@ async def test_a_second_daemon_on_the_same_journal_is_refused(tmp_path: Path,
     finally:
         await third.ensure_dead()
     assert code == 0, err
+
+
+
+#: Signals pushed at a daemon whose console nobody reads: ~6 INFO lines each, ~2,400 lines,
+#: more than the pipe (64 KiB, ~200 lines) and the console queue (1,000 lines) hold together.
+CONSOLE_SIGNALS = 400
+PIPE_BYTES = 64 * 1024
+
+
+async def wait_for_done(tmp_path: Path, ids: set[str], timeout_s: float) -> tuple[set[str], int]:
+    """Poll the audit files until every id in `ids` has its signal_done there or `timeout_s`
+    passes: (the ids done on disk, the files' total size)."""
+    done: set[str] = set()
+    size = 0
+    for _ in range(int(timeout_s / 0.25)):
+        done = {e["signal_id"] for e in audit_events(tmp_path) if e["event"] == "signal_done"}
+        size = sum(f.stat().st_size for f in (tmp_path / "audit").iterdir())
+        if done >= ids:
+            break
+        await asyncio.sleep(0.25)
+    return done, size
+
+
+@pytest.mark.timeout(180)
+async def test_a_console_nobody_reads_blocks_neither_the_audit_file_nor_shutdown(
+        tmp_path: Path) -> None:
+    """stderr (the JSON-lines console) on a pipe that is never read, so that once its 64 KiB
+    fill up every console write blocks: the audit files still get every event of 400 signals,
+    /v1/status and /metrics count the console lines dropped, and SIGTERM exits 0 within 15 s
+    with daemon_stopped (and the drop count) on disk."""
+    port = free_port()
+    env = daemon_env(tmp_path, port, EXECD_API_TOKEN=TOKEN, EXECD_AUDIT__CONSOLE="auto",
+                     EXECD_AUDIT__LEVEL="INFO")
+    # limits that 400 signals in a few seconds stay well within (no throttling, no latency)
+    limits = quiet_sim_config(request_weight=100_000, orders_short=10_000, orders_long=10_000)
+    read_end, write_end = os.pipe()        # the test never reads read_end
+    async with SimServer(limits) as sim:
+        daemon = DaemonProcess(env, "--exchange-url", sim.url, stderr=write_end)
+        try:
+            try:
+                await daemon.start()
+            finally:
+                os.close(write_end)
+            proc = daemon.proc
+            assert proc is not None
+            ids = {body(i)["id"] for i in range(CONSOLE_SIGNALS)}
+            api = f"http://127.0.0.1:{port}"
+            async with aiohttp.ClientSession(
+                    headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+                for i in range(CONSOLE_SIGNALS):
+                    async with session.post(f"{api}/v1/signals",
+                                            data=orjson.dumps(body(i))) as resp:
+                        assert resp.status == 202, await resp.text()
+                done, size = await wait_for_done(tmp_path, ids, 60)
+                assert done >= ids, (f"{len(done & ids)}/{CONSOLE_SIGNALS} signal_done on "
+                                     f"disk; the audit files stopped at {size} bytes")
+                async with session.get(f"{api}/v1/status") as resp:
+                    audit = (await resp.json())["audit"]
+                async with session.get(f"{api}/metrics") as resp:
+                    scraped = {line.split()[0]: float(line.split()[1])
+                               for line in (await resp.text()).splitlines()
+                               if line and not line.startswith("#")}
+            print(f"\naudit files {size} bytes; status audit {audit}")
+            assert size > 4 * PIPE_BYTES           # the console was sent far more than fits
+            assert audit["console_dropped"] > 0, audit
+            assert (audit["write_errors"], audit["dropped"]) == (0, 0), audit
+            assert scraped["execd_console_dropped_total"] >= audit["console_dropped"]
+            proc.terminate()
+            code = await asyncio.wait_for(proc.wait(), 15)
+        finally:
+            await daemon.ensure_dead()
+            os.close(read_end)
+    assert code == 0
+    events = audit_events(tmp_path)
+    assert events[-1]["event"] == "daemon_stopped"
+    assert events[-1]["console_dropped"] >= audit["console_dropped"]
+    assert {e["signal_id"] for e in events if e["event"] == "signal_done"} >= ids

@@ -13,11 +13,14 @@ by nature; nothing else here is):
    raise (a tap that raises is reported on stderr once and removed);
 7. rendering with orjson to one JSON line (``ts``, ``level``, ``event`` first), handed to the
    `AuditWriter` thread (``writer.py``), which appends it to ``audit-YYYYMMDD.jsonl`` for the UTC
-   day of ``ts`` and copies it to the console.
+   day of ``ts`` and hands a copy to the console (`ConsoleCopy`, ``console.py``).
 
 Console: ``console=None`` ("auto") is pretty on a TTY and JSON lines otherwise; ``True`` is always
-pretty; ``False`` turns it off. Emit events through `LogHandle.logger` (bound once, the cheap path)
-or `get_audit_logger()`: ``log.info(AuditEvent.DAEMON_STARTED, mode="sim")``.
+pretty; ``False`` turns it off. The console copy has its own bounded queue and thread: a console
+that blocks (a full pipe nobody reads) loses copies, counted in `LogHandle.statistics()`
+(``console_dropped``), never audit lines, and never delays the files or shutdown. Emit events
+through `LogHandle.logger` (bound once, the cheap path) or `get_audit_logger()`:
+``log.info(AuditEvent.DAEMON_STARTED, mode="sim")``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from app.clock import Clock, SystemClock
 from app.domain import format_timestamp
+from app.observability.console import DEFAULT_CAPACITY, ConsoleCopy
 from app.observability.redact import Redactor
 from app.observability.writer import AuditWriter, WriterStats, audit_file_name
 
@@ -66,7 +70,8 @@ class LogHandle:
     """The configured audit log: its logger, its files, and the writer thread to close.
 
     `close()` (or leaving the ``with``/``async with`` block) blocks until every event emitted so
-    far is on disk; `aclose()` does the same from a worker thread so the event loop stays free.
+    far is on disk (bounded: see `AuditWriter.close`); `aclose()` does the same from a worker
+    thread so the event loop stays free.
     """
 
     def __init__(self, logger: AuditLogger, writer: AuditWriter, clock: Clock,
@@ -100,11 +105,12 @@ class LogHandle:
     def statistics(self) -> WriterStats:
         return self._writer.statistics()
 
-    def close(self) -> None:
-        self._writer.close()
+    def close(self) -> bool:
+        """Flush and close; True when every event emitted is on disk."""
+        return self._writer.close()
 
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self._writer.close)
+    async def aclose(self) -> bool:
+        return await asyncio.to_thread(self._writer.close)
 
     def __enter__(self) -> Self:
         return self
@@ -136,13 +142,16 @@ def configure_logging(
     secrets: Iterable[str] = (),
     retention_days: int | None = None,
     console_stream: TextIO | None = None,
+    console_queue: int = DEFAULT_CAPACITY,
 ) -> LogHandle:
     """Configure structlog for the audit log and start its writer thread.
 
     `level` is a level name (DEBUG … CRITICAL); lower events cost almost nothing. `secrets` are
     literal values (API key, secret, token) masked wherever they appear. `console_stream`
-    defaults to ``sys.stderr``. Raises ValueError for an unknown level. Creates `log_dir` lazily,
-    in the writer thread. Call `LogHandle.close()` before the process exits.
+    defaults to ``sys.stderr``; `console_queue` is how many lines wait for a slow console before
+    its copies are dropped. Raises ValueError for an unknown level or a `console_queue` below 1.
+    Creates `log_dir` lazily, in the writer thread. Call `LogHandle.close()` before the process
+    exits.
     """
     threshold = _LEVELS.get(level.upper())
     if threshold is None:
@@ -153,12 +162,9 @@ def configure_logging(
     if console is not False and (console is True or stream.isatty()):
         pretty = _PrettyConsole(colors=stream.isatty())
     taps = _Taps()
-    writer = AuditWriter(
-        log_dir,
-        retention_days=retention_days,
-        console=None if console is False else stream,
-        pretty=pretty,
-    )
+    copy = None if console is False else ConsoleCopy(stream, pretty=pretty,
+                                                     capacity=console_queue)
+    writer = AuditWriter(log_dir, retention_days=retention_days, console=copy)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -263,7 +269,8 @@ class _SinkFactory:
 
 
 class _PrettyConsole:
-    """structlog's ConsoleRenderer over the already-redacted event (runs in the writer thread)."""
+    """structlog's ConsoleRenderer over the already-redacted event (runs in the console
+    thread)."""
 
     def __init__(self, *, colors: bool) -> None:
         self._renderer = structlog.dev.ConsoleRenderer(colors=colors, timestamp_key="ts")

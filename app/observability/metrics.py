@@ -77,13 +77,16 @@ class GaugeSnapshot:
     unprotected_seconds: float = 0.0
     #: today's (UTC) realized PnL by symbol, from fills.
     realized_pnl: Mapping[str, float] = field(default_factory=dict)
+    #: audit lines the console missed because it was behind (a counter read at scrape).
+    console_dropped: int = 0
 
 
 GaugeSource = Callable[[], GaugeSnapshot]
 
 
 def gauges_from_status(status: Mapping[str, Any]) -> GaugeSnapshot:
-    """The gauges from a `Daemon.status()` dict (``limiter``, ``breakers``, ``queue``).
+    """The gauges from a `Daemon.status()` dict (``limiter``, ``breakers``, ``queue``,
+    ``streams``, ``protection``, ``realized_pnl_today``, ``audit``).
 
     Missing or ``None`` sections read as empty; an unknown breaker state is skipped.
     """
@@ -100,9 +103,11 @@ def gauges_from_status(status: Mapping[str, Any]) -> GaugeSnapshot:
     protection = status.get("protection") or {}
     pnl = {str(symbol): float(value)
            for symbol, value in (status.get("realized_pnl_today") or {}).items()}
+    audit = status.get("audit") or {}
     return GaugeSnapshot(buckets, breakers, int(queue.get("pending", 0)), streams,
                          dict(streams_info.get("events") or {}),
-                         float(protection.get("unprotected_seconds_total", 0.0)), pnl)
+                         float(protection.get("unprotected_seconds_total", 0.0)), pnl,
+                         int(audit.get("console_dropped", 0)))
 
 
 class _Registry(CollectorRegistry):
@@ -166,7 +171,11 @@ class _GaugeCollector:
                                 labels=["symbol"])
         for symbol, amount in sorted(snapshot.realized_pnl.items()):
             pnl.add_metric([symbol], amount)
-        yield from (used, limit, breakers, depth, connected, events, naked, pnl)
+        console = CounterMetricFamily("execd_console_dropped",
+                                      "Audit lines the console missed because it was behind "
+                                      "(the audit files have them)",
+                                      value=snapshot.console_dropped)
+        yield from (used, limit, breakers, depth, connected, events, naked, pnl, console)
 
 
 class Metrics:

@@ -1,10 +1,13 @@
-"""The audit writer thread: the only place that touches the audit files and the console.
+"""The audit writer thread: the only place that touches the audit files.
 
 The event loop renders an event to bytes and calls `AuditWriter.submit()`, which only puts it on
 a queue. A dedicated thread takes events off in batches, appends each to the file of its UTC day
-(``audit-YYYYMMDD.jsonl``, so a day change starts a new file), writes the console copy, and
-flushes once per batch. `close()` drains the queue, flushes, fsyncs and joins the thread: after
-it returns every submitted event is on disk.
+(``audit-YYYYMMDD.jsonl``, so a day change starts a new file), hands it to the console copy
+(`ConsoleCopy`, ``console.py``: a bounded queue and a thread of its own, so a console that blocks
+never stops the files) and flushes once per batch. `close()` drains the queue, flushes, fsyncs
+and joins the thread, then closes the console copy: after it returns every submitted event is on
+disk — unless the disk itself stalled past `close`'s deadline (10 s), when it returns False
+rather than hold the process forever.
 
 Trade-off: the queue is unbounded. A stalled disk grows memory instead of dropping audit events or
 blocking the loop; losing the audit trail silently would be worse for an operator.
@@ -16,19 +19,25 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any
 
-__all__ = ["AuditWriter", "WriterStats", "audit_file_name"]
+from app.observability.console import ConsoleCopy
+
+__all__ = ["CLOSE_TIMEOUT_S", "CONSOLE_CLOSE_TIMEOUT_S", "AuditWriter", "WriterStats",
+           "audit_file_name"]
 
 _BATCH = 512
+#: How long `close()` waits for the files (a drain, flush and fsync take milliseconds).
+CLOSE_TIMEOUT_S = 10.0
+#: How long `close()` then waits for the console copy: a blocked console is left behind.
+CONSOLE_CLOSE_TIMEOUT_S = 1.0
 
 # (UTC day as YYYYMMDD, rendered JSON line, event dict for a pretty console or None)
 _Item = tuple[str, bytes, Mapping[str, Any] | None]
-PrettyRenderer = Callable[[Mapping[str, Any]], str]
 
 
 def audit_file_name(day: str) -> str:
@@ -38,20 +47,23 @@ def audit_file_name(day: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class WriterStats:
-    """Counters of the writer: events on disk, dropped after close, failed writes."""
+    """Counters of the writer: events on disk, dropped after close, failed writes, and the
+    console copies dropped because the console was behind (the files have those events)."""
 
     written: int
     dropped: int
     write_errors: int
     last_error: str | None
+    console_dropped: int
 
 
 class AuditWriter:
-    """Append rendered events to daily files (and the console) from a background thread.
+    """Append rendered events to daily files from a background thread, and hand each to the
+    console copy.
 
-    `console` is the stream for console copies or None for none; `pretty`, when given, renders the
-    console copy from the event dict (in the writer thread), otherwise the JSON line is copied.
-    Audit files older than `retention_days` are deleted when a new day's file is opened.
+    `console` receives a copy of every line written (or None: no console); the writer owns it
+    and closes it. Audit files older than `retention_days` are deleted when a new day's file is
+    opened.
     """
 
     def __init__(
@@ -59,13 +71,11 @@ class AuditWriter:
         log_dir: Path,
         *,
         retention_days: int | None = None,
-        console: TextIO | None = None,
-        pretty: PrettyRenderer | None = None,
+        console: ConsoleCopy | None = None,
     ) -> None:
         self.log_dir = log_dir
         self._retention_days = retention_days
         self._console = console
-        self._pretty = pretty
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
         self._file: IO[bytes] | None = None
@@ -80,7 +90,7 @@ class AuditWriter:
     @property
     def wants_event_dict(self) -> bool:
         """True when submit() needs the event dict (for a pretty console copy)."""
-        return self._console is not None and self._pretty is not None
+        return self._console is not None and self._console.wants_event_dict
 
     def submit(self, day: str, line: bytes, event: Mapping[str, Any] | None = None) -> None:
         """Queue one rendered event for UTC day `day`; never blocks, never touches the disk."""
@@ -90,15 +100,26 @@ class AuditWriter:
             return
         self._queue.put((day, line, event))
 
-    def close(self) -> None:
-        """Write everything queued, fsync, close the file and join the thread. Idempotent."""
+    def close(self, timeout: float = CLOSE_TIMEOUT_S,
+              console_timeout: float = CONSOLE_CLOSE_TIMEOUT_S) -> bool:
+        """Write everything queued, fsync, close the file and join the thread (at most
+        `timeout` s), then close the console copy (at most `console_timeout` s more: a blocked
+        console never holds the process). True when the files are complete. Idempotent."""
         if not self._closed:
             self._closed = True
             self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout)
+        complete = not self._thread.is_alive()
+        if self._console is not None:
+            if not complete:
+                self._console.note(f"execd: the audit writer did not finish within {timeout} s; "
+                                   f"{self._queue.qsize()} events may be missing from the files")
+            self._console.close(console_timeout)
+        return complete
 
     def statistics(self) -> WriterStats:
-        return WriterStats(self._written, self._dropped, self._errors, self._last_error)
+        return WriterStats(self._written, self._dropped, self._errors, self._last_error,
+                           self._console.dropped if self._console is not None else 0)
 
     def _run(self) -> None:
         stopping = False
@@ -125,13 +146,7 @@ class AuditWriter:
         except OSError as exc:
             self._fail(exc)
         if self._console is not None:
-            text = self._pretty(event) if self._pretty and event is not None else line.decode()
-            try:
-                self._console.write(text + "\n")
-            except (OSError, ValueError):
-                # A closed or broken console (e.g. the pipe reader went away) must not stop the
-                # file; give up on the console only.
-                self._console = None
+            self._console.offer(line, event)     # never waits: a slow console drops copies
 
     def _open(self, day: str) -> IO[bytes]:
         self._close_file()
@@ -158,11 +173,6 @@ class AuditWriter:
                     os.fsync(self._file.fileno())
             except OSError as exc:
                 self._fail(exc)
-        if self._console is not None:
-            try:
-                self._console.flush()
-            except (OSError, ValueError):
-                self._console = None
 
     def _close_file(self) -> None:
         file, self._file, self._day = self._file, None, None

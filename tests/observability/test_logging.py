@@ -123,7 +123,8 @@ class _StuckConsole(io.StringIO):
 def test_emitting_never_waits_for_io(
     tmp_path: Path, clock: FakeClock, read_events: ReadEvents
 ) -> None:
-    """With the writer stuck in I/O, emitting still returns; all I/O runs in the writer thread."""
+    """With the console stuck in I/O, emitting still returns; the console is written by its own
+    thread (tests/observability/test_console.py: nor does it hold up the file)."""
     console = _StuckConsole()
     handle = configure_logging(tmp_path, "INFO", True, clock, console_stream=console)
     handle.logger.info(AuditEvent.SIGNAL_RECEIVED, n=1)
@@ -132,7 +133,7 @@ def test_emitting_never_waits_for_io(
         handle.logger.info(AuditEvent.SIGNAL_RECEIVED, n=n)
     console.release.set()
     handle.close()
-    assert console.writers == {"execd-audit-writer"}
+    assert console.writers == {"execd-audit-console"}
     assert len(read_events(handle.current_file())) == 100
 
 

@@ -36,6 +36,7 @@ FAMILIES = {
     "execd_stream_events": "counter",
     "execd_unprotected_seconds": "counter",
     "execd_realized_pnl": "gauge",
+    "execd_console_dropped": "counter",
     "execd_event_loop_lag_seconds": "histogram",
     "execd_decision_latency_seconds": "histogram",
 }
@@ -152,6 +153,15 @@ def test_gauges_from_status_reads_the_daemon_status_shape() -> None:
                         "lanes": {"BTCUSDT": 5}}}
     assert gauges_from_status(status) == GaugeSnapshot(
         (BucketGauge("ORDERS:10s", 12, 300),), {"orders": 1, "account": 2}, 5)
+
+
+def test_console_drops_are_read_from_the_status_audit_section() -> None:
+    """``audit.console_dropped`` of the status is ``execd_console_dropped_total``."""
+    status = {"audit": {"written": 10, "dropped": 0, "write_errors": 0, "last_error": None,
+                        "console_dropped": 7}}
+    metrics = Metrics(lambda: gauges_from_status(status))
+    assert value(metrics, "execd_console_dropped_total") == 7.0
+    assert value(Metrics(), "execd_console_dropped_total") == 0.0
 
 
 def test_gauges_from_a_starting_daemon_are_empty() -> None:
