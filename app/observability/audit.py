@@ -24,6 +24,7 @@ class AuditEvent(StrEnum):
     DAEMON_STARTED = "daemon_started"
     DAEMON_STOPPING = "daemon_stopping"
     DAEMON_STOPPED = "daemon_stopped"
+    NOTIFY_FAILED = "notify_failed"
     # signals
     SIGNAL_RECEIVED = "signal_received"
     SIGNAL_ACCEPTED = "signal_accepted"
@@ -101,8 +102,9 @@ _E = AuditEvent
 GROUPS: tuple[EventGroup, ...] = (
     EventGroup(
         "lifecycle",
-        "The daemon process: start (mode, exchange URL, log file), stop requested, stopped.",
-        (_E.DAEMON_STARTED, _E.DAEMON_STOPPING, _E.DAEMON_STOPPED),
+        "The daemon process: start (mode, exchange URL, log file), stop requested, stopped; a "
+        "notification to systemd that could not be sent.",
+        (_E.DAEMON_STARTED, _E.DAEMON_STOPPING, _E.DAEMON_STOPPED, _E.NOTIFY_FAILED),
     ),
     EventGroup(
         "signals",
