@@ -70,8 +70,9 @@ lock: $(TOOLS_STAMP)
 	  --quiet $(LOCK_FLAGS) -o $(LOCK)
 
 # Known vulnerabilities in the locked versions (needs PyPI's advisory data: not run by CI).
+# --strict: a package that could not be checked fails the audit instead of passing unseen.
 audit: $(TOOLS_STAMP)
-	$(TOOLS)/bin/pip-audit --require-hashes --disable-pip -r $(LOCK)
+	$(TOOLS)/bin/pip-audit --strict --require-hashes --disable-pip -r $(LOCK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
