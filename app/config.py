@@ -54,12 +54,14 @@ __all__ = [
     "Credentials",
     "ExchangeMode",
     "Settings",
+    "SystemdEnvironment",
     "api_token_path",
     "config_dir",
     "exposed_secret_files",
     "load_settings",
     "resolve_api_token",
     "sim_config_paths",
+    "systemd_environment",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +71,9 @@ API_KEY_ENV = "BINANCE_API_KEY"
 API_SECRET_ENV = "BINANCE_API_SECRET"
 SIM_API_KEY = "sim-key"
 SIM_API_SECRET = "sim-secret"
+NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
+WATCHDOG_USEC_ENV = "WATCHDOG_USEC"
+WATCHDOG_PID_ENV = "WATCHDOG_PID"
 
 _Tree = dict[str, Any]
 _Path = tuple[str, ...]
@@ -316,6 +321,47 @@ def _sim_credentials(sim_config: Path) -> tuple[str, str]:
         key = str(section.get("api_key", key))
         secret = str(section.get("api_secret", secret))
     return key, secret
+
+
+@dataclass(frozen=True, slots=True)
+class SystemdEnvironment:
+    """What systemd passes a ``Type=notify`` service (sd_notify(3), sd_watchdog_enabled(3)):
+    the socket to notify, as written (a path or ``@abstract``), and the watchdog timeout in
+    microseconds when the watchdog is meant for this process (None: no watchdog)."""
+
+    notify_socket: str
+    watchdog_usec: int | None
+
+
+def systemd_environment(environ: Mapping[str, str] | None = None, *,
+                        pid: int | None = None) -> SystemdEnvironment | None:
+    """``NOTIFY_SOCKET`` and the watchdog from the environment, or None without a socket.
+
+    ``WATCHDOG_USEC`` counts only when ``WATCHDOG_PID`` is absent or `pid` (default: this
+    process): a child that inherited a parent's watchdog must not feed it. Raises ConfigError
+    naming the variable when one is set but malformed.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    socket = env.get(NOTIFY_SOCKET_ENV, "")
+    if not socket:
+        return None
+    if not socket.startswith("/") and not (socket.startswith("@") and len(socket) > 1):
+        raise ConfigError(f"{NOTIFY_SOCKET_ENV}: must be an absolute unix socket path or an "
+                          f"@abstract name, got {socket!r}")
+    usec = _positive_int(env, WATCHDOG_USEC_ENV, "a whole number of microseconds")
+    owner = _positive_int(env, WATCHDOG_PID_ENV, "a process id")
+    if owner is not None and owner != (os.getpid() if pid is None else pid):
+        usec = None
+    return SystemdEnvironment(socket, usec)
+
+
+def _positive_int(env: Mapping[str, str], name: str, what: str) -> int | None:
+    text = env.get(name, "")
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise ConfigError(f"{name}: must be {what} > 0, got {text!r}")
+    return int(text)
 
 
 def api_token_path(settings: Settings) -> Path:

@@ -9,14 +9,15 @@ mapping it uses; no component builds another or reaches into another's attribute
 Lifecycle, top to bottom:
 
 - start (`Daemon.__aenter__`): check credentials and the API token → audit log (and a
-  ``secret_file_exposed`` warning per key or token file others can read) → exchange →
-  gateway (time sync, exchangeInfo, limiter) → journal → executor, bus, service → control API
-  (``/healthz`` says ``starting``) → restart recovery (§5.6) → intake opens → SIGTERM/SIGINT
-  handlers → ``daemon_started`` → ready lines on stdout;
+  ``secret_file_exposed`` warning per key or token file others can read) → systemd
+  notifier (under systemd: ``STATUS=`` lines and watchdog pings from here to the end) →
+  exchange → gateway (time sync, exchangeInfo, limiter) → journal → executor, bus, service →
+  control API (``/healthz`` says ``starting``) → restart recovery (§5.6) → intake opens →
+  SIGTERM/SIGINT handlers → ``daemon_started`` → ``READY=1`` → ready lines on stdout;
 - serve (`Daemon.serve`): the orphan watcher and the spool tail run under one
-  `asyncio.TaskGroup` until SIGTERM/SIGINT; then intake closes (HTTP 503), queued and running
-  signals get ``execution.shutdown_timeout_s`` to finish, and what is left stays in the journal,
-  resumable at the next start;
+  `asyncio.TaskGroup` until SIGTERM/SIGINT; then intake closes (HTTP 503, ``STOPPING=1``),
+  queued and running signals get ``execution.shutdown_timeout_s`` to finish, and what is left
+  stays in the journal, resumable at the next start;
 - stop (`Daemon.__aexit__`): ``daemon_stopping`` → everything started, in reverse order →
   ``daemon_stopped`` → flush and close the audit log (bounded: a console nobody reads is left
   behind, the files are complete). Everything started is registered on one
@@ -43,9 +44,11 @@ from app.clock import Clock, SystemClock
 from app.config import (
     ConfigError,
     Settings,
+    SystemdEnvironment,
     exposed_secret_files,
     resolve_api_token,
     sim_config_paths,
+    systemd_environment,
 )
 from app.control.http_api import ControlApi
 from app.exchange.streams import MarketStream, UserStream
@@ -59,6 +62,7 @@ from app.factory import (
     LiveParts,
     build_execution,
     build_live,
+    build_notifier,
     exchange_setup,
     executor_settings,
     open_exchange,
@@ -73,6 +77,8 @@ from app.observability.alerts import ErrorMonitor
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger, LogHandle, configure_logging
 from app.observability.metrics import LoopLagProbe, Metrics, gauges_from_status
+from app.observability.notify import SystemdNotifier
+from app.resilience.breaker import BreakerState
 from app.sim import SimConfigError, SimServer, load_sim_config
 
 __all__ = ["READY_PREFIX", "Daemon", "run"]
@@ -91,8 +97,10 @@ class Daemon:
     use it to run the seeds' blind-retry baseline; production never passes it); `on_decision`
     is also told every decision latency (seconds) the metrics histogram records (benchmarks
     keep the exact values). `owns_process` (``execd run`` only) leaves SIGTERM/SIGINT ignored
-    once the daemon has stopped, for the last moments of the process. Raises ConfigError when
-    the mode's credentials are missing or the simulator config is invalid.
+    once the daemon has stopped, for the last moments of the process. `systemd` (``execd run``
+    under systemd) turns on the sd_notify protocol: ``READY=1`` when ``/healthz`` turns ready,
+    ``STOPPING=1``, ``STATUS=`` lines and the watchdog keep-alive. Raises ConfigError when the
+    mode's credentials are missing or the simulator config is invalid.
     """
 
     def __init__(
@@ -106,8 +114,11 @@ class Daemon:
         executor_settings: ExecutorSettings | None = None,
         on_decision: Callable[[float], None] | None = None,
         owns_process: bool = False,
+        systemd: SystemdEnvironment | None = None,
     ) -> None:
         self.settings = settings
+        self._systemd = systemd
+        self.notifier: SystemdNotifier | None = None
         self._owns_process = owns_process
         self._executor_settings = executor_settings
         self._on_decision = on_decision
@@ -176,6 +187,13 @@ class Daemon:
         self.monitor = monitor = ErrorMonitor(settings.monitor, self.clock, log)
         audit.add_tap(monitor.tap)
         self._stack.push_async_callback(monitor.aclose)   # before the log closes: its POSTs
+        if self._systemd is not None:   # from here to the end: STATUS lines, watchdog pings
+            self.notifier = notifier = build_notifier(self._systemd, self.summary, self.clock,
+                                                      log)
+            notifier.open()
+            self._stack.callback(notifier.close)
+            self._stack.push_async_callback(_cancel, asyncio.create_task(
+                notifier.run(), name="execd-notify"))
 
         embedded = self.exchange_url is None and settings.exchange.base_url() is None
         self.exchange_url = await self._start_exchange()
@@ -222,7 +240,7 @@ class Daemon:
                                                             name=f"execd-{stream!r:.20}"))
         for task in self._live_tasks:
             task.add_done_callback(self._live_task_ended)
-        self._stack.push_async_callback(self._stop_live)
+        self._stack.push_async_callback(_cancel, *self._live_tasks)
         self.recovery = await recover(journal, gateway, execution.sender, execution.executor,
                                       log)
         for record in await journal.non_terminal_signals():   # outcome still unknown
@@ -247,6 +265,8 @@ class Daemon:
             spool=str(self.spool) if self.spool else None,
             recovered=self.recovery,
         )
+        if self.notifier is not None:
+            self.notifier.ready()       # after service.open(): /healthz answers ready
         where = f"{self.exchange_url} (embedded simulator)" if embedded else self.exchange_url
         # A few short lines, once: not worth a thread, and operators and tests wait for them.
         print(
@@ -278,11 +298,6 @@ class Daemon:
             return
         self.log.critical(AuditEvent.ALERT, kind="live_task_ended", task=task.get_name(),
                           error=repr(task.exception()))
-
-    async def _stop_live(self) -> None:
-        for task in self._live_tasks:
-            task.cancel()
-        await asyncio.gather(*self._live_tasks, return_exceptions=True)
 
     def _observe_decision(self, seconds: float) -> None:
         self.metrics.observe_decision(seconds)
@@ -352,6 +367,8 @@ class Daemon:
                 tasks.append(workers.create_task(tail.run(), name="execd-spool"))
             await self._stop.wait()
             self.service.close()
+            if self.notifier is not None:
+                self.notifier.stopping()
             for task in tasks:
                 task.cancel()
         timeout = self.settings.execution.shutdown_timeout_s
@@ -413,6 +430,18 @@ class Daemon:
             "realized_pnl_today": live.reports.realized_pnl_today(),
         }
 
+    def summary(self) -> str:
+        """One line for systemd's ``STATUS=`` (``ready: mode=sim queue=0 positions=1``), read
+        on every tick of the notifier: cheap, no I/O."""
+        service, bus, live, exchange = self.service, self.bus, self.live, self.exchange
+        line = (f"{service.state.value if service is not None else 'starting'}: "
+                f"mode={self.settings.exchange.mode.value} "
+                f"queue={bus.pending if bus is not None else 0} "
+                f"positions={len(live.guard.positions_view()) if live is not None else 0}")
+        opened = [name.value for name, breaker in (exchange.breakers.items() if exchange else ())
+                  if breaker.state is not BreakerState.CLOSED]
+        return f"{line} breakers_open={','.join(opened)}" if opened else line
+
     def request_stop(self, reason: str = "shutdown requested") -> None:
         """Ask `serve()` to return; the first reason given is the one audited."""
         if not self._stop.is_set():
@@ -425,6 +454,8 @@ class Daemon:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping()
         if self.log is not None:
             if exc is not None:
                 self.log.error(AuditEvent.DAEMON_STOPPING, reason="error", exc_info=exc)
@@ -449,11 +480,19 @@ def run(settings: Settings, *, exchange_url: str | None = None, spool: Path | No
     Raises ConfigError for configuration problems found at start (the CLI exits 2) and
     JournalLocked when another daemon runs on the same journal (the CLI exits 1).
     """
-    return asyncio.run(_run(settings, exchange_url=exchange_url, spool=spool))
+    systemd = systemd_environment()     # NOTIFY_SOCKET, WATCHDOG_USEC: ConfigError if malformed
+    return asyncio.run(_run(settings, exchange_url=exchange_url, spool=spool, systemd=systemd))
 
 
-async def _run(settings: Settings, *, exchange_url: str | None, spool: Path | None) -> int:
+async def _run(settings: Settings, *, exchange_url: str | None, spool: Path | None,
+               systemd: SystemdEnvironment | None) -> int:
     async with Daemon(settings, exchange_url=exchange_url, spool=spool,
-                      owns_process=True) as daemon:
+                      owns_process=True, systemd=systemd) as daemon:
         await daemon.serve()
     return 0
+
+
+async def _cancel(*tasks: asyncio.Task[None]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

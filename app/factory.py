@@ -10,7 +10,8 @@ Two kinds of thing live here:
   `ExchangeSetup`).
 - **Builders**: `open_exchange` (the python-binance client, time sync, symbol cache, breakers,
   retry policy, gateway, and the limiter from exchangeInfo ``rateLimits``) and
-  `build_execution` (the exactly-once sender, the protector, the executor). Each component is
+  `build_execution` (the exactly-once sender, the protector, the executor), `build_notifier`
+  (systemd's ``NOTIFY_SOCKET`` and watchdog → `SystemdNotifier`). Each component is
   given its collaborators; the listeners that must call back into the gateway are closures over
   it, bound here and nowhere else. Whatever is built here with something to close is closed by
   the exit stack it was built on, in reverse order.
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from app.clock import Clock
-from app.config import Credentials, Settings
+from app.config import ConfigError, Credentials, Settings, SystemdEnvironment
 from app.config_schema import (
     BreakerConfig,
     ExchangeMode,
@@ -52,6 +53,7 @@ from app.execution.sender import OrderSender
 from app.execution.settings import ExecutorSettings
 from app.journal import Journal
 from app.observability.logging import AuditLogger
+from app.observability.notify import SystemdNotifier, unix_address
 from app.resilience.breaker import BreakerSettings, CircuitBreaker
 from app.resilience.limiter import BucketSpec, LimiterSettings, WeightLimiter
 from app.resilience.retry import RetryPolicy, RetrySettings
@@ -64,6 +66,7 @@ __all__ = [
     "breaker_settings",
     "build_execution",
     "build_live",
+    "build_notifier",
     "exchange_setup",
     "executor_settings",
     "limiter_settings",
@@ -291,3 +294,16 @@ def build_live(gateway: Gateway, book: Book, execution: ExecutionParts, journal:
                   log, executor, guard_settings(config), watch=market.watch)
     user = UserStream(ws_base, gateway, guard.on_user_event, clock, log, timings)
     return LiveParts(book, reports, guard, user, market)
+
+
+def build_notifier(systemd: SystemdEnvironment, summary: Callable[[], str], clock: Clock,
+                   log: AuditLogger) -> SystemdNotifier:
+    """The systemd notifier for ``NOTIFY_SOCKET``; its watchdog keep-alive at half of
+    ``WATCHDOG_USEC``, as sd_watchdog_enabled(3) advises. Raises ConfigError naming
+    ``NOTIFY_SOCKET`` when it is no unix socket address."""
+    try:
+        address = unix_address(systemd.notify_socket)
+    except ValueError as exc:
+        raise ConfigError(f"NOTIFY_SOCKET: {exc}") from None
+    watchdog_s = systemd.watchdog_usec / 2e6 if systemd.watchdog_usec else None
+    return SystemdNotifier(address, summary, clock, log, watchdog_s=watchdog_s)

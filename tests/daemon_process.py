@@ -14,6 +14,8 @@ import orjson
 from app.config import PROJECT_ROOT
 
 READY_TIMEOUT_S = 30.0
+#: A test run under a service manager must not pass its socket to the daemons it starts.
+SYSTEMD_VARIABLES = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
 def free_port() -> int:
@@ -24,8 +26,10 @@ def free_port() -> int:
 
 
 def daemon_env(tmp_path: Path, api_port: int, **extra: str) -> dict[str, str]:
-    """A clean environment: audit, journal and token under ``tmp_path``; a fixed API token."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECD_", "BINANCE_"))}
+    """A clean environment (no EXECD_, BINANCE_ or systemd variables but those in `extra`):
+    audit, journal and token under ``tmp_path``, the API on `api_port`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECD_", "BINANCE_"))
+           and k not in SYSTEMD_VARIABLES}
     return env | {
         "EXECD_AUDIT__LOG_DIR": str(tmp_path / "audit"),
         "EXECD_AUDIT__CONSOLE": "false",
@@ -84,7 +88,12 @@ async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app", *args, cwd=PROJECT_ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:     # timed out (a `run` that did not exit): no orphan
+            proc.kill()
+            await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

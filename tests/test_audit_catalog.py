@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import io
 import re
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -44,6 +45,7 @@ from app.intake.spool import SpoolTail
 from app.journal import Journal
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger, LogHandle, configure_logging
+from app.observability.notify import SystemdNotifier
 from app.resilience.breaker import BreakerSettings
 from app.resilience.retry import RetrySettings
 from app.sim import SimServer
@@ -183,6 +185,14 @@ async def breaker_flow(log: AuditLogger) -> None:
             await asyncio.sleep(0.35)                    # the breaker's recovery timeout
             assert await gateway.get_order("BTCUSDT", "x") is None
             assert await gateway.get_order("BTCUSDT", "x") is None
+
+
+def notify_flow(log: AuditLogger) -> None:
+    """A systemd notification to a socket nobody binds (notify_failed)."""
+    with tempfile.TemporaryDirectory(prefix="execd-catalog-") as directory:
+        notifier = SystemdNotifier(f"{directory}/gone", lambda: "starting", SystemClock(), log)
+        notifier.open()
+        notifier.close()
 
 
 async def session_reset_flow(log: AuditLogger) -> None:
@@ -422,6 +432,7 @@ async def component_flows(tmp_path: Path) -> set[str]:
     log = handle.logger
     try:
         await breaker_flow(log)
+        notify_flow(log)
         await session_reset_flow(log)
         await exchange_info_flow(log, seen)
         await throttling_flow(log, seen)

@@ -16,11 +16,13 @@ from app.config import (
     ConfigError,
     ExchangeMode,
     Settings,
+    SystemdEnvironment,
     api_token_path,
     config_dir,
     exposed_secret_files,
     load_settings,
     resolve_api_token,
+    systemd_environment,
 )
 
 KEY, SECRET, TOKEN = "k3y-A1b2C3d4E5f6", "s3cr3t-Z9y8X7w6V5u4", "t0ken-Q1w2E3r4T5y6"
@@ -350,3 +352,35 @@ def test_loose_secret_files_are_listed(root: Path, tmp_path: Path) -> None:
     token.chmod(0o600)
     assert exposed_secret_files(_load(root, environ=env)) == [
         ("exchange.api_key_file", key, 0o640)]
+
+
+def test_systemd_environment() -> None:
+    """NOTIFY_SOCKET turns the protocol on; WATCHDOG_USEC counts only for the process named by
+    WATCHDOG_PID (or when it is absent)."""
+    assert systemd_environment({}) is None
+    assert systemd_environment({"WATCHDOG_USEC": "30000000"}) is None     # no socket
+    base = {"NOTIFY_SOCKET": "/run/systemd/notify"}
+    assert systemd_environment(base) == SystemdEnvironment("/run/systemd/notify", None)
+    assert systemd_environment({"NOTIFY_SOCKET": "@abstract"}) == SystemdEnvironment(
+        "@abstract", None)
+    watchdog = base | {"WATCHDOG_USEC": "30000000"}
+    assert systemd_environment(watchdog, pid=42) == SystemdEnvironment(
+        "/run/systemd/notify", 30_000_000)
+    assert systemd_environment(watchdog | {"WATCHDOG_PID": "42"}, pid=42) == SystemdEnvironment(
+        "/run/systemd/notify", 30_000_000)
+    assert systemd_environment(watchdog | {"WATCHDOG_PID": "41"}, pid=42) == SystemdEnvironment(
+        "/run/systemd/notify", None)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"NOTIFY_SOCKET": "run/notify"}, "NOTIFY_SOCKET: must be an absolute unix socket path"),
+    ({"NOTIFY_SOCKET": "@"}, "NOTIFY_SOCKET: must be an absolute unix socket path"),
+    ({"NOTIFY_SOCKET": "/n", "WATCHDOG_USEC": "30s"}, "WATCHDOG_USEC: must be a whole number"),
+    ({"NOTIFY_SOCKET": "/n", "WATCHDOG_USEC": "0"}, "WATCHDOG_USEC: must be a whole number"),
+    ({"NOTIFY_SOCKET": "/n", "WATCHDOG_USEC": "-5"}, "WATCHDOG_USEC: must be a whole number"),
+    ({"NOTIFY_SOCKET": "/n", "WATCHDOG_USEC": "5", "WATCHDOG_PID": "me"},
+     "WATCHDOG_PID: must be a process id"),
+])
+def test_malformed_systemd_environment_is_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        systemd_environment(env)

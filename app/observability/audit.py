@@ -25,6 +25,7 @@ class AuditEvent(StrEnum):
     DAEMON_STOPPING = "daemon_stopping"
     DAEMON_STOPPED = "daemon_stopped"
     SECRET_FILE_EXPOSED = "secret_file_exposed"
+    NOTIFY_FAILED = "notify_failed"
     # signals
     SIGNAL_RECEIVED = "signal_received"
     SIGNAL_ACCEPTED = "signal_accepted"
@@ -105,8 +106,10 @@ GROUPS: tuple[EventGroup, ...] = (
     EventGroup(
         "lifecycle",
         "The daemon process: start (mode, exchange URL, log file), stop requested, stopped; "
-        "a key or token file that others can read, found at start.",
-        (_E.DAEMON_STARTED, _E.DAEMON_STOPPING, _E.DAEMON_STOPPED, _E.SECRET_FILE_EXPOSED),
+        "a key or token file that others can read, found at start; a notification to systemd "
+        "that could not be sent.",
+        (_E.DAEMON_STARTED, _E.DAEMON_STOPPING, _E.DAEMON_STOPPED, _E.SECRET_FILE_EXPOSED,
+         _E.NOTIFY_FAILED),
     ),
     EventGroup(
         "signals",
