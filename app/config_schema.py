@@ -36,6 +36,7 @@ __all__ = [
     "ExchangeMode",
     "ExecutionConfig",
     "JournalConfig",
+    "JournalSync",
     "LogLevel",
     "MonitorConfig",
     "OnUnprotected",
@@ -255,12 +256,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class JournalSync(StrEnum):
+    """SQLite's ``synchronous`` for the journal's writes (SPEC §5.6). Acknowledging commits
+    (an accepted signal, a spool offset) are fsynced under every level."""
+
+    NORMAL = "NORMAL"
+    FULL = "FULL"
+    EXTRA = "EXTRA"
+
+
 class JournalConfig(BaseModel):
-    """The durable signal store (SPEC §4.3)."""
+    """The durable signal store (SPEC §4.3, §5.6)."""
 
     model_config = _SECTION
 
     path: Path = Path("data/journal.sqlite3")
+    synchronous: Annotated[JournalSync, BeforeValidator(_upper)] = JournalSync.NORMAL
 
 
 class MonitorConfig(BaseModel):

@@ -8,10 +8,10 @@ mapping it uses; no component builds another or reaches into another's attribute
 
 Lifecycle, top to bottom:
 
-- start (`Daemon.__aenter__`): check credentials and the API token → audit log (and a
-  ``secret_file_exposed`` warning per key or token file others can read) → systemd
-  notifier (under systemd: ``STATUS=`` lines and watchdog pings from here to the end) →
-  exchange → gateway (time sync, exchangeInfo, limiter) → journal → executor, bus, service →
+- start (`Daemon.__aenter__`): check credentials → the journal's lock and the journal → the API
+  token → audit log (and a ``secret_file_exposed`` warning per key or token file others can
+  read) → systemd notifier (under systemd: ``STATUS=`` lines and watchdog pings from here to
+  the end) → exchange → gateway (time sync, exchangeInfo, limiter) → executor, bus, service →
   control API (``/healthz`` says ``starting``) → restart recovery (§5.6) → intake opens →
   SIGTERM/SIGINT handlers → ``daemon_started`` → ``READY=1`` → ready lines on stdout;
 - serve (`Daemon.serve`): the orphan watcher and the spool tail run under one
@@ -166,6 +166,12 @@ class Daemon:
         lock = JournalLock(settings.journal.path)
         await lock.acquire()
         self._stack.push_async_callback(lock.aclose)
+        # The journal next: a file that cannot be used stops start-up before the exchange is
+        # contacted or anything is logged (JournalUnreadable: one line, exit 1).
+        self.journal = journal = Journal(settings.journal.path,
+                                         synchronous=settings.journal.synchronous.value)
+        await journal.open()
+        self._stack.push_async_callback(journal.close)
         token = await asyncio.to_thread(resolve_api_token, settings, create=True)
         assert token is not None
         audit = configure_logging(
@@ -202,9 +208,6 @@ class Daemon:
             exchange_setup(settings, credentials, self.exchange_url), self.clock, log))
         gateway, rules = exchange.gateway, exchange.symbols.get
 
-        self.journal = journal = Journal(settings.journal.path)
-        await journal.open()
-        self._stack.push_async_callback(journal.close)
         ex = settings.execution
         chosen = self._executor_settings or executor_settings(ex)
         book = Book(self.clock)
@@ -477,8 +480,9 @@ class Daemon:
 def run(settings: Settings, *, exchange_url: str | None = None, spool: Path | None = None) -> int:
     """`execd run`: start the daemon, serve until SIGTERM/SIGINT, shut down. Returns 0.
 
-    Raises ConfigError for configuration problems found at start (the CLI exits 2) and
-    JournalLocked when another daemon runs on the same journal (the CLI exits 1).
+    Raises ConfigError for configuration problems found at start (the CLI exits 2),
+    JournalLocked when another daemon runs on the same journal and JournalUnreadable when its
+    file cannot be used (the CLI exits 1 for both).
     """
     systemd = systemd_environment()     # NOTIFY_SOCKET, WATCHDOG_USEC: ConfigError if malformed
     return asyncio.run(_run(settings, exchange_url=exchange_url, spool=spool, systemd=systemd))

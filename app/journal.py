@@ -5,11 +5,23 @@ loop never waits on the disk; each public coroutine is one transaction on that t
 before it returns. Writes use ``BEGIN IMMEDIATE``, so a read-then-write (the duplicate check of
 `Journal.accept`, the terminal guard) is atomic, even against another process on the same file.
 
-Durability: the database runs in WAL mode. With ``synchronous=NORMAL`` (the default) every
-committed transaction survives a crash of the process (``kill -9``): the commit is in the WAL
-file before the call returns, and the operating system keeps it. A power loss or kernel crash may
-lose the last few commits (never corrupt the file). ``synchronous=FULL`` also survives power
-loss, at the cost of an fsync per commit. ``EXTRA`` additionally syncs the directory.
+Durability (SPEC §5.6): the database runs in WAL mode. Every committed transaction survives a
+crash of the process (``kill -9``): the commit is in the WAL file before the call returns. What a
+power loss or kernel crash may lose depends on ``synchronous`` (``journal.synchronous``):
+
+- The commits that acknowledge something are always fsynced before they return, whatever the
+  setting: `Journal.accept` (a signal → HTTP 202, a spool line, a NATS ack) and `set_offset` (a
+  spool read position). Under ``NORMAL`` they run with ``PRAGMA synchronous = FULL`` for that
+  one transaction (set before ``BEGIN``: SQLite refuses it inside one), then back to ``NORMAL``.
+- Every other write (intents, signal states, fills, filled quantities) follows the setting. Under
+  ``NORMAL`` (the default) a power cut may lose the last of them, never corrupt the file; that is
+  safe because client ids are deterministic: restart recovery looks up by id every leg the journal
+  does not show sent before sending anything (``execution/reconcile.adopt_unjournaled``).
+  ``FULL`` fsyncs every commit; ``EXTRA`` also syncs the directory.
+
+Trouble: a write lock another process holds past the busy timeout raises `JournalBusy` (nothing
+was written; try again); a file that is not a readable journal raises `JournalUnreadable` at
+``open`` with a message saying what to do.
 
 Storage: decimals as TEXT (``str(Decimal)``, exact), enums as their string values, the signal as
 the JSON of `Signal.to_record` beside indexed columns. The schema is versioned with
@@ -21,9 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -33,13 +44,12 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
-from app.journal_schema import MIGRATIONS
+from app.journal_db import JournalBusy, JournalUnreadable, busy, connect, transaction
 
-__all__ = ["Fill", "Journal", "SignalRecord"]
+__all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "SignalRecord"]
 
 _T = TypeVar("_T")
 _SYNCHRONOUS: Final = ("NORMAL", "FULL", "EXTRA")
-_BUSY_TIMEOUT_MS: Final = 5_000
 _LEG_ORDER: Final = {leg: rank for rank, leg in enumerate(Leg)}  # E, S, T, C
 _PROTECTIVE: Final = (Leg.STOP_LOSS.value, Leg.TAKE_PROFIT.value)
 _NON_TERMINAL: Final = tuple(s.value for s in SignalState if not s.is_terminal)
@@ -98,6 +108,8 @@ class Journal:
                              f"got {synchronous!r}")
         self.path = path
         self.synchronous = mode
+        #: (level for an acknowledging commit, level to go back to), when they differ.
+        self._acknowledging = ("FULL", mode) if mode == "NORMAL" else None
         self._pool: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
@@ -153,7 +165,7 @@ class Journal:
         body = orjson.dumps(signal.to_record()).decode()
 
         def work(conn: sqlite3.Connection) -> tuple[SignalRecord, bool]:
-            with _transaction(conn):
+            with transaction(conn, self._acknowledging):   # fsynced: it acknowledges
                 if offset is not None:
                     _set_offset(conn, *offset)
                 existing = _select_signal(conn, signal.id)
@@ -180,7 +192,7 @@ class Journal:
         state it already has changes nothing (its first reason stands) and returns the record.
         """
         def work(conn: sqlite3.Connection) -> SignalRecord:
-            with _transaction(conn):
+            with transaction(conn):
                 old = _select_signal(conn, signal_id)
                 if old is None:
                     raise KeyError(signal_id)
@@ -223,7 +235,7 @@ class Journal:
         row = _intent_row(intent)
 
         def work(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 owner = conn.execute("SELECT signal_id, leg FROM intents WHERE client_id = ?",
                                      (intent.client_id,)).fetchone()
                 if owner is None:
@@ -297,7 +309,7 @@ class Journal:
     async def set_filled_quantity(self, signal_id: str, quantity: Decimal) -> None:
         """Record how much of the signal's entry filled."""
         def work(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 conn.execute("UPDATE signals SET filled_quantity = ? WHERE id = ?",
                              (_text(quantity), signal_id))
 
@@ -311,7 +323,7 @@ class Journal:
                str(fill.realized_pnl), fill.time)
 
         def work(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
+            with transaction(conn):
                 cursor = conn.execute(
                     f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES ({_marks(row)}) "
                     "ON CONFLICT DO NOTHING", row)
@@ -359,16 +371,16 @@ class Journal:
         return await self._run(work)
 
     async def set_offset(self, name: str, value: int, *, file: str | None = None) -> None:
-        """Store the read offset `name` (≥ 0, else ``ValueError``), committed before return.
-        `file`, if given, is the identity of the file it is in, stored beside it; without it
-        the stored identity stays."""
+        """Store the read offset `name` (≥ 0, else ``ValueError``), committed and fsynced
+        before return. `file`, if given, is the identity of the file it is in, stored beside
+        it; without it the stored identity stays."""
         await self.set_offsets({name: (value, file)})
 
     async def set_offsets(self, offsets: Mapping[str, tuple[int, str | None]]) -> None:
         """Store several offsets, name → (value, file) as for `set_offset`, in one
         transaction: all or none (``ValueError`` for a bad value, and none is stored)."""
         def work(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn, self._acknowledging):   # fsynced: it acknowledges
                 for name, (value, file) in offsets.items():
                     _set_offset(conn, name, value, file)
 
@@ -379,54 +391,20 @@ class Journal:
         pool, conn = self._pool, self._conn
         if pool is None or conn is None:
             raise RuntimeError(f"journal {str(self.path)!r} is not open")
-        return await asyncio.get_running_loop().run_in_executor(pool, work, conn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, work, conn)
+        except sqlite3.OperationalError as error:
+            if busy(error) and not isinstance(error, JournalBusy):
+                raise JournalBusy(f"journal {self.path} busy: another process holds its write "
+                                  f"lock ({error})") from error
+            raise
 
     async def _intents(self, sql: str, params: Sequence[object]) -> list[Intent]:
         return await self._run(lambda conn: [_intent(row) for row in conn.execute(sql, params)])
 
     def _connect(self) -> sqlite3.Connection:
         """On the worker thread: connect, configure, migrate."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; _transaction() says BEGIN itself.
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"journal {str(self.path)!r}: WAL mode unavailable ({mode})")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # validated in __init__
-            conn.execute("PRAGMA foreign_keys = ON")
-            _migrate(conn, self.path)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction: the write lock is taken up front, committed on success, rolled back
-    on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    with _transaction(conn):
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise RuntimeError(f"journal {str(path)!r} has schema version {version}; this "
-                               f"execd knows up to {len(MIGRATIONS)}")
-        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number:d}")  # PRAGMA takes no parameters
+        return connect(self.path, self.synchronous)
 
 
 def _marks(values: Sequence[object]) -> str:

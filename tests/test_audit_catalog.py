@@ -42,7 +42,7 @@ from app.factory import ExchangeParts, build_execution, build_live, open_exchang
 from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.intake.spool import SpoolTail
-from app.journal import Journal
+from app.journal import Journal, JournalBusy
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger, LogHandle, configure_logging
 from app.observability.notify import SystemdNotifier
@@ -56,6 +56,7 @@ from tests.execution.test_unprotected import MarketMovesBeforeTheStop, executor_
 from tests.simulator import Admin, quiet_sim_config
 from tests.test_alerts_e2e import hammer
 from tests.test_alerts_e2e import outage as daemon_outage
+from tests.test_journal_durability import write_lock
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit-events.md"
 CATALOG = frozenset(e.value for e in AuditEvent)
@@ -424,6 +425,15 @@ async def api_failure_flow(w: World) -> None:
         await api.close()
 
 
+async def journal_busy_flow(w: World) -> None:
+    """Another process holds the journal's write lock past the busy timeout: the signal is
+    refused (journal_busy), nothing journaled."""
+    with write_lock(w.journal.path), pytest.raises(JournalBusy):
+        await w.service.accept({"id": "catalog-busy", "symbol": "BTCUSDT",
+                                "type": "LONG_ENTRY", "quantity": "0.010"}, source="test")
+    assert await w.journal.get_signal("catalog-busy") is None
+
+
 async def component_flows(tmp_path: Path) -> set[str]:
     """Every component flow under one audit log of our own; the names of the events seen."""
     seen = Collector()
@@ -442,6 +452,7 @@ async def component_flows(tmp_path: Path) -> set[str]:
             await execution_flows(w)
             await spool_flows(w, tmp_path, seen)
             await api_failure_flow(w)
+            await journal_busy_flow(w)
     finally:
         await handle.aclose()
     return set(seen.seen)

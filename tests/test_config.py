@@ -157,6 +157,17 @@ def test_out_of_bounds_value_is_named(root: Path) -> None:
         _load(root, overrides={"api.port": 70_000})
 
 
+def test_journal_synchronous_is_validated_and_defaults_to_normal(root: Path) -> None:
+    """journal.synchronous: NORMAL by default, any case accepted; anything but NORMAL, FULL or
+    EXTRA is an error naming the key and the allowed levels (SPEC §5.6)."""
+    assert _load(root).journal.synchronous == "NORMAL"
+    loaded = _load(root, environ={"EXECD_JOURNAL__SYNCHRONOUS": "full"})
+    assert loaded.journal.synchronous == "FULL"
+    with pytest.raises(ConfigError, match=r"journal\.synchronous: .*'NORMAL', 'FULL' or 'EXTRA'"
+                                          r".*'OFF'.*from EXECD_JOURNAL__SYNCHRONOUS"):
+        _load(root, environ={"EXECD_JOURNAL__SYNCHRONOUS": "off"})
+
+
 def test_unknown_override_key_is_named(root: Path) -> None:
     """An override for a key that does not exist names the key and the command line."""
     with pytest.raises(ConfigError, match=r"api\.prot: unknown key \(from command line\)"):

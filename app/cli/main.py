@@ -50,6 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Imported here so that `execd --help` and the client commands stay light.
     from app import daemon
     from app.errors import ExchangeError
+    from app.journal import JournalUnreadable
     from app.journal_lock import JournalLocked
 
     overrides = {"exchange.mode": args.mode, "api.port": args.api_port}
@@ -67,7 +68,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"execd run: the exchange failed at start-up: {exc.error_class} ({exc.message}); "
               f"{exc.suggested_action}", file=sys.stderr)
         return 1
-    except JournalLocked as exc:
+    except (JournalLocked, JournalUnreadable) as exc:
         print(f"execd run: {exc}", file=sys.stderr)
         return 1
     finally:

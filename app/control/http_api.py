@@ -3,7 +3,8 @@
 Every answer is JSON (``/metrics`` excepted); every error is ``{"error": "<code>", "detail":
 "...", ...}`` naming what is wrong. ``POST /v1/signals`` goes through `Service.accept`, the one
 accept path, so its statuses are the service's outcomes: 202 accepted (journaled), 200 duplicate
-(the body of ``GET /v1/signals/{id}``), 400 `SignalError`, 429 `QueueFull`, 503 `IntakeClosed`.
+(the body of ``GET /v1/signals/{id}``), 400 `SignalError`, 429 `QueueFull`, 503 `IntakeClosed`,
+503 ``journal_busy`` with ``Retry-After`` (`JournalBusy`: the service audited it).
 
 Auth is ``Authorization: Bearer <token>`` on everything under ``/v1/``; ``/healthz`` and
 ``/metrics`` are open. An empty token turns auth off, which the constructor allows on a loopback
@@ -33,7 +34,7 @@ from app.errors import ExchangeError, InvalidRequest
 from app.exchange.models import Balance, CancelCounts, Position
 from app.intake.bus import QueueFull
 from app.intake.service import IntakeClosed, IntakeState, Service
-from app.journal import Journal, SignalRecord
+from app.journal import Journal, JournalBusy, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
@@ -46,6 +47,7 @@ _ASSET: Final = re.compile(r"[A-Z0-9]{2,16}")
 _INVALID_SYMBOL_CODE: Final = -1121  # Binance: "Invalid symbol."
 _PUBLIC: Final = frozenset({"/healthz", "/metrics"})
 _WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
+_BUSY_RETRY_S: Final = 1  # Retry-After of a journal_busy answer
 
 
 def _host_name(header: str) -> str:
@@ -214,6 +216,11 @@ class ControlApi:
                            {"Retry-After": str(seconds)}) from None
         except IntakeClosed as error:
             raise _Problem(503, {"error": error.state.value, "detail": str(error)}) from None
+        except JournalBusy:
+            raise _Problem(503, {"error": "journal_busy", "retry_after": _BUSY_RETRY_S,
+                                 "detail": "journal busy: another process holds its write "
+                                           "lock; nothing was accepted, send it again"},
+                           {"Retry-After": str(_BUSY_RETRY_S)}) from None
         if accepted.created:  # just journaled: nothing has run yet
             return _json(202, _signal_view(accepted.record, []))
         intents = await self._journal.intents_for(accepted.record.signal.id)

@@ -37,6 +37,7 @@ from app.exchange.symbols import SymbolRuleError, SymbolRules, trading_rules
 from app.execution.client_ids import new_intent
 from app.execution.ports import ExchangePort
 from app.execution.protect import PROTECT_DEADLINE_S, Protector, Unprotected
+from app.execution.reconcile import adopt_unjournaled
 from app.execution.sender import DECISION_STARTED, NOT_TAKEN, OrderSender
 from app.execution.settings import ExecutorSettings, OnUnprotected
 from app.journal import Journal, SignalRecord
@@ -74,24 +75,36 @@ class Executor:
         self._margin: dict[str, MarginType] = {}
 
     # ------------------------------------------------------------------ one signal
-    async def execute(self, record: SignalRecord, *, settle: bool = True) -> SignalRecord:
+    async def execute(self, record: SignalRecord, *, settle: bool = True,
+                      resumed: bool = False) -> SignalRecord:
         """Run (or resume) a signal to a terminal state and return its final record.
 
         An order whose outcome stays unknown keeps the signal ``RUNNING`` (reason ``outcome
         unknown``) until a lookup or a stream event settles it (SPEC §5.9); with ``settle``
         False (restart recovery, which must not hold start-up) the record is returned
-        ``RUNNING`` instead, for the daemon to hand to the bus."""
+        ``RUNNING`` instead, for the daemon to hand to the bus.
+
+        A ``resumed`` signal (restart recovery passes it; a ``RUNNING`` record is one) first
+        has every leg its journal does not show sent looked up by client id and adopted
+        (`reconcile.adopt_unjournaled`), before anything is decided or sent: a power cut that
+        lost an intent row never turns into a second order. While the exchange cannot answer
+        those lookups nothing is sent (``outcome unknown``, as above)."""
         if record.state.is_terminal:
             return record
         decision = DECISION_STARTED.set(self._clock.monotonic())
         try:
-            return await self._execute(record, settle)
+            return await self._execute(record, settle,
+                                       resumed or record.state is SignalState.RUNNING)
         finally:
             DECISION_STARTED.reset(decision)
 
-    async def _execute(self, record: SignalRecord, settle: bool) -> SignalRecord:
+    async def _execute(self, record: SignalRecord, settle: bool, resumed: bool) -> SignalRecord:
         signal = record.signal
         with bound_contextvars(signal_id=signal.id, symbol=signal.symbol):
+            if resumed and not await self._adopt_unjournaled(signal, settle):
+                return await self._journal.set_signal_state(
+                    signal.id, SignalState.RUNNING, reason=OUTCOME_UNKNOWN,
+                    now=self._clock.time())
             if signal.is_expired(self._clock.time()) and not await self._started(signal):
                 return await self._finish(signal, SignalState.EXPIRED, "expired before execution",
                                           AuditEvent.SIGNAL_EXPIRED)
@@ -99,8 +112,9 @@ class Executor:
                 await self._journal.set_signal_state(signal.id, SignalState.RUNNING,
                                                      reason=None, now=self._clock.time())
             try:
-                # An ACCEPTED signal has no intents yet (RUNNING is journaled before the first).
-                fresh = record.state is SignalState.ACCEPTED
+                # A new ACCEPTED signal has no intents yet (RUNNING is journaled before the
+                # first); a resumed one may have adopted some.
+                fresh = record.state is SignalState.ACCEPTED and not resumed
                 async with self._protector.holding(signal.symbol):
                     reason = await self._run_until_taken(signal, fresh=fresh, settle=settle)
             except UnknownOutcome:
@@ -132,6 +146,24 @@ class Executor:
                                           f"{error.error_class}: {error.message}",
                                           AuditEvent.SIGNAL_FAILED, **error.fields())
             return await self._finish(signal, SignalState.DONE, reason, AuditEvent.SIGNAL_DONE)
+
+    async def _adopt_unjournaled(self, signal: Signal, settle: bool) -> bool:
+        """`reconcile.adopt_unjournaled`; while the exchange cannot answer, retried after a
+        pause with ``settle``, else False (nothing may be sent yet)."""
+        pause = SETTLE_PAUSE_S[0]
+        while True:
+            try:
+                await adopt_unjournaled(signal, self._journal, self._exchange, self._sender,
+                                        self.settings.client_id_prefix, self._log,
+                                        now=self._clock.time())
+                return True
+            except UnknownOutcome as unknown:
+                if not settle:
+                    return False
+                self._log.warning(AuditEvent.SIGNAL_DEFERRED, reason=OUTCOME_UNKNOWN,
+                                  message=unknown.message, retry_in_s=pause)
+                await self._clock.sleep(pause)
+                pause = min(pause * 2, SETTLE_PAUSE_S[1])
 
     async def _started(self, signal: Signal) -> bool:
         """Whether any order of the signal may have left (an intent past ``PENDING``)."""

@@ -216,12 +216,14 @@ class OrderSender:
             return await self._record(intent, state, describe, log, adopted=False)
 
     async def _resolve(self, lookup: Callable[[], Awaitable[S | None]],
-                       deadline: float, client_id: str | None = None) -> S | None:
+                       deadline: float, client_id: str | None = None, *,
+                       window_s: float | None = None) -> S | None:
         """Look the order up until it is found (returned), or definitely not found by a lookup
-        made once ``resolve_window_s`` has passed (None: it may be sent again). Failed lookups
-        prove nothing and never end the search; once ``deadline`` (``clock.time()``) has
-        passed too, ``UnknownOutcome`` is raised instead of guessing."""
-        window_end = self._clock.monotonic() + self._settings.resolve_window_s
+        made once ``window_s`` (default ``resolve_window_s``) has passed (None: it may be sent
+        again). Failed lookups prove nothing and never end the search; once ``deadline``
+        (``clock.time()``) has passed too, ``UnknownOutcome`` is raised instead of guessing."""
+        window = self._settings.resolve_window_s if window_s is None else window_s
+        window_end = self._clock.monotonic() + window
         delay = 0.1
         failure: BaseException | None = None
         while True:
@@ -248,12 +250,15 @@ class OrderSender:
             delay = min(delay * 2, 1.0)
 
     async def resolve(self, lookup: Callable[[], Awaitable[S | None]],
-                      client_id: str | None = None) -> S | None:
+                      client_id: str | None = None, *,
+                      window_s: float | None = None) -> S | None:
         """One lookup pass (restart recovery; a cancel answered "unknown order"): found, None
         (definitely not found) or ``UnknownOutcome`` when the exchange could not answer within
-        the window."""
+        the window. ``window_s`` = 0 takes the first definite answer (an order that was not
+        just sent: one whose journal row a power cut lost); failed lookups are still retried
+        for ``resolve_window_s``."""
         return await self._resolve(lookup, self._clock.time() + self._settings.resolve_window_s,
-                                   client_id)
+                                   client_id, window_s=window_s)
 
     async def _adopt(self, intent: Intent, found: S, describe: Callable[[S], tuple[IntentState,
                      str]], log: AuditLogger) -> Placement[S]:

@@ -6,7 +6,9 @@ place on the bus, journal durably, then queue.
 - A malformed body raises ``SignalError`` naming the field and the rule (HTTP 400); so does a
   symbol the exchange does not list as TRADING. Nothing is journaled or queued for it.
 - ``QueueFull`` (HTTP 429) is raised before anything is journaled; ``IntakeClosed`` (HTTP 503)
-  while starting or stopping.
+  while starting or stopping; ``JournalBusy`` (HTTP 503) when another process held the journal's
+  write lock past its busy timeout: audited once (``journal_busy``), nothing journaled or
+  queued.
 - A signal is journaled (committed) before ``accept`` returns, so an acknowledgement always means
   it survives a crash.
 
@@ -24,7 +26,7 @@ from app.clock import Clock
 from app.domain import Signal, SignalError
 from app.intake.bus import SignalBus
 from app.intake.validate import parse_signal
-from app.journal import Journal, SignalRecord
+from app.journal import Journal, JournalBusy, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
@@ -85,6 +87,15 @@ class Service:
         if self.state is not IntakeState.READY:
             raise IntakeClosed(self.state)
         self._log.info(AuditEvent.SIGNAL_RECEIVED, source=source)
+        try:
+            return await self._accept(data, source=source, wait=wait, offset=offset)
+        except JournalBusy as busy:
+            self._log.error(AuditEvent.JOURNAL_BUSY, source=source,
+                            path=str(self.journal.path), error=str(busy))
+            raise
+
+    async def _accept(self, data: object, *, source: str, wait: bool,
+                      offset: tuple[str, int] | None) -> Accepted:
         known = await self._known(data)
         if known is not None:
             if offset is not None:

@@ -85,6 +85,8 @@ class AuditEvent(StrEnum):
     RECONCILE_STARTED = "reconcile_started"
     ORDER_RECONCILED = "order_reconciled"
     RECONCILE_FINISHED = "reconcile_finished"
+    # the journal
+    JOURNAL_BUSY = "journal_busy"
     # the control API
     API_REQUEST_FAILED = "api_request_failed"
     # operator attention
@@ -196,6 +198,12 @@ GROUPS: tuple[EventGroup, ...] = (
         "recovery",
         "The restart reconciliation pass over journaled intents (SPEC §5.6).",
         (_E.RECONCILE_STARTED, _E.ORDER_RECONCILED, _E.RECONCILE_FINISHED),
+    ),
+    EventGroup(
+        "journal",
+        "The journal refused a write: another process held its write lock past the busy "
+        "timeout (SPEC §5.6). What was asked is refused, nothing changed; ask again later.",
+        (_E.JOURNAL_BUSY,),
     ),
     EventGroup(
         "control_api",

@@ -26,6 +26,7 @@ from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.journal import Journal
 from tests.simulator import Admin
+from tests.test_journal_durability import write_lock
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -445,3 +446,28 @@ async def test_loopback_hosts_are_served(api: ControlApi, http: aiohttp.ClientSe
     status, _, _ = await call(http, "GET", f"{api.url}/v1/status",
                               headers={**AUTH, "Host": f"{host}:{port}"})
     assert status == 200
+
+
+async def test_a_locked_journal_answers_503_journal_busy_and_changes_nothing(
+        api: ControlApi, http: aiohttp.ClientSession, journal: Journal, bus: SignalBus) -> None:
+    """Another process holds the journal's write lock (``BEGIN IMMEDIATE`` from its own
+    connection) past the busy timeout: 503 ``journal_busy`` with Retry-After, audited once
+    (``journal_busy``), nothing journaled or queued; once the lock is gone the same POST is
+    accepted."""
+    with capture_logs() as logs, write_lock(journal.path):
+        status, body, headers = await call(http, "POST", f"{api.url}/v1/signals",
+                                           body={"id": "h-busy", **ENTRY})
+    assert status == 503, body
+    assert body["error"] == "journal_busy"
+    assert body["detail"].startswith("journal busy")
+    assert headers["Retry-After"] == str(body["retry_after"]) == "1"
+    busy = [e for e in logs if e["event"] == "journal_busy"]
+    assert len(busy) == 1
+    assert (busy[0]["source"], busy[0]["log_level"]) == ("http", "error")
+    assert "database is locked" in busy[0]["error"]
+    assert not [e for e in logs if e["event"] == "api_request_failed"]
+    assert await journal.get_signal("h-busy") is None
+    assert bus.snapshot().pending == 0
+    status, body, _ = await call(http, "POST", f"{api.url}/v1/signals",
+                                 body={"id": "h-busy", **ENTRY})
+    assert status == 202, body

@@ -13,9 +13,10 @@ from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, Signal
 from app.exchange.gateway import Gateway
 from app.execution.client_ids import client_id
 from app.execution.reconcile import recover
-from app.factory import ExecutionParts
+from app.execution.settings import ExecutorSettings
+from app.factory import ExchangeParts, ExecutionParts
 from app.journal import Journal
-from tests.execution.conftest import make_signal
+from tests.execution.conftest import execution_for, make_signal
 from tests.simulator import Admin
 
 
@@ -116,3 +117,66 @@ async def test_a_partly_filled_entry_is_protected_at_restart_never_sent_again(
     assert len(await admin.orders("order")) == 1
     assert [(a["type"], a["status"]) for a in await admin.orders("algo")] == [
         ("STOP_MARKET", "NEW")]
+
+
+async def test_a_lost_intent_row_never_becomes_a_second_order(
+        gateway: Gateway, journal: Journal, execution: ExecutionParts, admin: Admin) -> None:
+    """A power cut under ``synchronous=NORMAL`` may lose the last intent writes, not the
+    acknowledged signal (SPEC §5.6): RUNNING and ACCEPTED entries whose entry order is on the
+    exchange but not in the journal. Recovery looks every leg up by its deterministic id
+    first: the entry is adopted (one order), the missing stop placed, the signal DONE."""
+    now = time.time()
+    running = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
+                           "stop_loss": "60000.0"})
+    accepted = make_signal({"symbol": "ETHUSDT", "type": "LONG_ENTRY", "quantity": "0.100",
+                            "stop_loss": "2000.0"})
+    stopped = make_signal({"symbol": "SOLUSDT", "type": "LONG_ENTRY", "quantity": "1",
+                           "stop_loss": "100.0"})
+    for signal in (running, accepted, stopped):
+        await journal.accept(signal, now=now)
+        await gateway.place_order(signal.symbol, Side.BUY, signal.quantity or Decimal(0),
+                                  client_id("xd", signal.id, Leg.ENTRY))
+    for signal in (running, stopped):
+        await journal.set_signal_state(signal.id, SignalState.RUNNING, reason=None, now=now)
+    # SOL's stop-loss was placed too: its row is lost as well.
+    await gateway.place_algo_order("SOLUSDT", Side.SELL, OrderType.STOP_MARKET,
+                                   Decimal("100.0"), client_id("xd", stopped.id, Leg.STOP_LOSS))
+
+    with capture_logs() as logs:
+        await recover(journal, gateway, execution.sender, execution.executor,
+                      structlog.get_logger())
+    for signal in (running, accepted, stopped):
+        record = await journal.get_signal(signal.id)
+        assert record is not None
+        assert (record.state, record.reason) == (
+            SignalState.DONE, f"entry filled: {signal.quantity} {signal.symbol}; protected")
+        entry = client_id("xd", signal.id, Leg.ENTRY)
+        assert [r["client_id"] for r in await admin.orders("order")].count(entry) == 1
+    algos = await admin.orders("algo")
+    assert sorted((a["symbol"], a["type"]) for a in algos) == [
+        ("BTCUSDT", "STOP_MARKET"), ("ETHUSDT", "STOP_MARKET"), ("SOLUSDT", "STOP_MARKET")]
+    adopted = [(e["leg"], e["state"]) for e in logs if e["event"] == "order_reconciled"
+               and e.get("cause") == "not_journaled"]
+    assert sorted(adopted) == [("E", "FILLED")] * 3 + [("S", "PLACED")]
+
+
+async def test_nothing_is_sent_while_a_lost_row_cannot_be_looked_up(
+        gateway: Gateway, journal: Journal, exchange: ExchangeParts, admin: Admin) -> None:
+    """The lookup of a leg the journal does not show sent fails (503 on every order lookup):
+    recovery sends nothing for that signal and leaves it RUNNING, ``outcome unknown``."""
+    execution = execution_for(gateway, exchange, journal,
+                              ExecutorSettings(resolve_window_s=0.3, busy_retry_s=0.05))
+    signal = make_signal({"symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010",
+                          "stop_loss": "60000.0"})
+    await journal.accept(signal, now=time.time())
+    entry = client_id("xd", signal.id, Leg.ENTRY)
+    await gateway.place_order("BTCUSDT", Side.BUY, Decimal("0.010"), entry)
+    await admin.post("faults", {"seed": 1, "rules": [
+        {"endpoint": "GET /fapi/v1/order", "fault": "service_unavailable", "probability": 1}]})
+    await recover(journal, gateway, execution.sender, execution.executor,
+                  structlog.get_logger())
+    await admin.post("faults", {"seed": 1, "rules": []})
+    record = await journal.get_signal(signal.id)
+    assert record is not None
+    assert (record.state, record.reason) == (SignalState.RUNNING, "outcome unknown")
+    assert [r["client_id"] for r in await admin.orders()] == [entry]
