@@ -51,7 +51,6 @@ from app.config import (
     systemd_environment,
 )
 from app.control.http_api import ControlApi
-from app.exchange.streams import MarketStream, UserStream
 from app.exchange.symbols import SymbolRules, trading_rules
 from app.execution.book import Book
 from app.execution.reconcile import recover
@@ -400,37 +399,11 @@ class Daemon:
                                       "retry_after": round(b.retry_after(), 3)}
                          for name, b in exchange.breakers.items()} if exchange else {},
             "recovery": self.recovery,
-            **self._live_status(),
+            **(self.live.status() if self.live is not None else LiveParts.idle_status()),
             "errors": self.monitor.snapshot() if self.monitor is not None else None,
             "loop_lag": self.lag.statistics(),
             "audit": (dataclasses.asdict(self._audit.statistics())
                       if self._audit is not None else None),
-        }
-
-    def _live_status(self) -> dict[str, object]:
-        """Positions (every non-zero one on the account, SPEC §11.2), the streams, time
-        without a stop and today's realized PnL."""
-        live = self.live
-        if live is None:
-            return {"positions": [], "streams": None, "protection": None,
-                    "realized_pnl_today": {}}
-
-        def stream(client: UserStream | MarketStream | None) -> dict[str, object]:
-            if client is None:
-                return {"state": "off"}
-            stats = client.statistics()
-            age = stats.get("last_event_age_s")
-            return {"state": "connected" if client.connected else "down",
-                    "last_event_age_s": round(age, 3) if age is not None else None,
-                    "connects": stats.get("connects"), "drops": stats.get("drops")}
-
-        guard = live.guard
-        return {
-            "positions": guard.positions_view(),
-            "streams": {"user": stream(live.user), "market": stream(live.market),
-                        "events": live.user.statistics()["events"] if live.user else {}},
-            "protection": {"unprotected_seconds_total": round(guard.naked_seconds_now(), 3)},
-            "realized_pnl_today": live.reports.realized_pnl_today(),
         }
 
     def summary(self) -> str:

@@ -273,6 +273,32 @@ class LiveParts:
     user: UserStream | None
     market: MarketStream | None
 
+    def status(self) -> dict[str, object]:
+        """Positions (every non-zero one on the account, SPEC §11.2), the streams, time
+        without a stop and today's realized PnL, for ``/v1/status``."""
+        def stream(client: UserStream | MarketStream | None) -> dict[str, object]:
+            if client is None:
+                return {"state": "off"}
+            stats = client.statistics()
+            age = stats.get("last_event_age_s")
+            return {"state": "connected" if client.connected else "down",
+                    "last_event_age_s": round(age, 3) if age is not None else None,
+                    "connects": stats.get("connects"), "drops": stats.get("drops")}
+
+        guard = self.guard
+        return {
+            "positions": guard.positions_view(),
+            "streams": {"user": stream(self.user), "market": stream(self.market),
+                        "events": self.user.statistics()["events"] if self.user else {}},
+            "protection": {"unprotected_seconds_total": round(guard.naked_seconds_now(), 3)},
+            "realized_pnl_today": self.reports.realized_pnl_today(),
+        }
+
+    @staticmethod
+    def idle_status() -> dict[str, object]:
+        """`status` before the live parts exist."""
+        return {"positions": [], "streams": None, "protection": None, "realized_pnl_today": {}}
+
 
 def build_live(gateway: Gateway, book: Book, execution: ExecutionParts, journal: Journal,
                clock: Clock, log: AuditLogger, config: StreamConfig, ws_base: str,
