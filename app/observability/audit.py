@@ -33,6 +33,7 @@ class AuditEvent(StrEnum):
     SIGNAL_EXPIRED = "signal_expired"
     SIGNAL_DONE = "signal_done"
     SIGNAL_FAILED = "signal_failed"
+    SIGNAL_CANCELLED = "signal_cancelled"
     # the spool source
     SPOOL_WAITING = "spool_waiting"
     SPOOL_TRUNCATED = "spool_truncated"
@@ -81,6 +82,9 @@ class AuditEvent(StrEnum):
     RECONCILE_STARTED = "reconcile_started"
     ORDER_RECONCILED = "order_reconciled"
     RECONCILE_FINISHED = "reconcile_finished"
+    # risk gate and trading state
+    TRADING_STATE_CHANGED = "trading_state_changed"
+    RISK_REJECTED = "risk_rejected"
     # the control API
     API_REQUEST_FAILED = "api_request_failed"
     # operator attention
@@ -116,6 +120,7 @@ GROUPS: tuple[EventGroup, ...] = (
             _E.SIGNAL_EXPIRED,
             _E.SIGNAL_DONE,
             _E.SIGNAL_FAILED,
+            _E.SIGNAL_CANCELLED,
         ),
     ),
     EventGroup(
@@ -186,6 +191,12 @@ GROUPS: tuple[EventGroup, ...] = (
         "recovery",
         "The restart reconciliation pass over journaled intents (SPEC §5.6).",
         (_E.RECONCILE_STARTED, _E.ORDER_RECONCILED, _E.RECONCILE_FINISHED),
+    ),
+    EventGroup(
+        "risk",
+        "The risk gate and the trading state (SPEC §5.10): a refused entry naming its rule, a "
+        "state changed by an operator or a kill switch.",
+        (_E.TRADING_STATE_CHANGED, _E.RISK_REJECTED),
     ),
     EventGroup(
         "control_api",
