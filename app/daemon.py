@@ -43,7 +43,9 @@ from app.control.http_api import ControlApi
 from app.exchange.streams import MarketStream, UserStream
 from app.exchange.symbols import SymbolRules, trading_rules
 from app.execution.book import Book
+from app.execution.operator import Operator
 from app.execution.reconcile import recover
+from app.execution.risk import RiskGate
 from app.execution.settings import ExecutorSettings
 from app.factory import (
     ExchangeParts,
@@ -51,6 +53,7 @@ from app.factory import (
     LiveParts,
     build_execution,
     build_live,
+    build_risk,
     exchange_setup,
     executor_settings,
     open_exchange,
@@ -120,6 +123,7 @@ class Daemon:
         self.api: ControlApi | None = None
         self.recovery: dict[str, int] = {}
         self.live: LiveParts | None = None
+        self.risk: RiskGate | None = None
         self._live_tasks: list[asyncio.Task[None]] = []
         self.metrics = Metrics()
         self.monitor: ErrorMonitor | None = None
@@ -177,13 +181,18 @@ class Daemon:
         ex = settings.execution
         chosen = self._executor_settings or executor_settings(ex)
         book = Book(self.clock)
+        self.risk = risk = build_risk(settings.risk, journal, book, self.clock, log)
+        await risk.restore()                   # the trading state, before any signal runs
+        self._stack.push_async_callback(risk.aclose)
+        gateway.watch_auth(risk.auth_result)
         self.execution = execution = build_execution(
             gateway, rules, journal, self.clock, log, chosen,
             on_decision=self._observe_decision, book=book,
-            max_mark_age_s=settings.stream.max_mark_age_s)
+            max_mark_age_s=settings.stream.max_mark_age_s, risk=risk)
         self.live = live = build_live(gateway, book, execution, journal, self.clock, log,
                                       settings.stream,
-                                      ws_base_url(settings, self.exchange_url), chosen)
+                                      ws_base_url(settings, self.exchange_url), chosen,
+                                      risk=risk)
         self._stack.push_async_callback(live.guard.aclose)
         await live.reports.load()
         self.bus = bus = SignalBus(execution.executor.execute, capacity=ex.queue_size,
@@ -192,10 +201,12 @@ class Daemon:
         self.service = service = Service(journal, bus, self._symbol_checker(rules), self.clock,
                                          log, default_ttl_s=ex.default_ttl_s)
         self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
+        operator = Operator(risk, journal, gateway, gateway, execution.protector, rules,
+                            self.clock, log)
         self.api = api = ControlApi(service, journal, gateway, self.status, token=token,
                                     host=settings.api.host, port=settings.api.port,
                                     max_body_bytes=settings.api.max_body_bytes, log=log,
-                                    registry=self.metrics.registry)
+                                    operator=operator, registry=self.metrics.registry)
         await api.start()                      # /healthz answers "starting" during recovery
         self._stack.push_async_callback(api.close)
         self._stack.callback(service.close)    # first thing on the way down: refuse intake
@@ -356,6 +367,7 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "state": service.state.value if service is not None else "starting",
+            "trading_state": self.risk.snapshot() if self.risk is not None else None,
             "uptime_s": round(self.clock.monotonic() - self._started_at, 3),
             "exchange": {"mode": self.settings.exchange.mode.value,
                          "base_url": self.exchange_url},

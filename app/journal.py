@@ -32,7 +32,17 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
+from app.domain import (
+    Intent,
+    IntentState,
+    Leg,
+    OrderType,
+    Side,
+    Signal,
+    SignalState,
+    StateChange,
+    TradingState,
+)
 from app.journal_schema import MIGRATIONS
 
 __all__ = ["Fill", "Journal", "SignalRecord"]
@@ -173,18 +183,21 @@ class Journal:
         return await self._run(lambda conn: _select_signal(conn, signal_id))
 
     async def set_signal_state(self, signal_id: str, state: SignalState, *, reason: str | None,
-                               now: float) -> SignalRecord:
+                               now: float, expect: SignalState | None = None) -> SignalRecord:
         """Move a signal to `state` with `reason`; `updated_at` becomes `now`. Returns the new
         record. Raises ``KeyError`` for an unknown id and ``ValueError`` for a move SPEC §5.7
         forbids: out of a terminal state, or back to ACCEPTED. Setting a terminal signal to the
         state it already has changes nothing (its first reason stands) and returns the record.
+        With `expect`, a signal found in another state is returned unchanged (the check and
+        the move are one transaction: an operator's cancel and the executor's start race).
         """
         def work(conn: sqlite3.Connection) -> SignalRecord:
             with _transaction(conn):
                 old = _select_signal(conn, signal_id)
                 if old is None:
                     raise KeyError(signal_id)
-                if old.state.is_terminal and state is old.state:
+                if (old.state.is_terminal and state is old.state) or (
+                        expect is not None and old.state is not expect):
                     return old
                 if old.state.is_terminal or (state is SignalState.ACCEPTED
                                              and old.state is not SignalState.ACCEPTED):
@@ -339,6 +352,41 @@ class Journal:
                          Decimal(rp), time) for c, t, sym, side, q, p, n, asset, rp, time in rows]
 
         return await self._run(work)
+
+    async def day_result(self, since: float) -> tuple[Decimal, dict[str, Decimal]]:
+        """Realized PnL (all symbols) and commissions by asset of the fills at or after
+        ``since``: the daily loss of SPEC §5.10."""
+        def work(conn: sqlite3.Connection) -> tuple[Decimal, dict[str, Decimal]]:
+            pnl, paid = Decimal(0), dict[str, Decimal]()
+            for realized, commission, asset in conn.execute(
+                    "SELECT realized_pnl, commission, commission_asset FROM fills "
+                    "WHERE time >= ?", (since,)):
+                pnl += Decimal(realized)
+                paid[asset] = paid.get(asset, Decimal(0)) + Decimal(commission)
+            return pnl, paid
+
+        return await self._run(work)
+
+    # ------------------------------------------------------------------ trading state
+    async def load_trading_state(self) -> StateChange | None:
+        """The trading state as last saved (SPEC §5.10), or None before the first change."""
+        def work(conn: sqlite3.Connection) -> StateChange | None:
+            row = conn.execute("SELECT state, reason, since, changed_by FROM trading_state "
+                               "WHERE id = 1").fetchone()
+            return None if row is None else StateChange(TradingState(row[0]), row[1],
+                                                        float(row[2]), row[3])
+
+        return await self._run(work)
+
+    async def save_trading_state(self, change: StateChange) -> None:
+        """Replace the saved trading state, committed before return."""
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute("INSERT OR REPLACE INTO trading_state (id, state, reason, since, "
+                             "changed_by) VALUES (1, ?, ?, ?, ?)",
+                             (change.state.value, change.reason, change.since, change.by))
+
+        await self._run(work)
 
     # ------------------------------------------------------------------ offsets
     async def get_offset(self, name: str) -> int | None:

@@ -64,4 +64,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX fills_time ON fills (time)",
     ),
+    (
+        # SPEC §5.10: the trading state survives restarts (one row, the latest change).
+        """CREATE TABLE trading_state (
+            id         INTEGER PRIMARY KEY CHECK (id = 1),
+            state      TEXT NOT NULL,
+            reason     TEXT NOT NULL,
+            since      REAL NOT NULL,
+            changed_by TEXT NOT NULL
+        )""",
+    ),
 )

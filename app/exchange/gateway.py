@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from app.clock import Clock
 from app.domain import MarginType, OrderType, Side
 from app.errors import (
+    AuthError,
     ClockSkew,
     ExchangeError,
     InvalidRequest,
@@ -38,7 +39,7 @@ from app.errors import (
 from app.exchange import endpoints as ep
 from app.exchange.classify import classify_exception
 from app.exchange.client import CURRENT_CALL, BinanceClient, CallContext
-from app.exchange.endpoints import BreakerGroup, Endpoint
+from app.exchange.endpoints import BreakerGroup, Endpoint, Security
 from app.exchange.limits import costs_for, header_names
 from app.exchange.models import (
     AlgoState,
@@ -107,6 +108,7 @@ class Gateway:
         self._routes: dict[tuple[str, bool], _Route] = {}
         self._transport_failures = 0
         self._reset_pending: str | None = None
+        self._on_auth: Callable[[bool], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -187,7 +189,14 @@ class Gateway:
             raise
         breaker.exit(None, probe)
         self._transport_failures = 0
+        if self._on_auth is not None and endpoint.security is Security.SIGNED:
+            self._on_auth(False)
         return result
+
+    def watch_auth(self, listener: Callable[[bool], None]) -> None:
+        """``listener(refused)`` after every signed call that got an answer: True when the
+        exchange refused the API key (`AuthError`), False when it took it."""
+        self._on_auth = listener
 
     def on_response(self, call: CallContext) -> None:
         """Every HTTP response (errors included): feed the exchange's counters to the limiter."""
@@ -206,6 +215,11 @@ class Gateway:
                            cause: BaseException) -> None:
         level = {"info": 20, "warning": 30, "error": 40, "critical": 50}[error.severity]
         self._log.log(level, AuditEvent.API_ERROR, operation=endpoint.name, **error.fields())
+        if self._on_auth is not None and endpoint.security is Security.SIGNED:
+            if isinstance(error, AuthError):
+                self._on_auth(True)
+            elif error.http_status is not None:
+                self._on_auth(False)        # the key was taken; the request was refused
         if isinstance(error, RateLimited):
             self._penalize(error)
         elif isinstance(error, IpBanned):

@@ -25,15 +25,15 @@ alert: nothing signed can work until an operator fixes the key and resumes.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import StrEnum
 from typing import Protocol
 
 from app.clock import Clock
-from app.domain import Signal, SignalError
+from app.domain import Signal, SignalError, StateChange, TradingState
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
@@ -45,35 +45,6 @@ ORDER_WINDOW_S = 60.0
 AUTH_FAILURES_TO_HALT = 2
 #: Commission assets counted in the daily loss (USDⓈ-M margin).
 _LOSS_ASSETS = frozenset({"USDT", ""})
-
-
-class TradingState(StrEnum):
-    """What execd may send (SPEC §5.10); the metric value is `level`."""
-
-    ACTIVE = "ACTIVE"
-    REDUCING = "REDUCING"
-    HALTED = "HALTED"
-
-    @property
-    def level(self) -> int:
-        return _LEVELS[self]
-
-
-_LEVELS = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """The trading state as last set: by whom, why and when (epoch seconds)."""
-
-    state: TradingState
-    reason: str
-    since: float
-    by: str
-
-    def view(self) -> dict[str, object]:
-        return {"state": self.state.value, "reason": self.reason, "since": self.since,
-                "by": self.by}
 
 
 class TradingStateStore(Protocol):
@@ -112,6 +83,7 @@ class RiskGate:
         self._orders: deque[float] = deque()
         self._auth_failures = 0
         self._daily_loss = Decimal(0)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ trading state
     @property
@@ -196,30 +168,58 @@ class RiskGate:
             self._orders.popleft()
         return len(self._orders)
 
-    async def auth_result(self, refused: bool) -> None:
-        """A signed call's outcome: the key refused twice in a row halts trading."""
+    def auth_result(self, refused: bool) -> None:
+        """A signed call's outcome (the gateway reports each): the key refused twice in a row
+        halts trading at once; the journal write follows in the background."""
         if not refused:
             self._auth_failures = 0
             return
         self._auth_failures += 1
         if (self._auth_failures >= AUTH_FAILURES_TO_HALT
                 and self.state is not TradingState.HALTED):
-            await self.set_state(TradingState.HALTED,
-                                 f"API key refused {self._auth_failures} times in a row",
-                                 by="kill switch")
+            self._switch(TradingState.HALTED,
+                         f"API key refused {self._auth_failures} times in a row (check the "
+                         f"key's permissions and IP whitelist)")
 
-    async def daily_result(self, realized_pnl: Decimal, commissions: Mapping[str, Decimal]
-                           ) -> None:
-        """Today's realized PnL and commissions by asset, after each journaled fill: the
-        fill that reaches ``max_daily_loss`` switches an ACTIVE state to REDUCING."""
+    def _switch(self, state: TradingState, reason: str) -> None:
+        """A kill switch: applied now (safety first), journaled by a task; a journal that
+        fails is logged and the state still holds until the process ends."""
+        change = StateChange(state, reason, self._clock.time(), "kill switch")
+        previous, self._change = self._change.state, change
+        self._log.critical(AuditEvent.TRADING_STATE_CHANGED, state=state.value,
+                           previous=previous.value, reason=reason, by=change.by)
+
+        async def save() -> None:
+            try:
+                await self._store.save_trading_state(change)
+            except Exception as error:
+                self._log.error(AuditEvent.TRADING_STATE_CHANGED, state=state.value,
+                                reason=reason, by=change.by,
+                                error=f"not journaled: {error!r}")
+
+        task = asyncio.get_running_loop().create_task(save())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Let a kill switch's journal write finish."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def daily_result(self, realized_pnl: Decimal, commissions: Mapping[str, Decimal], *,
+                     at_start: bool = False) -> None:
+        """Today's realized PnL and commissions by asset, after each journaled fill: a fill
+        that adds to a loss at or past ``max_daily_loss`` switches an ACTIVE state to
+        REDUCING (so after an operator's resume, the next losing fill switches it again).
+        ``at_start`` only loads the figure."""
         paid = sum((v for asset, v in commissions.items() if asset in _LOSS_ASSETS),
                    Decimal(0))
-        self._daily_loss = paid - realized_pnl
+        previous, self._daily_loss = self._daily_loss, paid - realized_pnl
         limit = self.limits.max_daily_loss
-        if limit and self._daily_loss >= limit and self.state is TradingState.ACTIVE:
-            await self.set_state(TradingState.REDUCING,
-                                 f"max_daily_loss: {_money(self._daily_loss)} >= {limit}",
-                                 by="kill switch")
+        if (limit and not at_start and self._daily_loss >= limit
+                and self._daily_loss > previous and self.state is TradingState.ACTIVE):
+            self._switch(TradingState.REDUCING,
+                         f"max_daily_loss: {_money(self._daily_loss)} >= {limit}")
 
     @property
     def daily_loss(self) -> Decimal:

@@ -141,26 +141,43 @@ async def test_a_store_that_fails_changes_nothing() -> None:
 
 
 async def test_two_auth_failures_in_a_row_halt() -> None:
-    risk = gate()
-    await risk.auth_result(refused=True)
-    await risk.auth_result(refused=False)              # a success in between resets the run
-    await risk.auth_result(refused=True)
+    store = MemoryStore()
+    risk = gate(store=store)
+    risk.auth_result(refused=True)
+    risk.auth_result(refused=False)              # a success in between resets the run
+    risk.auth_result(refused=True)
     assert risk.state is TradingState.ACTIVE
-    await risk.auth_result(refused=True)
+    risk.auth_result(refused=True)
     assert risk.state is TradingState.HALTED
     assert risk.change.by == "kill switch"
     assert "API key refused 2 times in a row" in risk.change.reason
+    await risk.aclose()
+    assert store.saved is not None
+    assert store.saved.state is TradingState.HALTED
 
 
 async def test_daily_loss_switches_to_reducing_on_the_fill_that_reaches_it() -> None:
     risk = gate(max_daily_loss=D("100"))
-    await risk.daily_result(D("-90"), {"USDT": D("9.99"), "BNB": D("5")})
+    risk.daily_result(D("-90"), {"USDT": D("9.99"), "BNB": D("5")})
     assert risk.state is TradingState.ACTIVE
     assert risk.daily_loss == D("99.99")
-    await risk.daily_result(D("-90"), {"USDT": D("10")})
+    risk.daily_result(D("-90"), {"USDT": D("10")})
     assert risk.state is TradingState.REDUCING
     assert risk.change.reason == "max_daily_loss: 100.00 >= 100"
     # an operator's HALT is not softened by a later loss
+    await risk.set_state(TradingState.ACTIVE, "resumed", by="operator")
+    risk.daily_result(D("-90"), {"USDT": D("10")})            # no new loss: stays ACTIVE
+    assert risk.state is TradingState.ACTIVE
+    risk.daily_result(D("-95"), {"USDT": D("10")})            # a further loss: REDUCING again
+    assert risk.state is TradingState.REDUCING
     await risk.set_state(TradingState.HALTED, "stop", by="operator")
-    await risk.daily_result(D("-500"), {})
+    risk.daily_result(D("-500"), {})
     assert risk.state is TradingState.HALTED
+    await risk.aclose()
+
+
+def test_a_loss_already_past_the_limit_at_start_switches_nothing() -> None:
+    risk = gate(max_daily_loss=D("100"))
+    risk.daily_result(D("-200"), {}, at_start=True)
+    assert risk.state is TradingState.ACTIVE
+    assert risk.daily_loss == D("200")
