@@ -85,7 +85,13 @@ class Operator:
 
     # ------------------------------------------------------------------ cancel
     async def cancel(self, signal_id: str) -> SignalRecord:
-        """``ACCEPTED`` → ``CANCELED``. Raises ``KeyError`` (unknown id) or `NotCancelable`."""
+        """``ACCEPTED`` → ``CANCELED``; a signal already cancelled is returned as it is (a
+        retried cancel succeeds again). Raises ``KeyError`` (unknown id) or `NotCancelable`."""
+        known = await self._journal.get_signal(signal_id)
+        if known is None:
+            raise KeyError(signal_id)
+        if known.state is SignalState.CANCELED:
+            return known
         record = await self._journal.set_signal_state(
             signal_id, SignalState.CANCELED, reason="cancelled by the operator",
             now=self._clock.time(), expect=SignalState.ACCEPTED)
