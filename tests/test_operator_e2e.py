@@ -185,7 +185,7 @@ async def test_cancel_takes_back_a_queued_signal_and_refuses_a_running_one(
         assert "no signal 'nobody'" in out
 
         async def first_done() -> bool:
-            code, out = await cli(env, "signal", "LONG_ENTRY", "BTCUSDT", "--id", "first",
+            _, out = await cli(env, "signal", "LONG_ENTRY", "BTCUSDT", "--id", "first",
                                   "--qty", "0.010")
             return "DUPLICATE (DONE)" in out
         await until(first_done, 30, "the first signal DONE after the outage")
