@@ -442,6 +442,13 @@ class Gateway:
         self._log.info(AuditEvent.LEVERAGE_SET, symbol=symbol, leverage=value)
         return value
 
+    async def hedge_mode(self) -> bool:
+        """Whether the account is in hedge (dual-side) position mode: a signed call, so it
+        also proves the API key (SPEC §5.10 start-up checks)."""
+        answer = await self._call(ep.POSITION_MODE, self._client.futures_get_position_mode,
+                                  has_symbol=False)
+        return bool(answer.get("dualSidePosition"))
+
     async def set_margin_type(self, symbol: str, margin_type: MarginType) -> MarginChange:
         """Set the margin type; -4046 ("No need to change") is success, ``changed=False``."""
         try:
