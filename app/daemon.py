@@ -70,7 +70,11 @@ from app.observability.logging import AuditLogger, configure_logging
 from app.observability.metrics import LoopLagProbe, Metrics, gauges_from_status
 from app.sim import SimConfigError, SimServer, load_sim_config
 
-__all__ = ["READY_PREFIX", "Daemon", "run"]
+__all__ = ["HEDGE_MODE", "READY_PREFIX", "Daemon", "run"]
+
+HEDGE_MODE = ("the futures account is in hedge mode (dual-side positions); execd trades "
+              "one-way positions only: switch Position Mode to One-way (with no open positions "
+              "or orders) and start again")
 
 READY_PREFIX = "execd ready:"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -174,6 +178,10 @@ class Daemon:
         self.exchange = exchange = await self._stack.enter_async_context(open_exchange(
             exchange_setup(settings, credentials, self.exchange_url), self.clock, log))
         gateway, rules = exchange.gateway, exchange.symbols.get
+        # Start-up checks (SPEC §5.10): one signed call proves the key (an AuthError ends
+        # start-up: the CLI names the key's permissions and IP whitelist), one-way mode only.
+        if await gateway.hedge_mode():
+            raise ConfigError(HEDGE_MODE)
 
         self.journal = journal = Journal(settings.journal.path)
         await journal.open()
