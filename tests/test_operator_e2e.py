@@ -218,6 +218,9 @@ async def test_bad_operator_input_is_refused_and_changes_nothing(
                     assert resp.status == 400, body
             async with http.delete(f"{base}/v1/signals/nobody", headers=auth) as resp:
                 assert resp.status == 404
+            for path in ("/v1/positions/BTCUSDT", "/v1/balance"):     # an operator asks
+                async with http.get(f"{base}{path}", headers=auth) as resp:
+                    assert resp.status == 200
         code, out = await cli(env, "flatten", "DOGEUSDT", "--yes")
         assert code == 2
         assert "DOGEUSDT is not a symbol of this exchange" in out
@@ -235,3 +238,6 @@ async def test_bad_operator_input_is_refused_and_changes_nothing(
         assert orjson.loads(out)["trading_state"]["state"] == "ACTIVE"
     finally:
         await daemon.ensure_dead()
+    asked = [(e["event"], e["level"]) for e in audit_events(tmp_path)
+             if e.get("by") == "operator" and e["event"].endswith("_query")]
+    assert asked == [("position_query", "info"), ("balance_query", "info")]

@@ -333,6 +333,9 @@ class ControlApi:
     async def _get_position(self, request: web.Request) -> web.Response:
         symbol = _symbol(request)
         position = await self._exchange_call(symbol, self._exchange.get_position(symbol))
+        # An operator asked: at INFO (the gateway logs its own frequent queries at DEBUG).
+        self._log.info(AuditEvent.POSITION_QUERY, symbol=symbol, by="operator",
+                       amount=str(position.amount) if position is not None else "0")
         if position is None:
             return _json(200, {"symbol": symbol, "amount": "0"})
         return _json(200, {"symbol": position.symbol, "amount": position.amount,
@@ -347,6 +350,8 @@ class ControlApi:
             raise _Problem(400, {"error": "invalid_asset", "field": "asset",
                                  "detail": "must be 2-16 characters of A-Z 0-9"})
         balance = await self._exchange_call(None, self._exchange.get_account_balance(asset))
+        self._log.info(AuditEvent.BALANCE_QUERY, asset=asset, by="operator",
+                       available=str(balance.available))
         return _json(200, {"asset": balance.asset, "wallet": balance.wallet,
                            "available": balance.available,
                            "unrealized_pnl": balance.unrealized_pnl})
