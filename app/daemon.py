@@ -43,7 +43,7 @@ from app.control.http_api import ControlApi
 from app.exchange.streams import MarketStream, UserStream
 from app.exchange.symbols import SymbolRules, trading_rules
 from app.execution.book import Book
-from app.execution.operator import Operator
+from app.execution.operator import Operator, breaker_view
 from app.execution.reconcile import recover
 from app.execution.risk import RiskGate
 from app.execution.settings import ExecutorSettings
@@ -210,7 +210,8 @@ class Daemon:
                                          log, default_ttl_s=ex.default_ttl_s)
         self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
         operator = Operator(risk, journal, gateway, gateway, execution.protector, rules,
-                            self.clock, log)
+                            self.clock, log,
+                            breakers={g.value: b for g, b in exchange.breakers.items()})
         self.api = api = ControlApi(service, journal, gateway, self.status, token=token,
                                     host=settings.api.host, port=settings.api.port,
                                     max_body_bytes=settings.api.max_body_bytes, log=log,
@@ -383,8 +384,7 @@ class Daemon:
             "symbols": sorted(service.symbols) if service is not None else [],
             "limiter": ([dataclasses.asdict(b) for b in exchange.limiter.statistics()]
                         if exchange else []),
-            "breakers": {name.value: {"state": b.state.name.lower(),
-                                      "retry_after": round(b.retry_after(), 3)}
+            "breakers": {name.value: breaker_view(b.statistics())
                          for name, b in exchange.breakers.items()} if exchange else {},
             "recovery": self.recovery,
             **self._live_status(),

@@ -218,6 +218,16 @@ async def test_bad_operator_input_is_refused_and_changes_nothing(
                     assert resp.status == 400, body
             async with http.delete(f"{base}/v1/signals/nobody", headers=auth) as resp:
                 assert resp.status == 404
+            async with http.post(f"{base}/v1/breakers/trade/reset", headers=auth) as resp:
+                assert resp.status == 200
+                reset = await resp.json()
+                assert (reset["group"], reset["state"]) == ("trade", "closed")
+                assert {"calls", "failures", "rejected", "opens", "last_opened"} <= set(reset)
+            async with http.post(f"{base}/v1/breakers/orders/reset", headers=auth) as resp:
+                assert resp.status == 404
+                assert "one of account, market, trade" in (await resp.json())["detail"]
+            async with http.post(f"{base}/v1/breakers/trade/reset") as resp:
+                assert resp.status == 401
             for path in ("/v1/positions/BTCUSDT", "/v1/balance"):     # an operator asks
                 async with http.get(f"{base}{path}", headers=auth) as resp:
                     assert resp.status == 200
@@ -238,6 +248,8 @@ async def test_bad_operator_input_is_refused_and_changes_nothing(
         assert orjson.loads(out)["trading_state"]["state"] == "ACTIVE"
     finally:
         await daemon.ensure_dead()
+    closed = [e for e in audit_events(tmp_path) if e["event"] == "breaker_closed"]
+    assert [(e["group"], e["reason"]) for e in closed] == [("trade", "operator")]
     asked = [(e["event"], e["level"]) for e in audit_events(tmp_path)
              if e.get("by") == "operator" and e["event"].endswith("_query")]
     assert asked == [("position_query", "info"), ("balance_query", "info")]

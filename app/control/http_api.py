@@ -85,6 +85,10 @@ class OperatorPort(Protocol):
 
     async def cancel(self, signal_id: str) -> SignalRecord: ...
 
+    def reset_breaker(self, group: str) -> dict[str, object]: ...
+
+    def breaker_groups(self) -> list[str]: ...
+
 
 class _Problem(Exception):
     """An answer other than success, raised from a handler and rendered by the middleware."""
@@ -135,6 +139,7 @@ class ControlApi:
             self._app.router.add_delete("/v1/signals/{id}", self._delete_signal)
             self._app.router.add_post("/v1/trading-state", self._post_trading_state)
             self._app.router.add_post("/v1/flatten", self._post_flatten)
+            self._app.router.add_post("/v1/breakers/{group}/reset", self._reset_breaker)
 
     def __repr__(self) -> str:
         where = self.url if self._runner is not None else "not started"
@@ -314,6 +319,17 @@ class ControlApi:
             raise _Problem(400, {"error": "invalid_symbol", "field": error.field,
                                  "detail": error.detail}) from None
         return _json(200, {"results": [r.view() for r in results]})
+
+    async def _reset_breaker(self, request: web.Request) -> web.Response:
+        assert self._operator is not None
+        group = request.match_info["group"]
+        try:
+            stats = self._operator.reset_breaker(group)
+        except KeyError:
+            groups = ", ".join(self._operator.breaker_groups())
+            raise _Problem(404, {"error": "not_found", "field": "group",
+                                 "detail": f"no breaker {group!r}: one of {groups}"}) from None
+        return _json(200, {"group": group, **stats})
 
     async def _json_object(self, request: web.Request) -> dict[str, object]:
         raw = await self._read_body(request)

@@ -17,7 +17,7 @@ positions, take back a queued signal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -31,6 +31,7 @@ from app.domain import (
     SignalType,
     StateChange,
     TradingState,
+    format_timestamp,
 )
 from app.exchange.symbols import SymbolRules, UnknownSymbol
 from app.execution.executor import OPERATOR_SOURCE
@@ -41,6 +42,7 @@ from app.execution.risk import RiskGate
 from app.journal import Journal, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
+from app.resilience.breaker import BreakerStats, CircuitBreaker
 from app.resilience.limiter import Priority
 
 __all__ = ["OPERATOR_SOURCE", "FlattenResult", "NotCancelable", "Operator"]
@@ -69,7 +71,9 @@ class FlattenResult:
 class Operator:
     def __init__(self, risk: RiskGate, journal: Journal, exchange: ExchangePort,
                  account: AccountReads, protector: Protector,
-                 rules: Callable[[str], SymbolRules], clock: Clock, log: AuditLogger) -> None:
+                 rules: Callable[[str], SymbolRules], clock: Clock, log: AuditLogger, *,
+                 breakers: Mapping[str, CircuitBreaker] | None = None) -> None:
+        self._breakers = dict(breakers or {})
         self._rules = rules
         self._risk = risk
         self._journal = journal
@@ -82,6 +86,18 @@ class Operator:
     # ------------------------------------------------------------------ trading state
     async def set_trading_state(self, state: TradingState, reason: str) -> StateChange:
         return await self._risk.set_state(state, reason, by="operator")
+
+    # ------------------------------------------------------------------ breakers
+    def reset_breaker(self, group: str) -> dict[str, object]:
+        """Close the breaker of ``group`` (KeyError for an unknown one); its statistics."""
+        breaker = self._breakers[group]
+        previous = breaker.reset()
+        self._log.warning(AuditEvent.BREAKER_CLOSED, group=group, previous=previous.name.lower(),
+                          reason="operator", consecutive_opens=0)
+        return breaker_view(breaker.statistics())
+
+    def breaker_groups(self) -> list[str]:
+        return sorted(self._breakers)
 
     # ------------------------------------------------------------------ cancel
     async def cancel(self, signal_id: str) -> SignalRecord:
@@ -165,3 +181,12 @@ class Operator:
                 return await self._journal.set_signal_state(signal.id, SignalState.RUNNING,
                                                             reason="operator flatten", now=now)
             millis += 1
+
+
+def breaker_view(stats: BreakerStats) -> dict[str, object]:
+    """A breaker's statistics as status and the reset route show them."""
+    return {"state": stats.state.name.lower(), "retry_after": round(stats.retry_after, 3),
+            "calls": stats.calls, "failures": stats.failures, "rejected": stats.rejected,
+            "opens": stats.opens, "consecutive_opens": stats.consecutive_opens,
+            "last_opened": (None if stats.last_opened is None
+                            else format_timestamp(stats.last_opened))}
