@@ -276,6 +276,8 @@ class Executor:
     async def _new_entry(self, signal: Signal, journaled: Intent | None) -> Intent:
         """Check the signal against the symbol's rules and the mark; the entry intent (the
         sender journals it, as SENDING, before it leaves)."""
+        if self._risk is not None:
+            self._risk.check_state(entry=True)      # halted: refused before anything is read
         rules = trading_rules(self._rules, signal.symbol)
         assert signal.quantity is not None
         mark = self._marks(signal.symbol) if self._marks is not None else None

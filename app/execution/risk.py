@@ -119,7 +119,7 @@ class RiskGate:
     def check_entry(self, signal: Signal, quantity: Decimal, mark: Decimal) -> None:
         """Refuse an entry that breaks the trading state or a limit; quantity is already
         rounded to the symbol's step."""
-        self._check_state(entry=True)
+        self.check_state(entry=True)
         limits = self.limits
         notional = quantity * mark
         if limits.max_order_notional and notional > limits.max_order_notional:
@@ -147,9 +147,10 @@ class RiskGate:
 
     def check_close(self) -> None:
         """A close runs unless trading is halted."""
-        self._check_state(entry=False)
+        self.check_state(entry=False)
 
-    def _check_state(self, *, entry: bool) -> None:
+    def check_state(self, *, entry: bool) -> None:
+        """The trading state alone: the executor asks first, before it reads anything."""
         state = self.state
         if state is TradingState.HALTED or (entry and state is TradingState.REDUCING):
             raise _refuse("trading state", f"{state.value} ({self._change.reason})")
