@@ -45,6 +45,7 @@ from app.config_schema import (
     MonitorConfig,
     RateLimitConfig,
     RetryConfig,
+    RiskConfig,
     StreamConfig,
 )
 
@@ -112,6 +113,7 @@ class Settings(BaseSettings):
     journal: JournalConfig = JournalConfig()
     monitor: MonitorConfig = MonitorConfig()
     stream: StreamConfig = StreamConfig()
+    risk: RiskConfig = RiskConfig()
 
     # Not a config key: resolved by load_settings() from the environment or key files.
     _credentials: Credentials | None = PrivateAttr(default=None)

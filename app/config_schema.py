@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -42,6 +43,7 @@ __all__ = [
     "OnUnprotected",
     "RateLimitConfig",
     "RetryConfig",
+    "RiskConfig",
     "is_loopback",
 ]
 
@@ -166,6 +168,19 @@ class StreamConfig(BaseModel):
     fallback_poll_s: float = Field(default=5.0, gt=0, le=3600)
     max_mark_age_s: float = Field(default=2.0, gt=0, le=3600)
     keepalive_s: float = Field(default=1800.0, gt=0, le=3600)
+
+
+class RiskConfig(BaseModel):
+    """The risk gate (SPEC §5.10); 0 turns a limit off. Notionals are USDT."""
+
+    model_config = _SECTION
+
+    max_order_notional: Decimal = Field(default=Decimal(0), ge=0)
+    max_position_notional: Decimal = Field(default=Decimal(0), ge=0)
+    max_open_positions: int = Field(default=0, ge=0, le=10_000)
+    max_orders_per_minute: int = Field(default=0, ge=0, le=100_000)
+    max_leverage: int = Field(default=0, ge=0, le=125)
+    max_daily_loss: Decimal = Field(default=Decimal(0), ge=0)
 
 
 class RetryConfig(BaseModel):

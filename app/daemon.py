@@ -53,7 +53,9 @@ from app.config import (
 from app.control.http_api import ControlApi
 from app.exchange.symbols import SymbolRules, trading_rules
 from app.execution.book import Book
+from app.execution.operator import Operator, breaker_view
 from app.execution.reconcile import recover
+from app.execution.risk import RiskGate
 from app.execution.settings import ExecutorSettings
 from app.factory import (
     ExchangeParts,
@@ -62,6 +64,7 @@ from app.factory import (
     build_execution,
     build_live,
     build_notifier,
+    build_risk,
     exchange_setup,
     executor_settings,
     open_exchange,
@@ -80,7 +83,11 @@ from app.observability.notify import SystemdNotifier
 from app.resilience.breaker import BreakerState
 from app.sim import SimConfigError, SimServer, load_sim_config
 
-__all__ = ["READY_PREFIX", "Daemon", "run"]
+__all__ = ["HEDGE_MODE", "READY_PREFIX", "Daemon", "run"]
+
+HEDGE_MODE = ("the futures account is in hedge mode (dual-side positions); execd trades "
+              "one-way positions only: switch Position Mode to One-way (with no open positions "
+              "or orders) and start again")
 
 READY_PREFIX = "execd ready:"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -139,6 +146,7 @@ class Daemon:
         self.api: ControlApi | None = None
         self.recovery: dict[str, int] = {}
         self.live: LiveParts | None = None
+        self.risk: RiskGate | None = None
         self._live_tasks: list[asyncio.Task[None]] = []
         self.metrics = Metrics()
         self.monitor: ErrorMonitor | None = None
@@ -206,17 +214,26 @@ class Daemon:
         self.exchange = exchange = await self._stack.enter_async_context(open_exchange(
             exchange_setup(settings, credentials, self.exchange_url), self.clock, log))
         gateway, rules = exchange.gateway, exchange.symbols.get
+        # Start-up checks (SPEC §5.10): one signed call proves the key (an AuthError ends
+        # start-up: the CLI names the key's permissions and IP whitelist), one-way mode only.
+        if await gateway.hedge_mode():
+            raise ConfigError(HEDGE_MODE)
 
         ex = settings.execution
         chosen = self._executor_settings or executor_settings(ex)
         book = Book(self.clock)
+        self.risk = risk = build_risk(settings.risk, journal, book, self.clock, log)
+        await risk.restore()                   # the trading state, before any signal runs
+        self._stack.push_async_callback(risk.aclose)
+        gateway.watch_auth(risk.auth_result)
         self.execution = execution = build_execution(
             gateway, rules, journal, self.clock, log, chosen,
             on_decision=self._observe_decision, book=book,
-            max_mark_age_s=settings.stream.max_mark_age_s)
+            max_mark_age_s=settings.stream.max_mark_age_s, risk=risk)
         self.live = live = build_live(gateway, book, execution, journal, self.clock, log,
                                       settings.stream,
-                                      ws_base_url(settings, self.exchange_url), chosen)
+                                      ws_base_url(settings, self.exchange_url), chosen,
+                                      risk=risk)
         self._stack.push_async_callback(live.guard.aclose)
         await live.reports.load()
         self.bus = bus = SignalBus(execution.executor.execute, capacity=ex.queue_size,
@@ -225,10 +242,13 @@ class Daemon:
         self.service = service = Service(journal, bus, self._symbol_checker(rules), self.clock,
                                          log, default_ttl_s=ex.default_ttl_s)
         self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
+        operator = Operator(risk, journal, gateway, gateway, execution.protector, rules,
+                            self.clock, log,
+                            breakers={g.value: b for g, b in exchange.breakers.items()})
         self.api = api = ControlApi(service, journal, gateway, self.status, token=token,
                                     host=settings.api.host, port=settings.api.port,
                                     max_body_bytes=settings.api.max_body_bytes, log=log,
-                                    registry=self.metrics.registry)
+                                    operator=operator, registry=self.metrics.registry)
         await api.start()                      # /healthz answers "starting" during recovery
         self._stack.push_async_callback(api.close)
         self._stack.callback(service.close)    # first thing on the way down: refuse intake
@@ -388,6 +408,7 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "state": service.state.value if service is not None else "starting",
+            "trading_state": self.risk.snapshot() if self.risk is not None else None,
             "uptime_s": round(self.clock.monotonic() - self._started_at, 3),
             "exchange": {"mode": self.settings.exchange.mode.value,
                          "base_url": self.exchange_url},
@@ -395,8 +416,7 @@ class Daemon:
             "symbols": sorted(service.symbols) if service is not None else [],
             "limiter": ([dataclasses.asdict(b) for b in exchange.limiter.statistics()]
                         if exchange else []),
-            "breakers": {name.value: {"state": b.state.name.lower(),
-                                      "retry_after": round(b.retry_after(), 3)}
+            "breakers": {name.value: breaker_view(b.statistics())
                          for name, b in exchange.breakers.items()} if exchange else {},
             "recovery": self.recovery,
             **(self.live.status() if self.live is not None else LiveParts.idle_status()),

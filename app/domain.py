@@ -79,7 +79,8 @@ class Leg(StrEnum):
 
 
 class SignalState(StrEnum):
-    """SPEC §5.7: ``ACCEPTED → RUNNING → DONE | REJECTED | FAILED | EXPIRED``."""
+    """SPEC §5.7: ``ACCEPTED → RUNNING → DONE | REJECTED | FAILED | EXPIRED``, and
+    ``ACCEPTED → CANCELED`` (an operator took it back before it started)."""
 
     ACCEPTED = "ACCEPTED"
     RUNNING = "RUNNING"
@@ -87,6 +88,7 @@ class SignalState(StrEnum):
     REJECTED = "REJECTED"
     FAILED = "FAILED"
     EXPIRED = "EXPIRED"
+    CANCELED = "CANCELED"
 
     @property
     def is_terminal(self) -> bool:
@@ -113,6 +115,36 @@ class IntentState(StrEnum):
     def is_live(self) -> bool:
         """Open on the exchange: it can still fire, and must be cancelled when flat."""
         return self is IntentState.PLACED
+
+
+class TradingState(StrEnum):
+    """What execd may send (SPEC §5.10); the metric value is `level`."""
+
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+    @property
+    def level(self) -> int:
+        return _LEVELS[self]
+
+
+_LEVELS = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """The trading state as last set: by whom, why and when (epoch seconds)."""
+
+    state: TradingState
+    reason: str
+    since: float
+    by: str
+
+    def view(self) -> dict[str, object]:
+        return {"state": self.state.value, "reason": self.reason,
+                "since": format_timestamp(self.since),
+                "by": self.by}
 
 
 class SignalError(ValueError):

@@ -32,6 +32,7 @@ from app.config_schema import (
     ExecutionConfig,
     RateLimitConfig,
     RetryConfig,
+    RiskConfig,
     StreamConfig,
 )
 from app.exchange.classify import is_breaker_failure
@@ -49,6 +50,7 @@ from app.execution.guard import AccountReads, Guard, GuardSettings
 from app.execution.ports import ExchangePort
 from app.execution.protect import Protector
 from app.execution.reports import AccountReports
+from app.execution.risk import RiskGate, RiskLimits
 from app.execution.sender import OrderSender
 from app.execution.settings import ExecutorSettings
 from app.journal import Journal
@@ -248,16 +250,18 @@ def build_execution(exchange: ExchangePort, rules: Callable[[str], SymbolRules],
                     journal: Journal, clock: Clock, log: AuditLogger,
                     settings: ExecutorSettings, *,
                     on_decision: Callable[[float], None] | None = None,
-                    book: Book | None = None, max_mark_age_s: float = 2.0) -> ExecutionParts:
+                    book: Book | None = None, max_mark_age_s: float = 2.0,
+                    risk: RiskGate | None = None) -> ExecutionParts:
     """The sender, the protector that uses it, and the executor that uses both. With the
     live ``book``, the sender settles unknown outcomes on its events and entries read marks
-    from it while they are at most ``max_mark_age_s`` old."""
+    from it while they are at most ``max_mark_age_s`` old; with ``risk``, entries and closes
+    pass its gate and every order sent is counted by it."""
     sender = OrderSender(exchange, journal, clock, log, settings, on_decision=on_decision,
-                         events=book)
+                         on_sent=None if risk is None else risk.order_sent, events=book)
     protector = Protector(exchange, sender, journal, clock, log, settings)
     marks = None if book is None else (lambda symbol: book.mark(symbol, max_mark_age_s))
     executor = Executor(exchange, rules, sender, protector, journal, clock, log, settings,
-                        marks=marks)
+                        marks=marks, risk=risk)
     return ExecutionParts(sender, protector, executor)
 
 
@@ -300,14 +304,24 @@ class LiveParts:
         return {"positions": [], "streams": None, "protection": None, "realized_pnl_today": {}}
 
 
+def build_risk(config: RiskConfig, journal: Journal, book: Book, clock: Clock,
+               log: AuditLogger) -> RiskGate:
+    """The risk gate over the book's positions, its trading state kept in the journal."""
+    limits = RiskLimits(config.max_order_notional, config.max_position_notional,
+                        config.max_open_positions, config.max_orders_per_minute,
+                        config.max_leverage, config.max_daily_loss)
+    return RiskGate(limits, journal, clock, log, positions=book.amounts)
+
+
 def build_live(gateway: Gateway, book: Book, execution: ExecutionParts, journal: Journal,
                clock: Clock, log: AuditLogger, config: StreamConfig, ws_base: str,
-               executor: ExecutorSettings) -> LiveParts:
+               executor: ExecutorSettings, *, risk: RiskGate | None = None) -> LiveParts:
     """The guard over ``book``, and (when enabled) the user-data and mark-price streams whose
     events it receives. The streams' listenKey calls go through the gateway (limiter,
-    breaker, retry)."""
+    breaker, retry). ``risk`` gets the day's result after every fill."""
     reads: AccountReads = gateway
-    reports = AccountReports(journal, clock, log, executor.client_id_prefix)
+    reports = AccountReports(journal, clock, log, executor.client_id_prefix,
+                             on_day_result=None if risk is None else risk.daily_result)
     if not config.enabled:
         guard = Guard(book, reports, reads, execution.sender, execution.protector, journal,
                       clock, log, executor, guard_settings(config))

@@ -43,8 +43,19 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
+from app.domain import (
+    Intent,
+    IntentState,
+    Leg,
+    OrderType,
+    Side,
+    Signal,
+    SignalState,
+    StateChange,
+    TradingState,
+)
 from app.journal_db import JournalBusy, JournalUnreadable, busy, connect, transaction
+from app.journal_fills import Fill, FillLedger
 
 __all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "SignalRecord"]
 
@@ -55,8 +66,6 @@ _PROTECTIVE: Final = (Leg.STOP_LOSS.value, Leg.TAKE_PROFIT.value)
 _NON_TERMINAL: Final = tuple(s.value for s in SignalState if not s.is_terminal)
 
 _SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at, filled_quantity"
-_FILL_COLUMNS: Final = ("client_id, trade_id, symbol, side, quantity, price, commission, "
-                        "commission_asset, realized_pnl, time")
 _INTENT_COLUMNS: Final = ("signal_id, leg, client_id, symbol, side, order_type, quantity, price, "
                           "reduce_only, state, exchange_id, error_code, error_message, updated_at")
 
@@ -76,23 +85,7 @@ class SignalRecord:
     filled_quantity: Decimal | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Fill:
-    """One trade of an order, as the exchange reported it (an ``ORDER_TRADE_UPDATE``)."""
-
-    client_id: str
-    trade_id: int
-    symbol: str
-    side: Side
-    quantity: Decimal
-    price: Decimal
-    commission: Decimal
-    commission_asset: str
-    realized_pnl: Decimal
-    time: float
-
-
-class Journal:
+class Journal(FillLedger):
     """The SQLite journal at `path`. Open it (``await open()`` or ``async with``) before use.
 
     Every method but the constructor is a coroutine whose database work runs on the journal's
@@ -185,18 +178,21 @@ class Journal:
         return await self._run(lambda conn: _select_signal(conn, signal_id))
 
     async def set_signal_state(self, signal_id: str, state: SignalState, *, reason: str | None,
-                               now: float) -> SignalRecord:
+                               now: float, expect: SignalState | None = None) -> SignalRecord:
         """Move a signal to `state` with `reason`; `updated_at` becomes `now`. Returns the new
         record. Raises ``KeyError`` for an unknown id and ``ValueError`` for a move SPEC §5.7
         forbids: out of a terminal state, or back to ACCEPTED. Setting a terminal signal to the
         state it already has changes nothing (its first reason stands) and returns the record.
+        With `expect`, a signal found in another state is returned unchanged (the check and
+        the move are one transaction: an operator's cancel and the executor's start race).
         """
         def work(conn: sqlite3.Connection) -> SignalRecord:
             with transaction(conn):
                 old = _select_signal(conn, signal_id)
                 if old is None:
                     raise KeyError(signal_id)
-                if old.state.is_terminal and state is old.state:
+                if (old.state.is_terminal and state is old.state) or (
+                        expect is not None and old.state is not expect):
                     return old
                 if old.state.is_terminal or (state is SignalState.ACCEPTED
                                              and old.state is not SignalState.ACCEPTED):
@@ -315,42 +311,27 @@ class Journal:
 
         await self._run(work)
 
-    # ------------------------------------------------------------------ fills
-    async def add_fill(self, fill: Fill) -> bool:
-        """Journal one trade; False if it was already journaled (a replayed event)."""
-        row = (fill.client_id, fill.trade_id, fill.symbol, fill.side.value, str(fill.quantity),
-               str(fill.price), str(fill.commission), fill.commission_asset,
-               str(fill.realized_pnl), fill.time)
-
-        def work(conn: sqlite3.Connection) -> bool:
-            with transaction(conn):
-                cursor = conn.execute(
-                    f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES ({_marks(row)}) "
-                    "ON CONFLICT DO NOTHING", row)
-                return cursor.rowcount == 1
+    # ------------------------------------------------------------------ trading state
+    async def load_trading_state(self) -> StateChange | None:
+        """The trading state as last saved (SPEC §5.10), or None before the first change."""
+        def work(conn: sqlite3.Connection) -> StateChange | None:
+            row = conn.execute("SELECT state, reason, since, changed_by FROM trading_state "
+                               "WHERE id = 1").fetchone()
+            return None if row is None else StateChange(TradingState(row[0]), row[1],
+                                                        float(row[2]), row[3])
 
         return await self._run(work)
 
-    async def realized_pnl_since(self, since: float) -> dict[str, Decimal]:
-        """Realized PnL per symbol from the fills at or after ``since`` (epoch seconds)."""
-        def work(conn: sqlite3.Connection) -> dict[str, Decimal]:
-            totals: dict[str, Decimal] = {}
-            for symbol, pnl in conn.execute(
-                    "SELECT symbol, realized_pnl FROM fills WHERE time >= ?", (since,)):
-                totals[symbol] = totals.get(symbol, Decimal(0)) + Decimal(pnl)
-            return totals
+    async def save_trading_state(self, change: StateChange) -> None:
+        """Replace the saved trading state, committed (fsynced: an operator was told it
+        changed) before return."""
+        def work(conn: sqlite3.Connection) -> None:
+            with transaction(conn, self._acknowledging):
+                conn.execute("INSERT OR REPLACE INTO trading_state (id, state, reason, since, "
+                             "changed_by) VALUES (1, ?, ?, ?, ?)",
+                             (change.state.value, change.reason, change.since, change.by))
 
-        return await self._run(work)
-
-    async def fills_for(self, client_id: str) -> list[Fill]:
-        """The journaled trades of one order, oldest first."""
-        def work(conn: sqlite3.Connection) -> list[Fill]:
-            rows = conn.execute(f"SELECT {_FILL_COLUMNS} FROM fills WHERE client_id = ? "
-                                "ORDER BY time, trade_id", (client_id,))
-            return [Fill(c, t, sym, Side(side), Decimal(q), Decimal(p), Decimal(n), asset,
-                         Decimal(rp), time) for c, t, sym, side, q, p, n, asset, rp, time in rows]
-
-        return await self._run(work)
+        await self._run(work)
 
     # ------------------------------------------------------------------ offsets
     async def get_offset(self, name: str) -> int | None:

@@ -69,4 +69,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # replaced spool is told apart from the one the offset was read in. NULL: not known.
         "ALTER TABLE offsets ADD COLUMN file TEXT",
     ),
+    (
+        # SPEC §5.10: the trading state survives restarts (one row, the latest change).
+        """CREATE TABLE trading_state (
+            id         INTEGER PRIMARY KEY CHECK (id = 1),
+            state      TEXT NOT NULL,
+            reason     TEXT NOT NULL,
+            since      REAL NOT NULL,
+            changed_by TEXT NOT NULL
+        )""",
+    ),
 )

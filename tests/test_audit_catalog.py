@@ -488,9 +488,9 @@ async def daemon_flow(tmp_path: Path) -> set[str]:
     """An in-process daemon (embedded simulator, DEBUG audit): start-up with restart recovery
     of a SENDING intent, signals over the control API (accepted with leverage, margin type and
     protection; a duplicate; a malformed one), position, balance and cancel-all through the
-    API, a spool file that does not exist yet, an outage that opens a breaker (alert), stop;
-    its token file readable by others (secret_file_exposed). Returns the event names of its
-    audit files."""
+    API, a halt that refuses an entry, a spool file that does not exist yet, an outage that
+    opens a breaker (alert) and during which a queued signal is cancelled, stop; its token file
+    readable by others (secret_file_exposed). Returns the event names of its audit files."""
     root = tmp_path / "daemon"
     settings = load_settings(overrides={
         "audit.log_dir": str(root / "audit"), "audit.console": False, "audit.level": "DEBUG",
@@ -527,7 +527,25 @@ async def daemon_flow(tmp_path: Path) -> set[str]:
                     assert resp.status == 200, await resp.text()
                     if path.startswith("/v1/signals/"):
                         assert (await resp.json())["state"] == "DONE"
-        await daemon_outage(daemon.exchange_url, 60.0)     # lasts until the daemon stops
+            # the risk gate: halted, an entry is refused naming the state
+            for state in ("HALTED", "ACTIVE"):
+                async with api.post("/v1/trading-state", json={"state": state}) as resp:
+                    assert resp.status == 200, await resp.text()
+                if state == "HALTED":
+                    risky = {"id": "catalog-risk", "symbol": "ETHUSDT", "type": "LONG_ENTRY",
+                             "quantity": "0.100"}
+                    async with api.post("/v1/signals", json=risky) as resp:
+                        assert resp.status == 202, await resp.text()
+                    assert await daemon.bus.drain(10)
+            await daemon_outage(daemon.exchange_url, 60.0)     # lasts until the daemon stops
+            # the first waits out the outage (RUNNING), the second is cancelled in the queue
+            for signal_id in ("catalog-wait", "catalog-cancel"):
+                body = {"id": signal_id, "symbol": "SOLUSDT", "type": "LONG_ENTRY",
+                        "quantity": "1", "ttl_s": 1}
+                async with api.post("/v1/signals", json=body) as resp:
+                    assert resp.status == 202, await resp.text()
+            async with api.delete("/v1/signals/catalog-cancel") as resp:
+                assert resp.status == 200, await resp.text()
         for _ in range(20):
             await hammer(daemon, 1)
             await asyncio.sleep(0)        # the monitor emits the alert with call_soon

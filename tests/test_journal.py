@@ -223,7 +223,7 @@ async def test_counts_reports_every_state(journal: Journal) -> None:
     await accepted(journal, "a", "b", "c")
     await journal.set_signal_state("b", SignalState.DONE, reason=None, now=NOW)
     assert await journal.counts() == {"ACCEPTED": 2, "RUNNING": 0, "DONE": 1, "REJECTED": 0,
-                                      "FAILED": 0, "EXPIRED": 0}
+                                      "FAILED": 0, "EXPIRED": 0, "CANCELED": 0}
 
 
 async def test_concurrent_accepts_of_one_id_store_it_once(journal: Journal) -> None:

@@ -61,6 +61,9 @@ class ControlClient:
     def post(self, path: str, body: object) -> ApiAnswer:
         return self._call("POST", path, orjson.dumps(body))
 
+    def delete(self, path: str) -> ApiAnswer:
+        return self._call("DELETE", path, None)
+
     def _call(self, method: str, path: str, data: bytes | None) -> ApiAnswer:
         request = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)
         request.add_header("Accept", "application/json")

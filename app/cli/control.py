@@ -1,10 +1,12 @@
-"""``execd signal`` and ``execd status``: the CLI commands that talk to the control API."""
+"""The CLI commands that talk to the control API: ``execd signal``, ``status``, and the
+operator's ``halt``, ``reduce``, ``resume``, ``flatten`` and ``cancel`` (SPEC §11.1)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -13,9 +15,12 @@ import orjson
 from app.cli.client import ApiAnswer, ControlClient
 from app.config import Settings
 
-__all__ = ["send_signal", "show_status"]
+__all__ = ["cancel_signal", "flatten", "send_signal", "set_trading_state", "show_status"]
 
-TERMINAL = ("DONE", "REJECTED", "FAILED", "EXPIRED")
+TERMINAL = ("DONE", "REJECTED", "FAILED", "EXPIRED", "CANCELED")
+STATE_OF_COMMAND = {"halt": "HALTED", "reduce": "REDUCING", "resume": "ACTIVE"}
+#: A flatten closes positions one after another, each through the exactly-once protocol.
+FLATTEN_TIMEOUT_S = 300.0
 LEG_NAMES = {"E": "entry", "S": "stop_loss", "T": "take_profit", "C": "close"}
 POLL_S = 0.2
 
@@ -101,3 +106,57 @@ def _print_table(status: dict[str, Any]) -> None:
     from app.cli.monitor import render
 
     Console().print(render(status))
+
+
+def set_trading_state(args: argparse.Namespace, client: ControlClient,
+                      settings: Settings) -> int:
+    """``execd halt|reduce|resume [--reason TEXT]``: print the new state."""
+    reason = args.reason or f"execd {args.command}"
+    answer = client.post("/v1/trading-state", {"state": STATE_OF_COMMAND[args.command],
+                                               "reason": reason})
+    if answer.status != 200:
+        return _refused(answer, client, settings)
+    body = answer.body
+    print(f"{body['state']} since {body['since']}: {body['reason']}")
+    return 0
+
+
+def flatten(args: argparse.Namespace, client: ControlClient, settings: Settings) -> int:
+    """``execd flatten SYMBOL…|--all [--yes]``: one line per symbol; exit 1 if one failed."""
+    if bool(args.symbols) == bool(args.all):
+        print("execd flatten: name the symbols or give --all (not both)", file=sys.stderr)
+        return 2
+    what = "every open position" if args.all else ", ".join(args.symbols)
+    if not args.yes and sys.stdin.isatty():
+        answer_text = input(f"Close {what} at market and cancel its stops? [y/N] ")
+        if answer_text.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return 1
+    client.timeout_s = max(client.timeout_s, FLATTEN_TIMEOUT_S)
+    answer = client.post("/v1/flatten", {"all": True} if args.all else {"symbols": args.symbols})
+    if answer.status != 200:
+        return _refused(answer, client, settings)
+    results = answer.body["results"]
+    if not results:
+        print("nothing to flatten: no open positions")
+    for result in results:
+        print(f"{result['symbol']:<14} {result['state']:<13} closed {result['closed_qty']}  "
+              f"protective orders cancelled {result['cancelled']}")
+    return 1 if any(r["state"] == "FAILED" for r in results) else 0
+
+
+def cancel_signal(args: argparse.Namespace, client: ControlClient, settings: Settings) -> int:
+    """``execd cancel ID``: 0 when CANCELED, 1 when it already started or ended (its state
+    printed) or is unknown."""
+    answer = client.delete(f"/v1/signals/{urllib.parse.quote(args.id, safe='')}")
+    if answer.status == 200:
+        print(f"CANCELED {answer.body['id']}")
+        return 0
+    if answer.status == 409:
+        print(f"not cancelled: {args.id} is {answer.body.get('state')} (only a signal still "
+              "waiting in the queue can be cancelled)", file=sys.stderr)
+        return 1
+    if answer.status == 404:
+        print(f"no signal {args.id!r}", file=sys.stderr)
+        return 1
+    return _refused(answer, client, settings)

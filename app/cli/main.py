@@ -100,6 +100,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return _with_client(args, show_status)
 
 
+def _cmd_trading_state(args: argparse.Namespace) -> int:
+    from app.cli.control import set_trading_state
+
+    return _with_client(args, set_trading_state)
+
+
+def _cmd_flatten(args: argparse.Namespace) -> int:
+    from app.cli.control import flatten
+
+    return _with_client(args, flatten)
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from app.cli.control import cancel_signal
+
+    return _with_client(args, cancel_signal)
+
+
 def _with_client(args: argparse.Namespace,
                  command: Callable[[argparse.Namespace, ControlClient, Settings], int]) -> int:
     from app.cli.client import ControlClient, DaemonUnreachable
@@ -208,4 +226,24 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="also write the snapshot as JSON")
     monitor.add_argument("--config", type=Path, metavar="FILE", help="extra TOML config file")
     monitor.set_defaults(handler=_cmd_monitor)
+
+    for name, doing in (("halt", "stop sending entries and closes (protection goes on)"),
+                        ("reduce", "stop opening positions; closes go on"),
+                        ("resume", "trade normally again (ACTIVE)")):
+        state = commands.add_parser(name, help=doing)
+        state.add_argument("--reason", metavar="TEXT", help="why (audited)")
+        state.add_argument("--config", type=Path, metavar="FILE", help="extra TOML config file")
+        state.set_defaults(handler=_cmd_trading_state)
+
+    flat = commands.add_parser("flatten", help="cancel stops and close positions at market")
+    flat.add_argument("symbols", nargs="*", metavar="SYMBOL", help="symbols to flatten")
+    flat.add_argument("--all", action="store_true", help="every open position on the account")
+    flat.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    flat.add_argument("--config", type=Path, metavar="FILE", help="extra TOML config file")
+    flat.set_defaults(handler=_cmd_flatten)
+
+    cancel = commands.add_parser("cancel", help="take back a signal still in the queue")
+    cancel.add_argument("id", metavar="ID", help="the signal's id")
+    cancel.add_argument("--config", type=Path, metavar="FILE", help="extra TOML config file")
+    cancel.set_defaults(handler=_cmd_cancel)
     return parser

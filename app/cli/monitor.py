@@ -50,7 +50,7 @@ def render(status: Mapping[str, Any]) -> RenderableType:
     top.add_column(ratio=1)
     top.add_column(ratio=1)
     top.add_row(_breakers(status.get("breakers") or {}), _queue(status.get("queue") or {}))
-    parts: list[RenderableType] = [_header(status), top,
+    parts: list[RenderableType] = [_trading(status.get("trading_state")), _header(status), top,
                                    _limiter(status.get("limiter") or []),
                                    _errors(status.get("errors"))]
     if status.get("streams") is not None:
@@ -78,6 +78,21 @@ def _live(status: Mapping[str, Any]) -> Text:
     pnl = status.get("realized_pnl_today") or {}
     text.append("· realized PnL today " + (", ".join(f"{s} {v}" for s, v in pnl.items())
                                            or "0"))
+    return text
+
+
+def _trading(trading: Mapping[str, Any] | None) -> Text:
+    """The trading state first, in its colour, with why and since when (SPEC §5.10)."""
+    text = Text()
+    if not trading:
+        return text
+    state = str(trading.get("state", "?"))
+    style = {"ACTIVE": "bold green", "REDUCING": "bold yellow",
+             "HALTED": "bold white on red"}.get(state, "bold")
+    text.append(f" {state} ", style=style)
+    text.append(f"  {trading.get('reason', '')}  · since {trading.get('since', '?')}"
+                f"  · by {trading.get('by', '?')}  · daily loss {trading.get('daily_loss', '?')}"
+                f"  · orders last minute {trading.get('orders_last_minute', '?')}")
     return text
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Final, Protocol, TypeVar
 
@@ -29,16 +29,24 @@ import prometheus_client
 from aiohttp import web
 
 from app.config_schema import is_loopback
-from app.domain import SYMBOL_RE, SYMBOL_RULE, Intent, SignalError
+from app.domain import (
+    SYMBOL_RE,
+    SYMBOL_RULE,
+    Intent,
+    SignalError,
+    StateChange,
+    TradingState,
+)
 from app.errors import ExchangeError, InvalidRequest
 from app.exchange.models import Balance, CancelCounts, Position
+from app.execution.operator import FlattenResult, NotCancelable
 from app.intake.bus import QueueFull
 from app.intake.service import IntakeClosed, IntakeState, Service
 from app.journal import Journal, JournalBusy, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
-__all__ = ["AccountPort", "ControlApi"]
+__all__ = ["AccountPort", "ControlApi", "OperatorPort"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _T = TypeVar("_T")
@@ -68,6 +76,22 @@ class AccountPort(Protocol):
     async def cancel_all_orders(self, symbol: str) -> CancelCounts: ...
 
 
+class OperatorPort(Protocol):
+    """The operator's commands (SPEC §5.10, ``execution/operator.py``)."""
+
+    async def set_trading_state(self, state: TradingState, reason: str) -> StateChange: ...
+
+    async def open_symbols(self) -> list[str]: ...
+
+    async def flatten(self, symbols: Iterable[str]) -> list[FlattenResult]: ...
+
+    async def cancel(self, signal_id: str) -> SignalRecord: ...
+
+    def reset_breaker(self, group: str) -> dict[str, object]: ...
+
+    def breaker_groups(self) -> list[str]: ...
+
+
 class _Problem(Exception):
     """An answer other than success, raised from a handler and rendered by the middleware."""
 
@@ -86,7 +110,7 @@ class ControlApi:
     def __init__(self, service: Service, journal: Journal, exchange: AccountPort,
                  status: Callable[[], Mapping[str, object]], *, token: str,
                  host: str = "127.0.0.1", port: int = 8470, max_body_bytes: int = 65536,
-                 log: AuditLogger,
+                 log: AuditLogger, operator: OperatorPort | None = None,
                  registry: prometheus_client.CollectorRegistry | None = None) -> None:
         if not token and not is_loopback(host):
             raise ValueError(f"refusing to serve the control API on {host!r} without a token")
@@ -96,6 +120,7 @@ class ControlApi:
         self._journal = journal
         self._exchange = exchange
         self._status = status
+        self._operator = operator
         self._token = token.encode()
         self._host = host
         self._port = port
@@ -112,6 +137,11 @@ class ControlApi:
         self._app.router.add_get("/v1/positions/{symbol}", self._get_position)
         self._app.router.add_get("/v1/balance", self._get_balance)
         self._app.router.add_post("/v1/cancel-all/{symbol}", self._cancel_all)
+        if operator is not None:
+            self._app.router.add_delete("/v1/signals/{id}", self._delete_signal)
+            self._app.router.add_post("/v1/trading-state", self._post_trading_state)
+            self._app.router.add_post("/v1/flatten", self._post_flatten)
+            self._app.router.add_post("/v1/breakers/{group}/reset", self._reset_breaker)
 
     def __repr__(self) -> str:
         where = self.url if self._runner is not None else "not started"
@@ -247,6 +277,78 @@ class ControlApi:
             raise _Problem(404, {"error": "not_found", "detail": f"no signal {signal_id!r}"})
         return _json(200, _signal_view(record, await journal.intents_for(signal_id)))
 
+    # ------------------------------------------------------------------ operator commands
+    async def _delete_signal(self, request: web.Request) -> web.Response:
+        assert self._operator is not None
+        signal_id = request.match_info["id"]
+        try:
+            record = await self._operator.cancel(signal_id)
+        except KeyError:
+            raise _Problem(404, {"error": "not_found",
+                                 "detail": f"no signal {signal_id!r}"}) from None
+        except NotCancelable as error:
+            raise _Problem(409, {"error": "not_cancelable", "state": error.record.state.value,
+                                 "detail": f"{error}: only an ACCEPTED signal that has not "
+                                           "started can be cancelled"}) from None
+        return _json(200, _signal_view(record, []))
+
+    async def _post_trading_state(self, request: web.Request) -> web.Response:
+        assert self._operator is not None
+        body = await self._json_object(request)
+        state, reason = body.get("state"), body.get("reason", "")
+        if not isinstance(state, str) or state not in TradingState.__members__:
+            raise _Problem(400, {"error": "invalid_request", "field": "state",
+                                 "detail": "must be one of "
+                                           f"{', '.join(TradingState.__members__)}"})
+        if not isinstance(reason, str) or len(reason) > 500:
+            raise _Problem(400, {"error": "invalid_request", "field": "reason",
+                                 "detail": "must be a string of at most 500 characters"})
+        change = await self._operator.set_trading_state(TradingState(state),
+                                                         reason or "operator")
+        return _json(200, change.view())
+
+    async def _post_flatten(self, request: web.Request) -> web.Response:
+        assert self._operator is not None
+        body = await self._json_object(request)
+        symbols, everything = body.get("symbols"), body.get("all")
+        if everything is True and symbols is None:
+            wanted = await self._exchange_call(None, self._operator.open_symbols())
+        elif (everything in (None, False) and isinstance(symbols, list) and symbols
+              and all(isinstance(s, str) and SYMBOL_RE.fullmatch(s) for s in symbols)):
+            wanted = symbols
+        else:
+            raise _Problem(400, {"error": "invalid_request", "field": "symbols",
+                                 "detail": 'send {"symbols": ["BTCUSDT", ...]} (each '
+                                           f'{SYMBOL_RULE}) or {{"all": true}}'})
+        try:
+            results = await self._exchange_call(None, self._operator.flatten(wanted))
+        except SignalError as error:
+            raise _Problem(400, {"error": "invalid_symbol", "field": error.field,
+                                 "detail": error.detail}) from None
+        return _json(200, {"results": [r.view() for r in results]})
+
+    async def _reset_breaker(self, request: web.Request) -> web.Response:
+        assert self._operator is not None
+        group = request.match_info["group"]
+        try:
+            stats = self._operator.reset_breaker(group)
+        except KeyError:
+            groups = ", ".join(self._operator.breaker_groups())
+            raise _Problem(404, {"error": "not_found", "field": "group",
+                                 "detail": f"no breaker {group!r}: one of {groups}"}) from None
+        return _json(200, {"group": group, **stats})
+
+    async def _json_object(self, request: web.Request) -> dict[str, object]:
+        raw = await self._read_body(request)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise _Problem(400, {"error": "invalid_json", "detail": str(error)}) from None
+        if not isinstance(data, dict):
+            raise _Problem(400, {"error": "invalid_json", "detail": "the body must be a JSON "
+                                                                    "object"})
+        return data
+
     # ------------------------------------------------------------------ state and account
     async def _get_status(self, request: web.Request) -> web.Response:
         return _json(200, self._status())
@@ -254,6 +356,9 @@ class ControlApi:
     async def _get_position(self, request: web.Request) -> web.Response:
         symbol = _symbol(request)
         position = await self._exchange_call(symbol, self._exchange.get_position(symbol))
+        # An operator asked: at INFO (the gateway logs its own frequent queries at DEBUG).
+        self._log.info(AuditEvent.POSITION_QUERY, symbol=symbol, by="operator",
+                       amount=str(position.amount) if position is not None else "0")
         if position is None:
             return _json(200, {"symbol": symbol, "amount": "0"})
         return _json(200, {"symbol": position.symbol, "amount": position.amount,
@@ -268,6 +373,8 @@ class ControlApi:
             raise _Problem(400, {"error": "invalid_asset", "field": "asset",
                                  "detail": "must be 2-16 characters of A-Z 0-9"})
         balance = await self._exchange_call(None, self._exchange.get_account_balance(asset))
+        self._log.info(AuditEvent.BALANCE_QUERY, asset=asset, by="operator",
+                       available=str(balance.available))
         return _json(200, {"asset": balance.asset, "wallet": balance.wallet,
                            "available": balance.available,
                            "unrealized_pnl": balance.unrealized_pnl})

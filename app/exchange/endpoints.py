@@ -74,6 +74,7 @@ OPEN_ALGOS = Endpoint("open_algo_orders", "GET", "/fapi/v1/openAlgoOrders", S, 1
                       weight_without_symbol=40)
 SET_LEVERAGE = Endpoint("set_leverage", "POST", "/fapi/v1/leverage", S, 1, A, NORM)
 SET_MARGIN_TYPE = Endpoint("set_margin_type", "POST", "/fapi/v1/marginType", S, 1, A, NORM)
+POSITION_MODE = Endpoint("position_mode", "GET", "/fapi/v1/positionSide/dual", S, 30, A, NORM)
 POSITION_RISK = Endpoint("position_risk", "GET", "/fapi/v3/positionRisk", S, 5, A, LOW)
 BALANCE = Endpoint("balance", "GET", "/fapi/v3/balance", S, 5, A, LOW)
 ACCOUNT = Endpoint("account", "GET", "/fapi/v3/account", S, 5, A, LOW)
@@ -90,7 +91,8 @@ CLOSE_LISTEN_KEY = Endpoint("close_listen_key", "DELETE", "/fapi/v1/listenKey", 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     PLACE_ORDER, GET_ORDER, CANCEL_ORDER, CANCEL_ALL_ORDERS, OPEN_ORDERS, PLACE_ALGO, GET_ALGO,
-    CANCEL_ALGO, CANCEL_ALL_ALGOS, OPEN_ALGOS, SET_LEVERAGE, SET_MARGIN_TYPE, POSITION_RISK,
+    CANCEL_ALGO, CANCEL_ALL_ALGOS, OPEN_ALGOS, SET_LEVERAGE, SET_MARGIN_TYPE, POSITION_MODE,
+    POSITION_RISK,
     BALANCE, ACCOUNT, EXCHANGE_INFO, SERVER_TIME, MARK_PRICE, TICKER_PRICE, NEW_LISTEN_KEY,
     KEEPALIVE_LISTEN_KEY, CLOSE_LISTEN_KEY,
 )

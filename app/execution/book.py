@@ -183,6 +183,10 @@ class Book:
     def position(self, symbol: str) -> BookPosition | None:
         return self.positions.get(symbol)
 
+    def amounts(self) -> dict[str, Decimal]:
+        """Every non-zero position's signed amount by symbol."""
+        return {symbol: p.amount for symbol, p in self.positions.items() if p.amount}
+
     def open_algos(self, symbol: str) -> list[BookAlgo]:
         return [a for a in self.algos.values() if a.symbol == symbol]
 

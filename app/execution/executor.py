@@ -38,6 +38,7 @@ from app.execution.client_ids import new_intent
 from app.execution.ports import ExchangePort
 from app.execution.protect import PROTECT_DEADLINE_S, Protector, Unprotected
 from app.execution.reconcile import adopt_unjournaled
+from app.execution.risk import RiskGate
 from app.execution.sender import DECISION_STARTED, NOT_TAKEN, OrderSender
 from app.execution.settings import ExecutorSettings, OnUnprotected
 from app.journal import Journal, SignalRecord
@@ -52,6 +53,8 @@ JOURNAL_FAILURES = (sqlite3.Error, OSError)
 #: Pauses between two tries to settle an unknown outcome, or to write a failing journal.
 SETTLE_PAUSE_S = (0.5, 5.0)
 OUTCOME_UNKNOWN = "outcome unknown"
+#: The source of an operator's flatten signal (``operator.py``): no trading state stops it.
+OPERATOR_SOURCE = "operator"
 
 
 class Executor:
@@ -61,9 +64,11 @@ class Executor:
     def __init__(self, exchange: ExchangePort, rules: Callable[[str], SymbolRules],
                  sender: OrderSender, protector: Protector, journal: Journal, clock: Clock,
                  log: AuditLogger, settings: ExecutorSettings, *,
-                 marks: Callable[[str], Decimal | None] | None = None) -> None:
+                 marks: Callable[[str], Decimal | None] | None = None,
+                 risk: RiskGate | None = None) -> None:
         self._exchange = exchange
         self._marks = marks
+        self._risk = risk
         self._rules = rules
         self._sender = sender
         self._protector = protector
@@ -105,12 +110,16 @@ class Executor:
                 return await self._journal.set_signal_state(
                     signal.id, SignalState.RUNNING, reason=OUTCOME_UNKNOWN,
                     now=self._clock.time())
+            if record.state is SignalState.ACCEPTED:
+                # One transaction against an operator's cancel: whichever comes first wins.
+                started = await self._journal.set_signal_state(
+                    signal.id, SignalState.RUNNING, reason=None, now=self._clock.time(),
+                    expect=SignalState.ACCEPTED)
+                if started.state is not SignalState.RUNNING:
+                    return started                  # cancelled while it waited in its lane
             if signal.is_expired(self._clock.time()) and not await self._started(signal):
                 return await self._finish(signal, SignalState.EXPIRED, "expired before execution",
                                           AuditEvent.SIGNAL_EXPIRED)
-            if record.state is SignalState.ACCEPTED:
-                await self._journal.set_signal_state(signal.id, SignalState.RUNNING,
-                                                     reason=None, now=self._clock.time())
             try:
                 # A new ACCEPTED signal has no intents yet (RUNNING is journaled before the
                 # first); a resumed one may have adopted some.
@@ -122,6 +131,9 @@ class Executor:
                     signal.id, SignalState.RUNNING, reason=OUTCOME_UNKNOWN,
                     now=self._clock.time())
             except SignalError as rejected:
+                if rejected.field == "risk":
+                    rule, _, detail = rejected.detail.partition(": ")
+                    self._log.warning(AuditEvent.RISK_REJECTED, rule=rule, detail=detail)
                 return await self._finish(signal, SignalState.REJECTED, str(rejected),
                                           AuditEvent.SIGNAL_REJECTED, field=rejected.field,
                                           detail=rejected.detail)
@@ -296,6 +308,8 @@ class Executor:
     async def _new_entry(self, signal: Signal, journaled: Intent | None) -> Intent:
         """Check the signal against the symbol's rules and the mark; the entry intent (the
         sender journals it, as SENDING, before it leaves)."""
+        if self._risk is not None:
+            self._risk.check_state(entry=True)      # halted: refused before anything is read
         rules = trading_rules(self._rules, signal.symbol)
         assert signal.quantity is not None
         mark = self._marks(signal.symbol) if self._marks is not None else None
@@ -307,6 +321,8 @@ class Executor:
         except SymbolRuleError as error:
             raise SignalError("quantity", f"{error.rule}: {error.detail}") from None
         self._check_protective(signal, rules, mark)
+        if self._risk is not None:
+            self._risk.check_entry(signal, quantity, mark)
         await self._ensure_account_settings(signal)
         return journaled or new_intent(
             self.settings.client_id_prefix, signal.id, signal.symbol, Leg.ENTRY,
@@ -343,6 +359,8 @@ class Executor:
         close = journaled.get(Leg.CLOSE)
         wanted = "LONG" if signal.type.position_sign > 0 else "SHORT"
         if close is None or close.state is IntentState.PENDING:
+            if self._risk is not None and signal.source != OPERATOR_SOURCE:
+                self._risk.check_close()         # an operator's flatten runs in every state
             position = await self._exchange.get_position(signal.symbol,
                                                        priority=Priority.NORMAL)
             if position is None or (position.amount > 0) != (signal.type.position_sign > 0):

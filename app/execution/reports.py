@@ -10,8 +10,9 @@ is reported and never ends the stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from decimal import Decimal
+from typing import Protocol
 
 from app.clock import Clock
 from app.domain import IntentState, Leg
@@ -22,12 +23,20 @@ from app.observability.logging import AuditLogger
 
 __all__ = ["AccountReports"]
 
+class DayResult(Protocol):
+    def __call__(self, realized_pnl: Decimal, commissions: Mapping[str, Decimal], *,
+                 at_start: bool) -> None: ...
+
+
 #: How many fired algo orders are remembered, so each is reported once.
 FIRED_KEPT = 1000
 
 
 class AccountReports:
-    def __init__(self, journal: Journal, clock: Clock, log: AuditLogger, prefix: str) -> None:
+    def __init__(self, journal: Journal, clock: Clock, log: AuditLogger, prefix: str, *,
+                 on_day_result: DayResult | None = None) -> None:
+        """``on_day_result`` gets today's realized PnL and commissions by asset (from the
+        journal) at `load` and after each new fill: the risk gate's daily loss."""
         self._journal = journal
         self._clock = clock
         self._log = log
@@ -36,6 +45,7 @@ class AccountReports:
         self._fired: dict[str, None] = {}
         self._pnl: dict[str, Decimal] = {}
         self._pnl_day = self._day()
+        self._on_day_result = on_day_result
 
     # ------------------------------------------------------------------ PnL
     def _day(self) -> int:
@@ -45,6 +55,9 @@ class AccountReports:
         """Today's realized PnL from the journaled fills (at start)."""
         self._pnl_day = self._day()
         self._pnl = await self._journal.realized_pnl_since(self._pnl_day * 86_400.0)
+        if self._on_day_result is not None:
+            pnl, paid = await self._journal.day_result(self._pnl_day * 86_400.0)
+            self._on_day_result(pnl, paid, at_start=True)
 
     def realized_pnl_today(self) -> dict[str, str]:
         """Realized PnL by symbol since 00:00 UTC, from fills."""
@@ -114,6 +127,9 @@ class AccountReports:
         if added and int(event.trade_time_ms // 86_400_000) == self._pnl_day:
             self._pnl[event.symbol] = self._pnl.get(event.symbol, Decimal(0)) + (
                 event.realized_pnl)
+            if self._on_day_result is not None:
+                pnl, paid = await self._journal.day_result(self._pnl_day * 86_400.0)
+                self._on_day_result(pnl, paid, at_start=False)
 
     async def _report_filled(self, event: OrderUpdate) -> None:
         fills = await self._journal.fills_for(event.client_id)

@@ -91,13 +91,15 @@ class OrderEvents(Protocol):
 
 class OrderSender:
     """Sends intents exactly once. ``on_decision`` is called with the seconds from dequeue to
-    a signal's first order on the wire (the decision latency metric). With ``events`` (the
+    a signal's first order on the wire (the decision latency metric), ``on_sent`` before each
+    order goes out (the risk gate's order count). With ``events`` (the
     live book), a lookup of an unknown outcome runs again the moment the stream reports the
     order, instead of after its backoff pause."""
 
     def __init__(self, exchange: ExchangePort, journal: Journal, clock: Clock, log: AuditLogger,
                  settings: ExecutorSettings, *,
                  on_decision: Callable[[float], None] | None = None,
+                 on_sent: Callable[[], None] | None = None,
                  events: OrderEvents | None = None) -> None:
         self._exchange = exchange
         self._journal = journal
@@ -105,6 +107,7 @@ class OrderSender:
         self._log = log
         self._settings = settings
         self._on_decision = on_decision
+        self._on_sent = on_sent
         self._events = events
 
     async def send_order(self, intent: Intent, *, priority: Priority,
@@ -181,6 +184,8 @@ class OrderSender:
                 DECISION_STARTED.set(None)
                 if self._on_decision is not None:
                     self._on_decision(self._clock.monotonic() - started)
+            if self._on_sent is not None:
+                self._on_sent()
             try:
                 state = await place()
             except NOT_TAKEN as error:

@@ -11,13 +11,16 @@ errors, by class:
 One exchange failure can show up as several of these (``api_error``, then ``order_rejected``,
 then ``signal_failed``): the counts are of events, and the threshold is set with that in mind.
 
-Alerts, each kind with its own cooldown (``cooldown_s``; the same kind is not repeated within
-it): ``error_rate`` when the errors in the window reach ``error_rate_per_min`` per minute,
-``breaker_open``, ``ip_banned`` and ``position_unprotected`` on the event itself. An alert is an
-``alert`` audit event (level error: ``kind``, ``detail``, ``total``, ``rate_per_min``,
-``counts``) and, when ``webhook_url`` is set, a JSON POST of the same in a background task cut
-off after ``webhook_timeout_s``. A failed POST is an ``alert`` event at warning level with
-``delivery="failed"``; nothing is raised and the caller never waits.
+Alerts, each kind *and symbol* with its own cooldown (``cooldown_s``; the same kind for the same
+symbol is not repeated within it, a second symbol's unprotected position still alerts):
+``error_rate`` when the errors in the window reach ``error_rate_per_min`` per minute, and on the
+event itself ``breaker_open``, ``ip_banned``, ``position_unprotected``, ``position_liquidated``,
+``api_key_refused`` (an ``AuthError``) and ``kill_switch`` (the trading state set by a kill
+switch). An alert is an ``alert`` audit event (level error: ``kind``, ``symbol`` when it has
+one, ``detail``, ``total``, ``rate_per_min``, ``counts``) and, when ``webhook_url`` is set, a
+JSON POST of the same in a background task cut off after ``webhook_timeout_s``. A failed POST
+is an ``alert`` event at warning level with ``delivery="failed"``; nothing is raised and the
+caller never waits.
 
 The tap runs inside the logging pipeline, so the alert event is emitted on the next turn of the
 event loop (``call_soon``): it lands after the event that caused it, and `tap` ignores ``alert``
@@ -54,6 +57,7 @@ _COUNTED_LEVELS: Final = frozenset({"warning", "error", "critical"})
 _ALWAYS_COUNTED: Final = frozenset({
     AuditEvent.ORDER_REJECTED, AuditEvent.ORDER_UNKNOWN_OUTCOME, AuditEvent.SIGNAL_FAILED,
     AuditEvent.POSITION_UNPROTECTED, AuditEvent.IP_BANNED, AuditEvent.BREAKER_OPENED,
+    AuditEvent.POSITION_LIQUIDATED,
 })
 
 
@@ -78,9 +82,11 @@ class Alert:
     total: int
     rate_per_min: float
     counts: dict[str, int]
+    symbol: str | None = None
 
     def fields(self) -> dict[str, object]:
-        return {"kind": self.kind, "detail": self.detail, "total": self.total,
+        symbol = {} if self.symbol is None else {"symbol": self.symbol}
+        return {"kind": self.kind, **symbol, "detail": self.detail, "total": self.total,
                 "rate_per_min": self.rate_per_min, "counts": self.counts}
 
 
@@ -101,7 +107,7 @@ class ErrorMonitor:
         self._window: deque[tuple[float, str]] = deque()
         self._counts: Counter[str] = Counter()
         self._recent: deque[dict[str, Any]] = deque(maxlen=_RECENT)
-        self._last_alert: dict[str, float] = {}
+        self._last_alert: dict[tuple[str, str | None], float] = {}
         self._alerts: deque[Alert] = deque(maxlen=_ALERTS_KEPT)
         self._alerts_sent = 0
         self._posts: set[asyncio.Task[None]] = set()
@@ -118,6 +124,10 @@ class ErrorMonitor:
         name = str(event.get("event", ""))
         error_class = self._classify(name, event)
         if error_class is None:
+            if name == AuditEvent.TRADING_STATE_CHANGED and event.get("by") == "kill switch":
+                self._raise_now("kill_switch", None,
+                                f"trading state {event.get('state', '?')}: "
+                                f"{event.get('reason', '?')}")
             return
         alerts: list[Alert] = []
         with self._lock:
@@ -131,12 +141,22 @@ class ErrorMonitor:
                 "error_class": event.get("error_class") or error_class,
                 "message": _message(event),
             })
-            for kind, detail in self._triggers(name, event):
-                if self._cooled_down(kind, now):
-                    self._last_alert[kind] = now
-                    alerts.append(self._alert(kind, detail))
+            for kind, symbol, detail in self._triggers(name, event):
+                if self._cooled_down((kind, symbol), now):
+                    self._last_alert[kind, symbol] = now
+                    alerts.append(self._alert(kind, detail, symbol))
         for alert in alerts:
             self._schedule(alert)
+
+    def _raise_now(self, kind: str, symbol: str | None, detail: str) -> None:
+        """An alert that is not an error count (a kill switch), under the same cooldown."""
+        with self._lock:
+            now = self._clock.monotonic()
+            if not self._cooled_down((kind, symbol), now):
+                return
+            self._last_alert[kind, symbol] = now
+            alert = self._alert(kind, detail, symbol)
+        self._schedule(alert)
 
     @staticmethod
     def _classify(name: str, event: Mapping[str, Any]) -> str | None:
@@ -146,30 +166,42 @@ class ErrorMonitor:
             return f"api_error:{event.get('error_class') or 'unknown'}"
         return name if name in _ALWAYS_COUNTED else None
 
-    def _triggers(self, name: str, event: Mapping[str, Any]) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
+    def _triggers(self, name: str, event: Mapping[str, Any]
+                  ) -> list[tuple[str, str | None, str]]:
+        found: list[tuple[str, str | None, str]] = []
+        symbol = event.get("symbol")
+        symbol = symbol if isinstance(symbol, str) else None
         if name == AuditEvent.BREAKER_OPENED:
-            found.append(("breaker_open", f"breaker {event.get('group', '?')} opened"))
+            found.append(("breaker_open", None, f"breaker {event.get('group', '?')} opened"))
         elif name == AuditEvent.IP_BANNED:
-            found.append(("ip_banned", f"IP banned by the exchange for "
-                                       f"{event.get('retry_after', '?')} s"))
+            found.append(("ip_banned", None, f"IP banned by the exchange for "
+                                             f"{event.get('retry_after', '?')} s"))
         elif name == AuditEvent.POSITION_UNPROTECTED:
-            found.append(("position_unprotected",
-                          f"{event.get('symbol', '?')} position unprotected: "
+            found.append(("position_unprotected", symbol,
+                          f"{symbol or '?'} position unprotected: "
                           f"{event.get('reason', '?')} (action {event.get('action', '?')})"))
+        elif name == AuditEvent.POSITION_LIQUIDATED:
+            found.append(("position_liquidated", symbol,
+                          f"{symbol or '?'} position liquidated: {event.get('quantity', '?')} "
+                          f"at {event.get('avg_price', '?')}"))
+        elif name == AuditEvent.API_ERROR and event.get("error_class") == "AuthError":
+            found.append(("api_key_refused", None,
+                          f"the exchange refused the API key ({event.get('message', '?')}): "
+                          "check its permissions (futures trading) and IP whitelist"))
         rate = self._rate()
         if rate >= self.settings.error_rate_per_min:
-            found.append(("error_rate", f"{rate:g} errors/min over {self.settings.window_s:g} s "
-                                        f"(threshold {self.settings.error_rate_per_min:g})"))
+            found.append(("error_rate", None,
+                          f"{rate:g} errors/min over {self.settings.window_s:g} s "
+                          f"(threshold {self.settings.error_rate_per_min:g})"))
         return found
 
-    def _cooled_down(self, kind: str, now: float) -> bool:
-        last = self._last_alert.get(kind)
+    def _cooled_down(self, key: tuple[str, str | None], now: float) -> bool:
+        last = self._last_alert.get(key)
         return last is None or now - last >= self.settings.cooldown_s
 
-    def _alert(self, kind: str, detail: str) -> Alert:
+    def _alert(self, kind: str, detail: str, symbol: str | None = None) -> Alert:
         return Alert(kind, detail, format_timestamp(self._clock.time()), len(self._window),
-                     self._rate(), dict(self._counts))
+                     self._rate(), dict(self._counts), symbol)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.settings.window_s

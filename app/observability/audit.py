@@ -35,6 +35,7 @@ class AuditEvent(StrEnum):
     SIGNAL_EXPIRED = "signal_expired"
     SIGNAL_DONE = "signal_done"
     SIGNAL_FAILED = "signal_failed"
+    SIGNAL_CANCELLED = "signal_cancelled"
     # the spool source
     SPOOL_WAITING = "spool_waiting"
     SPOOL_TRUNCATED = "spool_truncated"
@@ -87,6 +88,9 @@ class AuditEvent(StrEnum):
     RECONCILE_FINISHED = "reconcile_finished"
     # the journal
     JOURNAL_BUSY = "journal_busy"
+    # risk gate and trading state
+    TRADING_STATE_CHANGED = "trading_state_changed"
+    RISK_REJECTED = "risk_rejected"
     # the control API
     API_REQUEST_FAILED = "api_request_failed"
     # operator attention
@@ -125,6 +129,7 @@ GROUPS: tuple[EventGroup, ...] = (
             _E.SIGNAL_EXPIRED,
             _E.SIGNAL_DONE,
             _E.SIGNAL_FAILED,
+            _E.SIGNAL_CANCELLED,
         ),
     ),
     EventGroup(
@@ -204,6 +209,12 @@ GROUPS: tuple[EventGroup, ...] = (
         "The journal refused a write: another process held its write lock past the busy "
         "timeout (SPEC §5.6). What was asked is refused, nothing changed; ask again later.",
         (_E.JOURNAL_BUSY,),
+    ),
+    EventGroup(
+        "risk",
+        "The risk gate and the trading state (SPEC §5.10): a refused entry naming its rule, a "
+        "state changed by an operator or a kill switch.",
+        (_E.TRADING_STATE_CHANGED, _E.RISK_REJECTED),
     ),
     EventGroup(
         "control_api",

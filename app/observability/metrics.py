@@ -42,7 +42,9 @@ __all__ = [
 BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
 
 _SIGNAL_STATES: Final = {"signal_done": "DONE", "signal_failed": "FAILED",
-                         "signal_rejected": "REJECTED", "signal_expired": "EXPIRED"}
+                         "signal_rejected": "REJECTED", "signal_expired": "EXPIRED",
+                         "signal_cancelled": "CANCELED"}
+_TRADING_STATES: Final = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 _ORDER_OUTCOMES: Final = {"order_placed": "placed", "order_filled": "filled",
                           "order_rejected": "rejected", "order_unknown_outcome": "unknown"}
 # Event-loop lag: a healthy loop is well under 1 ms; above 100 ms something blocks it.
@@ -79,6 +81,8 @@ class GaugeSnapshot:
     realized_pnl: Mapping[str, float] = field(default_factory=dict)
     #: audit lines the console missed because it was behind (a counter read at scrape).
     console_dropped: int = 0
+    #: 0 active, 1 reducing, 2 halted (SPEC §5.10); None before the risk gate exists.
+    trading_state: int | None = None
 
 
 GaugeSource = Callable[[], GaugeSnapshot]
@@ -104,10 +108,12 @@ def gauges_from_status(status: Mapping[str, Any]) -> GaugeSnapshot:
     pnl = {str(symbol): float(value)
            for symbol, value in (status.get("realized_pnl_today") or {}).items()}
     audit = status.get("audit") or {}
+    trading = (status.get("trading_state") or {}).get("state")
     return GaugeSnapshot(buckets, breakers, int(queue.get("pending", 0)), streams,
                          dict(streams_info.get("events") or {}),
                          float(protection.get("unprotected_seconds_total", 0.0)), pnl,
-                         int(audit.get("console_dropped", 0)))
+                         int(audit.get("console_dropped", 0)),
+                         _TRADING_STATES.get(trading) if isinstance(trading, str) else None)
 
 
 class _Registry(CollectorRegistry):
@@ -175,7 +181,12 @@ class _GaugeCollector:
                                       "Audit lines the console missed because it was behind "
                                       "(the audit files have them)",
                                       value=snapshot.console_dropped)
-        yield from (used, limit, breakers, depth, connected, events, naked, pnl, console)
+        trading = GaugeMetricFamily("execd_trading_state",
+                                    "Trading state: 0 active, 1 reducing, 2 halted")
+        if snapshot.trading_state is not None:
+            trading.add_metric([], snapshot.trading_state)
+        yield from (used, limit, breakers, depth, connected, events, naked, pnl, console,
+                    trading)
 
 
 class Metrics:
@@ -194,6 +205,11 @@ class Metrics:
                                ["leg", "outcome"], registry=self.registry)
         self._retries = Counter("execd_retries", "Retried exchange calls by operation",
                                 ["operation"], registry=self.registry)
+        self._breaker_opens = Counter("execd_breaker_opens", "Times a circuit breaker opened",
+                                      ["group"], registry=self.registry)
+        self._rate_limited = Counter("execd_rate_limited",
+                                     "Requests the exchange refused for a rate limit (429/418)",
+                                     ["bucket"], registry=self.registry)
         self.loop_lag = Histogram("execd_event_loop_lag_seconds",
                                   "How late the event loop woke a timer",
                                   buckets=_LAG_BUCKETS, registry=self.registry)
@@ -208,7 +224,8 @@ class Metrics:
         self._gauges.source = gauges
 
     def tap(self, event: Mapping[str, Any]) -> None:
-        """Count a final signal state, an order outcome or a retry; other events pass."""
+        """Count a final signal state, an order outcome, a retry, a breaker opening or a
+        rate-limit refusal; other events pass."""
         name = event.get("event")
         if name in _SIGNAL_STATES:
             # By event name, not the ``state`` field: the bus reports an internal failure as
@@ -221,6 +238,12 @@ class Metrics:
             self._orders.labels(str(event.get("leg") or "unknown"), _ORDER_OUTCOMES[name]).inc()
         elif name == "retry_attempt":
             self._retries.labels(str(event.get("operation") or "unknown")).inc()
+        elif name == "breaker_opened":
+            self._breaker_opens.labels(str(event.get("group") or "unknown")).inc()
+        elif name in ("rate_limit", "ip_banned"):
+            buckets = event.get("buckets") or ["ip_ban" if name == "ip_banned" else "unknown"]
+            for bucket in buckets if isinstance(buckets, list) else [buckets]:
+                self._rate_limited.labels(str(bucket)).inc()
 
     def observe_decision(self, seconds: float) -> None:
         """Record one decision latency (signal dequeued → first order on the wire)."""

@@ -62,6 +62,12 @@ class BreakerStats:
     retry_after: float
     consecutive_opens: int
     rejected: int
+    #: Since start: calls whose outcome was recorded, failures among them, times opened, and
+    #: when it last opened (``clock.time()``, epoch seconds; None: never).
+    calls: int = 0
+    failures: int = 0
+    opens: int = 0
+    last_opened: float | None = None
 
 
 class CircuitBreaker:
@@ -94,6 +100,10 @@ class CircuitBreaker:
         self._guards: dict[asyncio.Task[object] | None, list[int | None]] = {}
         self._consecutive_opens = 0
         self._rejected = 0
+        self._calls = 0
+        self._failures_total = 0
+        self._opens = 0
+        self._last_opened: float | None = None
         self._unreported_rejects = 0
         self._last_reject_report = float("-inf")
 
@@ -146,6 +156,7 @@ class CircuitBreaker:
     def exit(self, exc: BaseException | None, probe: int | None = None) -> None:
         """Record a call's outcome; ``exc`` is what it raised (None on success), ``probe`` is
         what `enter` returned for it."""
+        self._calls += 1
         if exc is None and probe is None and self._state is _CLOSED:
             self._failures = 0             # the common case: what `_record_success` does
             return
@@ -163,6 +174,7 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ transitions
     def _record_failure(self) -> None:
+        self._failures_total += 1
         self._successes = 0
         if self._state is BreakerState.HALF_OPEN:
             self._open()
@@ -183,6 +195,8 @@ class CircuitBreaker:
             self._failures = 0
 
     def _open(self) -> None:
+        self._opens += 1
+        self._last_opened = self._clock.time()
         self._opened_at = self._clock.monotonic()
         self._failures = 0
         self._successes = 0
@@ -219,7 +233,22 @@ class CircuitBreaker:
             consecutive_successes=self._successes, probes_in_flight=self._probes,
             opened_at=self._opened_at, retry_after=self.retry_after(),
             consecutive_opens=self._consecutive_opens, rejected=self._rejected,
+            calls=self._calls, failures=self._failures_total, opens=self._opens,
+            last_opened=self._last_opened,
         )
+
+    def reset(self) -> BreakerState:
+        """An operator's close (they know the exchange is back): CLOSED at once with fresh
+        counts; probes still in flight no longer decide anything. The state listener is not
+        called (the caller reports it, with its reason); returns the state it had."""
+        self._maybe_half_open()
+        previous = self._state
+        self._state = BreakerState.CLOSED
+        self._failures = self._successes = self._probes = 0
+        self._consecutive_opens = 0
+        self._opened_at = None
+        self._half_open_period += 1
+        return previous
 
     def __repr__(self) -> str:
         self._maybe_half_open()

@@ -105,3 +105,26 @@ class Account:
         pos.margin_type = margin_type
         self._state.publish_account(REASON_MARGIN_TYPE_CHANGE, [pos], self._state.now())
         return {"code": 200, "msg": "success"}
+
+    def position_mode(self) -> dict[str, object]:
+        """``GET /fapi/v1/positionSide/dual``."""
+        return {"dualSidePosition": self._state.dual_side}
+
+    def set_position_mode(self, params: Params) -> dict[str, object]:
+        """``POST /fapi/v1/positionSide/dual``: -4059 if unchanged, -4067 with open orders,
+        -4068 with a position. The simulator keeps the mode only to report it: its orders
+        behave as in one-way mode either way."""
+        wanted = require(params, "dualSidePosition").lower()
+        if wanted not in ("true", "false"):
+            raise errors.bad(-1130, "Data sent for parameter 'dualSidePosition' is not valid.")
+        dual = wanted == "true"
+        state = self._state
+        if dual == state.dual_side:
+            raise errors.bad(-4059, "No need to change position side.")
+        if any(state.has_open_orders(spec) for spec in state.symbols.values()):
+            raise errors.bad(-4067, "Position side cannot be changed if there exists open "
+                                    "orders.")
+        if any(p.amount for p in state.positions.values()):
+            raise errors.bad(-4068, "Position side cannot be changed if there exists position.")
+        state.dual_side = dual
+        return {"code": 200, "msg": "success"}

@@ -55,10 +55,6 @@ class Route:
         return self.weight
 
 
-def _dual(c: Call) -> object:
-    return {"dualSidePosition": False}
-
-
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/fapi/v1/ping", 1, False, lambda c: {}),
     Route("GET", "/fapi/v1/time", 1, False, lambda c: {"serverTime": int(c.now * 1000)}),
@@ -104,7 +100,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/fapi/v1/leverageBracket", 1, True,
           lambda c: views.leverage_bracket(c.ex, c.p)),
     Route("POST", "/fapi/v1/marginType", 1, True, lambda c: c.ex.account.set_margin_type(c.p)),
-    Route("GET", "/fapi/v1/positionSide/dual", 30, True, _dual),
+    Route("GET", "/fapi/v1/positionSide/dual", 30, True, lambda c: c.ex.account.position_mode()),
+    Route("POST", "/fapi/v1/positionSide/dual", 1, True,
+          lambda c: c.ex.account.set_position_mode(c.p)),
     Route("GET", "/fapi/v2/positionRisk", 5, True,
           lambda c: views.position_risk_v2(c.ex, c.p)),
     Route("GET", "/fapi/v3/positionRisk", 5, True,

@@ -57,6 +57,7 @@ class SimState:
             s.symbol: Position(s, cfg.account.default_leverage) for s in cfg.symbols
         }
         self.wallet: Decimal = cfg.account.balance
+        self.dual_side = False          # position mode: hedge (True) or one-way
         self.ledger = Ledger()
         self.orders: Book[Order] = Book()
         self.algos: Book[AlgoOrder] = Book()

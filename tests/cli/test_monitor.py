@@ -199,3 +199,16 @@ async def test_interval_refreshes_until_ctrl_c_and_exits_zero(api: str) -> None:
     assert code == 0
     assert naps == [0.5, 0.5]
     assert "up 99.0 s" in console.export_text()
+
+
+def test_the_trading_state_comes_first_with_its_reason() -> None:
+    halted = {**STATUS, "trading_state": {
+        "state": "HALTED", "reason": "desk says stop", "since": "2026-12-03T06:40:00.123Z",
+        "by": "operator", "daily_loss": "12.50", "orders_last_minute": 3}}
+    first = text_of(halted).splitlines()[0]
+    assert first.split()[0] == "HALTED"
+    assert "desk says stop" in first
+    assert "daily loss 12.50" in first
+    console = Console(record=True, width=120, color_system="truecolor", force_terminal=True)
+    console.print(render(halted))
+    assert "\x1b[" in console.export_text(styles=True)     # in colour

@@ -298,3 +298,40 @@ async def test_a_failed_webhook_never_logs_its_url(
     assert "InvalidURL" in failed["error"]
     assert "SECRET" not in failed["error"]
     assert "token" not in failed["error"]
+
+
+async def test_the_cooldown_is_per_kind_and_symbol(
+    audit: LogHandle, clock: FakeClock, read_events: ReadEvents
+) -> None:
+    """A second symbol's unprotected position within the cooldown still alerts; the same
+    symbol again does not."""
+    monitor = ErrorMonitor(settings(error_rate_per_min=100.0), clock, audit.logger)
+    naked = {"event": "position_unprotected", "level": "critical", "reason": "refused",
+             "action": "alert"}
+    await feed(monitor, {**naked, "symbol": "BTCUSDT"})
+    clock.advance(60)
+    await feed(monitor, {**naked, "symbol": "ETHUSDT"}, {**naked, "symbol": "BTCUSDT"})
+    sent = alerts(audit, read_events)
+    assert [(a["kind"], a["symbol"]) for a in sent] == [
+        ("position_unprotected", "BTCUSDT"), ("position_unprotected", "ETHUSDT")]
+
+
+async def test_a_refused_key_a_liquidation_and_a_kill_switch_alert(
+    audit: LogHandle, clock: FakeClock, read_events: ReadEvents
+) -> None:
+    monitor = ErrorMonitor(settings(error_rate_per_min=100.0), clock, audit.logger)
+    await feed(monitor,
+               {"event": "api_error", "level": "critical", "error_class": "AuthError",
+                "message": "Invalid API-key, IP, or permissions for action."},
+               {"event": "position_liquidated", "level": "critical", "symbol": "BTCUSDT",
+                "quantity": "0.010", "avg_price": "58000"},
+               {"event": "trading_state_changed", "level": "critical", "state": "HALTED",
+                "by": "kill switch", "reason": "API key refused 2 times in a row"},
+               {"event": "trading_state_changed", "level": "warning", "state": "ACTIVE",
+                "by": "operator", "reason": "fixed"})
+    sent = {a["kind"]: a for a in alerts(audit, read_events)}
+    assert set(sent) == {"api_key_refused", "position_liquidated", "kill_switch"}
+    assert "IP whitelist" in sent["api_key_refused"]["detail"]
+    assert sent["position_liquidated"]["symbol"] == "BTCUSDT"
+    assert sent["kill_switch"]["detail"] == (
+        "trading state HALTED: API key refused 2 times in a row")

@@ -37,6 +37,9 @@ FAMILIES = {
     "execd_unprotected_seconds": "counter",
     "execd_realized_pnl": "gauge",
     "execd_console_dropped": "counter",
+    "execd_trading_state": "gauge",
+    "execd_breaker_opens": "counter",
+    "execd_rate_limited": "counter",
     "execd_event_loop_lag_seconds": "histogram",
     "execd_decision_latency_seconds": "histogram",
 }

@@ -499,3 +499,30 @@ async def test_repr_shows_the_live_state() -> None:
     assert "retry_after=25.00s" in repr(breaker)
     clock.advance(RECOVERY)
     assert "HALF_OPEN" in repr(breaker)
+
+
+async def test_statistics_count_calls_failures_rejections_and_opens() -> None:
+    clock = FakeClock(start_time=1_000.0)
+    breaker = make(clock)
+    await succeed(breaker)
+    await trip(breaker)                                  # 3 failures
+    with pytest.raises(CircuitOpen):
+        await succeed(breaker)
+    stats = breaker.statistics()
+    assert (stats.calls, stats.failures, stats.rejected, stats.opens) == (4, 3, 1, 1)
+    assert stats.last_opened == clock.time()
+
+
+async def test_an_operator_reset_closes_at_once_and_an_old_probe_decides_nothing() -> None:
+    clock = FakeClock()
+    rec = Recorder()
+    breaker = make(clock, rec)
+    await half_open(breaker, clock)
+    probe = breaker.enter()                              # a probe in flight at the reset
+    assert breaker.reset() is BreakerState.HALF_OPEN
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.retry_after() == 0.0
+    breaker.exit(TransientError("late", code=-1001), probe)   # the old probe fails: ignored
+    assert breaker.state is BreakerState.CLOSED
+    await succeed(breaker)
+    assert rec.transitions[-1] == (BreakerState.OPEN, BreakerState.HALF_OPEN)  # no listener call

@@ -280,3 +280,21 @@ async def test_partial_fill_ratio_out_of_range_is_refused(raw: RawClient, ratio:
     answer = await raw.admin("POST", "/_sim/faults", plan)
     assert answer.status == 400
     assert "rules[0].fill_ratio" in answer.body["error"]
+
+
+async def test_position_mode_is_reported_and_changed_as_binance_does(raw: RawClient) -> None:
+    """``positionSide/dual``: one-way at start; a change answers success, the same mode
+    again -4059, a change with a position -4068."""
+    answer = await raw.signed("GET", "/fapi/v1/positionSide/dual")
+    assert (answer.status, answer.body) == (200, {"dualSidePosition": False})
+    answer = await raw.signed("POST", "/fapi/v1/positionSide/dual", {"dualSidePosition": "true"})
+    assert (answer.status, answer.body) == (200, {"code": 200, "msg": "success"})
+    assert (await raw.signed("GET", "/fapi/v1/positionSide/dual")).body == {
+        "dualSidePosition": True}
+    answer = await raw.signed("POST", "/fapi/v1/positionSide/dual", {"dualSidePosition": "true"})
+    assert answer.body == {"code": -4059, "msg": "No need to change position side."}
+    await raw.signed("POST", "/fapi/v1/positionSide/dual", {"dualSidePosition": "false"})
+    await raw.signed("POST", "/fapi/v1/order", market())
+    answer = await raw.signed("POST", "/fapi/v1/positionSide/dual", {"dualSidePosition": "true"})
+    assert answer.body == {"code": -4068,
+                           "msg": "Position side cannot be changed if there exists position."}

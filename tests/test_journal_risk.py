@@ -1,0 +1,57 @@
+"""The journal's part in SPEC §5.10: the trading state survives a restart, a cancel and the
+executor's start are one conditional transaction each, and the day's result is read from the
+fills."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from app.domain import Side, SignalState, StateChange, TradingState
+from app.journal import Fill, Journal
+from tests.test_journal import NOW, make_signal
+
+
+async def test_trading_state_is_none_until_saved_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    async with Journal(path) as journal:
+        assert await journal.load_trading_state() is None
+        await journal.save_trading_state(StateChange(TradingState.REDUCING, "bad day", NOW,
+                                                     "operator"))
+        await journal.save_trading_state(StateChange(TradingState.HALTED, "key", NOW + 1,
+                                                     "kill switch"))
+    async with Journal(path) as journal:
+        assert await journal.load_trading_state() == StateChange(
+            TradingState.HALTED, "key", NOW + 1, "kill switch")
+
+
+async def test_a_move_with_expect_changes_only_the_expected_state(tmp_path: Path) -> None:
+    async with Journal(tmp_path / "j.sqlite3") as journal:
+        await journal.accept(make_signal("a"), now=NOW)
+        cancelled = await journal.set_signal_state("a", SignalState.CANCELED, reason="op",
+                                                   now=NOW, expect=SignalState.ACCEPTED)
+        assert cancelled.state is SignalState.CANCELED
+        # the executor comes second: nothing moves, it sees CANCELED
+        late = await journal.set_signal_state("a", SignalState.RUNNING, reason=None, now=NOW,
+                                              expect=SignalState.ACCEPTED)
+        assert late.state is SignalState.CANCELED
+        await journal.accept(make_signal("b"), now=NOW)
+        await journal.set_signal_state("b", SignalState.RUNNING, reason=None, now=NOW)
+        refused = await journal.set_signal_state("b", SignalState.CANCELED, reason="op",
+                                                 now=NOW, expect=SignalState.ACCEPTED)
+        assert refused.state is SignalState.RUNNING
+        assert (await journal.counts())["CANCELED"] == 1
+
+
+async def test_day_result_sums_pnl_and_commissions_by_asset_since(tmp_path: Path) -> None:
+    D = Decimal
+    async with Journal(tmp_path / "j.sqlite3") as journal:
+        for trade, (pnl, fee, asset, when) in enumerate([
+                ("-10.5", "0.2", "USDT", NOW - 100),        # yesterday: not counted
+                ("-20", "0.4", "USDT", NOW + 1),
+                ("5", "0.01", "BNB", NOW + 2)]):
+            await journal.add_fill(Fill("c1", trade, "BTCUSDT", Side.SELL, D("0.1"),
+                                        D("60000"), D(fee), asset, D(pnl), when))
+        pnl, paid = await journal.day_result(NOW)
+        assert pnl == D("-15")
+        assert paid == {"USDT": D("0.4"), "BNB": D("0.01")}
