@@ -56,6 +56,7 @@ from app.factory import (
     open_exchange,
     ws_base_url,
 )
+from app.fd_limits import AcceptErrorReporter, NofileLimit, raise_nofile_limit
 from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.intake.spool import SpoolTail
@@ -127,6 +128,7 @@ class Daemon:
         self._stopping_logged = False
         self._signals_installed = False
         self._drain: dict[str, object] = {}
+        self.nofile: NofileLimit | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -142,6 +144,8 @@ class Daemon:
     async def _start(self) -> None:
         settings = self.settings
         credentials = settings.require_credentials()
+        # Room for many connections before anything opens one (issue 14, finding 4).
+        self.nofile = nofile = raise_nofile_limit()
         # One daemon per journal (SPEC §5.6), before anything else is started or written.
         lock = JournalLock(settings.journal.path)
         await lock.acquire()
@@ -159,6 +163,10 @@ class Daemon:
         self._stack.push_async_callback(audit.aclose)
         self.log = log = audit.logger
         self._stack.callback(self._emit_stopped)
+        # Out of descriptors: one alert a minute instead of a traceback per accept() retry.
+        fd_reporter = AcceptErrorReporter(log, self.clock, nofile=nofile)
+        fd_reporter.install(asyncio.get_running_loop())
+        self._stack.callback(fd_reporter.uninstall)
         audit.add_tap(self.metrics.tap)
         self.monitor = monitor = ErrorMonitor(settings.monitor, self.clock, log)
         audit.add_tap(monitor.tap)
@@ -194,8 +202,10 @@ class Daemon:
         self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
         self.api = api = ControlApi(service, journal, gateway, self.status, token=token,
                                     host=settings.api.host, port=settings.api.port,
-                                    max_body_bytes=settings.api.max_body_bytes, log=log,
-                                    registry=self.metrics.registry)
+                                    max_body_bytes=settings.api.max_body_bytes,
+                                    max_connections=settings.api.max_connections,
+                                    header_timeout_s=settings.api.header_timeout_s, log=log,
+                                    clock=self.clock, registry=self.metrics.registry)
         await api.start()                      # /healthz answers "starting" during recovery
         self._stack.push_async_callback(api.close)
         self._stack.callback(service.close)    # first thing on the way down: refuse intake
@@ -233,6 +243,7 @@ class Daemon:
             journal=str(settings.journal.path),
             spool=str(self.spool) if self.spool else None,
             recovered=self.recovery,
+            nofile=nofile.fields(),
         )
         where = f"{self.exchange_url} (embedded simulator)" if embedded else self.exchange_url
         # A few short lines, once: not worth a thread, and operators and tests wait for them.
@@ -367,6 +378,7 @@ class Daemon:
                                       "retry_after": round(b.retry_after(), 3)}
                          for name, b in exchange.breakers.items()} if exchange else {},
             "recovery": self.recovery,
+            "api": self.api.connections() if self.api is not None else None,
             **self._live_status(),
             "errors": self.monitor.snapshot() if self.monitor is not None else None,
             "loop_lag": self.lag.statistics(),
