@@ -244,6 +244,8 @@ class ApiConfig(BaseModel):
     port: int = Field(default=8470, ge=0, le=65_535)
     token: OptionalSecret = Field(default=None, validate_default=True)
     max_body_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
+    max_connections: int = Field(default=256, ge=1, le=16_384)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     @field_validator("token")
     @classmethod

@@ -68,8 +68,10 @@ from app.factory import (
     exchange_setup,
     executor_settings,
     open_exchange,
+    startup_checks,
     ws_base_url,
 )
+from app.fd_limits import AcceptErrorReporter, NofileLimit, raise_nofile_limit
 from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.intake.spool import SpoolTail
@@ -83,11 +85,7 @@ from app.observability.notify import SystemdNotifier
 from app.resilience.breaker import BreakerState
 from app.sim import SimConfigError, SimServer, load_sim_config
 
-__all__ = ["HEDGE_MODE", "READY_PREFIX", "Daemon", "run"]
-
-HEDGE_MODE = ("the futures account is in hedge mode (dual-side positions); execd trades "
-              "one-way positions only: switch Position Mode to One-way (with no open positions "
-              "or orders) and start again")
+__all__ = ["READY_PREFIX", "Daemon", "run"]
 
 READY_PREFIX = "execd ready:"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -154,6 +152,7 @@ class Daemon:
         self._stopping_logged = False
         self._signals_installed = False
         self._drain: dict[str, object] = {}
+        self.nofile: NofileLimit | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -169,6 +168,8 @@ class Daemon:
     async def _start(self) -> None:
         settings = self.settings
         credentials = settings.require_credentials()
+        # Room for many connections before anything opens one (issue 14, finding 4).
+        self.nofile = nofile = raise_nofile_limit()
         # One daemon per journal (SPEC §5.6), before anything else is started or written.
         lock = JournalLock(settings.journal.path)
         await lock.acquire()
@@ -196,6 +197,10 @@ class Daemon:
         for key, path, mode in await asyncio.to_thread(exposed_secret_files, settings):
             log.warning(AuditEvent.SECRET_FILE_EXPOSED, key=key, path=str(path),
                         mode=f"{mode:04o}")
+        # Out of descriptors: one alert a minute instead of a traceback per accept() retry.
+        fd_reporter = AcceptErrorReporter(log, self.clock, nofile=nofile)
+        fd_reporter.install(asyncio.get_running_loop())
+        self._stack.callback(fd_reporter.uninstall)
         audit.add_tap(self.metrics.tap)
         self.monitor = monitor = ErrorMonitor(settings.monitor, self.clock, log)
         audit.add_tap(monitor.tap)
@@ -214,10 +219,7 @@ class Daemon:
         self.exchange = exchange = await self._stack.enter_async_context(open_exchange(
             exchange_setup(settings, credentials, self.exchange_url), self.clock, log))
         gateway, rules = exchange.gateway, exchange.symbols.get
-        # Start-up checks (SPEC §5.10): one signed call proves the key (an AuthError ends
-        # start-up: the CLI names the key's permissions and IP whitelist), one-way mode only.
-        if await gateway.hedge_mode():
-            raise ConfigError(HEDGE_MODE)
+        await startup_checks(gateway)          # the key works, one-way mode (SPEC §5.10)
 
         ex = settings.execution
         chosen = self._executor_settings or executor_settings(ex)
@@ -247,21 +249,18 @@ class Daemon:
                             breakers={g.value: b for g, b in exchange.breakers.items()})
         self.api = api = ControlApi(service, journal, gateway, self.status, token=token,
                                     host=settings.api.host, port=settings.api.port,
-                                    max_body_bytes=settings.api.max_body_bytes, log=log,
-                                    operator=operator, registry=self.metrics.registry)
+                                    max_body_bytes=settings.api.max_body_bytes,
+                                    max_connections=settings.api.max_connections,
+                                    header_timeout_s=settings.api.header_timeout_s, log=log,
+                                    clock=self.clock, operator=operator,
+                                    registry=self.metrics.registry)
         await api.start()                      # /healthz answers "starting" during recovery
         self._stack.push_async_callback(api.close)
         self._stack.callback(service.close)    # first thing on the way down: refuse intake
 
         # The streams and the guard start before recovery: recovery's lookups settle on
         # their events, and the book is rebuilt (and every position checked) meanwhile.
-        self._live_tasks = [asyncio.create_task(live.guard.run(), name="execd-guard")]
-        for stream in (live.user, live.market):
-            if stream is not None:
-                self._live_tasks.append(asyncio.create_task(stream.run(),
-                                                            name=f"execd-{stream!r:.20}"))
-        for task in self._live_tasks:
-            task.add_done_callback(self._live_task_ended)
+        self._live_tasks = live.start(self._live_task_ended)
         self._stack.push_async_callback(_cancel, *self._live_tasks)
         self.recovery = await recover(journal, gateway, execution.sender, execution.executor,
                                       log)
@@ -286,6 +285,7 @@ class Daemon:
             journal=str(settings.journal.path),
             spool=str(self.spool) if self.spool else None,
             recovered=self.recovery,
+            nofile=nofile.fields(),
         )
         if self.notifier is not None:
             self.notifier.ready()       # after service.open(): /healthz answers ready
@@ -419,6 +419,7 @@ class Daemon:
             "breakers": {name.value: breaker_view(b.statistics())
                          for name, b in exchange.breakers.items()} if exchange else {},
             "recovery": self.recovery,
+            "api": self.api.connections() if self.api is not None else None,
             **(self.live.status() if self.live is not None else LiveParts.idle_status()),
             "errors": self.monitor.snapshot() if self.monitor is not None else None,
             "loop_lag": self.lag.statistics(),

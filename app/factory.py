@@ -298,6 +298,16 @@ class LiveParts:
             "realized_pnl_today": self.reports.realized_pnl_today(),
         }
 
+    def start(self, ended: Callable[[asyncio.Task[None]], None]) -> list[asyncio.Task[None]]:
+        """Run the guard and the streams as tasks (until cancelled); ``ended`` is told if
+        one ends by itself."""
+        tasks = [asyncio.create_task(self.guard.run(), name="execd-guard")]
+        tasks += [asyncio.create_task(stream.run(), name=f"execd-{stream!r:.20}")
+                  for stream in (self.user, self.market) if stream is not None]
+        for task in tasks:
+            task.add_done_callback(ended)
+        return tasks
+
     @staticmethod
     def idle_status() -> dict[str, object]:
         """`status` before the live parts exist."""
@@ -347,3 +357,16 @@ def build_notifier(systemd: SystemdEnvironment, summary: Callable[[], str], cloc
         raise ConfigError(f"NOTIFY_SOCKET: {exc}") from None
     watchdog_s = systemd.watchdog_usec / 2e6 if systemd.watchdog_usec else None
     return SystemdNotifier(address, summary, clock, log, watchdog_s=watchdog_s)
+
+
+HEDGE_MODE = ("the futures account is in hedge mode (dual-side positions); execd trades "
+              "one-way positions only: switch Position Mode to One-way (with no open positions "
+              "or orders) and start again")
+
+
+async def startup_checks(gateway: Gateway) -> None:
+    """SPEC §5.10: one signed call proves the key (its `AuthError` ends start-up; the CLI
+    names the key's permissions and IP whitelist) and the account must be in one-way mode
+    (`ConfigError` otherwise: exit 2)."""
+    if await gateway.hedge_mode():
+        raise ConfigError(HEDGE_MODE)

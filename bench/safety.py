@@ -518,7 +518,8 @@ def daemon_settings(variant: str, workdir: Path) -> Settings:
 
 async def _admin(session: aiohttp.ClientSession, base: str, path: str,
                  body: object) -> tuple[int, Any]:
-    async with session.post(f"{base}/_sim/{path}", data=orjson.dumps(body)) as resp:
+    async with session.post(f"{base}/_sim/{path}", data=orjson.dumps(body),
+                            headers={"Content-Type": "application/json"}) as resp:
         return resp.status, orjson.loads(await resp.read())
 
 

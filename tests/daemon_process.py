@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import sys
 from pathlib import Path
@@ -42,20 +43,29 @@ class DaemonProcess:
     """``python -m app run`` started with ``env``; ``ready`` holds its ready lines.
 
     `stderr` is where its stderr goes: a pipe read by `stop()` unless a file descriptor is
-    given (a test's own pipe, say, that nobody reads)."""
+    given (a test's own pipe, say, that nobody reads). ``nofile`` sets the process's
+    RLIMIT_NOFILE (soft and hard) before it starts."""
 
     def __init__(self, env: dict[str, str], *args: str,
-                 stderr: int = asyncio.subprocess.PIPE) -> None:
+                 stderr: int = asyncio.subprocess.PIPE, nofile: int | None = None) -> None:
         self.env = env
         self.args = args
         self.stderr = stderr
+        self.nofile = nofile
         self.proc: asyncio.subprocess.Process | None = None
         self.ready: list[str] = []
 
     async def start(self) -> DaemonProcess:
+        nofile = self.nofile
+
+        def limit() -> None:   # runs in the child, between fork and exec
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "app", "run", *self.args, cwd=PROJECT_ROOT, env=self.env,
-            stdout=asyncio.subprocess.PIPE, stderr=self.stderr)
+            stdout=asyncio.subprocess.PIPE, stderr=self.stderr,
+            preexec_fn=limit if nofile is not None else None)
         assert self.proc.stdout is not None
         first = await asyncio.wait_for(self.proc.stdout.readline(), READY_TIMEOUT_S)
         if not first.startswith(b"execd ready:"):
@@ -81,7 +91,9 @@ class DaemonProcess:
     async def ensure_dead(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
-            await self.proc.wait()
+            # communicate, not wait: a child that flooded a pipe leaves its reader paused,
+            # and wait() would never see the pipes close
+            await asyncio.wait_for(self.proc.communicate(), 60)
 
 
 async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:

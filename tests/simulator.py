@@ -34,7 +34,8 @@ class Admin:
             return orjson.loads(await resp.read())
 
     async def post(self, path: str, body: object) -> Any:
-        async with self.session.post(f"{self.base}/_sim/{path}", data=orjson.dumps(body)) as resp:
+        async with self.session.post(f"{self.base}/_sim/{path}", data=orjson.dumps(body),
+                                     headers={"Content-Type": "application/json"}) as resp:
             assert resp.status == 200, await resp.text()
             return orjson.loads(await resp.read())
 

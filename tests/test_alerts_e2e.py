@@ -58,7 +58,7 @@ class Receiver:
 async def outage(base: str, seconds: float) -> None:
     plan = {"seed": 1, "rules": [], "outages": [{"start_s": 0, "duration_s": seconds}]}
     async with aiohttp.ClientSession() as session, session.post(
-            f"{base}/_sim/faults", data=orjson.dumps(plan)) as resp:
+            f"{base}/_sim/faults", json=plan) as resp:
         assert resp.status == 200
 
 

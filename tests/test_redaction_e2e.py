@@ -48,7 +48,7 @@ async def test_no_key_secret_token_or_signature_in_any_log(tmp_path: Path, sim: 
         # outcome: the error paths that carry request text are taken on every run.
         {"endpoint": "POST /fapi/v1/order", "fault": "unknown_503", "probability": 1.0}]}
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{sim.url}/_sim/faults", data=orjson.dumps(faults)) as resp:
+        async with session.post(f"{sim.url}/_sim/faults", json=faults) as resp:
             assert resp.status == 200, await resp.text()
         daemon = await DaemonProcess(env, "--exchange-url", sim.url).start()
         try:
@@ -83,9 +83,8 @@ async def test_no_key_secret_token_or_signature_in_any_log(tmp_path: Path, sim: 
                 async with session.get(f"{api}{path}", headers=headers) as resp:
                     assert resp.status in (200, 502)
             async with session.post(f"{sim.url}/_sim/faults",
-                                    data=orjson.dumps({"seed": 1, "rules": [],
-                                                       "outages": [{"start_s": 0,
-                                                                    "duration_s": 2}]})) as r:
+                                    json={"seed": 1, "rules": [],
+                                          "outages": [{"start_s": 0, "duration_s": 2}]}) as r:
                 assert r.status == 200
             async with session.get(f"{api}/v1/balance", headers=headers) as resp:
                 assert resp.status == 502

@@ -13,10 +13,15 @@ address only (the config already demands a token elsewhere; this is defence in d
 Bodies are never logged, nor is the ``Authorization`` header; aiohttp's access log is off. A
 request body is read at most ``max_body_bytes + 1`` bytes at a time, whatever Content-Length
 claims, so an oversized body costs no more memory than the limit.
+
+Connections go through a `ConnectionGuard` (``app/control/connections.py``): at most
+``max_connections`` open, request headers complete within ``header_timeout_s``; when the cap
+acts, an ``alert`` (``kind=api_connections_full``, warning) says so at most once a minute.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import math
 import re
@@ -28,7 +33,9 @@ import orjson
 import prometheus_client
 from aiohttp import web
 
+from app.clock import Clock, SystemClock
 from app.config_schema import is_loopback
+from app.control.connections import ConnectionGuard
 from app.domain import (
     SYMBOL_RE,
     SYMBOL_RULE,
@@ -45,6 +52,7 @@ from app.intake.service import IntakeClosed, IntakeState, Service
 from app.journal import Journal, JournalBusy, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
+from app.observability.throttle import Throttle
 
 __all__ = ["AccountPort", "ControlApi", "OperatorPort"]
 
@@ -56,6 +64,7 @@ _INVALID_SYMBOL_CODE: Final = -1121  # Binance: "Invalid symbol."
 _PUBLIC: Final = frozenset({"/healthz", "/metrics"})
 _WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
 _BUSY_RETRY_S: Final = 1  # Retry-After of a journal_busy answer
+_FULL_REPORT_PERIOD_S: Final = 60.0
 
 
 def _host_name(header: str) -> str:
@@ -105,12 +114,15 @@ class _Problem(Exception):
 
 class ControlApi:
     """The control API server. ``start()`` binds (``port=0`` picks a free port), ``close()``
-    stops it. Raises ``ValueError`` for a non-loopback ``host`` with an empty ``token``."""
+    stops it. Raises ``ValueError`` for a non-loopback ``host`` with an empty ``token``, and
+    for limits out of range."""
 
     def __init__(self, service: Service, journal: Journal, exchange: AccountPort,
                  status: Callable[[], Mapping[str, object]], *, token: str,
                  host: str = "127.0.0.1", port: int = 8470, max_body_bytes: int = 65536,
-                 log: AuditLogger, operator: OperatorPort | None = None,
+                 max_connections: int = 256, header_timeout_s: float = 10.0,
+                 log: AuditLogger, clock: Clock | None = None,
+                 operator: OperatorPort | None = None,
                  registry: prometheus_client.CollectorRegistry | None = None) -> None:
         if not token and not is_loopback(host):
             raise ValueError(f"refusing to serve the control API on {host!r} without a token")
@@ -126,6 +138,11 @@ class ControlApi:
         self._port = port
         self._max_body = max_body_bytes
         self._log = log
+        self._guard = ConnectionGuard(max_connections=max_connections,
+                                      header_timeout_s=header_timeout_s, on_full=self._full)
+        self._full_reports = Throttle(SystemClock() if clock is None else clock,
+                                      _FULL_REPORT_PERIOD_S)
+        self._server: asyncio.AbstractServer | None = None
         self._registry = prometheus_client.CollectorRegistry() if registry is None else registry
         self._runner: web.AppRunner | None = None
         self._app = web.Application(middlewares=[self._errors], client_max_size=max_body_bytes)
@@ -154,20 +171,37 @@ class ControlApi:
             raise RuntimeError("control API already started")
         runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._port)
-            await site.start()
+        assert runner.server is not None
+        try:  # aiohttp's TCPSite, with the guard in front of its protocol factory
+            self._server = await asyncio.get_running_loop().create_server(
+                self._guard.wrap(runner.server), self._host, self._port)
         except BaseException:
             await runner.cleanup()
             raise
-        self._port = runner.addresses[0][1]
+        self._port = self._server.sockets[0].getsockname()[1]
         self._runner = runner
 
     async def close(self) -> None:
         """Stop listening; requests in flight get up to 5 s to finish. Idempotent."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+    def connections(self) -> dict[str, int | float]:
+        """The connection guard's figures: open, the limits, refused, evicted, timed out."""
+        return self._guard.statistics()
+
+    def _full(self, kind: str) -> None:
+        count = self._full_reports.hit()
+        if count:
+            stats = self._guard.statistics()
+            self._log.warning(AuditEvent.ALERT, kind="api_connections_full",
+                              detail=f"the control API reached api.max_connections "
+                                     f"({stats['max_connections']}): {kind} a connection",
+                              count=count, evicted=stats["evicted"], refused=stats["refused"])
 
     @property
     def url(self) -> str:
@@ -177,6 +211,7 @@ class ControlApi:
     # ------------------------------------------------------------------ middleware
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._guard.request_started(request.transport)
         try:
             self._check_host(request)
             if request.path not in _PUBLIC and request.match_info.http_exception is None:
@@ -191,6 +226,8 @@ class ControlApi:
                             path=request.path, error_class=type(error).__name__, exc_info=True)
             return _json(500, {"error": "internal_error",
                                "detail": f"unexpected {type(error).__name__}; see the audit log"})
+        finally:
+            self._guard.request_finished(request.transport)
 
     def _check_host(self, request: web.Request) -> None:
         """SPEC §11.2 host check, on every path (``/healthz`` and ``/metrics`` too): a

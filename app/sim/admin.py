@@ -1,5 +1,12 @@
 """The ``/_sim/`` admin API: loopback only, no auth, never metered, rate-limited or faulted.
 
+It refuses browser-originated requests (SPEC §11.2), so a web page cannot drive it through
+DNS rebinding or a cross-site form: a request with an ``Origin`` header answers 403, and a
+POST/PUT/PATCH/DELETE answers 415 when it carries a body that is not declared
+``application/json``, or declares one of the types a browser sends cross-origin without
+asking first (``text/plain``, a form), body or not. A bodiless POST without a ``Content-Type``
+or with aiohttp's default ``application/octet-stream`` (``POST /_sim/reset``) is served.
+
 This contract is fixed (SPEC §10) because tools outside the test suite drive it:
 ``POST /_sim/price``, ``POST /_sim/faults``, ``GET /_sim/faults``, ``GET /_sim/orders``,
 ``GET /_sim/state``, ``POST /_sim/reset``, ``POST /_sim/trade``, ``POST /_sim/liquidate``,
@@ -23,6 +30,11 @@ from app.sim.server import Simulator, json_response
 
 AdminHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: What a page may POST cross-origin without a CORS preflight (the Fetch standard's list).
+_BROWSER_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded",
+                            "multipart/form-data"})
+
 
 def _problem(detail: str, status: int = 400) -> web.Response:
     return json_response({"error": detail}, status)
@@ -35,6 +47,24 @@ def _loopback(remote: str | None) -> bool:
         return ipaddress.ip_address(remote).is_loopback
     except ValueError:
         return False
+
+
+def _browser_refusal(request: web.Request) -> web.Response | None:
+    """403 for an ``Origin`` header, 415 for a write whose body is not JSON (module docstring);
+    None for a request the admin API serves."""
+    if "Origin" in request.headers:
+        return _problem("the admin API refuses browser-originated requests: this one has an "
+                        "Origin header", 403)
+    if request.method not in _WRITES:
+        return None
+    declared = request.headers.get("Content-Type")
+    given = request.content_type if declared is not None else "none"
+    if given == "application/json":
+        return None
+    if request.body_exists or given in _BROWSER_TYPES:
+        return _problem(f"Content-Type must be application/json for a body (got {given}); "
+                        "the admin API refuses what a browser could send cross-origin", 415)
+    return None
 
 
 async def _json_body(request: web.Request) -> object:
@@ -54,6 +84,9 @@ def admin_routes(sim: Simulator) -> list[web.RouteDef]:
         async def wrapper(request: web.Request) -> web.StreamResponse:
             if not _loopback(request.remote):
                 return _problem("the admin API answers loopback clients only", 403)
+            refusal = _browser_refusal(request)
+            if refusal is not None:
+                return refusal
             return await handler(request)
         return wrapper
 

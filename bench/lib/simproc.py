@@ -26,6 +26,8 @@ from .report import ROOT
 
 #: Limits far above any bench's load, a balance no run exhausts, frozen marks: nothing but the
 #: daemon sets the pace (latency, soak).
+#: The admin API refuses a body that is not declared JSON (SPEC §11.2).
+JSON = {"Content-Type": "application/json"}
 UNTHROTTLED = ("[limits]\nrequest_weight = 100000000\norders_short = 100000000\n"
                "orders_long = 100000000\n[account]\nbalance = \"1000000000\"\n"
                "[market]\nvolatility_per_minute = 0\n")
@@ -88,8 +90,8 @@ class Admin:
             return orjson.loads(await resp.read())
 
     async def post(self, path: str, body: object) -> Any:
-        async with self.session.post(f"{self.base}/_sim/{path}",
-                                     data=orjson.dumps(body)) as resp:
+        async with self.session.post(f"{self.base}/_sim/{path}", data=orjson.dumps(body),
+                                     headers=JSON) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"/_sim/{path}: HTTP {resp.status}: {await resp.text()}")
             return orjson.loads(await resp.read())

@@ -101,7 +101,9 @@ class RawClient:
     async def admin(self, method: str, path: str, body: object | None = None) -> Answer:
         async with self.session.request(
                 method, f"{self.base}{path}",
-                data=orjson.dumps(body) if body is not None else None) as resp:
+                data=orjson.dumps(body) if body is not None else None,
+                headers={"Content-Type": "application/json"} if body is not None else None
+        ) as resp:
             return Answer(resp.status, orjson.loads(await resp.read()), dict(resp.headers))
 
 

@@ -139,8 +139,10 @@ async def test_faults_route_answers_the_plan_now_in_force(raw: RawClient) -> Non
 
 @pytest.mark.parametrize("path", ["/_sim/faults", "/_sim/price"])
 async def test_admin_rejects_a_body_that_is_not_json(raw: RawClient, path: str) -> None:
-    """A POST body that is not JSON is a 400 with an error string, not a server error."""
-    async with raw.session.post(f"{raw.base}{path}", data=b"seed = 7") as resp:
+    """A POST body declared JSON that is not is a 400 with an error string, not a server
+    error."""
+    async with raw.session.post(f"{raw.base}{path}", data=b"seed = 7",
+                                headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == 400
         body = await resp.json()
     assert isinstance(body["error"], str)
@@ -351,3 +353,73 @@ async def test_admin_routes_are_never_faulted(raw: RawClient) -> None:
     price = await raw.admin("POST", "/_sim/price", {"symbol": "BTCUSDT", "price": "65100"})
     assert price.status == 200
     assert (await raw.admin("POST", "/_sim/reset")).status == 200
+
+
+# ----------------------------------------------------------------- browser-originated requests
+# SPEC §11.2: a web page must not drive the admin API (DNS rebinding, cross-site forms).
+
+BTC_PRICE = b'{"symbol": "BTCUSDT", "price": "61234.5"}'
+
+
+async def send(raw: RawClient, method: str, path: str, body: bytes | None = None,
+               **headers: str) -> tuple[int, Any]:
+    """One raw request with exactly these headers (aiohttp adds no Content-Type to bytes
+    when one is given; ``skip_auto_headers`` keeps it from adding one when none is)."""
+    async with raw.session.request(method, f"{raw.base}{path}", data=body,
+                                   headers={k.replace("_", "-"): v for k, v in headers.items()},
+                                   skip_auto_headers=["Content-Type"]) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def btc_mark(raw: RawClient) -> str:
+    mark: str = (await get(raw, "/_sim/state"))["mark"]["BTCUSDT"]
+    return mark
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/_sim/price", BTC_PRICE), ("GET", "/_sim/state", None),
+    ("POST", "/_sim/reset", None)])
+async def test_a_request_with_an_origin_header_is_refused_with_403(
+        raw: RawClient, method: str, path: str, body: bytes | None) -> None:
+    before = await btc_mark(raw)
+    status, problem = await send(raw, method, path, body, Origin="http://evil.example",
+                                 Content_Type="application/json")
+    assert status == 403
+    assert "Origin" in problem["error"]
+    assert await btc_mark(raw) == before                    # nothing changed
+
+
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x", None])
+async def test_a_body_that_is_not_json_is_refused_with_415(
+        raw: RawClient, content_type: str | None) -> None:
+    before = await btc_mark(raw)
+    headers = {} if content_type is None else {"Content_Type": content_type}
+    status, problem = await send(raw, "POST", "/_sim/price", BTC_PRICE, **headers)
+    assert status == 415
+    assert "application/json" in problem["error"]
+    assert await btc_mark(raw) == before
+
+
+async def test_a_bodiless_form_post_is_refused_with_415(raw: RawClient) -> None:
+    """A cross-site ``<form method=post>`` with no fields still names its Content-Type."""
+    status, _ = await send(raw, "POST", "/_sim/reset", b"",
+                           Content_Type="application/x-www-form-urlencoded")
+    assert status == 415
+
+
+async def test_a_bodiless_text_post_is_refused_with_415(raw: RawClient) -> None:
+    status, _ = await send(raw, "POST", "/_sim/reset", None, Content_Type="text/plain")
+    assert status == 415
+
+
+async def test_json_and_bodiless_posts_are_served(raw: RawClient) -> None:
+    status, answer = await send(raw, "POST", "/_sim/price", BTC_PRICE,
+                                Content_Type="application/json; charset=utf-8")
+    assert (status, answer["price"]) == (200, "61234.50")
+    assert await btc_mark(raw) == "61234.50"
+    assert (await send(raw, "POST", "/_sim/reset"))[0] == 200     # no body, no Content-Type
+    assert (await send(raw, "POST", "/_sim/reset", None,            # aiohttp's default
+                       Content_Type="application/octet-stream"))[0] == 200
+    assert (await send(raw, "GET", "/_sim/state"))[0] == 200
