@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from app.config import ConfigError, Settings, load_settings
 from app.daemon import READY_PREFIX, Daemon
 from app.errors import TransientError
 from app.sim import SimServer
+from app.sim.config import Credentials, SimConfig
 
 API_SECRET = "Zx8Yw7Vu6Ts5Rq4Po3Nm2Lk1"
 
@@ -29,9 +31,13 @@ def _clean_structlog() -> Iterator[None]:
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    """The embedded simulator accepts `API_SECRET` (start-up signs a call with it)."""
     env = {"BINANCE_API_SECRET": API_SECRET}
+    sim = tmp_path / "sim-credentials.toml"
+    sim.write_text(f'[credentials]\napi_secret = "{API_SECRET}"\n', encoding="utf-8")
     base = {"audit.log_dir": str(tmp_path / "audit"), "audit.console": False,
-            "journal.path": str(tmp_path / "data" / "journal.sqlite3"), "api.port": 0}
+            "journal.path": str(tmp_path / "data" / "journal.sqlite3"), "api.port": 0,
+            "exchange.sim_config": str(sim)}
     return load_settings(overrides=base | overrides, environ=env)
 
 
@@ -81,7 +87,8 @@ async def test_sim_mode_starts_the_embedded_simulator(tmp_path: Path) -> None:
 
 async def test_exchange_url_replaces_the_embedded_simulator(tmp_path: Path) -> None:
     """An explicit exchange URL is used as is; no simulator is started."""
-    async with SimServer() as sim, Daemon(
+    keys = Credentials(api_secret=API_SECRET)
+    async with SimServer(replace(SimConfig(), credentials=keys)) as sim, Daemon(
         _settings(tmp_path), exchange_url=sim.url, out=io.StringIO()
     ) as daemon:
         daemon.request_stop()

