@@ -241,8 +241,10 @@ class Daemon:
         self.bus = bus = SignalBus(execution.executor.execute, capacity=ex.queue_size,
                                    max_concurrency=ex.max_concurrency, log=log)
         self._stack.push_async_callback(bus.aclose)
-        self.service = service = Service(journal, bus, self._symbol_checker(rules), self.clock,
-                                         log, default_ttl_s=ex.default_ttl_s)
+        self.service = service = Service(
+            journal, bus, self._symbol_checker(rules), self.clock, log,
+            default_ttl_s=ex.default_ttl_s,
+            mark_of=lambda symbol: book.mark(symbol, settings.stream.max_mark_age_s))
         self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
         operator = Operator(risk, journal, gateway, gateway, execution.protector, rules,
                             self.clock, log,

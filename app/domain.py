@@ -198,6 +198,21 @@ class Signal:
         """True once `now` (epoch seconds) has reached `expires_at`: never execute it then."""
         return now >= self.expires_at
 
+    def check_sides(self, mark: Decimal) -> None:
+        """SPEC §4.1: an entry's stop-loss and take-profit lie on the right side of ``mark``
+        (LONG: sl < mark < tp; SHORT: tp < mark < sl); `SignalError` names the field."""
+        long = self.type.position_sign > 0
+        for field, price in (("stop_loss", self.stop_loss), ("take_profit", self.take_profit)):
+            if price is None:
+                continue
+            below = (field == "stop_loss") == long
+            if below and price >= mark:
+                raise SignalError(field, f"must be below the mark price {mark} for "
+                                            f"{self.type.value}")
+            if not below and price <= mark:
+                raise SignalError(field, f"must be above the mark price {mark} for "
+                                            f"{self.type.value}")
+
     def to_json(self) -> dict[str, object]:
         """The public shape: decimals as strings, times as ISO-8601 UTC, None fields omitted."""
         out = {key: value for key, value in self.to_record().items() if value is not None}

@@ -261,7 +261,8 @@ def build_execution(exchange: ExchangePort, rules: Callable[[str], SymbolRules],
     protector = Protector(exchange, sender, journal, clock, log, settings)
     marks = None if book is None else (lambda symbol: book.mark(symbol, max_mark_age_s))
     executor = Executor(exchange, rules, sender, protector, journal, clock, log, settings,
-                        marks=marks, risk=risk)
+                        marks=marks, risk=risk,
+                        positions=None if book is None else book.followed_amount)
     return ExecutionParts(sender, protector, executor)
 
 

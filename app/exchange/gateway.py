@@ -84,8 +84,10 @@ class Gateway(CallPipeline):
     async def place_order(self, symbol: str, side: Side, quantity: Decimal, client_id: str, *,
                           reduce_only: bool = False, order_type: OrderType = OrderType.MARKET,
                           price: Decimal | None = None, time_in_force: str | None = None,
-                          priority: Priority | None = None) -> OrderState:
-        """Place a regular order (MARKET by default) with ``newOrderRespType=RESULT``.
+                          priority: Priority | None = None,
+                          deadline: float | None = None) -> OrderState:
+        """Place a regular order (MARKET by default) with ``newOrderRespType=RESULT``; not
+        sent (``TimeoutError``) if the limiter admits it at or after ``deadline``.
 
         Raises ``UnknownOutcome`` when the answer is lost: the order may exist; look it up
         with ``get_order(symbol, client_id)`` before sending it again.
@@ -102,7 +104,8 @@ class Gateway(CallPipeline):
             params["timeInForce"] = time_in_force or "GTC"
         raw = await self._call(ep.PLACE_ORDER,
                                lambda: self._client.futures_create_order(**params),
-                               priority=priority, retry_if=placement_may_retry)
+                               priority=priority, retry_if=placement_may_retry,
+                               deadline=deadline)
         return OrderState.from_wire(raw)
 
     async def get_order(self, symbol: str, client_id: str, *,
@@ -136,8 +139,10 @@ class Gateway(CallPipeline):
     async def place_algo_order(self, symbol: str, side: Side, order_type: OrderType,
                                trigger_price: Decimal, client_algo_id: str, *,
                                quantity: Decimal | None = None,
-                               priority: Priority | None = None) -> AlgoState:
-        """A conditional order on the Algo Order API (closePosition unless ``quantity``).
+                               priority: Priority | None = None,
+                               deadline: float | None = None) -> AlgoState:
+        """A conditional order on the Algo Order API (closePosition unless ``quantity``); not
+        sent after ``deadline``, as `place_order`.
 
         Raises ``UnknownOutcome`` when the answer is lost: look it up with
         ``get_algo_order(client_algo_id)`` before sending it again.
@@ -157,7 +162,8 @@ class Gateway(CallPipeline):
             params["reduceOnly"] = "true"
         raw = await self._call(ep.PLACE_ALGO,
                                lambda: self._client.futures_create_algo_order(**params),
-                               priority=priority, retry_if=placement_may_retry)
+                               priority=priority, retry_if=placement_may_retry,
+                               deadline=deadline)
         return AlgoState.from_wire(raw)
 
     async def get_algo_order(self, client_algo_id: str, *,

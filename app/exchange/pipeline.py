@@ -101,19 +101,22 @@ class CallPipeline:
     # retryable failure; the breaker is entered with its plain methods, not ``async with``.
     async def _call(self, endpoint: Endpoint, fn: Callable[[], Awaitable[T]], *,
                     has_symbol: bool = True, priority: Priority | None = None,
-                    retry_if: Callable[[BaseException], bool] = should_retry) -> T:
-        """``fn()`` through the pipeline, retried as ``RetryPolicy.run`` would retry it."""
+                    retry_if: Callable[[BaseException], bool] = should_retry,
+                    deadline: float | None = None) -> T:
+        """``fn()`` through the pipeline, retried as ``RetryPolicy.run`` would retry it. With
+        ``deadline`` (``clock.time()``), a call admitted by the limiter at or after it is not
+        sent: ``TimeoutError`` (an order whose signal expired while it waited, SPEC §13)."""
         if priority is None:
             priority = endpoint.priority
         try:
-            return await self._once(endpoint, fn, has_symbol, priority)
+            return await self._once(endpoint, fn, has_symbol, priority, deadline)
         except Exception as exc:
             if not self._retry.may_retry(exc, retry_if):
                 raise
             first = exc
 
         async def again() -> T:            # a coroutine function: tenacity awaits only those
-            return await self._once(endpoint, fn, has_symbol, priority)
+            return await self._once(endpoint, fn, has_symbol, priority, deadline)
 
         return await self._retry.resume(endpoint.name, again, first, retry_if=retry_if)
 
@@ -126,7 +129,7 @@ class CallPipeline:
         return route
 
     async def _once(self, endpoint: Endpoint, fn: Callable[[], Awaitable[T]],
-                    has_symbol: bool, priority: Priority) -> T:
+                    has_symbol: bool, priority: Priority, deadline: float | None = None) -> T:
         route = self._routes.get((endpoint.name, has_symbol))
         if route is None or route.endpoint is not endpoint:
             route = self._new_route(endpoint, has_symbol)
@@ -137,6 +140,8 @@ class CallPipeline:
                        else await limiter.acquire(route.costs, priority))
         else:
             sent_at = self._timesync.server_time()
+        if deadline is not None and self._clock.time() >= deadline:
+            raise TimeoutError(f"{route.label}: the deadline passed while it waited to be sent")
         if self._reset_pending is not None:
             await self._reset_session(self._reset_pending)
         breaker = route.breaker

@@ -91,6 +91,16 @@ class Book:
         #: The last word of the stream on recent orders by client id: a regular order's final
         #: state, an algo order's latest (bounded: the oldest are forgotten first).
         self._settled: OrderedDict[str, OrderState | AlgoState] = OrderedDict()
+        # Whether positions follow the account by events (SPEC §5.8 "who reads it"): the user
+        # stream is up and a REST rebuild begun while it was up has completed since.
+        self._streaming = False
+        self._sync_streaming = False
+        self._followed = False
+        # execd's regular orders whose final event has not arrived yet: client id → (symbol,
+        # the sync generation in which REST answered for it, None before). Their fills may
+        # not be in `positions` yet, so their symbol's position is read by REST meanwhile.
+        self._inflight: dict[str, tuple[str, int | None]] = {}
+        self._generation = 0
 
     # ------------------------------------------------------------------ events
     def apply(self, event: UserEvent) -> None:
@@ -98,6 +108,7 @@ class Book:
         if isinstance(event, OrderUpdate):
             self._apply_order(event)
             if event.is_final:
+                self._inflight.pop(event.client_id, None)   # its fill is in `positions` now
                 self._settle(event.client_id, OrderState(
                     event.symbol, event.order_id, event.client_id, event.status, event.side,
                     event.order_type, event.quantity, event.filled_qty, event.avg_price,
@@ -150,6 +161,8 @@ class Book:
     def begin_sync(self) -> None:
         """A REST rebuild starts: from now on, what events change wins over its snapshot."""
         self._touched = set()
+        self._generation += 1
+        self._sync_streaming = self._streaming
 
     def sync(self, positions: Iterable[Position], orders: Iterable[OrderState] | None,
              algos: Iterable[AlgoState] | None, *, only: set[str] | None = None) -> None:
@@ -159,6 +172,11 @@ class Book:
         positions are always the whole account's)."""
         touched = self._touched or set()
         self._touched = None
+        if self._sync_streaming and self._streaming:
+            self._followed = True
+        for client_id, (_, answered) in list(self._inflight.items()):
+            if answered is not None and answered < self._generation:
+                del self._inflight[client_id]   # answered before this snapshot: it is in it
         _merge(self.positions, {p.symbol: BookPosition(p.symbol, p.amount, p.entry_price)
                                 for p in positions if p.amount != 0}, "P", touched)
 
@@ -179,9 +197,37 @@ class Book:
         """A rebuild failed: keep applying events as before."""
         self._touched = None
 
+    def set_streaming(self, up: bool) -> None:
+        """The user stream went up or down; down, positions are no longer followed until a
+        rebuild begun while it is up completes."""
+        self._streaming = up
+        if not up:
+            self._followed = False
+
+    def expect_fill(self, client_id: str, symbol: str) -> None:
+        """One of execd's regular orders is about to be sent."""
+        self._inflight[client_id] = (symbol, None)
+
+    def answered(self, client_id: str) -> None:
+        """REST answered for it (a rebuild begun after this includes its fill)."""
+        if client_id in self._inflight:
+            self._inflight[client_id] = (self._inflight[client_id][0], self._generation)
+
+    def forget(self, client_id: str) -> None:
+        """It was certainly not placed (rejected, never sent)."""
+        self._inflight.pop(client_id, None)
+
     # ------------------------------------------------------------------ reads
     def position(self, symbol: str) -> BookPosition | None:
         return self.positions.get(symbol)
+
+    def followed_amount(self, symbol: str) -> Decimal | None:
+        """The position's signed amount (0 when flat) when the book follows the account and
+        no order of execd's on ``symbol`` awaits its fill event; None: read it by REST."""
+        if not self._followed or any(s == symbol for s, _ in self._inflight.values()):
+            return None
+        found = self.positions.get(symbol)
+        return found.amount if found is not None else Decimal(0)
 
     def amounts(self) -> dict[str, Decimal]:
         """Every non-zero position's signed amount by symbol."""

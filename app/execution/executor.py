@@ -65,9 +65,11 @@ class Executor:
                  sender: OrderSender, protector: Protector, journal: Journal, clock: Clock,
                  log: AuditLogger, settings: ExecutorSettings, *,
                  marks: Callable[[str], Decimal | None] | None = None,
+                 positions: Callable[[str], Decimal | None] | None = None,
                  risk: RiskGate | None = None) -> None:
         self._exchange = exchange
         self._marks = marks
+        self._positions = positions
         self._risk = risk
         self._rules = rules
         self._sender = sender
@@ -330,20 +332,11 @@ class Executor:
 
     def _check_protective(self, signal: Signal, rules: SymbolRules, mark: Decimal) -> None:
         """tp/sl on the tick grid and on the right side of the mark (LONG: sl < mark < tp)."""
-        long = signal.type.position_sign > 0
         for field, price in (("stop_loss", signal.stop_loss), ("take_profit", signal.take_profit)):
-            if price is None:
-                continue
-            if rules.quantize_price(price) != price:
+            if price is not None and rules.quantize_price(price) != price:
                 raise SignalError(field, f"PRICE_FILTER.tickSize: {price} is not a multiple "
                                             f"of the tick {rules.tick_size}")
-            below = (field == "stop_loss") == long
-            if below and price >= mark:
-                raise SignalError(field, f"must be below the mark price {mark} for "
-                                            f"{signal.type.value}")
-            if not below and price <= mark:
-                raise SignalError(field, f"must be above the mark price {mark} for "
-                                            f"{signal.type.value}")
+        signal.check_sides(mark)
 
     async def _ensure_account_settings(self, signal: Signal) -> None:
         """Margin type and leverage, set once per symbol and cached (-4046 is success)."""
@@ -361,15 +354,13 @@ class Executor:
         if close is None or close.state is IntentState.PENDING:
             if self._risk is not None and signal.source != OPERATOR_SOURCE:
                 self._risk.check_close()         # an operator's flatten runs in every state
-            position = await self._exchange.get_position(signal.symbol,
-                                                       priority=Priority.NORMAL)
-            if position is None or (position.amount > 0) != (signal.type.position_sign > 0):
+            amount = await self._position_amount(signal.symbol)
+            if not amount or (amount > 0) != (signal.type.position_sign > 0):
                 note = f"no {wanted} position to close"
-                self._log.info(AuditEvent.POSITION_QUERY, note=note,
-                               amount=str(position.amount) if position else "0")
+                self._log.info(AuditEvent.POSITION_QUERY, note=note, amount=str(amount))
                 return note
             rules = trading_rules(self._rules, signal.symbol)
-            size = abs(position.amount)
+            size = abs(amount)
             quantity = size if signal.quantity is None else min(signal.quantity, size)
             quantity = rules.quantize_qty(quantity, market=True)
             if quantity <= 0:
@@ -388,6 +379,15 @@ class Executor:
                     raise
                 return f"no {wanted} position to close (reduce-only rejected: already flat)"
             close = placement.intent
-        if await self._exchange.get_position(signal.symbol, priority=Priority.NORMAL) is None:
+        if not await self._position_amount(signal.symbol):
             await self._protector.cancel_protective(signal.symbol, reason="position closed")
         return f"closed {close.quantity} {signal.symbol}"
+
+    async def _position_amount(self, symbol: str) -> Decimal:
+        """The signed position (0 when flat): from the live book when it follows the account
+        (SPEC §5.8: no exchange read on the decision path), else one REST read."""
+        amount = self._positions(symbol) if self._positions is not None else None
+        if amount is None:
+            position = await self._exchange.get_position(symbol, priority=Priority.NORMAL)
+            amount = position.amount if position is not None else Decimal(0)
+        return amount

@@ -150,6 +150,7 @@ class Guard:
             return
         was = self.user_connected
         self.user_connected = status.connected
+        self._book.set_streaming(status.connected)
         if status.connected:
             self._down_since = None
             self._resync.set()                  # events sent while down are never replayed

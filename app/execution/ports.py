@@ -16,7 +16,8 @@ class ExchangePort(Protocol):
     async def place_order(self, symbol: str, side: Side, quantity: Decimal, client_id: str, *,
                           reduce_only: bool = False, order_type: OrderType = OrderType.MARKET,
                           price: Decimal | None = None, time_in_force: str | None = None,
-                          priority: Priority | None = None) -> OrderState: ...
+                          priority: Priority | None = None,
+                          deadline: float | None = None) -> OrderState: ...
 
     async def get_order(self, symbol: str, client_id: str, *,
                         priority: Priority | None = None) -> OrderState | None: ...
@@ -24,7 +25,8 @@ class ExchangePort(Protocol):
     async def place_algo_order(self, symbol: str, side: Side, order_type: OrderType,
                                trigger_price: Decimal, client_algo_id: str, *,
                                quantity: Decimal | None = None,
-                               priority: Priority | None = None) -> AlgoState: ...
+                               priority: Priority | None = None,
+                               deadline: float | None = None) -> AlgoState: ...
 
     async def get_algo_order(self, client_algo_id: str, *,
                              priority: Priority | None = None) -> AlgoState | None: ...

@@ -88,6 +88,12 @@ class OrderEvents(Protocol):
 
     def settled(self, client_id: str) -> OrderState | AlgoState | None: ...
 
+    def expect_fill(self, client_id: str, symbol: str) -> None: ...
+
+    def answered(self, client_id: str) -> None: ...
+
+    def forget(self, client_id: str) -> None: ...
+
 
 class OrderSender:
     """Sends intents exactly once. ``on_decision`` is called with the seconds from dequeue to
@@ -123,12 +129,23 @@ class OrderSender:
             return await exchange.get_order(intent.symbol, intent.client_id,
                                             priority=priority)
 
-        return await self.send(
-            intent,
-            place=lambda: exchange.place_order(
-                intent.symbol, intent.side, quantity, intent.client_id,
-                reduce_only=intent.reduce_only, priority=priority),
-            lookup=lookup, describe=order_outcome, deadline=deadline)
+        events = self._events
+        if events is not None:      # its fill moves the position: the book knows to wait
+            events.expect_fill(intent.client_id, intent.symbol)
+        try:
+            placement = await self.send(
+                intent,
+                place=lambda: exchange.place_order(
+                    intent.symbol, intent.side, quantity, intent.client_id,
+                    reduce_only=intent.reduce_only, priority=priority, deadline=deadline),
+                lookup=lookup, describe=order_outcome, deadline=deadline)
+        except (OrderRejected, InvalidRequest, TimeoutError, *NOT_TAKEN):
+            if events is not None:
+                events.forget(intent.client_id)          # certainly not placed
+            raise
+        if events is not None:
+            events.answered(intent.client_id)
+        return placement
 
     async def send_algo(self, intent: Intent, *, priority: Priority,
                         deadline: float) -> Placement[AlgoState]:
@@ -145,7 +162,7 @@ class OrderSender:
         return await self.send(
             intent, place=lambda: exchange.place_algo_order(
                 intent.symbol, intent.side, intent.order_type, trigger, intent.client_id,
-                priority=priority),
+                priority=priority, deadline=deadline),
             lookup=lookup, describe=algo_outcome, deadline=deadline)
 
     async def send(self, intent: Intent, place: Callable[[], Awaitable[S]],

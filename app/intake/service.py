@@ -20,6 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 
 from app.clock import Clock
@@ -55,15 +56,19 @@ class Accepted:
 
 class Service:
     """The one accept path. ``check_symbol(symbol)`` raises `SignalError` (field ``symbol``)
-    when the exchange does not list the symbol or it does not trade: the daemon passes the
-    exchange's check in, so intake needs nothing of the exchange (SPEC §3.2)."""
+    when the exchange does not list the symbol or it does not trade; ``mark_of(symbol)`` is
+    the latest known mark (None: none recent), against which an entry's stop-loss and
+    take-profit are checked (SPEC §4.1). The daemon passes both in, so intake needs nothing
+    of the exchange (SPEC §3.2)."""
 
     def __init__(self, journal: Journal, bus: SignalBus, check_symbol: Callable[[str], object],
                  clock: Clock, log: AuditLogger, *, default_ttl_s: float,
-                 new_id: Callable[[], str] | None = None) -> None:
+                 new_id: Callable[[], str] | None = None,
+                 mark_of: Callable[[str], Decimal | None] | None = None) -> None:
         self.journal = journal
         self.bus = bus
         self._check_symbol = check_symbol
+        self._mark_of = mark_of
         self._clock = clock
         self._log = log
         self._default_ttl_s = default_ttl_s
@@ -106,6 +111,7 @@ class Service:
             signal = parse_signal(data, now=now, default_ttl_s=self._default_ttl_s,
                                   new_id=self._new_id)
             self._check_symbol(signal.symbol)
+            self._check_sides(signal)
         except SignalError as error:
             self._log.warning(AuditEvent.SIGNAL_REJECTED, source=source, field=error.field,
                               detail=error.detail)
@@ -118,8 +124,16 @@ class Service:
         if self.state is not IntakeState.READY:
             raise IntakeClosed(self.state)
         self._check_symbol(signal.symbol)
+        self._check_sides(signal)
         return (await self._journal_and_queue(signal, source=signal.source or "in-process",
                                               wait=True, offset=None)).record
+
+    def _check_sides(self, signal: Signal) -> None:
+        if self._mark_of is not None and signal.type.is_entry and (
+                signal.stop_loss is not None or signal.take_profit is not None):
+            mark = self._mark_of(signal.symbol)
+            if mark is not None:
+                signal.check_sides(mark)
 
     async def _known(self, data: object) -> SignalRecord | None:
         if not isinstance(data, dict):

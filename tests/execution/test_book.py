@@ -135,3 +135,46 @@ def test_a_rebuild_of_some_symbols_keeps_the_others_orders() -> None:
     book.begin_sync()
     book.sync([], None, [], only={"BTCUSDT"})
     assert set(book.algos) == {"eth-stop"}
+
+
+def test_positions_are_followed_only_after_a_rebuild_begun_while_the_stream_was_up() -> None:
+    book = Book(FakeClock())
+    assert book.followed_amount("BTCUSDT") is None            # nothing known yet
+    book.begin_sync()                                          # begun while the stream is down
+    book.set_streaming(True)
+    book.sync([rest_position("BTCUSDT", "0.5")], None, None)
+    assert book.followed_amount("BTCUSDT") is None
+    book.begin_sync()
+    book.sync([rest_position("BTCUSDT", "0.5")], None, None)
+    assert book.followed_amount("BTCUSDT") == D("0.5")
+    assert book.followed_amount("ETHUSDT") == D(0)
+    book.set_streaming(False)                                  # events may be lost from here
+    assert book.followed_amount("BTCUSDT") is None
+
+
+def test_an_order_in_flight_sends_its_symbol_to_rest_until_its_final_event() -> None:
+    book = Book(FakeClock())
+    book.set_streaming(True)
+    book.begin_sync()
+    book.sync([], None, None)
+    book.expect_fill("a", "BTCUSDT")
+    assert book.followed_amount("BTCUSDT") is None
+    assert book.followed_amount("ETHUSDT") == D(0)
+    book.answered("a")                    # REST said FILLED; the events are still to come
+    assert book.followed_amount("BTCUSDT") is None
+    book.apply(positions(("BTCUSDT", "1")))
+    book.apply(order("a", "FILLED", filled="1"))
+    assert book.followed_amount("BTCUSDT") == D("1")
+
+
+def test_a_rebuild_begun_after_the_answer_retires_an_order_whose_event_was_lost() -> None:
+    book = Book(FakeClock())
+    book.set_streaming(True)
+    book.expect_fill("a", "BTCUSDT")
+    book.begin_sync()
+    book.answered("a")                    # answered during this rebuild: it may miss the fill
+    book.sync([], None, None)
+    assert book.followed_amount("BTCUSDT") is None
+    book.begin_sync()                     # begun after the answer: its snapshot has the fill
+    book.sync([rest_position("BTCUSDT", "1")], None, None)
+    assert book.followed_amount("BTCUSDT") == D("1")

@@ -319,3 +319,31 @@ async def test_an_unknown_outcome_is_settled_by_the_stream_event(live: Live) -> 
     assert time.monotonic() - started < 2.0
     assert [e["outcome"] for e in events(logs, "order_resolved")] == ["found"]
     assert [r["kind"] for r in await live.admin.orders()].count("order") == 1
+
+
+async def test_a_close_sizes_from_the_book_without_an_exchange_read(live: Live) -> None:
+    """SPEC §5.8: once the book follows the account, a close takes its size from the book's
+    position: no position read before its order; while the entry's fill event has not come in
+    yet, the book says so and one REST read is made instead."""
+    book = live.live.book
+    assert (await live.run(LONG)).state is SignalState.DONE
+    await until(lambda: asyncio.sleep(0, book.followed_amount("BTCUSDT") == Decimal("0.010")),
+                5, "the book follows the position")
+    with capture_logs() as logs:
+        record = await live.run({"symbol": "BTCUSDT", "type": "CLOSE_LONG"})
+    assert record.state is SignalState.DONE, record.reason
+    names = [e["event"] for e in logs]
+    first_order = names.index("order_submitted")
+    assert "position_query" not in names[:first_order], names[:first_order]
+    assert await live.admin.position("BTCUSDT") == "0"
+
+
+async def test_a_position_whose_fill_event_is_still_to_come_is_read_by_rest(live: Live) -> None:
+    book = live.live.book
+    await until(lambda: asyncio.sleep(0, book.followed_amount("BTCUSDT") is not None), 5,
+                "the book follows the account")
+    book.expect_fill("xd-in-flight", "BTCUSDT")
+    assert book.followed_amount("BTCUSDT") is None
+    assert book.followed_amount("ETHUSDT") == Decimal(0)
+    book.forget("xd-in-flight")
+    assert book.followed_amount("BTCUSDT") == Decimal(0)

@@ -34,11 +34,12 @@ class MarketMovesBeforeTheStop:
     async def place_algo_order(self, symbol: str, side: Side, order_type: OrderType,
                                trigger_price: Decimal, client_algo_id: str, *,
                                quantity: Decimal | None = None,
-                               priority: Priority | None = None) -> AlgoState:
+                               priority: Priority | None = None,
+                               deadline: float | None = None) -> AlgoState:
         await self._admin.post("price", {"symbol": symbol, "price": self._price})
         return await self._gateway.place_algo_order(symbol, side, order_type, trigger_price,
                                                     client_algo_id, quantity=quantity,
-                                                    priority=priority)
+                                                    priority=priority, deadline=deadline)
 
 
 def executor_for(port: Any, exchange: ExchangeParts, journal: Journal,
