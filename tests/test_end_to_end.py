@@ -67,11 +67,11 @@ async def test_signal_wait_prints_done_and_status_shows_the_position(tmp_path: P
         assert families["execd_decision_latency_seconds"].samples
         assert any(s.value > 0 for s in families["execd_limiter_used"].samples)
 
+        # the mark is known by now (the stream's): a wrong side is refused at intake (400)
         code, out, err = await run_cli(env, "signal", "LONG_ENTRY", "BTCUSDT", "--qty", "0.01",
                                        "--sl", "99999999", "--wait")
-        assert code == 1
-        assert "REJECTED" in out
-        assert "stop_loss: must be below the mark price" in out
+        assert code == 2, out + err
+        assert err.startswith("rejected: stop_loss: must be below the mark price")
         code, out, err = await run_cli(env, "signal", "LONG_ENTRY", "BTCUSDT", "--qty", "1e3")
         assert code == 2
         assert err.startswith("rejected: quantity: must be a plain decimal string")
