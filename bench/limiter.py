@@ -19,6 +19,8 @@ here as a separate OS process (``python -m app sim``) with small windows (L = 30
 * Metrics, per measured window: weight admitted (own, foreign, IP total = the largest header
   value of the window's 200s), weight refused, 429s and 418s per client (counted client-side,
   cross-checked against the simulator's ``/_sim/state`` counters), limiter wait p50/p99.
+* Targets (SPEC §13): alone ≥ 97.5 % of L; shared, the IP's total ≥ 95 %; in both, no 429 and
+  no 418 for either process, the warm-up included.
 
 Prints one table and writes ``bench/results/limiter.json``. Loopback only; stops by itself.
 """
@@ -70,7 +72,7 @@ HEADER = f"x-mbx-used-weight-{WINDOW_S}s"
 FOREIGN_WEIGHT = 5
 FOREIGN_PER_WINDOW = 12
 RESULTS = RESULTS_DIR / "limiter.json"
-TARGETS = {"alone": "use>=97.5% 0x429 0x418", "shared": "IP>=95% 0x429 both"}
+TARGETS = {"alone": "use>=97.5% 0x429 0x418", "shared": "IP>=95% 0x429 both"}  # incl. warm-up
 LATENCY_PLANS: dict[str, dict[str, Any]] = {
     "none": {"seed": SEED, "rules": []},
     "fixed": {"seed": SEED, "rules": [
@@ -492,10 +494,14 @@ def fmt(value: float | None, digits: int = 0) -> str:
 
 
 def verdict(row: dict[str, Any]) -> str:
+    """The row's target: its use, and no 429 (no 418 either) for either process, warm-up
+    included (Binance counts 429s per IP, whoever caused them, from the first request)."""
+    refused = row["own_429"] + row["own_429_warmup"] + row["own_418"] + row["own_418_warmup"]
     if row["shared"]:
-        ok = row["ip_use_pct"] >= 95 and row["own_429"] == 0 and row["foreign_429"] == 0
+        refused += row["foreign_429"] + row["foreign_429_warmup"] + row["foreign_418"]
+        ok = row["ip_use_pct"] >= 95 and refused == 0
     else:
-        ok = row["use_pct"] >= 97.5 and row["own_429"] == 0 and row["own_418"] == 0
+        ok = row["use_pct"] >= 97.5 and refused == 0
     return "met" if ok else "MISSED"
 
 
@@ -602,7 +608,8 @@ def main(args: argparse.Namespace) -> int:
                                    "mode": "separate process"},
                        "execd_settings": asdict(settings), "ban_after_429s": 1000},
         "targets": {"alone": {"use_pct": 97.5, "429": 0, "418": 0},
-                    "shared": {"ip_use_pct": 95, "429_own": 0, "429_foreign": 0}},
+                    "shared": {"ip_use_pct": 95, "429_own": 0, "429_foreign": 0},
+                    "429_and_418_include_warm_up": True},
         "duration_s": round(time.time() - began, 1),
         "table": report,
         "results": rows,

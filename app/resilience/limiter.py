@@ -2,9 +2,10 @@
 
 ``WeightLimiter`` holds one ``Bucket`` per ``BucketSpec`` (a limit per window of ``interval_s``
 seconds of *exchange* time); a request names its cost in each bucket it uses and goes only when
-every one of them takes it. What a bucket takes — budget, rolling cap, pacing and end guard,
-priority shares, the co-tenant reserve, the straddle rule — is arithmetic over its window state,
-in ``window.py``. This module queues, orders and wakes:
+every one of them takes it. What a bucket takes — budget, rolling cap, pacing, the end zone
+whose admissions count in the next window too, priority shares, the co-tenant reserve, the
+straddle rule — is arithmetic over its window state, in ``window.py``. This module queues,
+orders and wakes:
 
 * **priority**: waiters are served strictly by priority, FIFO within one — except that a queue
   head which cannot fit before the next window of one of its buckets does not hold up later
@@ -13,7 +14,9 @@ in ``window.py``. This module queues, orders and wakes:
 * **pauses**: ``penalize`` (a 429) pauses buckets until ``Retry-After``; ``ban`` (a 418) stops
   everything until the ban ends;
 * **co-tenants**: ``observe`` feeds each response's header value, with the request's cost and
-  send time, to its bucket's co-tenant estimate.
+  send time, to its bucket's co-tenant estimate;
+* **waits**: an optional ``on_wait`` listener hears how long each admitted request waited and
+  whether its buckets had room for it when it asked (off by default; for latency benchmarks).
 
 Waiters are woken by one timer (the clock's ``sleep``) set for the earliest moment a waiter of
 the highest waiting priority can be admitted; there is no polling loop. All times are seconds of
@@ -31,8 +34,8 @@ from dataclasses import dataclass
 from app.clock import Clock
 from app.resilience.window import Bucket, BucketSpec, LimiterSettings, Priority
 
-__all__ = ["BucketSpec", "BucketStats", "LimiterSettings", "Priority", "WarningListener",
-           "WeightLimiter"]
+__all__ = ["BucketSpec", "BucketStats", "LimiterSettings", "Priority", "WaitListener",
+           "WarningListener", "WeightLimiter"]
 
 # For the per-call paths: ``EnumType`` has a ``__getattr__``, which makes every ``Priority.X``
 # lookup on the class take the slow attribute path (~0.1 µs each).
@@ -52,9 +55,15 @@ class BucketStats:
     paused_until: float
     waiting: int
     straddled: int
+    carried: int = 0        # own cost the window started with, from the previous one's end
 
 
 WarningListener = Callable[[str, int, int], None]
+#: ``(priority, waited_s, had_room)`` for every admitted request: the exchange-time seconds
+#: from asking to admission (0.0 when admitted at once), and whether every bucket would have
+#: taken it when it asked (it waited only behind others, or not at all) — False when its
+#: buckets had no room then (budget, pace, reserve, a pause or a ban held it).
+WaitListener = Callable[[Priority, float, bool], None]
 
 # Frozen, so one shared default is safe (ruff's B008 cannot see that across modules).
 _DEFAULT_SETTINGS = LimiterSettings()
@@ -73,11 +82,15 @@ class WeightLimiter:
     def __init__(self, buckets: list[BucketSpec], clock: Clock,
                  settings: LimiterSettings = _DEFAULT_SETTINGS, *,
                  offset: Callable[[], float] = lambda: 0.0,
-                 on_warning: WarningListener | None = None) -> None:
+                 on_warning: WarningListener | None = None,
+                 on_wait: WaitListener | None = None) -> None:
         self._clock = clock
         self._offset = offset
         self._settings = settings
         self._on_warning = on_warning
+        #: Called for every admitted request (``WaitListener``); None, the default, for
+        #: nothing. May be set at any time.
+        self.on_wait = on_wait
         self._buckets = {spec.name: Bucket(spec, settings) for spec in buckets}
         self._queues: dict[Priority, deque[_Waiter]] = {p: deque() for p in Priority}
         self._banned_until = 0.0
@@ -99,11 +112,17 @@ class WeightLimiter:
         admitted = self.try_acquire(costs, priority)
         if admitted is not None:
             return admitted
+        on_wait = self.on_wait
+        asked = self.now()
+        had_room = on_wait is not None and self._has_room(costs, priority, asked)
         waiter = _Waiter(costs, priority, asyncio.get_running_loop().create_future())
         self._queues[priority].append(waiter)
         self._drain()
         try:
-            return await waiter.future
+            admitted = await waiter.future
+            if on_wait is not None:
+                on_wait(priority, self.now() - asked, had_room)
+            return admitted
         except asyncio.CancelledError:
             if waiter in self._queues[priority]:
                 self._queues[priority].remove(waiter)
@@ -137,6 +156,8 @@ class WeightLimiter:
         if not now_ok:
             return None
         self._admit(costs, now)
+        if self.on_wait is not None:
+            self.on_wait(priority, 0.0, True)
         return now
 
     def observe(self, name: str, used: int, *, cost: int, sent_at: float) -> None:
@@ -218,7 +239,7 @@ class WeightLimiter:
                 own=bucket.own, server=bucket.server, reserve=bucket.reserve(now),
                 paused_until=max(bucket.paused_until, self._banned_until),
                 waiting=sum(len(q) for q in self._queues.values()),
-                straddled=bucket.straddled,
+                straddled=bucket.straddled, carried=bucket.carried,
             ))
         return out
 
@@ -241,7 +262,8 @@ class WeightLimiter:
 
     # ------------------------------------------------------------------ accounting
     def _admit(self, costs: Mapping[str, int], now: float) -> None:
-        """Spend ``costs`` at ``now``. Every caller has just checked them with
+        """Spend ``costs`` at ``now``; in a window's end zone, on the next window too (the
+        exchange may count it there). Every caller has just checked them with
         ``Bucket.ready_at`` at this same ``now``, which rolled each bucket to it. Spends on
         the bucket's fields directly, not through a method: this runs on every admission."""
         buckets = self._buckets
@@ -251,6 +273,10 @@ class WeightLimiter:
             if cost:
                 bucket.log.append((now, cost))
                 bucket.rolling += cost
+                if now >= bucket.guard_start:
+                    bucket.carry += cost
+                    if now >= bucket.late_start:
+                        bucket.carry_late += cost
             if not bucket.warned and self._on_warning is not None:
                 used = bucket.own + bucket.live_foreign         # bucket.used(), inlined
                 if bucket.server > used:
@@ -271,6 +297,13 @@ class WeightLimiter:
             if at > latest:
                 latest = at
         return None if latest <= now else latest
+
+    def _has_room(self, costs: Mapping[str, int], priority: Priority, now: float) -> bool:
+        """True if every bucket would take ``costs`` now and no ban holds them: whatever
+        holds such a request is only the queue ahead of it."""
+        return self._banned_until <= now and all(
+            self._buckets[name].ready_at(cost, priority, now) <= now
+            for name, cost in costs.items())
 
     def _deferred(self, costs: Mapping[str, int], priority: Priority, now: float) -> bool:
         """True if one of the buckets cannot take ``costs`` before its next window starts

@@ -7,9 +7,13 @@ the admitted cost of any window — clock-aligned or rolling — over the limit:
 * **budget** ``B = limit × (1 − headroom)``: the last ``headroom`` is never used;
 * **rolling cap**: own cost admitted in ``(t − W, t]`` plus the request ≤ ``B − reserve``;
 * **pacing** (paced buckets): own cost admitted in the current window ≤
-  ``(B − reserve) × min(1, f + pace_lead)`` at fraction ``f`` of the window, and nothing new in
-  its last ``end_guard`` — so the budget is spread over the window instead of spent in its
-  first milliseconds, and nothing lands in the next window by latency;
+  ``(B − reserve) × min(1, f + pace_lead)`` at fraction ``f`` of the window, so the budget is
+  spread over the window instead of spent in its first milliseconds;
+* **end of window**: a request admitted in the last ``end_guard`` of a window may be counted by
+  the exchange in the next one (latency, the error of our exchange time), so it is charged to
+  both: the next window starts with it counted (``carried``). It is never held for that: in a
+  paced bucket what one window carries into the next stays within the next window's pace lead
+  (``(B − reserve) × pace_lead``), elsewhere it is within the budget anyway;
 * **priority shares**: ``CRITICAL`` ignores pacing (not the caps), ``LOW`` gets at most
   ``low_share``;
 * **pause**: nothing while a 429's ``Retry-After`` lasts (``paused_until``).
@@ -20,7 +24,9 @@ send time). Once a window is over, ordering its responses by header value attrib
 header delta to our own requests or to someone else, which gives the foreign cost of that window
 exactly (for everything counted up to our last response). The reserve is the larger of the last
 two windows' foreign cost (plus ``foreign_margin``), raised live when a header shows more than
-our own admitted cost can explain. A header above our own count for a request sent within
+our own admitted cost can explain. While no past window showed a co-tenant (our first window, or
+one that has just appeared), its use so far is projected over the window at its rate so far,
+as a finished window's is. A header above our own count for a request sent within
 ``straddle_s`` of the window's start is not taken as foreign use: the exchange probably counted
 that request in the previous window (the *straddle rule*, see ``Bucket.record``).
 
@@ -63,7 +69,8 @@ class LimiterSettings:
     * ``headroom``: share of each limit never used.
     * ``low_share``: most of a window's budget that ``LOW`` may use.
     * ``pace_lead``: share of the budget available ahead of the pace at any moment.
-    * ``end_guard``: last share of a paced window in which nothing new is admitted.
+    * ``end_guard``: last share of a window whose admissions are charged to the next window
+      too (the exchange may count them there).
     * ``foreign_margin``: extra kept on top of the co-tenant estimate.
     * ``max_reserve``: most of the budget ever reserved for co-tenants.
     * ``warning_threshold``: use at which ``on_warning`` fires, once per window.
@@ -97,7 +104,20 @@ class Bucket:
     #: ``start(window)`` and ``start(window + 1)``, kept by ``roll`` (read on every call).
     window_start: float = 0.0
     next_start: float = 0.0
+    #: Where the window's end zone starts (``next_start − end_guard × W``) and where its last
+    #: ``straddle_s`` starts, kept by ``roll``.
+    guard_start: float = 0.0
+    late_start: float = 0.0
+    #: Own cost in the window, ``carried`` included: what the previous window admitted in its
+    #: end zone, ``carried_late`` of it in its last ``straddle_s`` (the part the exchange may
+    #: well have counted in this window; the rest it counted in the previous one unless the
+    #: request took longer than ``straddle_s`` to arrive). ``carry`` and ``carry_late`` are the
+    #: same for this window's end zone so far, which the next window starts with.
     own: int = 0
+    carried: int = 0
+    carried_late: int = 0
+    carry: int = 0
+    carry_late: int = 0
     server: int = 0
     warned: bool = False
     log: deque[tuple[float, int]] = field(default_factory=deque)
@@ -106,6 +126,7 @@ class Bucket:
     responses: list[tuple[int, int, float]] = field(default_factory=list)
     foreign_history: deque[float] = field(default_factory=lambda: deque(maxlen=2))
     live_foreign: int = 0
+    live_at: float = 0.0               # the send time of the request whose header set it
     straddled: int = 0                 # headers set aside by the straddle rule, ever
     #: ``any(foreign_history)`` and ``max(foreign_history, default=0.0)``, kept by ``roll``.
     foreign_seen: bool = False
@@ -118,6 +139,8 @@ class Bucket:
             raise ValueError(f"bucket {spec.name}: limit {spec.limit} leaves no budget")
         self.window_start = self.start(self.window)
         self.next_start = self.start(self.window + 1)
+        self.guard_start = self.next_start - self.settings.end_guard * spec.interval_s
+        self.late_start = self.next_start - self.settings.straddle_s
 
     def index(self, now: float) -> int:
         return math.floor(now / self.spec.interval_s)
@@ -131,12 +154,14 @@ class Bucket:
         at exchange time ``now``; this bucket is new (never used).
 
         * Same window length (a new limit): everything carries — the window's own and server
-          counts, the log, the rolling sum, a pause, the co-tenant estimate, the warning flag.
-          Only the budget is the new limit's; a window already past it admits nothing more
-          until it rolls.
+          counts (what it carried in and carries out too), the log, the rolling sum, a pause,
+          the co-tenant estimate, the warning flag. Only the budget is the new limit's; a
+          window already past it admits nothing more until it rolls.
         * Another window length: our own admissions are what we know for certain, so the log
           carries (trimmed to the new length) and the new window's own count is recounted from
-          it. Admissions older than the old window length are no longer in the log: if the new
+          it (with what was admitted in the end zone before the window's start, which the
+          exchange may have counted in it); what falls in the new window's end zone is carried
+          out. Admissions older than the old window length are no longer in the log: if the new
           window is longer than that, they are learned from the next response's header (the
           limiter adopts ``max(own, server)``). The exchange's count and the live co-tenant
           excess belonged to the old window and start again at zero; the co-tenant estimate of
@@ -150,17 +175,26 @@ class Bucket:
         if old.spec.interval_s == self.spec.interval_s:
             self.window, self.window_start, self.next_start = (
                 old.window, old.window_start, old.next_start)
+            self.guard_start, self.late_start = old.guard_start, old.late_start
             self.own, self.server, self.warned = old.own, old.server, old.warned
+            self.carried, self.carried_late = old.carried, old.carried_late
+            self.carry, self.carry_late = old.carry, old.carry_late
             self.responses = list(old.responses)
             self.foreign_history = deque(old.foreign_history, maxlen=2)
-            self.live_foreign = old.live_foreign
+            self.live_foreign, self.live_at = old.live_foreign, old.live_at
             self.foreign_seen, self.foreign_estimate = old.foreign_seen, old.foreign_estimate
             return
         scale = self.spec.interval_s / old.spec.interval_s
         self.foreign_history = deque((min(f * scale, float(self.spec.limit))
                                       for f in old.foreign_history), maxlen=2)
         self.roll(now)                     # the window holding now; trims the log
-        self.own = sum(cost for at, cost in self.log if at >= self.window_start)
+        start, guard = self.window_start, self.settings.end_guard * self.spec.interval_s
+        late = self.settings.straddle_s
+        self.carried = sum(cost for at, cost in self.log if start - guard <= at < start)
+        self.carried_late = sum(cost for at, cost in self.log if start - late <= at < start)
+        self.own = self.carried + sum(cost for at, cost in self.log if at >= start)
+        self.carry = sum(cost for at, cost in self.log if at >= self.guard_start)
+        self.carry_late = sum(cost for at, cost in self.log if at >= self.late_start)
 
     # ------------------------------------------------------------------ window edges
     def used(self) -> int:
@@ -170,10 +204,11 @@ class Bucket:
 
     def roll(self, now: float) -> None:
         """Move to the window holding ``now`` (closing the co-tenant figure of the one that
-        ended, decaying it over windows with no traffic) and drop log entries older than one
-        window length."""
+        ended, decaying it over windows with no traffic; starting with what the one before it
+        carries) and drop log entries older than one window length."""
         index = self.index(now)
         if index != self.window:
+            carried, late = (self.carry, self.carry_late) if index == self.window + 1 else (0, 0)
             if self.window >= 0:
                 self.foreign_history.append(self.foreign_of_window())
                 skipped = index - self.window - 1        # windows with no traffic at all
@@ -183,9 +218,14 @@ class Bucket:
             self.window = index
             self.window_start = self.start(index)
             self.next_start = self.start(index + 1)
+            self.guard_start = (self.next_start
+                                - self.settings.end_guard * self.spec.interval_s)
+            self.late_start = self.next_start - self.settings.straddle_s
             self.foreign_seen = any(self.foreign_history)
             self.foreign_estimate = max(self.foreign_history, default=0.0)
-            self.own = 0
+            self.own = carried
+            self.carried, self.carried_late = carried, late
+            self.carry = self.carry_late = 0
             self.server = 0
             self.warned = False
             self.responses = []
@@ -202,12 +242,14 @@ class Bucket:
         Responses are taken in the order the exchange counted them, i.e. by header value;
         among equal values (a refused or zero-cost response beside the request that set the
         value) the costlier comes first, so our own cost is credited before the value is
-        compared and a tie never shows up as foreign use."""
+        compared and a tie never shows up as foreign use. What the window carried in from the
+        previous one's last ``straddle_s`` (``carried_late``) is credited first: the exchange
+        may have counted it at this window's start."""
         if not self.responses:
             # Nothing seen in that window: keep half of the last estimate, so a co-tenant
             # that went quiet stops costing us room within a few windows.
             return self.foreign_history[-1] / 2 if self.foreign_history else 0.0
-        own_before = 0
+        own_before = self.carried_late
         foreign = 0
         last_at = self.start(self.window)
         for used, cost, sent_at in sorted(self.responses, key=lambda r: (r[0], -r[1])):
@@ -220,7 +262,11 @@ class Bucket:
     def reserve(self, now: float, priority: Priority = Priority.NORMAL) -> int:
         """Room kept for other users of the bucket. CRITICAL calls reserve only what the
         exchange has shown them using; the reserve never exceeds ``max_reserve`` of the budget,
-        so a greedy co-tenant cannot starve us completely."""
+        so a greedy co-tenant cannot starve us completely.
+
+        The co-tenant's use of the whole window is estimated from past windows; while none
+        showed one, from this window's headers: its use so far, at the rate seen so far (over
+        at least half a window, as ``foreign_of_window`` scales a finished window)."""
         live_foreign = self.live_foreign
         if not live_foreign and not self.foreign_seen:
             return 0
@@ -229,6 +275,9 @@ class Bucket:
         # With a co-tenant this runs on every call: the max() / min() below are spelt out
         # (each keeps the first of equal values, as the builtins do).
         estimate = self.foreign_estimate
+        if not self.foreign_seen:
+            seen = (self.live_at - self.window_start) / self.spec.interval_s
+            estimate = live_foreign / (seen if seen > 0.5 else 0.5)
         wanted = estimate * (1 + self.settings.foreign_margin)      # planned
         left = 1 - (now - self.window_start) / self.spec.interval_s
         live = live_foreign + estimate * (left if left > 0.0 else 0.0)
@@ -245,6 +294,13 @@ class Bucket:
         """Take one response's counter (the exchange's used value, this request included) for
         a request of ``cost`` admitted at ``sent_at``, at exchange time ``now``. True if it
         raised the live co-tenant estimate (so waiters must be re-checked).
+
+        Our own cost in the window is taken without what it carried in from the previous
+        window's end zone (``carried``) but for its last ``straddle_s`` (``carried_late``): the
+        exchange counted the rest in the previous window (a request that took longer to arrive
+        makes the reserve err on the safe side by its cost), so a header above our remaining
+        own cost is someone else's use. The last ``straddle_s`` may have landed on either side
+        (time sync): taken as ours here, so our own requests never show up as foreign use.
 
         Values that cannot be placed in the current window are set aside:
 
@@ -271,9 +327,10 @@ class Bucket:
         if used > self.server:
             self.server = used
         self.responses.append((used, cost, sent_at))
-        excess = used - self.own
+        excess = used - self.own + self.carried - self.carried_late
         if excess > self.live_foreign:
             self.live_foreign = excess
+            self.live_at = sent_at
             return True
         return False
 
@@ -282,6 +339,11 @@ class Bucket:
         """``now`` if ``cost`` fits now, else the earliest exchange time worth re-checking (a
         pause's end, the next window, the pace, the rolling cap's release). Rolls the bucket to
         ``now`` first.
+
+        In the window's end zone a cost that fits is admitted too (and charged to the next
+        window as well, by the limiter's ``_admit``): the only extra condition, in a paced
+        bucket and below CRITICAL, is that the next window's pace takes what this one carries
+        into it; elsewhere that follows from the window's own caps.
 
         Runs on every call: the roll is skipped when it would change nothing, and no builtin
         ``max`` / ``min`` on the common path (the arithmetic is the same)."""
@@ -303,17 +365,14 @@ class Bucket:
         ready = now
         s = self.settings
         if self.spec.paced and priority is not _CRITICAL:
-            start = self.window_start
-            if (now - start) / length >= 1 - s.end_guard:          # end guard
-                return self.next_start
-            share = s.low_share if priority is _LOW else 1.0
-            needed = own / (room * share) - s.pace_lead            # pacing
-            if needed > 1 - s.end_guard:
-                return self.next_start
+            paced = room * (s.low_share if priority is _LOW else 1.0)
+            needed = own / paced - s.pace_lead                     # pacing
             if needed > 0.0:
-                start += needed * length
-            if start > ready:
-                ready = start
+                at = self.window_start + needed * length
+                if at > ready:
+                    ready = at
+            if ready >= self.guard_start and self.carry + cost > paced * s.pace_lead:
+                return self.next_start                             # the next window's pace
         elif priority is _LOW and own > room * s.low_share:
             return self.next_start
         if self.rolling + cost > room:                              # rolling cap

@@ -23,7 +23,6 @@ from app.resilience.limiter import LimiterSettings
 from app.resilience.retry import RetrySettings
 from app.sim import SimServer
 from tests.exchange.conftest import ExchangeFactory, setup_for
-from tests.exchange.test_gateway import clear_of_minute_end
 
 
 def refreshes(logs: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -36,7 +35,6 @@ async def test_new_rate_limits_rebuild_the_limiter_keeping_counts(
     load rebuilds the weight bucket with the new limit, and the weight already spent in this
     minute still counts."""
     exchange = await make_exchange()
-    await clear_of_minute_end(exchange)
     for _ in range(4):
         await exchange.gateway.get_position("BTCUSDT")           # weight 5 each
     spent = exchange.limiter.used("weight:1m")
@@ -75,7 +73,6 @@ async def test_exchange_info_is_fetched_at_low_priority(make_exchange: ExchangeF
     """With LOW's share of the window next to nothing, the exchangeInfo reload queues while
     NORMAL calls (a signal's mark price) still go: it is a LOW request."""
     exchange = await make_exchange(limiter=LimiterSettings(low_share=1e-4))
-    await clear_of_minute_end(exchange)
     reload = asyncio.create_task(exchange.symbols.load())
     for _ in range(10):
         await asyncio.sleep(0)
