@@ -248,7 +248,8 @@ class Daemon:
         self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
         operator = Operator(risk, journal, gateway, gateway, execution.protector, rules,
                             self.clock, log,
-                            breakers={g.value: b for g, b in exchange.breakers.items()})
+                            breakers={g.value: b for g, b in exchange.breakers.items()},
+                            queue=bus)
         self.api = api = ControlApi(service, journal, gateway, self.status, token=token,
                                     host=settings.api.host, port=settings.api.port,
                                     max_body_bytes=settings.api.max_body_bytes,

@@ -57,7 +57,7 @@ from app.domain import (
 from app.journal_db import JournalBusy, JournalUnreadable, busy, connect, transaction
 from app.journal_fills import Fill, FillLedger
 
-__all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "SignalRecord"]
+__all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "SignalEnded", "SignalRecord"]
 
 _T = TypeVar("_T")
 _SYNCHRONOUS: Final = ("NORMAL", "FULL", "EXTRA")
@@ -83,6 +83,14 @@ class SignalRecord:
     updated_at: float
     #: How much of the entry filled, once known (SPEC §5.9: set for a partial fill too).
     filled_quantity: Decimal | None = None
+
+
+class SignalEnded(Exception):
+    """A signal meant to start had ended already (an operator cancelled it); `record` is it."""
+
+    def __init__(self, record: SignalRecord) -> None:
+        super().__init__(f"signal {record.signal.id!r} is {record.state.value}")
+        self.record = record
 
 
 class Journal(FillLedger):
@@ -221,10 +229,14 @@ class Journal(FillLedger):
         return await self._run(work)
 
     # ------------------------------------------------------------------ intents
-    async def put_intent(self, intent: Intent) -> None:
+    async def put_intent(self, intent: Intent, *, start: bool = False) -> None:
         """Insert or update the intent keyed by its client id, committed before this returns.
         Raises ``KeyError`` if its signal is not journaled and ``ValueError`` if the client id
-        already belongs to another signal or leg, or a decimal is not finite."""
+        already belongs to another signal or leg, or a decimal is not finite.
+
+        ``start``: the signal's first order — in the same transaction an ``ACCEPTED`` signal
+        becomes ``RUNNING`` (one journal trip before the order, not two); a signal found
+        ended (an operator's cancel) raises `SignalEnded` and nothing is written."""
         for value in (intent.quantity, intent.price):
             if value is not None and not value.is_finite():
                 raise ValueError(f"intent {intent.client_id!r}: not a finite decimal: {value}")
@@ -243,6 +255,8 @@ class Journal(FillLedger):
                     raise ValueError(
                         f"client id {intent.client_id!r} belongs to signal {owner[0]!r} leg "
                         f"{owner[1]}, not signal {intent.signal_id!r} leg {intent.leg.value}")
+                if start:
+                    _start_signal(conn, intent.signal_id, intent.updated_at)
                 conn.execute(
                     f"INSERT INTO intents ({_INTENT_COLUMNS}) VALUES ({_marks(row)}) "
                     "ON CONFLICT (client_id) DO UPDATE SET symbol = excluded.symbol, "
@@ -398,6 +412,17 @@ def _set_offset(conn: sqlite3.Connection, name: str, value: int, file: str | Non
     conn.execute("INSERT INTO offsets (name, value, file) VALUES (?, ?, ?) "
                  "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
                  "file = COALESCE(excluded.file, offsets.file)", (name, value, file))
+
+
+def _start_signal(conn: sqlite3.Connection, signal_id: str, now: float) -> None:
+    record = _select_signal(conn, signal_id)
+    if record is None:
+        raise KeyError(signal_id)
+    if record.state.is_terminal:
+        raise SignalEnded(record)
+    if record.state is SignalState.ACCEPTED:
+        conn.execute("UPDATE signals SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
+                     (SignalState.RUNNING.value, now, signal_id))
 
 
 def _select_signal(conn: sqlite3.Connection, signal_id: str) -> SignalRecord | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from app.domain import Side, SignalState, StateChange, TradingState
 from app.journal import Fill, Journal
 from tests.test_journal import NOW, make_signal
@@ -55,3 +57,28 @@ async def test_day_result_sums_pnl_and_commissions_by_asset_since(tmp_path: Path
         pnl, paid = await journal.day_result(NOW)
         assert pnl == D("-15")
         assert paid == {"USDT": D("0.4"), "BNB": D("0.01")}
+
+
+async def test_the_first_intent_starts_its_signal_in_the_same_transaction(
+        tmp_path: Path) -> None:
+    from app.domain import Intent, IntentState, Leg, OrderType
+    from app.journal import SignalEnded
+
+    def entry(signal_id: str) -> Intent:
+        return Intent(signal_id=signal_id, leg=Leg.ENTRY, client_id=f"xd{signal_id}E",
+                      symbol="BTCUSDT", side=Side.BUY, order_type=OrderType.MARKET,
+                      quantity=Decimal("0.01"), price=None, reduce_only=False,
+                      state=IntentState.SENDING, updated_at=NOW + 1)
+
+    async with Journal(tmp_path / "j.sqlite3") as journal:
+        await journal.accept(make_signal("a"), now=NOW)
+        await journal.put_intent(entry("a"), start=True)
+        started = await journal.get_signal("a")
+        assert started is not None
+        assert (started.state, started.updated_at) == (SignalState.RUNNING, NOW + 1)
+        await journal.accept(make_signal("b"), now=NOW)
+        await journal.set_signal_state("b", SignalState.CANCELED, reason="op", now=NOW)
+        with pytest.raises(SignalEnded) as ended:
+            await journal.put_intent(entry("b"), start=True)
+        assert ended.value.record.state is SignalState.CANCELED
+        assert await journal.intents_for("b") == []            # nothing written

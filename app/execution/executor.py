@@ -39,9 +39,9 @@ from app.execution.ports import ExchangePort
 from app.execution.protect import PROTECT_DEADLINE_S, Protector, Unprotected
 from app.execution.reconcile import adopt_unjournaled
 from app.execution.risk import RiskGate
-from app.execution.sender import DECISION_STARTED, NOT_TAKEN, OrderSender
+from app.execution.sender import DECISION_STARTED, NOT_TAKEN, STARTING, OrderSender
 from app.execution.settings import ExecutorSettings, OnUnprotected
-from app.journal import Journal, SignalRecord
+from app.journal import Journal, SignalEnded, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 from app.resilience.limiter import Priority
@@ -112,22 +112,25 @@ class Executor:
                 return await self._journal.set_signal_state(
                     signal.id, SignalState.RUNNING, reason=OUTCOME_UNKNOWN,
                     now=self._clock.time())
-            if record.state is SignalState.ACCEPTED:
-                # One transaction against an operator's cancel: whichever comes first wins.
+            # A new ACCEPTED signal has no intents yet; it becomes RUNNING in the same journal
+            # transaction as its first order's intent (`STARTING`). A resumed one may have
+            # adopted some: it is moved now, against an operator's cancel.
+            fresh = record.state is SignalState.ACCEPTED and not resumed
+            if record.state is SignalState.ACCEPTED and not fresh:
                 started = await self._journal.set_signal_state(
                     signal.id, SignalState.RUNNING, reason=None, now=self._clock.time(),
                     expect=SignalState.ACCEPTED)
                 if started.state is not SignalState.RUNNING:
-                    return started                  # cancelled while it waited in its lane
+                    return started
             if signal.is_expired(self._clock.time()) and not await self._started(signal):
                 return await self._finish(signal, SignalState.EXPIRED, "expired before execution",
                                           AuditEvent.SIGNAL_EXPIRED)
+            starting = STARTING.set(signal.id if fresh else None)
             try:
-                # A new ACCEPTED signal has no intents yet (RUNNING is journaled before the
-                # first); a resumed one may have adopted some.
-                fresh = record.state is SignalState.ACCEPTED and not resumed
                 async with self._protector.holding(signal.symbol):
                     reason = await self._run_until_taken(signal, fresh=fresh, settle=settle)
+            except SignalEnded as ended:
+                return ended.record                 # cancelled before its first order
             except UnknownOutcome:
                 return await self._journal.set_signal_state(
                     signal.id, SignalState.RUNNING, reason=OUTCOME_UNKNOWN,
@@ -159,6 +162,8 @@ class Executor:
                 return await self._finish(signal, SignalState.FAILED,
                                           f"{error.error_class}: {error.message}",
                                           AuditEvent.SIGNAL_FAILED, **error.fields())
+            finally:
+                STARTING.reset(starting)
             return await self._finish(signal, SignalState.DONE, reason, AuditEvent.SIGNAL_DONE)
 
     async def _adopt_unjournaled(self, signal: Signal, settle: bool) -> bool:
@@ -258,8 +263,13 @@ class Executor:
 
     async def _finish(self, signal: Signal, state: SignalState, reason: str,
                       event: AuditEvent, **fields: object) -> SignalRecord:
-        record = await self._journal.set_signal_state(signal.id, state, reason=reason,
-                                                      now=self._clock.time())
+        try:
+            record = await self._journal.set_signal_state(signal.id, state, reason=reason,
+                                                          now=self._clock.time())
+        except ValueError:     # it ended meanwhile (cancelled before its first order): as is
+            ended = await self._journal.get_signal(signal.id)
+            assert ended is not None
+            return ended
         intents = [{"leg": i.leg.value, "client_id": i.client_id, "state": i.state.value,
                     "exchange_id": i.exchange_id}
                    for i in await self._journal.intents_for(signal.id)]

@@ -10,16 +10,19 @@ positions, take back a queued signal.
   ``operator``), so its client ids are deterministic and a crash mid-flatten is resumed by
   restart recovery like any close. A second flatten finds the symbol flat (the lock orders
   the two): exactly one close per position.
-- **Cancel**: an ``ACCEPTED`` signal becomes ``CANCELED`` in one journal transaction that the
-  executor's start races against; whichever comes first wins, so a cancelled signal is never
-  sent and a started one is never marked cancelled.
+- **Cancel**: a signal still waiting in its lane becomes ``CANCELED`` (one journal
+  transaction, then it is taken out of the lane); one the executor has is refused as
+  ``RUNNING`` even before its first order turns it ``RUNNING`` in the journal. Should the
+  executor take it up between the two, its first intent write finds it cancelled
+  (`SignalEnded`) and nothing is sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import Protocol
 
 from structlog.contextvars import bound_contextvars
 
@@ -48,6 +51,14 @@ from app.resilience.limiter import Priority
 __all__ = ["OPERATOR_SOURCE", "FlattenResult", "NotCancelable", "Operator"]
 
 
+class QueueView(Protocol):
+    """The signal bus, as a cancel sees it."""
+
+    def is_executing(self, signal_id: str) -> bool: ...
+
+    def withdraw(self, signal_id: str) -> bool: ...
+
+
 class NotCancelable(Exception):
     """The signal already started or ended; `record` is where it stands."""
 
@@ -72,7 +83,9 @@ class Operator:
     def __init__(self, risk: RiskGate, journal: Journal, exchange: ExchangePort,
                  account: AccountReads, protector: Protector,
                  rules: Callable[[str], SymbolRules], clock: Clock, log: AuditLogger, *,
-                 breakers: Mapping[str, CircuitBreaker] | None = None) -> None:
+                 breakers: Mapping[str, CircuitBreaker] | None = None,
+                 queue: QueueView | None = None) -> None:
+        self._queue = queue
         self._breakers = dict(breakers or {})
         self._rules = rules
         self._risk = risk
@@ -108,11 +121,16 @@ class Operator:
             raise KeyError(signal_id)
         if known.state is SignalState.CANCELED:
             return known
+        if self._queue is not None and self._queue.is_executing(signal_id):
+            # the executor has it (its journal state turns RUNNING with its first order)
+            raise NotCancelable(replace(known, state=SignalState.RUNNING))
         record = await self._journal.set_signal_state(
             signal_id, SignalState.CANCELED, reason="cancelled by the operator",
             now=self._clock.time(), expect=SignalState.ACCEPTED)
         if record.state is not SignalState.CANCELED:
             raise NotCancelable(record)
+        if self._queue is not None:
+            self._queue.withdraw(signal_id)
         self._log.warning(AuditEvent.SIGNAL_CANCELLED, signal_id=signal_id,
                           symbol=record.signal.symbol, state=record.state.value,
                           reason=record.reason)

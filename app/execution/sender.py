@@ -49,6 +49,10 @@ NOT_TAKEN = (TransientError, RateLimited, CircuitOpen)
 
 #: When the running signal was dequeued (``clock.monotonic()``), until its first order leaves:
 #: the executor sets it, the sender reports the decision latency once and clears it.
+#: The id of a signal whose first order is still to be journaled: that intent write also
+#: moves the signal to RUNNING (`Journal.put_intent(start=True)`): one journal trip, not two.
+STARTING: contextvars.ContextVar[str | None] = contextvars.ContextVar("execd_starting",
+                                                                       default=None)
 DECISION_STARTED: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "execd_decision_started", default=None)
 
@@ -187,7 +191,10 @@ class OrderSender:
                 return await self._adopt(intent, found, describe, log)
             attempts = 1
         intent = intent.with_state(IntentState.SENDING, now=self._clock.time())
-        await self._journal.put_intent(intent)
+        start = STARTING.get() == intent.signal_id
+        await self._journal.put_intent(intent, start=start)
+        if start:
+            STARTING.set(None)
         while True:
             if self._clock.time() >= deadline:
                 raise TimeoutError("deadline passed before the order could be sent")

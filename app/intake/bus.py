@@ -62,6 +62,7 @@ class SignalBus:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reserved = 0
         self._running = 0
+        self._executing: set[str] = set()
         self._changed = asyncio.Event()   # set whenever a place frees up
 
     # ------------------------------------------------------------------ places
@@ -105,6 +106,7 @@ class SignalBus:
                 record = lane[0]
                 async with self._slots:
                     self._running += 1
+                    self._executing.add(record.signal.id)
                     try:
                         await self._execute(record)
                     except Exception as error:  # report; restart recovery resumes it
@@ -113,6 +115,7 @@ class SignalBus:
                                         reason=f"internal error, resumes at restart: {error!r}")
                     finally:
                         self._running -= 1
+                        self._executing.discard(record.signal.id)
                 lane.popleft()
                 self._reserved -= 1
                 self._notify()
@@ -120,6 +123,23 @@ class SignalBus:
             del self._tasks[symbol]
             if not lane:
                 del self._lanes[symbol]
+
+    def is_executing(self, signal_id: str) -> bool:
+        """Whether the executor has the signal now (it may not have sent anything yet)."""
+        return signal_id in self._executing
+
+    def withdraw(self, signal_id: str) -> bool:
+        """Take a signal out of its lane before it starts (an operator's cancel, journaled
+        first); False if it is not waiting behind another one (the head of a lane runs and
+        finds itself cancelled in the journal)."""
+        for lane in self._lanes.values():
+            for index, record in enumerate(lane):
+                if index and record.signal.id == signal_id:
+                    del lane[index]
+                    self._reserved -= 1
+                    self._notify()
+                    return True
+        return False
 
     def _notify(self) -> None:
         self._changed.set()

@@ -47,14 +47,14 @@ class FlakyJournal(Journal):
     broken = False
     break_on_fill = False
 
-    async def put_intent(self, intent: Intent) -> None:
+    async def put_intent(self, intent: Intent, *, start: bool = False) -> None:
         if (self.break_on_fill and intent.leg is Leg.ENTRY
                 and intent.state is IntentState.FILLED):
             self.break_on_fill = False
             self.broken = True
         if self.broken:
             raise sqlite3.OperationalError("attempt to write a readonly database")
-        await super().put_intent(intent)
+        await super().put_intent(intent, start=start)
 
 
 @dataclass
@@ -347,3 +347,25 @@ async def test_a_position_whose_fill_event_is_still_to_come_is_read_by_rest(live
     assert book.followed_amount("ETHUSDT") == Decimal(0)
     book.forget("xd-in-flight")
     assert book.followed_amount("BTCUSDT") == Decimal(0)
+
+
+async def test_an_entry_makes_one_journal_write_before_its_order(
+        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC §13 decision latency: the signal turns RUNNING in the same transaction as its
+    first intent; nothing else is written (or read from the exchange) before the order."""
+    from app.execution.sender import DECISION_STARTED
+
+    writes: list[str] = []
+    for name in ("set_signal_state", "put_intent", "set_filled_quantity"):
+        original = getattr(live.journal, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original,
+                    **kwargs: Any) -> Any:
+            if DECISION_STARTED.get() is not None:
+                writes.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(live.journal, name, counted)
+    record = await live.run(LONG)
+    assert record.state is SignalState.DONE, record.reason
+    assert writes == ["put_intent"]
