@@ -49,6 +49,7 @@ from app.resilience.limiter import Priority
 #: How an entry can end without filling whole (it may still have filled in part).
 ENDED_UNFILLED = frozenset({IntentState.EXPIRED, IntentState.CANCELLED})
 #: What a journal that cannot write raises (disk full, I/O error, read-only, lock timeout).
+#: ``TimeoutError`` is an ``OSError`` too: a deadline that passed is caught before these.
 JOURNAL_FAILURES = (sqlite3.Error, OSError)
 #: Pauses between two tries to settle an unknown outcome, or to write a failing journal.
 SETTLE_PAUSE_S = (0.5, 5.0)
@@ -229,6 +230,8 @@ class Executor:
                 await self._clock.sleep(pause)
                 pause = min(pause * 2, SETTLE_PAUSE_S[1])
                 continue
+            except TimeoutError:
+                raise        # a deadline passed (an OSError, but not the journal's): EXPIRED
             except JOURNAL_FAILURES as broken:
                 if not journal_failed:
                     journal_failed = True

@@ -369,3 +369,16 @@ async def test_an_entry_makes_one_journal_write_before_its_order(
     record = await live.run(LONG)
     assert record.state is SignalState.DONE, record.reason
     assert writes == ["put_intent"]
+
+
+async def test_an_entry_held_past_its_ttl_expires_and_frees_its_lane(live: Live) -> None:
+    """The limiter holds the entry (a 429's pause) until after the signal's TTL: the order is
+    not sent and the signal ends EXPIRED — not taken for a journal failure (TimeoutError is an
+    OSError), which alerted 'position unprotected' and retried for ever."""
+    limiter = live.exchange.limiter
+    with capture_logs() as logs:
+        limiter.penalize([b.name for b in live.exchange.buckets], 1.5)
+        record = await asyncio.wait_for(live.run(LONG, ttl=0.5), 10)
+    assert record.state is SignalState.EXPIRED, record.reason
+    assert await live.admin.orders() == []
+    assert events(logs, "position_unprotected") == []
