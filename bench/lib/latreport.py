@@ -57,6 +57,7 @@ class RateRun:
     waits_no_room: int = 0
     e2e: list[float] = field(default_factory=list)
     http_status: dict[str, int] = field(default_factory=dict)
+    drained: bool = True
     lag: list[float] = field(default_factory=list)
     final_states: dict[str, int] = field(default_factory=dict)
     histogram_count: float = 0.0
@@ -195,6 +196,7 @@ def summary(run: RateRun) -> dict[str, Any]:
             "limiter_wait_room_minute_end_ms": ms(run.waits_room_end),
             "limiter_requests_without_room": run.waits_no_room,
             "end_to_end_ms": ms(run.e2e), "http_status": run.http_status,
+            "drained": run.drained,
             "loop_lag_ms": ms(run.lag),
             "metrics_histogram_count": run.histogram_count, "retries": run.retries,
             "daemon_lag_probe": run.daemon_lag, "journal_counts": run.final_states,
