@@ -12,7 +12,8 @@ Lifecycle, top to bottom:
   token → audit log (and a ``secret_file_exposed`` warning per key or token file others can
   read) → systemd notifier (under systemd: ``STATUS=`` lines and watchdog pings from here to
   the end) → exchange → gateway (time sync, exchangeInfo, limiter) → executor, bus, service →
-  control API (``/healthz`` says ``starting``) → restart recovery (§5.6) → intake opens →
+  NATS source and reports (with ``intake.nats.url``; it pulls once intake opens) → control
+  API (``/healthz`` says ``starting``) → restart recovery (§5.6) → intake opens →
   SIGTERM/SIGINT handlers → ``daemon_started`` → ``READY=1`` → ready lines on stdout;
 - serve (`Daemon.serve`): the orphan watcher and the spool tail run under one
   `asyncio.TaskGroup` until SIGTERM/SIGINT; then intake closes (HTTP 503, ``STOPPING=1``),
@@ -59,12 +60,14 @@ from app.factory import (
     ExchangeParts,
     ExecutionParts,
     LiveParts,
+    NatsParts,
     build_execution,
     build_live,
     build_notifier,
     exchange_setup,
     executor_settings,
     open_exchange,
+    open_nats,
     ws_base_url,
 )
 from app.intake.bus import SignalBus
@@ -139,6 +142,7 @@ class Daemon:
         self.api: ControlApi | None = None
         self.recovery: dict[str, int] = {}
         self.live: LiveParts | None = None
+        self.nats: NatsParts | None = None
         self._live_tasks: list[asyncio.Task[None]] = []
         self.metrics = Metrics()
         self.monitor: ErrorMonitor | None = None
@@ -224,6 +228,8 @@ class Daemon:
         self._stack.push_async_callback(bus.aclose)
         self.service = service = Service(journal, bus, self._symbol_checker(rules), self.clock,
                                          log, default_ttl_s=ex.default_ttl_s)
+        self.nats = await self._stack.enter_async_context(   # pulls once intake opens
+            open_nats(settings.intake.nats, service, journal, self.clock, log))
         self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
         self.api = api = ControlApi(service, journal, gateway, self.status, token=token,
                                     host=settings.api.host, port=settings.api.port,
@@ -399,6 +405,7 @@ class Daemon:
                                       "retry_after": round(b.retry_after(), 3)}
                          for name, b in exchange.breakers.items()} if exchange else {},
             "recovery": self.recovery,
+            "nats": self.nats.status() if self.nats is not None else None,
             **(self.live.status() if self.live is not None else LiveParts.idle_status()),
             "errors": self.monitor.snapshot() if self.monitor is not None else None,
             "loop_lag": self.lag.statistics(),

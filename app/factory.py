@@ -30,6 +30,7 @@ from app.config_schema import (
     BreakerConfig,
     ExchangeMode,
     ExecutionConfig,
+    NatsConfig,
     RateLimitConfig,
     RetryConfig,
     StreamConfig,
@@ -51,7 +52,11 @@ from app.execution.protect import Protector
 from app.execution.reports import AccountReports
 from app.execution.sender import OrderSender
 from app.execution.settings import ExecutorSettings
+from app.intake.nats import NatsSettings, NatsSource
+from app.intake.reports import ReportPublisher
+from app.intake.service import Service
 from app.journal import Journal
+from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 from app.observability.notify import SystemdNotifier, unix_address
 from app.resilience.breaker import BreakerSettings, CircuitBreaker
@@ -63,6 +68,7 @@ __all__ = [
     "ExchangeSetup",
     "ExecutionParts",
     "LiveParts",
+    "NatsParts",
     "breaker_settings",
     "build_execution",
     "build_live",
@@ -70,7 +76,9 @@ __all__ = [
     "exchange_setup",
     "executor_settings",
     "limiter_settings",
+    "nats_settings",
     "open_exchange",
+    "open_nats",
     "retry_settings",
     "stream_settings",
     "ws_base_url",
@@ -115,6 +123,13 @@ def ws_base_url(settings: Settings, exchange_url: str) -> str:
     if settings.exchange.mode in WS_URLS and exchange_url == settings.exchange.base_url():
         return WS_URLS[settings.exchange.mode]
     return "ws" + exchange_url.removeprefix("http")
+
+
+def nats_settings(config: NatsConfig) -> NatsSettings:
+    assert config.url is not None
+    return NatsSettings(url=config.url, stream=config.stream, subject=config.subject,
+                        durable=config.durable, fetch_batch=config.fetch_batch,
+                        ack_wait_s=config.ack_wait_s, nak_delay_s=config.nak_delay_s)
 
 
 def guard_settings(config: StreamConfig) -> GuardSettings:
@@ -333,3 +348,51 @@ def build_notifier(systemd: SystemdEnvironment, summary: Callable[[], str], cloc
         raise ConfigError(f"NOTIFY_SOCKET: {exc}") from None
     watchdog_s = systemd.watchdog_usec / 2e6 if systemd.watchdog_usec else None
     return SystemdNotifier(address, summary, clock, log, watchdog_s=watchdog_s)
+
+
+@dataclass(frozen=True, slots=True)
+class NatsParts:
+    """The NATS source and the execution reports it carries (SPEC §4.2 item 5)."""
+
+    source: NatsSource
+    reports: ReportPublisher
+
+    def status(self) -> dict[str, object]:
+        return self.source.status() | {"reports": self.reports.statistics()}
+
+
+#: At shutdown, how long the reports still buffered get to reach the server (seconds).
+REPORTS_DRAIN_S = 5.0
+
+
+@contextlib.asynccontextmanager
+async def open_nats(config: NatsConfig, service: Service, journal: Journal, clock: Clock,
+                    log: AuditLogger) -> AsyncIterator[NatsParts | None]:
+    """With ``intake.nats.url`` set: the report publisher (told every journaled state change
+    from here on) and the NATS source, both running as tasks (the source pulls once intake
+    opens, connecting in the background, forever). Yields None when NATS is off. On exit the
+    buffered reports get `REPORTS_DRAIN_S`, then both stop."""
+    if config.url is None:
+        yield None
+        return
+    reports = ReportPublisher(journal, clock, log, subject=config.reports_subject,
+                              capacity=config.report_buffer)
+    journal.add_listener(reports.on_change)
+    source = NatsSource(nats_settings(config), service, clock, log,
+                        on_rejected=reports.rejected)
+    tasks = [asyncio.create_task(source.run(), name="execd-nats"),
+             asyncio.create_task(reports.run(source), name="execd-nats-reports")]
+
+    def ended(task: asyncio.Task[None]) -> None:   # both run until cancelled: a bug, said loudly
+        if not task.cancelled():
+            log.critical(AuditEvent.ALERT, kind="nats_task_ended", task=task.get_name(),
+                         error=repr(task.exception()))
+
+    for task in tasks:
+        task.add_done_callback(ended)
+    try:
+        yield NatsParts(source, reports)
+        await reports.drain(REPORTS_DRAIN_S)
+    finally:
+        for task in reversed(tasks):
+            await _cancel(task)

@@ -112,6 +112,7 @@ class Journal:
         self._acknowledging = ("FULL", mode) if mode == "NORMAL" else None
         self._pool: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._listeners: list[Callable[[SignalRecord], None]] = []
 
     def __repr__(self) -> str:
         state = "open" if self._conn is not None else "closed"
@@ -153,6 +154,16 @@ class Journal:
                         traceback: TracebackType | None) -> None:
         await self.close()
 
+    def add_listener(self, listener: Callable[[SignalRecord], None]) -> None:
+        """Call ``listener(record)`` on the event loop after every committed change of a
+        signal's state (a new signal accepted, `set_signal_state` writing), in commit order.
+        It must be quick and must not raise (the execution reports buffer the record)."""
+        self._listeners.append(listener)
+
+    def _changed(self, record: SignalRecord) -> None:
+        for listener in self._listeners:
+            listener(record)
+
     # ------------------------------------------------------------------ signals
     async def accept(self, signal: Signal, *, now: float,
                      offset: tuple[str, int] | None = None) -> tuple[SignalRecord, bool]:
@@ -178,7 +189,10 @@ class Journal:
                     (signal.id, seq, signal.symbol, SignalState.ACCEPTED.value, now, now, body))
             return SignalRecord(signal, SignalState.ACCEPTED, None, seq, now, now), True
 
-        return await self._run(work)
+        record, created = await self._run(work)
+        if created:
+            self._changed(record)
+        return record, created
 
     async def get_signal(self, signal_id: str) -> SignalRecord | None:
         """The journaled record of `signal_id`, or None."""
@@ -207,7 +221,18 @@ class Journal:
             return SignalRecord(old.signal, state, reason, old.seq, old.accepted_at, now,
                                 old.filled_quantity)
 
-        return await self._run(work)
+        record = await self._run(work)
+        if record.updated_at == now and record.state is state:   # written, not left as it was
+            self._changed(record)
+        return record
+
+    async def signals_updated_since(self, since: float) -> list[SignalRecord]:
+        """Signals whose state last changed at or after `since` (seconds), oldest change
+        first: what the execution reports publish again after a restart."""
+        sql = (f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE updated_at >= ? "
+               "ORDER BY updated_at, seq")
+        return await self._run(
+            lambda conn: [_signal_record(row) for row in conn.execute(sql, (since,))])
 
     async def non_terminal_signals(self) -> list[SignalRecord]:
         """Signals still ACCEPTED or RUNNING, in acceptance order: what recovery resumes."""
