@@ -1,8 +1,10 @@
 """The NATS JetStream source (SPEC §4.2 item 5): signals from strategies on other machines.
 
-Every message goes through `Service.accept` with ``source="nats"``, one at a time in stream
-order, so one symbol's signals keep their order (a ``nak`` below excepted: the message comes
-back after its delay, and the rest of its batch with it).
+Every message goes through `Service.accept` with ``source="nats"``. A pulled batch is split by
+symbol: one symbol's messages are accepted one at a time in stream order, so its signals run in
+the order they were published (a ``nak`` below excepted: the message comes back after its
+delay, and the rest of its symbol's batch with it); different symbols' accepts overlap, as
+concurrent HTTP requests do.
 
 - **Stream and consumer.** Once connected: the stream ``stream`` is created when absent
   (subjects ``subject`` and ``subject.>``, file storage, a 120 s duplicate window) and never
@@ -131,8 +133,7 @@ class NatsSource:
         self._up = asyncio.Event()
         self.state = "connecting"
         self._error: str | None = None       # the last error audited while down
-        self._batch: list[Msg] = []           # the batch being answered, and from where
-        self._next = 0
+        self._waiting: dict[int, Msg] = {}    # the batch's messages not yet answered, by id()
         self._batch_at = 0.0
         self._lag: int | None = None
         self._last_at: float | None = None
@@ -270,31 +271,67 @@ class NatsSource:
                 raise _Stopping
             try:
                 batch = await sub.fetch(s.fetch_batch, timeout=s.fetch_wait_s)
-            except nats.errors.TimeoutError:
+            except TimeoutError:   # nats-py's own, or asyncio's from its last deadline check
                 if nc.is_closed or not nc.is_connected:
                     raise ConnectionError("connection to NATS lost") from None
                 self._lag = 0
                 continue
-            self._batch, self._next, self._batch_at = batch, 0, self._clock.monotonic()
+            self._waiting = {id(msg): msg for msg in batch}
+            self._batch_at = self._clock.monotonic()
             delay = await self._take(batch)
-            self._batch = []
             if delay:
                 await self._clock.sleep(delay)
 
     async def _take(self, batch: list[Msg]) -> float:
-        """Answer each message of `batch` in order; the nak delay if the rest was nak'd."""
-        for index, msg in enumerate(batch):
-            self._next = index
-            delay = await self._handle(msg)
+        """Answer every message of `batch`: one chain per symbol, each in stream order, the
+        chains side by side (one symbol's order is what SPEC §4.3 keeps; the journal's
+        commits overlap). A message nak'd takes the rest of its chain with it. Returns the
+        longest nak delay (0.0 if none)."""
+        chains: dict[object, list[tuple[Msg, dict[str, object] | SignalError]]] = {}
+        for msg in batch:
+            body = self._decode(msg)
+            symbol = body.get("symbol") if isinstance(body, dict) else None
+            chains.setdefault(symbol if isinstance(symbol, str) else None, []).append(
+                (msg, body))
+        outcomes = await asyncio.gather(*(self._chain(chain) for chain in chains.values()),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return max((o for o in outcomes if isinstance(o, float)), default=0.0)
+
+    async def _chain(self, chain: list[tuple[Msg, dict[str, object] | SignalError]]) -> float:
+        for index, (msg, body) in enumerate(chain):
+            try:
+                delay = await self._handle(msg, body)
+            except _Stopping:
+                await self._nak_all([m for m, _ in chain[index + 1:]], self.settings.nak_delay_s)
+                raise
+            finally:
+                self._waiting.pop(id(msg), None)
             if delay:
-                for rest in batch[index + 1:]:
-                    await rest.nak(delay=delay)
-                self.counts["naks"] += len(batch) - index - 1
+                await self._nak_all([m for m, _ in chain[index + 1:]], delay)
                 return delay
         return 0.0
 
-    async def _handle(self, msg: Msg) -> float:
-        """Accept one message: 0.0 once acked or termed, else the delay it was nak'd with."""
+    async def _nak_all(self, msgs: list[Msg], delay: float) -> None:
+        for msg in msgs:
+            self._waiting.pop(id(msg), None)
+            await msg.nak(delay=delay)
+        self.counts["naks"] += len(msgs)
+
+    @staticmethod
+    def _decode(msg: Msg) -> dict[str, object] | SignalError:
+        if len(msg.data) > MAX_BODY_BYTES:
+            return SignalError("body", f"is longer than {MAX_BODY_BYTES} bytes")
+        try:
+            return decode_object(msg.data)
+        except SignalError as error:
+            return error
+
+    async def _handle(self, msg: Msg, body: dict[str, object] | SignalError) -> float:
+        """Accept one message (`body` decoded, or why it could not be): 0.0 once acked or
+        termed, else the delay it was nak'd with."""
         s = self.settings
         meta = msg.metadata
         seq = meta.sequence.stream
@@ -303,15 +340,12 @@ class NatsSource:
         header = (msg.headers or {}).get("Nats-Msg-Id")
         fallback = header if header and _ID.fullmatch(header) else f"nats-{s.stream}-{seq}"
         with bound_contextvars(nats_seq=seq, nats_subject=msg.subject):
-            try:
-                if len(msg.data) > MAX_BODY_BYTES:
-                    raise SignalError("body", f"is longer than {MAX_BODY_BYTES} bytes")
-                data = decode_object(msg.data)
-            except SignalError as error:
-                self._log.warning(AuditEvent.SIGNAL_REJECTED, source="nats", field=error.field,
-                                  detail=error.detail, signal_id=fallback)
-                await self._reject(msg, fallback, None, error)
+            if isinstance(body, SignalError):
+                self._log.warning(AuditEvent.SIGNAL_REJECTED, source="nats", field=body.field,
+                                  detail=body.detail, signal_id=fallback)
+                await self._reject(msg, fallback, None, body)
                 return 0.0
+            data = body
             if data.get("id") is None:
                 data["id"] = header if header else f"nats-{s.stream}-{seq}"
             try:
@@ -328,8 +362,6 @@ class NatsSource:
             except IntakeClosed as closed:
                 await self._nak(msg, s.nak_delay_s)
                 if closed.state is IntakeState.STOPPING:
-                    for rest in self._batch[self._next + 1:]:
-                        await rest.nak(delay=s.nak_delay_s)
                     raise _Stopping from None
                 return s.nak_delay_s
         await msg.ack()
@@ -353,7 +385,7 @@ class NatsSource:
         (a slow accept must not let the ack wait run out and the message come twice)."""
         while True:
             await self._clock.sleep(every_s)
-            waiting = self._batch[self._next:]
+            waiting = list(self._waiting.values())
             if waiting and self._clock.monotonic() - self._batch_at >= every_s:
                 for msg in waiting:
                     with contextlib.suppress(*_LINK_ERRORS):

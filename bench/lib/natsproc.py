@@ -10,13 +10,30 @@ restart, as the tests of reconnection need); `stop(kill=True)` is ``kill -9``.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import shutil
 import socket
 import sys
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 
 READY_TIMEOUT_S = 20.0
+BENCH = Path(__file__).resolve().parents[1]
+
+
+def nats_py() -> ModuleType:
+    """The nats-py package. ``python bench/nats.py`` puts ``bench/`` first on ``sys.path``,
+    where ``nats`` would be that script itself: import the package with ``bench/`` out of the
+    way (then ``sys.modules`` has it for everyone)."""
+    if "nats.aio" in sys.modules:
+        return sys.modules["nats"]
+    saved = sys.path[:]
+    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != BENCH]
+    try:
+        sys.modules.pop("nats", None)
+        return importlib.import_module("nats")
+    finally:
+        sys.path[:] = saved
 
 
 def nats_server_binary() -> str:
