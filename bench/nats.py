@@ -8,8 +8,9 @@ at the end.
 
 1. **Throughput**, one daemon (``execd run --nats``): ``--signals`` entries over 4 symbols
    POSTed to ``/v1/signals`` by 16 concurrent clients and as many published to
-   ``execd.signals``, in eight alternating turns; for each path, signals per second from the
-   first send of a turn to its last ``DONE`` report, over its turns. Target: NATS ≥ HTTP.
+   ``execd.signals``, in eight alternating turns after a warm-up of 8 signals a path; for
+   each path, signals per second from the first send of a turn to its last ``DONE`` report,
+   over its turns. Target: NATS ≥ HTTP.
 2. **Crash safety**: a producer publishes at ``--rate`` per second (a third of the signals
    without an id: theirs is ``nats-EXECD-{seq}``) while the daemon gets SIGKILL ``--rounds``
    times at seeded random moments (one round in five during start-up, else 0.2-2.5 s after
@@ -51,6 +52,7 @@ from lib.report import RESULTS_DIR, ROOT, machine, save, text_table
 from lib.simproc import UNTHROTTLED, Admin, duplicates, free_port, simulator
 
 from app.domain import SignalState
+from app.intake.nats import still_running
 from app.journal import Journal
 
 nats = nats_py()   # not this script, which is "nats" too on its own sys.path
@@ -188,19 +190,25 @@ async def throughput(n: int, nc: Any, reports: Reports, api: str) -> dict[str, A
     """Both paths against the same daemon, in turns (NATS, HTTP, HTTP, NATS, twice: neither
     always runs on the fuller book or the busier moment), `n` signals a path in all; signals
     per second over its turns."""
+    # warm-up, not counted: the first orders of each symbol, connections, caches
+    await via_nats([f"warm-n-{i}" for i in range(8)], reports, nc)
+    await via_http([f"warm-h-{i}" for i in range(8)], reports, api)
     seconds = {"http": 0.0, "nats": 0.0}
     turns = ("nats", "http", "http", "nats") * 2
+    each: list[tuple[str, float]] = []
     for turn, path in enumerate(turns):
         ids = [f"{path}{turn}-{i:05d}" for i in range(n // 4)]
         if path == "http":
-            seconds[path] += await via_http(ids, reports, api)
+            each.append((path, await via_http(ids, reports, api)))
         else:
-            seconds[path] += await via_nats(ids, reports, nc)
+            each.append((path, await via_nats(ids, reports, nc)))
+        seconds[path] += each[-1][1]
     total = 4 * (n // 4)
     return {"signals": total, "http_s": round(seconds["http"], 3),
             "nats_s": round(seconds["nats"], 3),
             "http_per_s": round(total / seconds["http"], 1),
-            "nats_per_s": round(total / seconds["nats"], 1)}
+            "nats_per_s": round(total / seconds["nats"], 1),
+            "turns_s": [[path, round(s, 3)] for path, s in each]}
 
 
 # ---------------------------------------------------------------------------- crash rounds
@@ -216,6 +224,7 @@ class Producer:
     async def run(self) -> None:
         i = 0
         while True:
+            still_running()   # nats-py may swallow the cancellation (app.intake.nats)
             given = f"crash-{i:05d}" if i % 3 else None
             ack = await self.js.publish("execd.signals", orjson.dumps(entry(given, i)))
             self.ids.append(given or f"nats-{ack.stream}-{ack.seq}")
@@ -267,6 +276,8 @@ async def stored_reports(nc: Any) -> list[dict[str, Any]]:
         try:
             batch = await sub.fetch(1000, timeout=2)
         except TimeoutError:   # nats-py's own (a subclass) or asyncio's
+            return out
+        if not batch:          # nats-py may also answer an empty list
             return out
         out += [orjson.loads(m.data) for m in batch]
         for m in batch:

@@ -56,7 +56,7 @@ from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
 __all__ = ["DUPLICATE_WINDOW_S", "MAX_BODY_BYTES", "NatsSettings", "NatsSource",
-           "public_url", "subject_covers"]
+           "public_url", "still_running", "subject_covers"]
 
 #: The stream's duplicate window when execd creates it (seconds).
 DUPLICATE_WINDOW_S: Final = 120.0
@@ -67,6 +67,16 @@ RECONNECT_S: Final = (0.2, 30.0)
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 #: What a lost or refused connection raises in nats-py (and the sockets under it).
 _LINK_ERRORS: Final = (nats.errors.Error, OSError, TimeoutError, ConnectionError)
+
+def still_running() -> None:
+    """Raise ``CancelledError`` if this task was cancelled. nats-py swallows a cancellation
+    that lands inside some of its awaits (``Client._send_command``: ``except
+    asyncio.CancelledError: pass``), so every loop that calls it checks here: a lost
+    cancellation would hang the daemon's shutdown on this task."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
 
 #: (signal id, decoded body or None, reason): a REJECTED report to publish.
 OnRejected = Callable[[str, Mapping[str, object] | None, str], None]
@@ -173,6 +183,7 @@ class NatsSource:
     async def run(self) -> None:
         pause = RECONNECT_S[0]
         while True:
+            still_running()
             try:
                 await self._session()
             except _Unusable as unusable:
@@ -267,6 +278,7 @@ class NatsSource:
     async def _pull(self, nc: Client, sub: JetStreamContext.PullSubscription) -> None:
         s = self.settings
         while True:
+            still_running()
             if self._service.state is IntakeState.STOPPING:
                 raise _Stopping
             try:
@@ -302,6 +314,7 @@ class NatsSource:
 
     async def _chain(self, chain: list[tuple[Msg, dict[str, object] | SignalError]]) -> float:
         for index, (msg, body) in enumerate(chain):
+            still_running()
             try:
                 delay = await self._handle(msg, body)
             except _Stopping:
@@ -385,6 +398,7 @@ class NatsSource:
         (a slow accept must not let the ack wait run out and the message come twice)."""
         while True:
             await self._clock.sleep(every_s)
+            still_running()
             waiting = list(self._waiting.values())
             if waiting and self._clock.monotonic() - self._batch_at >= every_s:
                 for msg in waiting:

@@ -34,6 +34,7 @@ import orjson
 
 from app.clock import Clock
 from app.domain import Intent, SignalState
+from app.intake.nats import still_running
 from app.journal import Journal, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
@@ -168,6 +169,7 @@ class ReportPublisher:
             self._flushed_at = stored / 1000
             await self._replay(self._flushed_at - REPLAY_MARGIN_S)
         while True:
+            still_running()
             if not self._buffer:
                 if self._gap_since is not None:   # from the first dropped: progress each time
                     await self._replay(self._gap_since)
@@ -186,6 +188,7 @@ class ReportPublisher:
         batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
         latest = self._flushed_at
         for report in batch:
+            still_running()
             subject, payload, msg_id, changed_at = await self._render(report)
             await link.publish(subject, payload, {"Nats-Msg-Id": msg_id})
             latest = max(latest, changed_at)

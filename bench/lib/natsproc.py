@@ -108,3 +108,8 @@ class NatsServer:
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         traceback: TracebackType | None) -> None:
         await self.stop()
+
+
+# At import, before any module imports ``nats`` with ``bench/`` first on the path (app.intake.nats
+# does, for the bench script that imports it).
+nats_py()
