@@ -41,6 +41,7 @@ from app.config_schema import (
     ExchangeConfig,
     ExchangeMode,
     ExecutionConfig,
+    IntakeConfig,
     JournalConfig,
     MonitorConfig,
     RateLimitConfig,
@@ -114,6 +115,7 @@ class Settings(BaseSettings):
     monitor: MonitorConfig = MonitorConfig()
     stream: StreamConfig = StreamConfig()
     risk: RiskConfig = RiskConfig()
+    intake: IntakeConfig = IntakeConfig()
 
     # Not a config key: resolved by load_settings() from the environment or key files.
     _credentials: Credentials | None = PrivateAttr(default=None)
@@ -203,14 +205,18 @@ def _read_toml(path: Path) -> _Tree:
 
 
 def _env_layers(env: Mapping[str, str]) -> Iterator[tuple[str, _Tree]]:
-    """One layer per ``EXECD_`` variable, so an error can name the variable that caused it."""
+    """One layer per ``EXECD_`` variable, so an error can name the variable that caused it.
+    A nested section takes one ``__`` per level: ``EXECD_INTAKE__NATS__URL``."""
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name == TOKEN_ENV:
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
-        if len(parts) != 2 or not all(parts):
+        if not 2 <= len(parts) <= 3 or not all(parts):
             raise ConfigError(f"{name}: unknown variable (expected EXECD_<SECTION>__<KEY>)")
-        yield name, {parts[0]: {parts[1]: env[name]}}
+        tree: _Tree = {parts[-1]: env[name]}
+        for part in reversed(parts[:-1]):
+            tree = {part: tree}
+        yield name, tree
     # The fixed alias comes last so it wins over EXECD_API__TOKEN.
     if TOKEN_ENV in env:
         yield TOKEN_ENV, {"api": {"token": env[TOKEN_ENV]}}

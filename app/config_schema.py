@@ -36,10 +36,12 @@ __all__ = [
     "ExchangeConfig",
     "ExchangeMode",
     "ExecutionConfig",
+    "IntakeConfig",
     "JournalConfig",
     "JournalSync",
     "LogLevel",
     "MonitorConfig",
+    "NatsConfig",
     "OnUnprotected",
     "RateLimitConfig",
     "RetryConfig",
@@ -301,3 +303,48 @@ class MonitorConfig(BaseModel):
     cooldown_s: float = Field(default=300.0, ge=0, le=86_400)
     webhook_url: OptionalUrl = None
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+
+def _nats_url(value: str) -> str:
+    if not re.fullmatch(r"(nats|tls)://[^\s/]+/?(,(nats|tls)://[^\s/]+/?)*", value):
+        raise ValueError("must be a nats:// or tls:// URL (several: comma-separated), or empty")
+    return value
+
+
+#: NATS names execd uses: a stream or consumer name, and a subject without wildcards.
+_NATS_NAME = r"^[A-Za-z0-9_-]{1,32}$"
+_NATS_SUBJECT = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+
+
+class NatsConfig(BaseModel):
+    """Signals and execution reports over NATS JetStream (SPEC §4.2 item 5). The five keys
+    ``url``, ``stream``, ``subject``, ``durable``, ``reports_subject`` are a fixed contract;
+    the rest tune the source."""
+
+    model_config = _SECTION
+
+    #: None (empty): the NATS source is off.
+    url: Annotated[Annotated[str, AfterValidator(_nats_url)] | None,
+                   BeforeValidator(_blank_to_none)] = None
+    stream: str = Field(default="EXECD", pattern=_NATS_NAME)
+    subject: str = Field(default="execd.signals", pattern=_NATS_SUBJECT, max_length=200)
+    durable: str = Field(default="execd", pattern=_NATS_NAME)
+    reports_subject: str = Field(default="execd.reports", pattern=_NATS_SUBJECT,
+                                 max_length=200)
+    #: Messages asked for per pull request.
+    fetch_batch: int = Field(default=100, ge=1, le=10_000)
+    #: The consumer's ack wait (a message not acked within it is delivered again), at creation.
+    ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
+    #: The delay of a ``nak`` (queue full, intake stopping, journal busy), in seconds.
+    nak_delay_s: float = Field(default=1.0, gt=0, le=600)
+    #: Reports waiting to be published, at most; past it they are dropped (counted, audited)
+    #: and published again from the journal once the buffer has room.
+    report_buffer: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
+class IntakeConfig(BaseModel):
+    """Signal sources configured in files (SPEC §4.2)."""
+
+    model_config = _SECTION
+
+    nats: NatsConfig = NatsConfig()

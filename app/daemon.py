@@ -12,7 +12,8 @@ Lifecycle, top to bottom:
   token → audit log (and a ``secret_file_exposed`` warning per key or token file others can
   read) → systemd notifier (under systemd: ``STATUS=`` lines and watchdog pings from here to
   the end) → exchange → gateway (time sync, exchangeInfo, limiter) → executor, bus, service →
-  control API (``/healthz`` says ``starting``) → restart recovery (§5.6) → intake opens →
+  NATS source and reports (with ``intake.nats.url``; it pulls once intake opens) → control
+  API (``/healthz`` says ``starting``) → restart recovery (§5.6) → intake opens →
   SIGTERM/SIGINT handlers → ``daemon_started`` → ``READY=1`` → ready lines on stdout;
 - serve (`Daemon.serve`): the orphan watcher and the spool tail run under one
   `asyncio.TaskGroup` until SIGTERM/SIGINT; then intake closes (HTTP 503, ``STOPPING=1``),
@@ -34,7 +35,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TextIO
@@ -61,13 +61,16 @@ from app.factory import (
     ExchangeParts,
     ExecutionParts,
     LiveParts,
+    NatsParts,
     build_execution,
     build_live,
     build_notifier,
     build_risk,
     exchange_setup,
     executor_settings,
+    first_signal_example,
     open_exchange,
+    open_nats,
     startup_checks,
     ws_base_url,
 )
@@ -145,6 +148,7 @@ class Daemon:
         self.recovery: dict[str, int] = {}
         self.live: LiveParts | None = None
         self.risk: RiskGate | None = None
+        self.nats: NatsParts | None = None
         self._live_tasks: list[asyncio.Task[None]] = []
         self.metrics = Metrics()
         self.monitor: ErrorMonitor | None = None
@@ -245,6 +249,8 @@ class Daemon:
             journal, bus, self._symbol_checker(rules), self.clock, log,
             default_ttl_s=ex.default_ttl_s,
             mark_of=lambda symbol: book.mark(symbol, settings.stream.max_mark_age_s))
+        self.nats = await self._stack.enter_async_context(   # pulls once intake opens
+            open_nats(settings.intake.nats, service, journal, self.clock, log))
         self.metrics.set_gauge_source(lambda: gauges_from_status(self.status()))
         operator = Operator(risk, journal, gateway, gateway, execution.protector, rules,
                             self.clock, log,
@@ -300,7 +306,7 @@ class Daemon:
             file=self._out,
             flush=True,
         )
-        example = await self._first_signal_example()
+        example = await first_signal_example(exchange)
         if example:
             print(f"  send a first signal:  {example}", file=self._out, flush=True)
         print("  watch what it does:   .venv/bin/execd logs -f    (Ctrl-C here stops execd)",
@@ -329,18 +335,6 @@ class Daemon:
         if self._on_decision is not None:
             self._on_decision(seconds)
 
-    async def _first_signal_example(self) -> str | None:
-        """The exact command for a first signal, with tp/sl 2 % around the current mark."""
-        assert self.exchange is not None
-        try:
-            rules = self.exchange.symbols.get("BTCUSDT")
-            mark = await self.exchange.gateway.mark_price("BTCUSDT")
-        except Exception:  # only a hint: never fail start-up over it
-            return None
-        tp = rules.quantize_price(mark * Decimal("1.02"))
-        sl = rules.quantize_price(mark * Decimal("0.98"))
-        return (f".venv/bin/execd signal LONG_ENTRY BTCUSDT --qty 0.01 --tp {tp} --sl {sl} "
-                "--wait")
 
     async def _start_exchange(self) -> str:
         """The exchange base URL: given, configured, or that of a simulator started here."""
@@ -423,6 +417,7 @@ class Daemon:
                          for name, b in exchange.breakers.items()} if exchange else {},
             "recovery": self.recovery,
             "api": self.api.connections() if self.api is not None else None,
+            "nats": self.nats.status() if self.nats is not None else None,
             **(self.live.status() if self.live is not None else LiveParts.idle_status()),
             "errors": self.monitor.snapshot() if self.monitor is not None else None,
             "loop_lag": self.lag.statistics(),

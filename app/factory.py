@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from app.clock import Clock
 from app.config import ConfigError, Credentials, Settings, SystemdEnvironment
@@ -30,6 +31,7 @@ from app.config_schema import (
     BreakerConfig,
     ExchangeMode,
     ExecutionConfig,
+    NatsConfig,
     RateLimitConfig,
     RetryConfig,
     RiskConfig,
@@ -53,7 +55,11 @@ from app.execution.reports import AccountReports
 from app.execution.risk import RiskGate, RiskLimits
 from app.execution.sender import OrderSender
 from app.execution.settings import ExecutorSettings
+from app.intake.nats import NatsSettings, NatsSource
+from app.intake.reports import ReportPublisher
+from app.intake.service import Service
 from app.journal import Journal
+from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 from app.observability.notify import SystemdNotifier, unix_address
 from app.resilience.breaker import BreakerSettings, CircuitBreaker
@@ -65,6 +71,7 @@ __all__ = [
     "ExchangeSetup",
     "ExecutionParts",
     "LiveParts",
+    "NatsParts",
     "breaker_settings",
     "build_execution",
     "build_live",
@@ -72,7 +79,9 @@ __all__ = [
     "exchange_setup",
     "executor_settings",
     "limiter_settings",
+    "nats_settings",
     "open_exchange",
+    "open_nats",
     "retry_settings",
     "stream_settings",
     "ws_base_url",
@@ -117,6 +126,13 @@ def ws_base_url(settings: Settings, exchange_url: str) -> str:
     if settings.exchange.mode in WS_URLS and exchange_url == settings.exchange.base_url():
         return WS_URLS[settings.exchange.mode]
     return "ws" + exchange_url.removeprefix("http")
+
+
+def nats_settings(config: NatsConfig) -> NatsSettings:
+    assert config.url is not None
+    return NatsSettings(url=config.url, stream=config.stream, subject=config.subject,
+                        durable=config.durable, fetch_batch=config.fetch_batch,
+                        ack_wait_s=config.ack_wait_s, nak_delay_s=config.nak_delay_s)
 
 
 def guard_settings(config: StreamConfig) -> GuardSettings:
@@ -371,3 +387,64 @@ async def startup_checks(gateway: Gateway) -> None:
     (`ConfigError` otherwise: exit 2)."""
     if await gateway.hedge_mode():
         raise ConfigError(HEDGE_MODE)
+
+
+@dataclass(frozen=True, slots=True)
+class NatsParts:
+    """The NATS source and the execution reports it carries (SPEC §4.2 item 5)."""
+
+    source: NatsSource
+    reports: ReportPublisher
+
+    def status(self) -> dict[str, object]:
+        return self.source.status() | {"reports": self.reports.statistics()}
+
+
+#: At shutdown, how long the reports still buffered get to reach the server (seconds).
+REPORTS_DRAIN_S = 5.0
+
+
+@contextlib.asynccontextmanager
+async def open_nats(config: NatsConfig, service: Service, journal: Journal, clock: Clock,
+                    log: AuditLogger) -> AsyncIterator[NatsParts | None]:
+    """With ``intake.nats.url`` set: the report publisher (told every journaled state change
+    from here on) and the NATS source, both running as tasks (the source pulls once intake
+    opens, connecting in the background, forever). Yields None when NATS is off. On exit the
+    buffered reports get `REPORTS_DRAIN_S`, then both stop."""
+    if config.url is None:
+        yield None
+        return
+    reports = ReportPublisher(journal, clock, log, subject=config.reports_subject,
+                              capacity=config.report_buffer)
+    journal.add_listener(reports.on_change)
+    source = NatsSource(nats_settings(config), service, clock, log,
+                        on_rejected=reports.rejected)
+    tasks = [asyncio.create_task(source.run(), name="execd-nats"),
+             asyncio.create_task(reports.run(source), name="execd-nats-reports")]
+
+    def ended(task: asyncio.Task[None]) -> None:   # both run until cancelled: a bug, said loudly
+        if not task.cancelled():
+            log.critical(AuditEvent.ALERT, kind="nats_task_ended", task=task.get_name(),
+                         error=repr(task.exception()))
+
+    for task in tasks:
+        task.add_done_callback(ended)
+    try:
+        yield NatsParts(source, reports)
+        await reports.drain(REPORTS_DRAIN_S)
+    finally:
+        for task in reversed(tasks):
+            await _cancel(task)
+
+
+async def first_signal_example(exchange: ExchangeParts) -> str | None:
+    """The ready lines' exact command for a first signal, tp/sl 2 % around the current mark
+    (None if the mark cannot be read: only a hint, never a reason to fail start-up)."""
+    try:
+        rules = exchange.symbols.get("BTCUSDT")
+        mark = await exchange.gateway.mark_price("BTCUSDT")
+    except Exception:
+        return None
+    tp = rules.quantize_price(mark * Decimal("1.02"))
+    sl = rules.quantize_price(mark * Decimal("0.98"))
+    return f".venv/bin/execd signal LONG_ENTRY BTCUSDT --qty 0.01 --tp {tp} --sl {sl} --wait"

@@ -35,7 +35,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -113,6 +113,7 @@ class Journal(FillLedger):
         self._acknowledging = ("FULL", mode) if mode == "NORMAL" else None
         self._pool: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._listeners: list[Callable[[SignalRecord], None]] = []
 
     def __repr__(self) -> str:
         state = "open" if self._conn is not None else "closed"
@@ -154,6 +155,17 @@ class Journal(FillLedger):
                         traceback: TracebackType | None) -> None:
         await self.close()
 
+    def add_listener(self, listener: Callable[[SignalRecord], None]) -> None:
+        """Call ``listener(record)`` on the event loop after every committed change of a
+        signal's state (a new signal accepted, `set_signal_state` writing, a first intent
+        starting its signal), in commit order.
+        It must be quick and must not raise (the execution reports buffer the record)."""
+        self._listeners.append(listener)
+
+    def _changed(self, record: SignalRecord) -> None:
+        for listener in self._listeners:
+            listener(record)
+
     # ------------------------------------------------------------------ signals
     async def accept(self, signal: Signal, *, now: float,
                      offset: tuple[str, int] | None = None) -> tuple[SignalRecord, bool]:
@@ -179,7 +191,10 @@ class Journal(FillLedger):
                     (signal.id, seq, signal.symbol, SignalState.ACCEPTED.value, now, now, body))
             return SignalRecord(signal, SignalState.ACCEPTED, None, seq, now, now), True
 
-        return await self._run(work)
+        record, created = await self._run(work)
+        if created:
+            self._changed(record)
+        return record, created
 
     async def get_signal(self, signal_id: str) -> SignalRecord | None:
         """The journaled record of `signal_id`, or None."""
@@ -211,7 +226,18 @@ class Journal(FillLedger):
             return SignalRecord(old.signal, state, reason, old.seq, old.accepted_at, now,
                                 old.filled_quantity)
 
-        return await self._run(work)
+        record = await self._run(work)
+        if record.updated_at == now and record.state is state:   # written, not left as it was
+            self._changed(record)
+        return record
+
+    async def signals_updated_since(self, since: float) -> list[SignalRecord]:
+        """Signals whose state last changed at or after `since` (seconds), oldest change
+        first: what the execution reports publish again after a restart."""
+        sql = (f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE updated_at >= ? "
+               "ORDER BY updated_at, seq")
+        return await self._run(
+            lambda conn: [_signal_record(row) for row in conn.execute(sql, (since,))])
 
     async def non_terminal_signals(self) -> list[SignalRecord]:
         """Signals still ACCEPTED or RUNNING, in acceptance order: what recovery resumes."""
@@ -242,7 +268,7 @@ class Journal(FillLedger):
                 raise ValueError(f"intent {intent.client_id!r}: not a finite decimal: {value}")
         row = _intent_row(intent)
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sqlite3.Connection) -> SignalRecord | None:
             with transaction(conn):
                 owner = conn.execute("SELECT signal_id, leg FROM intents WHERE client_id = ?",
                                      (intent.client_id,)).fetchone()
@@ -255,8 +281,8 @@ class Journal(FillLedger):
                     raise ValueError(
                         f"client id {intent.client_id!r} belongs to signal {owner[0]!r} leg "
                         f"{owner[1]}, not signal {intent.signal_id!r} leg {intent.leg.value}")
-                if start:
-                    _start_signal(conn, intent.signal_id, intent.updated_at)
+                started = (_start_signal(conn, intent.signal_id, intent.updated_at)
+                           if start else None)
                 conn.execute(
                     f"INSERT INTO intents ({_INTENT_COLUMNS}) VALUES ({_marks(row)}) "
                     "ON CONFLICT (client_id) DO UPDATE SET symbol = excluded.symbol, "
@@ -266,8 +292,11 @@ class Journal(FillLedger):
                     "exchange_id = excluded.exchange_id, error_code = excluded.error_code, "
                     "error_message = excluded.error_message, updated_at = excluded.updated_at",
                     row)
+            return started
 
-        await self._run(work)
+        started = await self._run(work)
+        if started is not None:
+            self._changed(started)
 
     async def get_intent(self, client_id: str) -> Intent | None:
         """The intent with `client_id`, or None."""
@@ -414,15 +443,19 @@ def _set_offset(conn: sqlite3.Connection, name: str, value: int, file: str | Non
                  "file = COALESCE(excluded.file, offsets.file)", (name, value, file))
 
 
-def _start_signal(conn: sqlite3.Connection, signal_id: str, now: float) -> None:
+def _start_signal(conn: sqlite3.Connection, signal_id: str,
+                  now: float) -> SignalRecord | None:
+    """ACCEPTED → RUNNING (the record then), RUNNING as it is (None); ended: `SignalEnded`."""
     record = _select_signal(conn, signal_id)
     if record is None:
         raise KeyError(signal_id)
     if record.state.is_terminal:
         raise SignalEnded(record)
-    if record.state is SignalState.ACCEPTED:
-        conn.execute("UPDATE signals SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
-                     (SignalState.RUNNING.value, now, signal_id))
+    if record.state is not SignalState.ACCEPTED:
+        return None
+    conn.execute("UPDATE signals SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
+                 (SignalState.RUNNING.value, now, signal_id))
+    return replace(record, state=SignalState.RUNNING, reason=None, updated_at=now)
 
 
 def _select_signal(conn: sqlite3.Connection, signal_id: str) -> SignalRecord | None:

@@ -25,7 +25,8 @@ COMPONENTS = frozenset({"Gateway", "WeightLimiter", "CircuitBreaker", "RetryPoli
 COMPOSITION_ROOT = frozenset({"app/daemon.py", "app/factory.py"})
 #: Benchmarks are measurement harnesses like tests; these build a component on purpose.
 BENCH_BUILDS = {("bench/limiter.py", "WeightLimiter"): "measures the limiter class alone",
-                ("bench/crash.py", "Journal"): "reads the journal a killed daemon left"}
+                ("bench/crash.py", "Journal"): "reads the journal a killed daemon left",
+                ("bench/nats.py", "Journal"): "reads the journal the killed daemons left"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,8 @@ from app.execution.executor import Executor
 from app.execution.settings import ExecutorSettings
 from app.factory import ExchangeParts, build_execution, build_live, open_exchange
 from app.intake.bus import SignalBus
+from app.intake.nats import NatsSettings, NatsSource
+from app.intake.reports import ReportPublisher
 from app.intake.service import Service
 from app.intake.spool import SpoolTail
 from app.journal import Journal, JournalBusy
@@ -53,6 +55,7 @@ from tests.execution.conftest import make_signal, setup_for
 from tests.execution.test_recovery import entry_intent
 from tests.execution.test_ttl import ENTRY, accept, outage
 from tests.execution.test_unprotected import MarketMovesBeforeTheStop, executor_for
+from tests.nats_support import NatsServer
 from tests.simulator import Admin, quiet_sim_config
 from tests.test_alerts_e2e import hammer
 from tests.test_alerts_e2e import outage as daemon_outage
@@ -408,6 +411,30 @@ async def spool_flows(w: World, tmp_path: Path, seen: Collector) -> None:
             await task
 
 
+async def nats_flow(w: World, tmp_path: Path, seen: Collector) -> None:
+    """The NATS source connects (source_connected) and loses its server
+    (source_disconnected); a report publisher with room for one report drops the second
+    (report_dropped)."""
+    async with NatsServer(tmp_path / "nats") as server:
+        source = NatsSource(NatsSettings(url=server.url), w.service, SystemClock(), w.log)
+        task = asyncio.create_task(source.run())
+        try:
+            async with asyncio.timeout(10):
+                await seen.wait_for(AuditEvent.SOURCE_CONNECTED)
+                await server.stop()
+                await seen.wait_for(AuditEvent.SOURCE_DISCONNECTED)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    reports = ReportPublisher(w.journal, SystemClock(), w.log, subject="execd.reports",
+                              capacity=1)
+    for i in range(2):
+        record, _ = await w.journal.accept(make_signal({"id": f"catalog-report-{i}",
+                                                        "symbol": "BTCUSDT",
+                                                        "type": "CLOSE_LONG"}), now=time.time())
+        reports.on_change(record)
+
+
 async def api_failure_flow(w: World) -> None:
     """A control API handler that raises answers 500 (api_request_failed)."""
     def broken_status() -> Mapping[str, object]:
@@ -453,6 +480,7 @@ async def component_flows(tmp_path: Path) -> set[str]:
             await spool_flows(w, tmp_path, seen)
             await api_failure_flow(w)
             await journal_busy_flow(w)
+            await nats_flow(w, tmp_path, seen)
     finally:
         await handle.aclose()
     return set(seen.seen)

@@ -53,7 +53,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from app.journal import JournalUnreadable
     from app.journal_lock import JournalLocked
 
-    overrides = {"exchange.mode": args.mode, "api.port": args.api_port}
+    overrides = {"exchange.mode": args.mode, "api.port": args.api_port,
+                 "intake.nats.url": args.nats}
     previous_umask: int | None = None
     try:
         settings = load_settings(args.config, overrides)
@@ -173,6 +174,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="base URL of a running exchange or simulator (no /fapi)")
     run.add_argument("--api-port", type=int, metavar="N", help="control API port")
     run.add_argument("--spool", type=Path, metavar="FILE", help="JSONL signal spool to tail")
+    run.add_argument("--nats", metavar="URL",
+                     help="NATS server for signals and reports, e.g. nats://host:4222 "
+                          "([intake.nats] url)")
     run.set_defaults(handler=_cmd_run)
 
     sim = commands.add_parser("sim", help="run the exchange simulator alone")

@@ -39,7 +39,6 @@ from app.control.connections import ConnectionGuard
 from app.domain import (
     SYMBOL_RE,
     SYMBOL_RULE,
-    Intent,
     SignalError,
     StateChange,
     TradingState,
@@ -48,6 +47,7 @@ from app.errors import ExchangeError, InvalidRequest
 from app.exchange.models import Balance, CancelCounts, Position
 from app.execution.operator import FlattenResult, NotCancelable
 from app.intake.bus import QueueFull
+from app.intake.reports import signal_view
 from app.intake.service import IntakeClosed, IntakeState, Service
 from app.journal import Journal, JournalBusy, SignalRecord
 from app.observability.audit import AuditEvent
@@ -289,9 +289,9 @@ class ControlApi:
                                            "lock; nothing was accepted, send it again"},
                            {"Retry-After": str(_BUSY_RETRY_S)}) from None
         if accepted.created:  # just journaled: nothing has run yet
-            return _json(202, _signal_view(accepted.record, []))
+            return _json(202, signal_view(accepted.record, []))
         intents = await self._journal.intents_for(accepted.record.signal.id)
-        return _json(200, _signal_view(accepted.record, intents))
+        return _json(200, signal_view(accepted.record, intents))
 
     async def _read_body(self, request: web.Request) -> bytes:
         too_big = _Problem(413, {"error": "body_too_large",
@@ -312,7 +312,7 @@ class ControlApi:
         record = await journal.get_signal(signal_id)
         if record is None:
             raise _Problem(404, {"error": "not_found", "detail": f"no signal {signal_id!r}"})
-        return _json(200, _signal_view(record, await journal.intents_for(signal_id)))
+        return _json(200, signal_view(record, await journal.intents_for(signal_id)))
 
     # ------------------------------------------------------------------ operator commands
     async def _delete_signal(self, request: web.Request) -> web.Response:
@@ -327,7 +327,7 @@ class ControlApi:
             raise _Problem(409, {"error": "not_cancelable", "state": error.record.state.value,
                                  "detail": f"{error}: only an ACCEPTED signal that has not "
                                            "started can be cancelled"}) from None
-        return _json(200, _signal_view(record, []))
+        return _json(200, signal_view(record, []))
 
     async def _post_trading_state(self, request: web.Request) -> web.Response:
         assert self._operator is not None
@@ -442,17 +442,6 @@ def _symbol(request: web.Request) -> str:
         raise _Problem(400, {"error": "invalid_symbol", "field": "symbol",
                              "detail": SYMBOL_RULE})
     return symbol
-
-
-def _signal_view(record: SignalRecord, intents: list[Intent]) -> dict[str, object]:
-    """The body of ``GET /v1/signals/{id}`` (and of a duplicate POST)."""
-    signal = record.signal
-    return {
-        "id": signal.id, "symbol": signal.symbol, "type": signal.type.value,
-        "state": record.state.value, "reason": record.reason,
-        "intents": [{"leg": i.leg.value, "client_id": i.client_id, "state": i.state.value,
-                     "exchange_id": i.exchange_id} for i in intents],
-    }
 
 
 def _exchange_error(error: ExchangeError) -> dict[str, object]:

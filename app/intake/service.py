@@ -17,6 +17,7 @@ place on the bus, journal durably, then queue.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,14 +75,20 @@ class Service:
         self._default_ttl_s = default_ttl_s
         self._new_id = new_id or (lambda: uuid.uuid4().hex)
         self.state = IntakeState.STARTING
+        self._opened = asyncio.Event()
         #: Symbols that had a signal accepted in this run (``execd status`` shows them).
         self.symbols: set[str] = set()
 
     def open(self) -> None:
         self.state = IntakeState.READY
+        self._opened.set()
 
     def close(self) -> None:
         self.state = IntakeState.STOPPING
+
+    async def wait_open(self) -> None:
+        """Return once intake has opened (at once if it has, even if it closed since)."""
+        await self._opened.wait()
 
     async def accept(self, data: object, *, source: str, wait: bool = False,
                      offset: tuple[str, int] | None = None) -> Accepted:

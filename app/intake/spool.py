@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import orjson
 from structlog.contextvars import bound_contextvars
 
 from app.clock import Clock
 from app.domain import SignalError
 from app.intake.service import IntakeClosed, IntakeState, Service
 from app.intake.spool_file import SpoolFile, file_id, find_file
+from app.intake.validate import decode_object
 from app.journal import Journal
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
@@ -83,21 +83,6 @@ class _Cursor:
     pos: int  # next byte to read: past `offset` only inside an over-long line
     stored: int  # the offset last committed to the journal
     handled: int = 0
-
-
-def _decode(raw: bytes) -> dict[str, object]:
-    """One line as a JSON object; `SignalError` (field ``body``) if it is not one."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise SignalError("body", f"is not UTF-8 (bad byte at {error.start})") from None
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError as error:
-        raise SignalError("body", f"is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise SignalError("body", "must be a JSON object")
-    return data
 
 
 class SpoolTail:
@@ -244,7 +229,7 @@ class SpoolTail:
             self._advance(start, end)
             return False
         try:
-            data = _decode(raw)
+            data = decode_object(raw)
         except SignalError as error:
             await self._reject(keys, start, end, error.field, error.detail)
             return True

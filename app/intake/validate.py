@@ -14,6 +14,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Final, TypeVar
 
+import orjson
+
 from app.domain import (
     SYMBOL_RE,
     SYMBOL_RULE,
@@ -24,7 +26,7 @@ from app.domain import (
     plain_decimal,
 )
 
-__all__ = ["MAX_TTL_S", "parse_signal"]
+__all__ = ["MAX_TTL_S", "decode_object", "parse_signal"]
 
 #: The longest a signal may live, in seconds (``ttl_s``, or ``expires_at`` minus now).
 MAX_TTL_S: Final = 86_400.0
@@ -40,6 +42,22 @@ _TIMESTAMP = re.compile(
 _TIMESTAMP_RULE: Final = "must be an ISO-8601 UTC timestamp like 2026-11-23T19:05:01Z"
 _TYPES: Final = ", ".join(SignalType)
 _E = TypeVar("_E", bound=StrEnum)
+
+
+def decode_object(raw: bytes) -> dict[str, object]:
+    """A signal body as sent (a spool line, a NATS message) decoded to a JSON object;
+    `SignalError` (field ``body``) when it is not UTF-8, not JSON or not an object."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SignalError("body", f"is not UTF-8 (bad byte at {error.start})") from None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise SignalError("body", f"is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise SignalError("body", "must be a JSON object")
+    return data
 
 
 def parse_signal(data: object, *, now: float, default_ttl_s: float,

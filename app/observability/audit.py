@@ -41,6 +41,10 @@ class AuditEvent(StrEnum):
     SPOOL_TRUNCATED = "spool_truncated"
     SPOOL_ROTATED = "spool_rotated"
     SPOOL_UNREADABLE = "spool_unreadable"
+    # networked sources (NATS) and the execution reports
+    SOURCE_CONNECTED = "source_connected"
+    SOURCE_DISCONNECTED = "source_disconnected"
+    REPORT_DROPPED = "report_dropped"
     # orders
     ORDER_SUBMITTED = "order_submitted"
     ORDER_PLACED = "order_placed"
@@ -137,6 +141,13 @@ GROUPS: tuple[EventGroup, ...] = (
         "The spool file source (SPEC §4.2): waiting for the file, truncation, rotation, read "
         "errors.",
         (_E.SPOOL_WAITING, _E.SPOOL_TRUNCATED, _E.SPOOL_ROTATED, _E.SPOOL_UNREADABLE),
+    ),
+    EventGroup(
+        "nats",
+        "The NATS JetStream source and the execution reports (SPEC §4.2 item 5): connected "
+        "(stream and consumer ready), disconnected or unusable (retried with backoff, "
+        "forever), reports dropped from a full buffer.",
+        (_E.SOURCE_CONNECTED, _E.SOURCE_DISCONNECTED, _E.REPORT_DROPPED),
     ),
     EventGroup(
         "orders",
