@@ -26,7 +26,7 @@ COMPOSITION_ROOT = frozenset({"app/daemon.py", "app/factory.py"})
 #: Benchmarks are measurement harnesses like tests; these build a component on purpose.
 BENCH_BUILDS = {("bench/limiter.py", "WeightLimiter"): "measures the limiter class alone",
                 ("bench/crash.py", "Journal"): "reads the journal a killed daemon left",
-                ("bench/nats.py", "Journal"): "reads the journal the killed daemons left"}
+                ("bench/broker.py", "Journal"): "reads the journal the killed daemons left"}
 
 
 @dataclass(frozen=True, slots=True)

