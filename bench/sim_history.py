@@ -45,6 +45,7 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 from lib.report import RESULTS_DIR, machine, save
+from lib.simproc import JSON
 
 import app.sim
 from app.sim import SimConfig, SimServer
@@ -132,7 +133,7 @@ class Client:
 
     async def price(self, price: str) -> object:
         async with self.session.post(f"{self.base}/_sim/price", data=orjson.dumps(
-                {"symbol": SYMBOL, "price": price})) as resp:
+                {"symbol": SYMBOL, "price": price}), headers=JSON) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"/_sim/price: HTTP {resp.status}: {await resp.text()}")
             return orjson.loads(await resp.read())
