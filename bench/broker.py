@@ -35,12 +35,10 @@ import asyncio
 import collections
 import contextlib
 import importlib.metadata
-import os
 import random
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,8 +46,9 @@ from typing import Any, TextIO
 import aiohttp
 import nats
 import orjson
+from lib.daemonproc import DaemonProc, daemon_env, open_log
 from lib.natsproc import NatsServer
-from lib.report import RESULTS_DIR, ROOT, machine, save, text_table
+from lib.report import RESULTS_DIR, machine, save, text_table
 from lib.simproc import UNTHROTTLED, Admin, duplicates, free_port, simulator
 
 from app.domain import SignalState
@@ -81,47 +80,9 @@ def entry(signal_id: str | None, i: int) -> dict[str, Any]:
     return body if signal_id is None else {"id": signal_id, **body}
 
 
-def daemon_env(workdir: Path, port: int, nats_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECD_", "BINANCE_"))}
-    return env | DAEMON_ENV | {
-        "EXECD_API_TOKEN": TOKEN, "EXECD_API__PORT": str(port),
-        "EXECD_AUDIT__LOG_DIR": str(workdir / "audit"), "EXECD_AUDIT__CONSOLE": "false",
-        "EXECD_JOURNAL__PATH": str(workdir / "data" / "journal.sqlite3"),
-        "EXECD_INTAKE__NATS__URL": nats_url,
-    }
-
-
-class Daemon:
-    """``python -m app run`` against the simulator; its stderr appended to a file."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def spawn(cls, env: dict[str, str], exchange_url: str, stderr: TextIO) -> Daemon:
-        return cls(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "app", "run", "--exchange-url", exchange_url, cwd=ROOT,
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=stderr))
-
-    async def wait_ready(self, within_s: float = READY_TIMEOUT_S) -> None:
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), within_s)
-        if not line.startswith(b"execd ready:"):
-            raise RuntimeError(f"daemon did not start (exit {self.proc.returncode}): {line!r}")
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.proc.wait()
-
-    async def terminate(self, within_s: float = 60.0) -> int:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-        try:
-            return await asyncio.wait_for(self.proc.wait(), within_s)
-        except TimeoutError:
-            await self.kill()
-            return -9
+async def ready(daemon: DaemonProc) -> None:
+    if not await daemon.wait_ready(READY_TIMEOUT_S):
+        raise TimeoutError(f"no ready line within {READY_TIMEOUT_S:g} s")
 
 
 class Reports:
@@ -239,12 +200,12 @@ async def crash_rounds(rounds: int, rng: random.Random, env: dict[str, str], bas
     kills: collections.Counter[str] = collections.Counter()
     try:
         for n in range(rounds):
-            daemon = await Daemon.spawn(env, base, stderr)
+            daemon = await DaemonProc.spawn(env, base, stderr)
             if n % 5 == 4:
                 await asyncio.sleep(rng.uniform(0.2, 1.5))
                 kills["start-up"] += 1
             else:
-                await daemon.wait_ready()
+                await ready(daemon)
                 await asyncio.sleep(rng.uniform(0.2, 2.5))
                 kills["running"] += 1
             await daemon.kill()
@@ -260,8 +221,8 @@ async def finish(env: dict[str, str], base: str, stderr: TextIO, ids: set[str],
                  done: Reports, within_s: float) -> tuple[int, float]:
     """A last daemon until every signal reported a final state; then SIGTERM."""
     began = time.monotonic()
-    daemon = await Daemon.spawn(env, base, stderr)
-    await daemon.wait_ready()
+    daemon = await DaemonProc.spawn(env, base, stderr)
+    await ready(daemon)
     with contextlib.suppress(TimeoutError):
         await done.wait_all(ids, within_s)
     return await daemon.terminate(), time.monotonic() - began
@@ -293,15 +254,6 @@ async def journal_states(path: Path) -> dict[str, str]:
         await journal.close()
 
 
-@contextlib.asynccontextmanager
-async def open_log(path: Path) -> AsyncIterator[TextIO]:
-    handle = await asyncio.to_thread(path.open, "a", encoding="utf-8")
-    try:
-        yield handle
-    finally:
-        handle.close()
-
-
 async def nats_run(*, signals: int, rounds: int, rate: float, seed: int,
                    workdir: Path) -> dict[str, Any]:
     rng = random.Random(seed)
@@ -319,9 +271,10 @@ async def nats_run(*, signals: int, rounds: int, rate: float, seed: int,
             done = Reports()
             await nc.subscribe("execd.reports.>", cb=done.got)
             port = free_port()
-            env = daemon_env(workdir, port, server.url)
-            daemon = await Daemon.spawn(env, base, stderr)
-            await daemon.wait_ready()
+            env = daemon_env(workdir, port, TOKEN,
+                             DAEMON_ENV | {"EXECD_INTAKE__NATS__URL": server.url})
+            daemon = await DaemonProc.spawn(env, base, stderr)
+            await ready(daemon)
             await wait_stream(nc)
             speed = await throughput(signals, nc, done, f"http://127.0.0.1:{port}")
             await daemon.terminate()

@@ -34,12 +34,10 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import os
 import random
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +45,8 @@ from typing import Any, TextIO
 
 import aiohttp
 import orjson
-from lib.report import RESULTS_DIR, ROOT, machine, save
+from lib.daemonproc import DaemonProc, daemon_env, open_log
+from lib.report import RESULTS_DIR, machine, save
 from lib.simproc import Admin, duplicates, free_port, sim_toml, simulator
 from lib.workload import MARKETS, make_signals
 
@@ -80,57 +79,6 @@ def fault_plan(seed: int) -> dict[str, Any]:
            "visibility_delay_s": 0.5}
           for endpoint in ("POST /fapi/v1/order", "POST /fapi/v1/algoOrder")),
     ]}
-
-
-def daemon_env(workdir: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXECD_", "BINANCE_"))}
-    return env | DAEMON_ENV | {
-        "EXECD_API_TOKEN": TOKEN, "EXECD_API__PORT": str(port),
-        "EXECD_AUDIT__LOG_DIR": str(workdir / "audit"), "EXECD_AUDIT__CONSOLE": "false",
-        "EXECD_JOURNAL__PATH": str(workdir / "data" / "journal.sqlite3"),
-    }
-
-
-# ---------------------------------------------------------------------------- the daemon
-@dataclass(slots=True)
-class DaemonProc:
-    proc: asyncio.subprocess.Process
-    stderr: TextIO
-    ready: bool = False
-
-    @classmethod
-    async def spawn(cls, env: dict[str, str], exchange_url: str, stderr: TextIO) -> DaemonProc:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "app", "run", "--exchange-url", exchange_url, cwd=ROOT,
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=stderr)
-        return cls(proc, stderr)
-
-    async def wait_ready(self, within_s: float) -> bool:
-        """True once the ready line is out; False if ``within_s`` passed first."""
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), within_s)
-        except TimeoutError:
-            return False
-        if not line.startswith(b"execd ready:"):
-            raise RuntimeError(f"daemon did not start (exit {self.proc.returncode}): {line!r}")
-        self.ready = True
-        return True
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.proc.wait()
-
-    async def terminate(self, within_s: float = 60.0) -> int:
-        """SIGTERM; the exit code (-9 if it had to be killed after ``within_s``)."""
-        if self.proc.returncode is None:
-            self.proc.terminate()
-        try:
-            return await asyncio.wait_for(self.proc.wait(), within_s)
-        except TimeoutError:
-            await self.kill()
-            return -9
 
 
 # ---------------------------------------------------------------------------- the client
@@ -291,22 +239,13 @@ async def journal_states(path: Path, ids: set[str]) -> dict[str, str]:
         return states
 
 
-@contextlib.asynccontextmanager
-async def open_log(path: Path) -> AsyncIterator[TextIO]:
-    handle = await asyncio.to_thread(path.open, "a", encoding="utf-8")
-    try:
-        yield handle
-    finally:
-        handle.close()
-
-
 async def crash_run(rounds: int, *, seed: int = SEED, rate: float = 40.0,
                     timeout_s: float = 300.0, workdir: Path) -> dict[str, Any]:
     """The whole bench in ``workdir``; the result object (without the table)."""
     rng = random.Random(seed)
     bodies = make_signals(20_000, seed, prefix="crash")
     port = free_port()
-    env = daemon_env(workdir, port)
+    env = daemon_env(workdir, port, TOKEN, DAEMON_ENV)
     began = time.monotonic()
     async with simulator(workdir / "sim", sim_toml(SIM_LIMITS)) as base, \
             aiohttp.ClientSession() as admin_session, \
