@@ -267,11 +267,7 @@ class ControlApi:
 
     # ------------------------------------------------------------------ signals
     async def _post_signal(self, request: web.Request) -> web.Response:
-        raw = await self._read_body(request)
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as error:
-            raise _Problem(400, {"error": "invalid_json", "detail": str(error)}) from None
+        data = await self._json_body(request)
         try:
             accepted = await self._service.accept(data, source="http")
         except SignalError as error:
@@ -375,12 +371,14 @@ class ControlApi:
                                  "detail": f"no breaker {group!r}: one of {groups}"}) from None
         return _json(200, {"group": group, **stats})
 
-    async def _json_object(self, request: web.Request) -> dict[str, object]:
-        raw = await self._read_body(request)
+    async def _json_body(self, request: web.Request) -> object:
         try:
-            data = orjson.loads(raw)
+            return orjson.loads(await self._read_body(request))
         except orjson.JSONDecodeError as error:
             raise _Problem(400, {"error": "invalid_json", "detail": str(error)}) from None
+
+    async def _json_object(self, request: web.Request) -> dict[str, object]:
+        data = await self._json_body(request)
         if not isinstance(data, dict):
             raise _Problem(400, {"error": "invalid_json", "detail": "the body must be a JSON "
                                                                     "object"})
