@@ -59,17 +59,6 @@ class FillLedger:
 
         return await self._run(work)
 
-    async def realized_pnl_since(self, since: float) -> dict[str, Decimal]:
-        """Realized PnL per symbol from the fills at or after ``since`` (epoch seconds)."""
-        def work(conn: sqlite3.Connection) -> dict[str, Decimal]:
-            totals: dict[str, Decimal] = {}
-            for symbol, pnl in conn.execute(
-                    "SELECT symbol, realized_pnl FROM fills WHERE time >= ?", (since,)):
-                totals[symbol] = totals.get(symbol, Decimal(0)) + Decimal(pnl)
-            return totals
-
-        return await self._run(work)
-
     async def fills_for(self, client_id: str) -> list[Fill]:
         """The journaled trades of one order, oldest first."""
         def work(conn: sqlite3.Connection) -> list[Fill]:
@@ -80,15 +69,16 @@ class FillLedger:
 
         return await self._run(work)
 
-    async def day_result(self, since: float) -> tuple[Decimal, dict[str, Decimal]]:
-        """Realized PnL (all symbols) and commissions by asset of the fills at or after
-        ``since``: the daily loss of SPEC §5.10."""
-        def work(conn: sqlite3.Connection) -> tuple[Decimal, dict[str, Decimal]]:
-            pnl, paid = Decimal(0), dict[str, Decimal]()
-            for realized, commission, asset in conn.execute(
-                    "SELECT realized_pnl, commission, commission_asset FROM fills "
+    async def day_result(self, since: float
+                         ) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+        """Realized PnL by symbol and commissions by asset of the fills at or after ``since``
+        (epoch seconds): today's PnL and the daily loss of SPEC §5.10."""
+        def work(conn: sqlite3.Connection) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+            pnl, paid = dict[str, Decimal](), dict[str, Decimal]()
+            for symbol, realized, commission, asset in conn.execute(
+                    "SELECT symbol, realized_pnl, commission, commission_asset FROM fills "
                     "WHERE time >= ?", (since,)):
-                pnl += Decimal(realized)
+                pnl[symbol] = pnl.get(symbol, Decimal(0)) + Decimal(realized)
                 paid[asset] = paid.get(asset, Decimal(0)) + Decimal(commission)
             return pnl, paid
 

@@ -542,5 +542,5 @@ async def test_a_version_1_journal_is_migrated_keeping_its_signals(tmp_path: Pat
         assert await journal.add_fill(fill)
         assert not await journal.add_fill(fill)              # a replayed event: once only
         assert await journal.fills_for("xdABCE") == [fill]
-        assert await journal.realized_pnl_since(0.5) == {"BTCUSDT": Decimal("-1.5")}
-        assert await journal.realized_pnl_since(2.0) == {}
+        assert (await journal.day_result(0.5))[0] == {"BTCUSDT": Decimal("-1.5")}
+        assert (await journal.day_result(2.0))[0] == {}

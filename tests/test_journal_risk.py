@@ -55,7 +55,7 @@ async def test_day_result_sums_pnl_and_commissions_by_asset_since(tmp_path: Path
             await journal.add_fill(Fill("c1", trade, "BTCUSDT", Side.SELL, D("0.1"),
                                         D("60000"), D(fee), asset, D(pnl), when))
         pnl, paid = await journal.day_result(NOW)
-        assert pnl == D("-15")
+        assert pnl == {"BTCUSDT": D("-15")}
         assert paid == {"USDT": D("0.4"), "BNB": D("0.01")}
 
 

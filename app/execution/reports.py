@@ -35,8 +35,9 @@ FIRED_KEPT = 1000
 class AccountReports:
     def __init__(self, journal: Journal, clock: Clock, log: AuditLogger, prefix: str, *,
                  on_day_result: DayResult | None = None) -> None:
-        """``on_day_result`` gets today's realized PnL and commissions by asset (from the
-        journal) at `load` and after each new fill: the risk gate's daily loss."""
+        """``on_day_result`` gets today's realized PnL and commissions by asset at `load`
+        (from the journal) and after each new fill (kept here since): the risk gate's daily
+        loss."""
         self._journal = journal
         self._clock = clock
         self._log = log
@@ -44,6 +45,7 @@ class AccountReports:
         self._tasks: set[asyncio.Task[None]] = set()
         self._fired: dict[str, None] = {}
         self._pnl: dict[str, Decimal] = {}
+        self._paid: dict[str, Decimal] = {}       # today's commissions by asset
         self._pnl_day = self._day()
         self._on_day_result = on_day_result
 
@@ -52,17 +54,17 @@ class AccountReports:
         return int(self._clock.time() // 86_400)
 
     async def load(self) -> None:
-        """Today's realized PnL from the journaled fills (at start)."""
+        """Today's realized PnL and commissions from the journaled fills (at start)."""
         self._pnl_day = self._day()
-        self._pnl = await self._journal.realized_pnl_since(self._pnl_day * 86_400.0)
+        self._pnl, self._paid = await self._journal.day_result(self._pnl_day * 86_400.0)
         if self._on_day_result is not None:
-            pnl, paid = await self._journal.day_result(self._pnl_day * 86_400.0)
-            self._on_day_result(pnl, paid, at_start=True)
+            self._on_day_result(sum(self._pnl.values(), Decimal(0)), dict(self._paid),
+                                at_start=True)
 
     def realized_pnl_today(self) -> dict[str, str]:
         """Realized PnL by symbol since 00:00 UTC, from fills."""
         if self._day() != self._pnl_day:
-            self._pnl_day, self._pnl = self._day(), {}
+            self._pnl_day, self._pnl, self._paid = self._day(), {}, {}
         return {symbol: str(value) for symbol, value in sorted(self._pnl.items())}
 
     # ------------------------------------------------------------------ events
@@ -127,9 +129,11 @@ class AccountReports:
         if added and int(event.trade_time_ms // 86_400_000) == self._pnl_day:
             self._pnl[event.symbol] = self._pnl.get(event.symbol, Decimal(0)) + (
                 event.realized_pnl)
+            asset = event.commission_asset
+            self._paid[asset] = self._paid.get(asset, Decimal(0)) + event.commission
             if self._on_day_result is not None:
-                pnl, paid = await self._journal.day_result(self._pnl_day * 86_400.0)
-                self._on_day_result(pnl, paid, at_start=False)
+                self._on_day_result(sum(self._pnl.values(), Decimal(0)), dict(self._paid),
+                                    at_start=False)
 
     async def _report_filled(self, event: OrderUpdate) -> None:
         fills = await self._journal.fills_for(event.client_id)
