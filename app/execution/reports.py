@@ -61,10 +61,14 @@ class AccountReports:
             self._on_day_result(sum(self._pnl.values(), Decimal(0)), dict(self._paid),
                                 at_start=True)
 
-    def realized_pnl_today(self) -> dict[str, str]:
-        """Realized PnL by symbol since 00:00 UTC, from fills."""
+    def _roll(self) -> None:
+        """A new UTC day: today's sums start again."""
         if self._day() != self._pnl_day:
             self._pnl_day, self._pnl, self._paid = self._day(), {}, {}
+
+    def realized_pnl_today(self) -> dict[str, str]:
+        """Realized PnL by symbol since 00:00 UTC, from fills."""
+        self._roll()
         return {symbol: str(value) for symbol, value in sorted(self._pnl.items())}
 
     # ------------------------------------------------------------------ events
@@ -126,6 +130,7 @@ class AccountReports:
             event.client_id, event.trade_id, event.symbol, event.side, event.last_qty,
             event.last_price, event.commission, event.commission_asset, event.realized_pnl,
             event.trade_time_ms / 1000))
+        self._roll()
         if added and int(event.trade_time_ms // 86_400_000) == self._pnl_day:
             self._pnl[event.symbol] = self._pnl.get(event.symbol, Decimal(0)) + (
                 event.realized_pnl)
