@@ -15,6 +15,7 @@ already filled is still protected after its TTL; so is one that filled only in p
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
@@ -266,17 +267,29 @@ class Executor:
 
     async def _finish(self, signal: Signal, state: SignalState, reason: str,
                       event: AuditEvent, **fields: object) -> SignalRecord:
+        """Journal the final state, then audit it. A lane cancelled at shutdown while the
+        state is being written (the journal's thread commits it anyway) still audits it,
+        before the cancellation goes on: never a journaled DONE without its ``signal_done``."""
+        level = self._log.info if state is SignalState.DONE else self._log.warning
+        write = asyncio.ensure_future(self._journal.set_signal_state(
+            signal.id, state, reason=reason, now=self._clock.time()))
         try:
-            record = await self._journal.set_signal_state(signal.id, state, reason=reason,
-                                                          now=self._clock.time())
+            record = await asyncio.shield(write)
         except ValueError:     # it ended meanwhile (cancelled before its first order): as is
             ended = await self._journal.get_signal(signal.id)
             assert ended is not None
             return ended
-        intents = [{"leg": i.leg.value, "client_id": i.client_id, "state": i.state.value,
-                    "exchange_id": i.exchange_id}
-                   for i in await self._journal.intents_for(signal.id)]
-        level = self._log.info if state is SignalState.DONE else self._log.warning
+        except asyncio.CancelledError:
+            if await asyncio.wait([write]) and write.exception() is None:
+                level(event, state=state.value, reason=reason, intents=None, **fields)
+            raise
+        try:
+            intents = [{"leg": i.leg.value, "client_id": i.client_id, "state": i.state.value,
+                        "exchange_id": i.exchange_id}
+                       for i in await self._journal.intents_for(signal.id)]
+        except asyncio.CancelledError:
+            level(event, state=state.value, reason=reason, intents=None, **fields)
+            raise
         level(event, state=state.value, reason=reason, intents=intents, **fields)
         return record
 
