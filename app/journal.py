@@ -35,11 +35,11 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import orjson
 
@@ -47,8 +47,6 @@ from app.domain import (
     Intent,
     IntentState,
     Leg,
-    OrderType,
-    Side,
     Signal,
     SignalState,
     StateChange,
@@ -56,6 +54,16 @@ from app.domain import (
 )
 from app.journal_db import JournalBusy, JournalUnreadable, busy, connect, transaction
 from app.journal_fills import Fill, FillLedger
+from app.journal_rows import (
+    INTENT_COLUMNS,
+    SIGNAL_COLUMNS,
+    SignalRecord,
+    as_text,
+    intent_from_row,
+    intent_row,
+    record_from_row,
+    select_signal,
+)
 
 __all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "SignalEnded", "SignalRecord"]
 
@@ -65,24 +73,6 @@ _LEG_ORDER: Final = {leg: rank for rank, leg in enumerate(Leg)}  # E, S, T, C
 _PROTECTIVE: Final = (Leg.STOP_LOSS.value, Leg.TAKE_PROFIT.value)
 _NON_TERMINAL: Final = tuple(s.value for s in SignalState if not s.is_terminal)
 
-_SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at, filled_quantity"
-_INTENT_COLUMNS: Final = ("signal_id, leg, client_id, symbol, side, order_type, quantity, price, "
-                          "reduce_only, state, exchange_id, error_code, error_message, updated_at")
-
-
-@dataclass(frozen=True, slots=True)
-class SignalRecord:
-    """A journaled signal and where it stands. `seq` is its place in acceptance order (from 1);
-    times are epoch seconds as given by the caller."""
-
-    signal: Signal
-    state: SignalState
-    reason: str | None
-    seq: int
-    accepted_at: float
-    updated_at: float
-    #: How much of the entry filled, once known (SPEC §5.9: set for a partial fill too).
-    filled_quantity: Decimal | None = None
 
 
 class SignalEnded(Exception):
@@ -181,7 +171,7 @@ class Journal(FillLedger):
             with transaction(conn, self._acknowledging):   # fsynced: it acknowledges
                 if offset is not None:
                     _set_offset(conn, *offset)
-                existing = _select_signal(conn, signal.id)
+                existing = select_signal(conn, signal.id)
                 if existing is not None:
                     return existing, False
                 (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM signals").fetchone()
@@ -198,7 +188,7 @@ class Journal(FillLedger):
 
     async def get_signal(self, signal_id: str) -> SignalRecord | None:
         """The journaled record of `signal_id`, or None."""
-        return await self._run(lambda conn: _select_signal(conn, signal_id))
+        return await self._run(lambda conn: select_signal(conn, signal_id))
 
     async def set_signal_state(self, signal_id: str, state: SignalState, *, reason: str | None,
                                now: float, expect: SignalState | None = None) -> SignalRecord:
@@ -211,7 +201,7 @@ class Journal(FillLedger):
         """
         def work(conn: sqlite3.Connection) -> SignalRecord:
             with transaction(conn):
-                old = _select_signal(conn, signal_id)
+                old = select_signal(conn, signal_id)
                 if old is None:
                     raise KeyError(signal_id)
                 if (old.state.is_terminal and state is old.state) or (
@@ -234,17 +224,17 @@ class Journal(FillLedger):
     async def signals_updated_since(self, since: float) -> list[SignalRecord]:
         """Signals whose state last changed at or after `since` (seconds), oldest change
         first: what the execution reports publish again after a restart."""
-        sql = (f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE updated_at >= ? "
+        sql = (f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE updated_at >= ? "
                "ORDER BY updated_at, seq")
         return await self._run(
-            lambda conn: [_signal_record(row) for row in conn.execute(sql, (since,))])
+            lambda conn: [record_from_row(row) for row in conn.execute(sql, (since,))])
 
     async def non_terminal_signals(self) -> list[SignalRecord]:
         """Signals still ACCEPTED or RUNNING, in acceptance order: what recovery resumes."""
-        sql = (f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE state IN "
+        sql = (f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE state IN "
                f"({_marks(_NON_TERMINAL)}) ORDER BY seq")
         return await self._run(
-            lambda conn: [_signal_record(row) for row in conn.execute(sql, _NON_TERMINAL)])
+            lambda conn: [record_from_row(row) for row in conn.execute(sql, _NON_TERMINAL)])
 
     async def counts(self) -> dict[str, int]:
         """Signals per state, every state present (0 when none)."""
@@ -266,7 +256,7 @@ class Journal(FillLedger):
         for value in (intent.quantity, intent.price):
             if value is not None and not value.is_finite():
                 raise ValueError(f"intent {intent.client_id!r}: not a finite decimal: {value}")
-        row = _intent_row(intent)
+        row = intent_row(intent)
 
         def work(conn: sqlite3.Connection) -> SignalRecord | None:
             with transaction(conn):
@@ -284,7 +274,7 @@ class Journal(FillLedger):
                 started = (_start_signal(conn, intent.signal_id, intent.updated_at)
                            if start else None)
                 conn.execute(
-                    f"INSERT INTO intents ({_INTENT_COLUMNS}) VALUES ({_marks(row)}) "
+                    f"INSERT INTO intents ({INTENT_COLUMNS}) VALUES ({_marks(row)}) "
                     "ON CONFLICT (client_id) DO UPDATE SET symbol = excluded.symbol, "
                     "side = excluded.side, order_type = excluded.order_type, "
                     "quantity = excluded.quantity, price = excluded.price, "
@@ -300,14 +290,14 @@ class Journal(FillLedger):
 
     async def get_intent(self, client_id: str) -> Intent | None:
         """The intent with `client_id`, or None."""
-        sql = f"SELECT {_INTENT_COLUMNS} FROM intents WHERE client_id = ?"
+        sql = f"SELECT {INTENT_COLUMNS} FROM intents WHERE client_id = ?"
         rows = await self._intents(sql, (client_id,))
         return rows[0] if rows else None
 
     async def intents_for(self, signal_id: str) -> list[Intent]:
         """The signal's intents in leg order (E, S, T, C); within a leg (a stop-loss placed
         again by the guard) in the order first journaled, the latest last."""
-        sql = f"SELECT {_INTENT_COLUMNS} FROM intents WHERE signal_id = ? ORDER BY seq"
+        sql = f"SELECT {INTENT_COLUMNS} FROM intents WHERE signal_id = ? ORDER BY seq"
         intents = await self._intents(sql, (signal_id,))
         return sorted(intents, key=lambda i: _LEG_ORDER[i.leg])
 
@@ -316,21 +306,21 @@ class Journal(FillLedger):
         values = tuple(sorted({state.value for state in states}))
         if not values:
             return []
-        sql = (f"SELECT {_INTENT_COLUMNS} FROM intents WHERE state IN ({_marks(values)}) "
+        sql = (f"SELECT {INTENT_COLUMNS} FROM intents WHERE state IN ({_marks(values)}) "
                "ORDER BY seq")
         return await self._intents(sql, values)
 
     async def live_protective(self, symbol: str) -> list[Intent]:
         """Stop-loss and take-profit intents PLACED (open on the exchange) for `symbol`, oldest
         (first journaled) first."""
-        sql = (f"SELECT {_INTENT_COLUMNS} FROM intents WHERE state = ? AND symbol = ? "
+        sql = (f"SELECT {INTENT_COLUMNS} FROM intents WHERE state = ? AND symbol = ? "
                "AND leg IN (?, ?) ORDER BY seq")
         return await self._intents(sql, (IntentState.PLACED.value, symbol, *_PROTECTIVE))
 
     async def last_filled(self, symbol: str) -> Intent | None:
         """The last entry or close of ``symbol`` that filled, whole or in part (an entry that
         ended with a ``filled_quantity``), by the order first journaled; None if none did."""
-        columns = ", ".join(f"i.{c.strip()}" for c in _INTENT_COLUMNS.split(","))
+        columns = ", ".join(f"i.{c.strip()}" for c in INTENT_COLUMNS.split(","))
         sql = (f"SELECT {columns} FROM intents i JOIN signals s ON s.id = i.signal_id "
                "WHERE i.symbol = ? AND i.leg IN (?, ?) AND (i.state = ? OR "
                "(i.leg = ? AND s.filled_quantity IS NOT NULL AND s.filled_quantity != '0')) "
@@ -341,7 +331,7 @@ class Journal(FillLedger):
 
     async def live_protective_all(self) -> list[Intent]:
         """`live_protective` over every symbol (the orphan watcher's view), oldest first."""
-        sql = (f"SELECT {_INTENT_COLUMNS} FROM intents WHERE state = ? AND leg IN (?, ?) "
+        sql = (f"SELECT {INTENT_COLUMNS} FROM intents WHERE state = ? AND leg IN (?, ?) "
                "ORDER BY seq")
         return await self._intents(sql, (IntentState.PLACED.value, *_PROTECTIVE))
 
@@ -350,7 +340,7 @@ class Journal(FillLedger):
         def work(conn: sqlite3.Connection) -> None:
             with transaction(conn):
                 conn.execute("UPDATE signals SET filled_quantity = ? WHERE id = ?",
-                             (_text(quantity), signal_id))
+                             (as_text(quantity), signal_id))
 
         await self._run(work)
 
@@ -424,7 +414,8 @@ class Journal(FillLedger):
             raise
 
     async def _intents(self, sql: str, params: Sequence[object]) -> list[Intent]:
-        return await self._run(lambda conn: [_intent(row) for row in conn.execute(sql, params)])
+        return await self._run(
+            lambda conn: [intent_from_row(row) for row in conn.execute(sql, params)])
 
     def _connect(self) -> sqlite3.Connection:
         """On the worker thread: connect, configure, migrate."""
@@ -446,7 +437,7 @@ def _set_offset(conn: sqlite3.Connection, name: str, value: int, file: str | Non
 def _start_signal(conn: sqlite3.Connection, signal_id: str,
                   now: float) -> SignalRecord | None:
     """ACCEPTED → RUNNING (the record then), RUNNING as it is (None); ended: `SignalEnded`."""
-    record = _select_signal(conn, signal_id)
+    record = select_signal(conn, signal_id)
     if record is None:
         raise KeyError(signal_id)
     if record.state.is_terminal:
@@ -456,41 +447,3 @@ def _start_signal(conn: sqlite3.Connection, signal_id: str,
     conn.execute("UPDATE signals SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
                  (SignalState.RUNNING.value, now, signal_id))
     return replace(record, state=SignalState.RUNNING, reason=None, updated_at=now)
-
-
-def _select_signal(conn: sqlite3.Connection, signal_id: str) -> SignalRecord | None:
-    row = conn.execute(f"SELECT {_SIGNAL_COLUMNS} FROM signals WHERE id = ?",
-                       (signal_id,)).fetchone()
-    return None if row is None else _signal_record(row)
-
-
-def _signal_record(row: Sequence[Any]) -> SignalRecord:
-    body, state, reason, seq, accepted_at, updated_at, filled = row
-    return SignalRecord(Signal.from_record(orjson.loads(body)), SignalState(state), reason, seq,
-                        accepted_at, updated_at, _decimal(filled))
-
-
-def _intent_row(intent: Intent) -> tuple[object, ...]:
-    return (intent.signal_id, intent.leg.value, intent.client_id, intent.symbol,
-            intent.side.value, intent.order_type.value, _text(intent.quantity),
-            _text(intent.price), int(intent.reduce_only), intent.state.value, intent.exchange_id,
-            intent.error_code, intent.error_message, intent.updated_at)
-
-
-def _intent(row: Sequence[Any]) -> Intent:
-    (signal_id, leg, client_id, symbol, side, order_type, quantity, price, reduce_only, state,
-     exchange_id, error_code, error_message, updated_at) = row
-    return Intent(
-        signal_id=signal_id, leg=Leg(leg), client_id=client_id, symbol=symbol, side=Side(side),
-        order_type=OrderType(order_type), quantity=_decimal(quantity), price=_decimal(price),
-        reduce_only=bool(reduce_only), state=IntentState(state), exchange_id=exchange_id,
-        error_code=error_code, error_message=error_message, updated_at=updated_at,
-    )
-
-
-def _text(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)  # str() round-trips a Decimal exactly
-
-
-def _decimal(value: str | None) -> Decimal | None:
-    return None if value is None else Decimal(value)

@@ -1,0 +1,75 @@
+"""How the journal's rows map to domain records and back (``app/journal.py`` and
+``app/journal_fills.py`` use it): the column lists, `SignalRecord`, intents to rows and back,
+decimals as exact TEXT."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+import orjson
+
+from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
+
+__all__ = ["INTENT_COLUMNS", "SIGNAL_COLUMNS", "SignalRecord", "as_decimal", "as_text",
+           "intent_from_row", "intent_row", "record_from_row", "select_signal"]
+
+SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at, filled_quantity"
+INTENT_COLUMNS: Final = ("signal_id, leg, client_id, symbol, side, order_type, quantity, price, "
+                         "reduce_only, state, exchange_id, error_code, error_message, updated_at")
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    """A journaled signal and where it stands. `seq` is its place in acceptance order (from 1);
+    times are epoch seconds as given by the caller."""
+
+    signal: Signal
+    state: SignalState
+    reason: str | None
+    seq: int
+    accepted_at: float
+    updated_at: float
+    #: How much of the entry filled, once known (SPEC §5.9: set for a partial fill too).
+    filled_quantity: Decimal | None = None
+
+
+def select_signal(conn: sqlite3.Connection, signal_id: str) -> SignalRecord | None:
+    row = conn.execute(f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE id = ?",
+                       (signal_id,)).fetchone()
+    return None if row is None else record_from_row(row)
+
+
+def record_from_row(row: Sequence[Any]) -> SignalRecord:
+    body, state, reason, seq, accepted_at, updated_at, filled = row
+    return SignalRecord(Signal.from_record(orjson.loads(body)), SignalState(state), reason, seq,
+                        accepted_at, updated_at, as_decimal(filled))
+
+
+def intent_row(intent: Intent) -> tuple[object, ...]:
+    return (intent.signal_id, intent.leg.value, intent.client_id, intent.symbol,
+            intent.side.value, intent.order_type.value, as_text(intent.quantity),
+            as_text(intent.price), int(intent.reduce_only), intent.state.value, intent.exchange_id,
+            intent.error_code, intent.error_message, intent.updated_at)
+
+
+def intent_from_row(row: Sequence[Any]) -> Intent:
+    (signal_id, leg, client_id, symbol, side, order_type, quantity, price, reduce_only, state,
+     exchange_id, error_code, error_message, updated_at) = row
+    return Intent(
+        signal_id=signal_id, leg=Leg(leg), client_id=client_id, symbol=symbol, side=Side(side),
+        order_type=OrderType(order_type), quantity=as_decimal(quantity), price=as_decimal(price),
+        reduce_only=bool(reduce_only), state=IntentState(state), exchange_id=exchange_id,
+        error_code=error_code, error_message=error_message, updated_at=updated_at,
+    )
+
+
+def as_text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)  # str() round-trips a Decimal exactly
+
+
+def as_decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
