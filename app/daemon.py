@@ -91,6 +91,7 @@ from app.sim import SimConfigError, SimServer, load_sim_config
 __all__ = ["READY_PREFIX", "Daemon", "run"]
 
 READY_PREFIX = "execd ready:"
+SWITCH_INTERVAL_S = 0.0002   # the GIL's, process-wide (CPython's default: 0.005)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -174,6 +175,9 @@ class Daemon:
         credentials = settings.require_credentials()
         # Room for many connections before anything opens one (issue 14, finding 4).
         self.nofile = nofile = raise_nofile_limit()
+        # The journal's threads hand each result back through the GIL, which a busy loop holds
+        # for up to the switch interval (5 ms by default): decision latency (SPEC §13).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         # One daemon per journal (SPEC §5.6), before anything else is started or written.
         lock = JournalLock(settings.journal.path)
         await lock.acquire()

@@ -1,7 +1,8 @@
 """The durable store: signals, their intents and spool offsets, in SQLite (SPEC §4.3, §5.3, §5.6).
 
 Every statement runs on one dedicated worker thread, so statements are serialized and the event
-loop never waits on the disk; each public coroutine is one transaction on that thread, complete
+loop never waits on the disk (the WAL's fsyncs and checkpoints run on threads of their own,
+``journal_sync``); each public coroutine is one transaction on that thread, complete
 before it returns. Writes use ``BEGIN IMMEDIATE``, so a read-then-write (the duplicate check of
 `Journal.accept`, the terminal guard) is atomic, even against another process on the same file.
 
@@ -9,10 +10,11 @@ Durability (SPEC §5.6): the database runs in WAL mode. Every committed transact
 crash of the process (``kill -9``): the commit is in the WAL file before the call returns. What a
 power loss or kernel crash may lose depends on ``synchronous`` (``journal.synchronous``):
 
-- The commits that acknowledge something are always fsynced before they return, whatever the
-  setting: `Journal.accept` (a signal → HTTP 202, a spool line, a NATS ack) and `set_offset` (a
-  spool read position). Under ``NORMAL`` they run with ``PRAGMA synchronous = FULL`` for that
-  one transaction (set before ``BEGIN``: SQLite refuses it inside one), then back to ``NORMAL``.
+- The commits that acknowledge something are always on the disk before they return, whatever
+  the setting: `Journal.accept` (a signal → HTTP 202, a spool line, a NATS ack), `set_offset` (a
+  spool read position) and `save_trading_state`. Under ``NORMAL`` the commit itself is not
+  synced (the writer thread would wait for the disk, and every intent write behind it): it then
+  awaits a group fsync of the WAL that started after it (``journal_sync.WalSync``).
 - Every other write (intents, signal states, fills, filled quantities) follows the setting. Under
   ``NORMAL`` (the default) a power cut may lose the last of them, never corrupt the file; that is
   safe because client ids are deterministic: restart recovery looks up by id every leg the journal
@@ -35,7 +37,6 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -64,6 +65,7 @@ from app.journal_rows import (
     record_from_row,
     select_signal,
 )
+from app.journal_sync import WalSync
 
 __all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "SignalEnded", "SignalRecord"]
 
@@ -99,8 +101,9 @@ class Journal(FillLedger):
                              f"got {synchronous!r}")
         self.path = path
         self.synchronous = mode
-        #: (level for an acknowledging commit, level to go back to), when they differ.
-        self._acknowledging = ("FULL", mode) if mode == "NORMAL" else None
+        #: NORMAL commits are not fsynced: an acknowledging one then awaits a group fsync.
+        self._group_sync = mode == "NORMAL"
+        self._wal_sync: WalSync | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._listeners: list[Callable[[SignalRecord], None]] = []
@@ -118,18 +121,22 @@ class Journal(FillLedger):
         pool = self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="execd-journal")
         try:
             self._conn = await asyncio.get_running_loop().run_in_executor(pool, self._connect)
+            wal_sync = WalSync(self.path)
+            await wal_sync.open()
+            self._wal_sync = wal_sync
         except BaseException:
-            self._pool = None
-            pool.shutdown(wait=False)
+            await self.close()
             raise
 
     async def close(self) -> None:
         """Wait for queued work, close the database. Idempotent."""
-        pool, conn = self._pool, self._conn
+        pool, conn, wal_sync = self._pool, self._conn, self._wal_sync
         if pool is None:
             return
-        self._pool = self._conn = None
+        self._pool = self._conn = self._wal_sync = None
         try:
+            if wal_sync is not None:   # first: the writer's close then removes the WAL
+                await wal_sync.close()
             if conn is not None:
                 # Shielded: a cancelled close must still close the connection.
                 closing = asyncio.get_running_loop().run_in_executor(pool, conn.close)
@@ -168,7 +175,7 @@ class Journal(FillLedger):
         body = orjson.dumps(signal.to_record()).decode()
 
         def work(conn: sqlite3.Connection) -> tuple[SignalRecord, bool]:
-            with transaction(conn, self._acknowledging):   # fsynced: it acknowledges
+            with transaction(conn):   # then fsynced: it acknowledges
                 if offset is not None:
                     _set_offset(conn, *offset)
                 existing = select_signal(conn, signal.id)
@@ -182,6 +189,7 @@ class Journal(FillLedger):
             return SignalRecord(signal, SignalState.ACCEPTED, None, seq, now, now), True
 
         record, created = await self._run(work)
+        await self._acknowledged()
         if created:
             self._changed(record)
         return record, created
@@ -259,29 +267,12 @@ class Journal(FillLedger):
         row = intent_row(intent)
 
         def work(conn: sqlite3.Connection) -> SignalRecord | None:
+            if not start:            # one statement, its own transaction: the fewest trips
+                _upsert_intent(conn, intent, row)
+                return None
             with transaction(conn):
-                owner = conn.execute("SELECT signal_id, leg FROM intents WHERE client_id = ?",
-                                     (intent.client_id,)).fetchone()
-                if owner is None:
-                    known = conn.execute("SELECT 1 FROM signals WHERE id = ?",
-                                         (intent.signal_id,)).fetchone()
-                    if known is None:
-                        raise KeyError(intent.signal_id)
-                elif tuple(owner) != (intent.signal_id, intent.leg.value):
-                    raise ValueError(
-                        f"client id {intent.client_id!r} belongs to signal {owner[0]!r} leg "
-                        f"{owner[1]}, not signal {intent.signal_id!r} leg {intent.leg.value}")
-                started = (_start_signal(conn, intent.signal_id, intent.updated_at)
-                           if start else None)
-                conn.execute(
-                    f"INSERT INTO intents ({INTENT_COLUMNS}) VALUES ({_marks(row)}) "
-                    "ON CONFLICT (client_id) DO UPDATE SET symbol = excluded.symbol, "
-                    "side = excluded.side, order_type = excluded.order_type, "
-                    "quantity = excluded.quantity, price = excluded.price, "
-                    "reduce_only = excluded.reduce_only, state = excluded.state, "
-                    "exchange_id = excluded.exchange_id, error_code = excluded.error_code, "
-                    "error_message = excluded.error_message, updated_at = excluded.updated_at",
-                    row)
+                started = _start_signal(conn, intent.signal_id, intent.updated_at)
+                _upsert_intent(conn, intent, row)
             return started
 
         started = await self._run(work)
@@ -359,12 +350,13 @@ class Journal(FillLedger):
         """Replace the saved trading state, committed (fsynced: an operator was told it
         changed) before return."""
         def work(conn: sqlite3.Connection) -> None:
-            with transaction(conn, self._acknowledging):
+            with transaction(conn):   # then fsynced: it acknowledges
                 conn.execute("INSERT OR REPLACE INTO trading_state (id, state, reason, since, "
                              "changed_by) VALUES (1, ?, ?, ?, ?)",
                              (change.state.value, change.reason, change.since, change.by))
 
         await self._run(work)
+        await self._acknowledged()
 
     # ------------------------------------------------------------------ offsets
     async def get_offset(self, name: str) -> int | None:
@@ -394,24 +386,34 @@ class Journal(FillLedger):
         """Store several offsets, name → (value, file) as for `set_offset`, in one
         transaction: all or none (``ValueError`` for a bad value, and none is stored)."""
         def work(conn: sqlite3.Connection) -> None:
-            with transaction(conn, self._acknowledging):   # fsynced: it acknowledges
+            with transaction(conn):   # then fsynced: it acknowledges
                 for name, (value, file) in offsets.items():
                     _set_offset(conn, name, value, file)
 
         await self._run(work)
+        await self._acknowledged()
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         pool, conn = self._pool, self._conn
         if pool is None or conn is None:
             raise RuntimeError(f"journal {str(self.path)!r} is not open")
+        loop = asyncio.get_running_loop()
+        if self._wal_sync is not None and self._wal_sync.wrote():
+            loop.run_in_executor(pool, self._wal_sync.catch_up, conn)   # first; nobody waits
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, work, conn)
+            return await loop.run_in_executor(pool, work, conn)
         except sqlite3.OperationalError as error:
             if busy(error) and not isinstance(error, JournalBusy):
                 raise JournalBusy(f"journal {self.path} busy: another process holds its write "
                                   f"lock ({error})") from error
             raise
+
+    async def _acknowledged(self) -> None:
+        """Every commit so far is on the disk once this returns: under NORMAL a group fsync of
+        the WAL (``journal_sync``); FULL and EXTRA synced each commit already."""
+        if self._group_sync and self._wal_sync is not None:
+            await self._wal_sync.sync()
 
     async def _intents(self, sql: str, params: Sequence[object]) -> list[Intent]:
         return await self._run(
@@ -437,13 +439,41 @@ def _set_offset(conn: sqlite3.Connection, name: str, value: int, file: str | Non
 def _start_signal(conn: sqlite3.Connection, signal_id: str,
                   now: float) -> SignalRecord | None:
     """ACCEPTED → RUNNING (the record then), RUNNING as it is (None); ended: `SignalEnded`."""
+    rows = conn.execute(
+        "UPDATE signals SET state = ?, reason = NULL, updated_at = ? WHERE id = ? AND state = ? "
+        f"RETURNING {SIGNAL_COLUMNS}",
+        (SignalState.RUNNING.value, now, signal_id, SignalState.ACCEPTED.value)).fetchall()
+    if rows:
+        return record_from_row(rows[0])
     record = select_signal(conn, signal_id)
     if record is None:
         raise KeyError(signal_id)
     if record.state.is_terminal:
         raise SignalEnded(record)
-    if record.state is not SignalState.ACCEPTED:
-        return None
-    conn.execute("UPDATE signals SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
-                 (SignalState.RUNNING.value, now, signal_id))
-    return replace(record, state=SignalState.RUNNING, reason=None, updated_at=now)
+    return None
+
+
+def _upsert_intent(conn: sqlite3.Connection, intent: Intent, row: Sequence[object]) -> None:
+    """Insert the intent or update it under its client id; a client id of another signal or
+    leg is left as it is (`ValueError`), an unknown signal is `KeyError` (its foreign key)."""
+    try:
+        changed = conn.execute(
+            f"INSERT INTO intents ({INTENT_COLUMNS}) VALUES ({_marks(row)}) "
+            "ON CONFLICT (client_id) DO UPDATE SET symbol = excluded.symbol, "
+            "side = excluded.side, order_type = excluded.order_type, "
+            "quantity = excluded.quantity, price = excluded.price, "
+            "reduce_only = excluded.reduce_only, state = excluded.state, "
+            "exchange_id = excluded.exchange_id, error_code = excluded.error_code, "
+            "error_message = excluded.error_message, updated_at = excluded.updated_at "
+            "WHERE intents.signal_id = excluded.signal_id AND intents.leg = excluded.leg",
+            row).rowcount
+    except sqlite3.IntegrityError as error:
+        if "FOREIGN KEY" in str(error):
+            raise KeyError(intent.signal_id) from None
+        raise
+    if changed == 0:
+        signal_id, leg = conn.execute("SELECT signal_id, leg FROM intents WHERE client_id = ?",
+                                      (intent.client_id,)).fetchone()
+        raise ValueError(
+            f"client id {intent.client_id!r} belongs to signal {signal_id!r} leg {leg}, not "
+            f"signal {intent.signal_id!r} leg {intent.leg.value}")

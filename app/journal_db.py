@@ -1,13 +1,11 @@
 """The journal's SQLite plumbing (``app/journal.py`` uses it, on its worker thread): opening and
-configuring the database, write transactions with a per-commit ``synchronous`` level, and what
-SQLite's errors mean for the journal.
+configuring the database, write transactions, and what SQLite's errors mean for the journal.
 
-- `connect`: WAL mode, a busy timeout, the configured ``synchronous``, foreign keys, then the
-  migration steps of ``journal_schema.MIGRATIONS`` (``PRAGMA user_version``). A file that is not
-  a readable journal raises `JournalUnreadable`, whose message names the file and what to do.
-- `transaction`: ``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any exception); given a level,
-  that one commit runs at it (``PRAGMA synchronous`` is set before ``BEGIN`` and restored after
-  the commit: SQLite refuses to change it inside a transaction).
+- `connect`: WAL mode, a busy timeout, the configured ``synchronous``, foreign keys, no automatic
+  checkpoints (``journal_sync`` runs them off the writer's thread), then the migration steps of
+  ``journal_schema.MIGRATIONS`` (``PRAGMA user_version``). A file that is not a readable journal
+  raises `JournalUnreadable`, whose message names the file and what to do.
+- `transaction`: ``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any exception).
 - `busy`: SQLITE_BUSY / SQLITE_LOCKED — another connection held the write lock past the busy
   timeout; the journal raises `JournalBusy` for it.
 """
@@ -54,6 +52,7 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
             raise RuntimeError(f"journal {str(path)!r}: WAL mode unavailable ({mode})")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")   # journal_sync checkpoints instead
         _migrate(conn, path)
     except sqlite3.DatabaseError as error:
         conn.close()
@@ -72,24 +71,17 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection,
-                synchronous: tuple[str, str] | None = None) -> Iterator[None]:
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """A write transaction: the write lock is taken up front, committed on success, rolled back
-    on any exception. ``synchronous`` = (level for this commit, level to restore after it)."""
-    if synchronous is not None:
-        conn.execute(f"PRAGMA synchronous = {synchronous[0]}")
+    on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    finally:
-        if synchronous is not None:
-            conn.execute(f"PRAGMA synchronous = {synchronous[1]}")
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def busy(error: sqlite3.Error) -> bool:

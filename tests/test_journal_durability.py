@@ -5,6 +5,7 @@ a journal is `JournalUnreadable`, with a message that says what to do."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal
+from app import journal_sync
+from app.domain import (
+    Intent,
+    IntentState,
+    Leg,
+    OrderType,
+    Side,
+    Signal,
+    StateChange,
+    TradingState,
+)
 from app.journal import Journal, JournalBusy, JournalUnreadable
 from tests.test_journal import make_signal
 
@@ -24,6 +35,13 @@ LEVELS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 def _signal(signal_id: str) -> Signal:
     return make_signal(signal_id)
+
+
+def _intent(signal_id: str, client_id: str) -> Intent:
+    return Intent(
+        signal_id=signal_id, leg=Leg.ENTRY, client_id=client_id, symbol="BTCUSDT", side=Side.BUY,
+        order_type=OrderType.MARKET, quantity=Decimal("0.01"), price=None, reduce_only=False,
+        state=IntentState.SENDING, updated_at=1.0)
 
 
 async def _watch_commit_levels(journal: Journal) -> list[tuple[str, str]]:
@@ -46,27 +64,100 @@ async def _watch_commit_levels(journal: Journal) -> list[tuple[str, str]]:
     return seen
 
 
-@pytest.mark.parametrize(("configured", "acknowledging", "other"),
-                         [("NORMAL", "FULL", "NORMAL"), ("FULL", "FULL", "FULL"),
-                          ("EXTRA", "EXTRA", "EXTRA")])
-async def test_acknowledging_commits_are_fsynced_whatever_the_level(
-        tmp_path: Path, configured: str, acknowledging: str, other: str) -> None:
-    """accept (HTTP 202, a spool line) and set_offset commit at FULL at least, even on a
-    NORMAL connection; an intent write keeps the configured level, restored after each
-    acknowledging commit."""
-    async with Journal(tmp_path / "j.sqlite3", synchronous=configured) as journal:
+class FsyncLog:
+    """``os.fsync`` as ``app.journal_sync`` calls it, recording the size of the file (the WAL)
+    when each fsync started; `done` are those that completed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started: list[int] = []
+        self.done: list[int] = []
+        #: Cleared: the next fsync waits for it to be set (up to 10 s).
+        self.gate = threading.Event()
+        self.gate.set()
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            size = os.fstat(fd).st_size
+            self.started.append(size)
+            self.gate.wait(10)
+            real(fd)
+            self.done.append(size)
+
+        monkeypatch.setattr(journal_sync.os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("configured", ["NORMAL", "FULL", "EXTRA"])
+async def test_acknowledging_writes_are_on_the_disk_before_they_return(
+        tmp_path: Path, configured: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """accept (HTTP 202, a spool line), set_offset and the trading state return only once their
+    commit is on the disk. Under NORMAL the commit itself is not synced (it would make the
+    writer thread, and every intent write queued behind it, wait for the disk): an fsync of the
+    WAL that started after the commit — covering it whole — completes before the call returns.
+    An intent write waits for no fsync. Under FULL and EXTRA every commit syncs itself."""
+    fsyncs = FsyncLog(monkeypatch)
+    path = tmp_path / "j.sqlite3"
+    wal = Path(f"{path}-wal")
+    async with Journal(path, synchronous=configured) as journal:
         seen = await _watch_commit_levels(journal)
-        await journal.accept(_signal("s1"), now=1.0, offset=("spool:x", 10))
-        await journal.set_offset("spool:y", 20)
-        await journal.put_intent(Intent(
-            signal_id="s1", leg=Leg.ENTRY, client_id="xdE1", symbol="BTCUSDT", side=Side.BUY,
-            order_type=OrderType.MARKET, quantity=Decimal("0.01"), price=None,
-            reduce_only=False, state=IntentState.SENDING, updated_at=1.0))
-        (after,) = await journal._run(
-            lambda conn: conn.execute("PRAGMA synchronous").fetchone())
-    assert seen == [("offsets", acknowledging), ("signals", acknowledging),
-                    ("offsets", acknowledging), ("intents", other)]
-    assert LEVELS[after] == configured
+        for acknowledge in (
+                lambda: journal.accept(_signal("s1"), now=1.0, offset=("spool:x", 10)),
+                lambda: journal.set_offset("spool:y", 20),
+                lambda: journal.save_trading_state(StateChange(
+                    TradingState.HALTED, "desk", 1.0, "test"))):
+            before = len(fsyncs.done)
+            await acknowledge()
+            committed = wal.stat().st_size  # noqa: ASYNC240 (a test)
+            if configured == "NORMAL":
+                assert len(fsyncs.done) == before + 1
+                assert fsyncs.done[-1] >= committed        # the WAL with this commit in it
+            else:
+                assert len(fsyncs.done) == before          # the commit synced itself
+        before = len(fsyncs.done)
+        await journal.put_intent(_intent("s1", "xdE1"))
+        assert len(fsyncs.done) == before                  # no fsync on the decision path
+    assert seen == [("offsets", configured), ("signals", configured), ("offsets", configured),
+                    ("intents", configured)]
+
+
+async def test_concurrent_acknowledgements_share_fsyncs_and_each_waits_for_one_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: 40 accepts that commit while an fsync runs share the next one; each still
+    returns only after an fsync that covered the WAL as it was right after its own commit. A
+    caller cancelled while it waits leaves the others unharmed."""
+    fsyncs = FsyncLog(monkeypatch)
+    path = tmp_path / "j.sqlite3"
+    wal = Path(f"{path}-wal")
+    async with Journal(path) as journal:
+        await journal.accept(_signal("warm"), now=1.0)
+        wal_sync = journal._wal_sync
+        assert wal_sync is not None
+        real_sync = wal_sync.sync
+        covered: list[tuple[int, int]] = []   # (WAL size after the commit, synced at return)
+
+        async def sync() -> None:            # called right after the accept's commit
+            committed = wal.stat().st_size  # noqa: ASYNC240 (a test)
+            await real_sync()
+            covered.append((committed, fsyncs.done[-1]))
+
+        monkeypatch.setattr(wal_sync, "sync", sync)
+        fsyncs.gate.clear()                      # the first fsync is slow: the rest queue up
+        first = asyncio.ensure_future(journal.accept(_signal("first"), now=2.0))
+        while not fsyncs.started:
+            await asyncio.sleep(0.001)
+        cancelled = asyncio.ensure_future(journal.accept(_signal("gone"), now=2.0))
+        rest = asyncio.gather(*(journal.accept(_signal(f"s{n}"), now=2.0) for n in range(40)))
+        while (await journal.counts())["ACCEPTED"] < 43:
+            await asyncio.sleep(0.001)           # all committed, none acknowledged yet
+        assert not first.done() and not rest.done()
+        cancelled.cancel()
+        fsyncs.gate.set()
+        await asyncio.gather(first, rest)
+        await asyncio.gather(cancelled, return_exceptions=True)
+        counts = await journal.counts()
+    assert len(covered) == 41                    # "gone" was cancelled while it waited
+    assert all(synced >= committed for committed, synced in covered), covered
+    assert len(fsyncs.done) == 3, fsyncs.done    # "warm", "first", then one for all the rest
+    assert counts["ACCEPTED"] == 43
 
 
 @contextmanager

@@ -1,0 +1,196 @@
+"""The journal's disk work that the writer thread must not wait on (SPEC §5.6, §13): the fsync
+that makes an acknowledging commit durable, and the WAL checkpoints.
+
+Why: the journal has one writer thread, and the executor's intent write sits on the decision
+path (SPEC §5.3: journaled before it is sent). A commit that fsyncs on that thread (an
+acknowledged signal, under ``synchronous = FULL``) or an automatic checkpoint (SQLite runs one
+inside the commit that fills the WAL past 1,000 pages: it copies them and syncs twice) made
+every decision queued behind it wait for the disk.
+
+- `WalSync.sync` is a group commit. The writer commits at ``NORMAL`` (the frames are written to
+  the WAL, no fsync); the acknowledging caller then awaits an ``fsync`` of the WAL file, made on
+  a thread of its own, that *started after* its commit: an fsync flushes every written page of
+  the file, so one covers every commit before it. Callers that arrive while one runs share the
+  next. Only then is the signal acknowledged — as durable as ``synchronous = FULL``, which syncs
+  the same file at the same point.
+- `WalSync.wrote` counts the journal's calls; every `CHECKPOINT_EVERY` it starts a ``PASSIVE``
+  checkpoint on a third thread with its own connection (at most one at a time). ``PASSIVE``
+  never takes the write lock, so the writer goes on meanwhile and does the bulk of the copying
+  nobody waits for; the writer's own automatic checkpoints are off (``journal_db.connect``).
+  Under steady writes such a checkpoint never quite catches up, and SQLite starts the WAL over
+  only once every frame is back in the database: so when one finds the WAL `RESTART_FRAMES`
+  long, `wrote` answers True and the journal queues `WalSync.catch_up` on its writer thread, a
+  checkpoint of the few frames written meanwhile, after which the next commit starts the WAL
+  over (it stays a few MB). With
+  ``synchronous = NORMAL`` a checkpoint syncs the WAL before copying and the database after, as
+  SQLite's own would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+
+from app.journal_db import BUSY_TIMEOUT_MS
+
+__all__ = ["CHECKPOINT_EVERY", "RESTART_FRAMES", "WalSync"]
+
+#: Journal calls between two checkpoints (off the writer's thread: nobody waits for them).
+CHECKPOINT_EVERY: Final = 100
+#: A WAL this long (in pages, SQLite's own threshold: 4 MB) is started over (`catch_up`).
+RESTART_FRAMES: Final = 1_000
+
+
+class WalSync:
+    """Group fsync of the WAL of the SQLite database at `path`, and its checkpoints, each on a
+    thread of its own. ``await open()`` before use, ``await close()`` before the writer closes
+    its connection (the writer's close then checkpoints the rest and removes the WAL)."""
+
+    def __init__(self, path: Path, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+        self._path = path
+        self._wal = Path(f"{path}-wal")
+        self._every = checkpoint_every
+        self._fd: int | None = None
+        self._sync_pool: ThreadPoolExecutor | None = None
+        self._checkpoint_pool: ThreadPoolExecutor | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._running: asyncio.Future[None] | None = None   # the fsync on its thread now
+        self._waiting: asyncio.Future[None] | None = None   # those who need the next one
+        self._checkpointing: asyncio.Future[int] | None = None
+        self._calls = 0
+        self._catch_up = False
+        #: fsyncs completed and checkpoints run (for tests and the curious).
+        self.syncs = 0
+        self.checkpoints = 0
+
+    def __repr__(self) -> str:
+        return f"<WalSync {str(self._wal)!r} syncs={self.syncs} checkpoints={self.checkpoints}>"
+
+    async def open(self) -> None:
+        """Start the threads and the checkpointer's connection (the writer has created the
+        database and its WAL already)."""
+        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="execd-wal-sync")
+        pool = self._checkpoint_pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="execd-checkpoint")
+        self._checkpointer = await asyncio.get_running_loop().run_in_executor(
+            pool, self._connect)
+
+    async def close(self) -> None:
+        """Let a running fsync (and the one its waiters need) and a running checkpoint finish,
+        then close the checkpointer and the WAL file. Idempotent."""
+        while pending := [f for f in (self._running, self._waiting, self._checkpointing)
+                          if f is not None]:
+            await asyncio.wait(pending)
+        sync_pool, checkpoint_pool = self._sync_pool, self._checkpoint_pool
+        self._sync_pool = self._checkpoint_pool = None
+        loop = asyncio.get_running_loop()
+        if checkpoint_pool is not None:
+            conn, self._checkpointer = self._checkpointer, None
+            if conn is not None:
+                await asyncio.shield(loop.run_in_executor(checkpoint_pool, conn.close))
+            checkpoint_pool.shutdown(wait=False)
+        if sync_pool is not None:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                await asyncio.shield(loop.run_in_executor(sync_pool, os.close, fd))
+            sync_pool.shutdown(wait=False)
+
+    async def sync(self) -> None:
+        """Return once an fsync of the WAL that started after this call has completed: every
+        commit made before the call is then on the disk. Raises the fsync's ``OSError``."""
+        if self._sync_pool is None:
+            raise RuntimeError(f"{self._wal}: WAL sync is not open")
+        if self._running is None:
+            done = self._start()
+        else:
+            if self._waiting is None:
+                self._waiting = asyncio.get_running_loop().create_future()
+            done = self._waiting
+        await asyncio.shield(done)   # a cancelled caller leaves the fsync to the others
+
+    def wrote(self) -> bool:
+        """One more journal call; after `checkpoint_every` of them, a checkpoint (once the last
+        one has ended). True once one has run: queue `catch_up` on the writer thread now."""
+        self._calls += 1
+        if self._catch_up:
+            self._catch_up = False
+            return True
+        pool = self._checkpoint_pool
+        if self._calls < self._every or self._checkpointing is not None or pool is None:
+            return False
+        self._calls = 0
+        running = self._checkpointing = asyncio.get_running_loop().run_in_executor(
+            pool, self._checkpoint)
+        running.add_done_callback(self._checkpointed)
+        return False
+
+    @staticmethod
+    def catch_up(conn: sqlite3.Connection) -> None:
+        """On the writer thread, between two of its transactions: checkpoint what the last
+        checkpoint left (nothing can be added meanwhile), so the next commit starts the WAL
+        over. Trouble is left for the next round; the writer's commits report the disk's."""
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    # ------------------------------------------------------------------ plumbing
+    def _start(self) -> asyncio.Future[None]:
+        assert self._sync_pool is not None
+        running = self._running = asyncio.get_running_loop().run_in_executor(
+            self._sync_pool, self._fsync)
+        running.add_done_callback(self._synced)
+        return running
+
+    def _synced(self, running: asyncio.Future[None]) -> None:
+        """The fsync ended: the next one starts for those who waited; its outcome is theirs."""
+        self._running = None
+        if not running.cancelled() and running.exception() is None:
+            self.syncs += 1
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self._start().add_done_callback(lambda done: _copy(done, waiting))
+
+    def _fsync(self) -> None:
+        """On the sync thread: fsync the WAL (opened on first use: it exists once a commit
+        has been written)."""
+        if self._fd is None:
+            self._fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        os.fsync(self._fd)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    def _checkpoint(self) -> int:
+        """On the checkpoint thread: copy what it can; the WAL's length in frames."""
+        conn = self._checkpointer
+        if conn is None:
+            return 0
+        ((_, frames, _),) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return int(frames)
+
+    def _checkpointed(self, running: asyncio.Future[int]) -> None:
+        self._checkpointing = None
+        if not running.cancelled() and running.exception() is None:
+            self.checkpoints += 1
+            self._catch_up = running.result() >= RESTART_FRAMES
+        # A failed checkpoint (disk full, I/O error) is left for the next; the WAL only grows
+        # meanwhile, and the writer's own commits report the disk's trouble.
+
+
+def _copy(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+        target.exception()
+    else:
+        target.set_result(None)

@@ -1,0 +1,29 @@
+"""The journal's checkpoints run off its writer thread (``app/journal_sync.py``): the writer's
+automatic ones are off, and the WAL still does not grow without bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.journal import Journal
+from app.journal_sync import CHECKPOINT_EVERY
+from tests.test_journal import make_signal
+
+
+async def test_checkpoints_run_on_their_own_thread_and_keep_the_wal_small(
+        tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    async with Journal(path) as journal:
+        (autocheckpoint,) = await journal._run(
+            lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone())
+        assert autocheckpoint == 0
+        wal_sync = journal._wal_sync
+        assert wal_sync is not None
+        for n in range(15 * CHECKPOINT_EVERY):   # ~8 MB of WAL without a checkpoint
+            await journal.accept(make_signal(f"s{n}"), now=1.0)
+        checkpoints = wal_sync.checkpoints
+        size = Path(f"{path}-wal").stat().st_size  # noqa: ASYNC240 (a test)
+        assert (await journal.counts())["ACCEPTED"] == 15 * CHECKPOINT_EVERY
+    assert checkpoints >= 10, (checkpoints, size)
+    assert size < 6 * 1024 * 1024, size            # started over at ~4 MB
+    assert not Path(f"{path}-wal").exists()  # noqa: ASYNC240 - the writer's close removed it
