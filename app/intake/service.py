@@ -1,8 +1,9 @@
-"""The one accept path every source uses (SPEC §4.2, §4.3): look the id up, validate, reserve a
-place on the bus, journal durably, then queue.
+"""The one accept path every source uses (SPEC §4.2, §4.3): validate, reserve a place on the bus,
+journal durably, then queue.
 
-- A known id returns its record unchanged (HTTP 200), checked **before** validation, so a
-  client retrying a POST gets the same answer whatever the mark did meanwhile.
+- A known id returns its record unchanged (HTTP 200), whatever the mark or the clock did
+  meanwhile, so a client retrying a POST gets the same answer: the journal's accept finds it in
+  its transaction; a body refused by validation or by a full queue is looked up then.
 - A malformed body raises ``SignalError`` naming the field and the rule (HTTP 400); so does a
   symbol the exchange does not list as TRADING. Nothing is journaled or queued for it.
 - ``QueueFull`` (HTTP 429) is raised before anything is journaled; ``IntakeClosed`` (HTTP 503)
@@ -26,7 +27,7 @@ from enum import StrEnum
 
 from app.clock import Clock
 from app.domain import Signal, SignalError
-from app.intake.bus import SignalBus
+from app.intake.bus import QueueFull, SignalBus
 from app.intake.validate import parse_signal
 from app.journal import Journal, JournalBusy, SignalRecord
 from app.observability.audit import AuditEvent
@@ -108,11 +109,10 @@ class Service:
 
     async def _accept(self, data: object, *, source: str, wait: bool,
                       offset: tuple[str, int] | None) -> Accepted:
-        known = await self._known(data)
-        if known is not None:
-            if offset is not None:
-                await self.journal.set_offset(*offset)
-            return self._duplicate(known, source)
+        """A valid body goes straight to the journal, whose accept finds a known id in the
+        same transaction (no read before it: issue 16). A body refused here, or refused a
+        place on the bus, may still be a resend of a known signal (expired since, say): that
+        is a duplicate, not an error."""
         now = self._clock.time()
         try:
             signal = parse_signal(data, now=now, default_ttl_s=self._default_ttl_s,
@@ -120,10 +120,18 @@ class Service:
             self._check_symbol(signal.symbol)
             self._check_sides(signal)
         except SignalError as error:
+            if (known := await self._known(data, offset)) is not None:
+                return self._duplicate(known, source)
             self._log.warning(AuditEvent.SIGNAL_REJECTED, source=source, field=error.field,
                               detail=error.detail)
             raise
-        return await self._journal_and_queue(signal, source=source, wait=wait, offset=offset)
+        try:
+            return await self._journal_and_queue(signal, source=source, wait=wait,
+                                                 offset=offset)
+        except QueueFull:
+            if (known := await self._known(data, offset)) is not None:
+                return self._duplicate(known, source)
+            raise
 
     async def submit(self, signal: Signal) -> SignalRecord:
         """In-process intake: journal and queue ``signal``, waiting for a place if needed.
@@ -142,13 +150,18 @@ class Service:
             if mark is not None:
                 signal.check_sides(mark)
 
-    async def _known(self, data: object) -> SignalRecord | None:
+    async def _known(self, data: object,
+                     offset: tuple[str, int] | None) -> SignalRecord | None:
+        """The journaled signal whose id `data` names, or None; known, `offset` is stored."""
         if not isinstance(data, dict):
             return None
         signal_id = data.get("id")
         if not isinstance(signal_id, str) or not 0 < len(signal_id) <= 64:
             return None
-        return await self.journal.get_signal(signal_id)
+        known = await self.journal.get_signal(signal_id)
+        if known is not None and offset is not None:
+            await self.journal.set_offset(*offset)
+        return known
 
     def _duplicate(self, record: SignalRecord, source: str) -> Accepted:
         self._log.info(AuditEvent.SIGNAL_DUPLICATE, signal_id=record.signal.id,

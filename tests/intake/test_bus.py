@@ -69,16 +69,39 @@ async def test_full_queue_refuses_before_journaling(journal: Journal, service: S
         bus.release()
 
 
-async def test_known_id_is_answered_before_validation(service: Service, bus: SignalBus) -> None:
-    """A duplicate id returns the first record even if the new body would be invalid."""
+async def test_a_known_id_is_a_duplicate_whatever_the_body_or_the_queue(
+        service: Service, bus: SignalBus, journal: Journal,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A duplicate id returns the first record even if the new body would be invalid, or the
+    queue is full. A new valid signal reads nothing from the journal before its accept (one
+    journal trip on the way to HTTP 202, issue 16)."""
+    reads: list[str] = []
+    get_signal = journal.get_signal
+
+    async def counted(signal_id: str) -> object:
+        reads.append(signal_id)
+        return await get_signal(signal_id)
+
+    monkeypatch.setattr(journal, "get_signal", counted)
     first = await service.accept({"id": "dup-1", "symbol": "BTCUSDT", "type": "CLOSE_LONG"},
                                  source="test")
+    assert first.created
+    assert reads == []
     again = await service.accept({"id": "dup-1", "symbol": "NOPE", "type": "???"},
                                  source="test")
-    assert first.created
     assert not again.created
     assert again.record.signal == first.record.signal
     assert await bus.drain(10)
+    for _ in range(bus.capacity):
+        bus.reserve_nowait()
+    try:
+        full = await service.accept({"id": "dup-1", "symbol": "BTCUSDT", "type": "CLOSE_LONG"},
+                                    source="test")
+    finally:
+        for _ in range(bus.capacity):
+            bus.release()
+    assert not full.created
+    assert full.record.signal == first.record.signal
 
 
 async def test_unknown_symbol_is_a_signal_error(service: Service, journal: Journal) -> None:
