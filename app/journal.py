@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -188,8 +188,7 @@ class Journal(FillLedger):
                     (signal.id, seq, signal.symbol, SignalState.ACCEPTED.value, now, now, body))
             return SignalRecord(signal, SignalState.ACCEPTED, None, seq, now, now), True
 
-        record, created = await self._run(work)
-        await self._acknowledged()
+        record, created = await self._run_acknowledging(work)
         if created:
             self._changed(record)
         return record, created
@@ -355,8 +354,7 @@ class Journal(FillLedger):
                              "changed_by) VALUES (1, ?, ?, ?, ?)",
                              (change.state.value, change.reason, change.since, change.by))
 
-        await self._run(work)
-        await self._acknowledged()
+        await self._run_acknowledging(work)
 
     # ------------------------------------------------------------------ offsets
     async def get_offset(self, name: str) -> int | None:
@@ -390,8 +388,7 @@ class Journal(FillLedger):
                 for name, (value, file) in offsets.items():
                     _set_offset(conn, name, value, file)
 
-        await self._run(work)
-        await self._acknowledged()
+        await self._run_acknowledging(work)
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -409,11 +406,20 @@ class Journal(FillLedger):
                                   f"lock ({error})") from error
             raise
 
-    async def _acknowledged(self) -> None:
-        """Every commit so far is on the disk once this returns: under NORMAL a group fsync of
-        the WAL (``journal_sync``); FULL and EXTRA synced each commit already."""
-        if self._group_sync and self._wal_sync is not None:
-            await self._wal_sync.sync()
+    async def _run_acknowledging(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """`_run` for a write that acknowledges: on the disk once this returns. Under NORMAL
+        the writer thread asks for a group fsync of the WAL right after the commit (handed to
+        the sync thread directly, ``journal_sync``); FULL and EXTRA synced the commit."""
+        wal_sync = self._wal_sync if self._group_sync else None
+
+        def then_sync(conn: sqlite3.Connection) -> tuple[_T, Future[None] | None]:
+            result = work(conn)
+            return result, (None if wal_sync is None else wal_sync.request())
+
+        result, synced = await self._run(then_sync)
+        if synced is not None:   # shared with other callers: a cancelled one leaves it be
+            await asyncio.shield(asyncio.wrap_future(synced))
+        return result
 
     async def _intents(self, sql: str, params: Sequence[object]) -> list[Intent]:
         return await self._run(

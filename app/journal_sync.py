@@ -7,12 +7,13 @@ acknowledged signal, under ``synchronous = FULL``) or an automatic checkpoint (S
 inside the commit that fills the WAL past 1,000 pages: it copies them and syncs twice) made
 every decision queued behind it wait for the disk.
 
-- `WalSync.sync` is a group commit. The writer commits at ``NORMAL`` (the frames are written to
-  the WAL, no fsync); the acknowledging caller then awaits an ``fsync`` of the WAL file, made on
-  a thread of its own, that *started after* its commit: an fsync flushes every written page of
-  the file, so one covers every commit before it. Callers that arrive while one runs share the
-  next. Only then is the signal acknowledged — as durable as ``synchronous = FULL``, which syncs
-  the same file at the same point.
+- `WalSync.request` is a group commit. The writer commits at ``NORMAL`` (the frames are written
+  to the WAL, no fsync) and, still on its thread, asks for an ``fsync`` of the WAL file that
+  *starts after* the commit, made on a thread of its own (handed over thread to thread: no trip
+  through the event loop between them); the acknowledging caller awaits it. An fsync flushes
+  every written page of the file, so one covers every commit before it: requests that arrive
+  while one runs share the next. Only then is the signal acknowledged — as durable as
+  ``synchronous = FULL``, which syncs the same file at the same point.
 - `WalSync.wrote` counts the journal's calls; every `CHECKPOINT_EVERY` it starts a ``PASSIVE``
   checkpoint on a third thread with its own connection (at most one at a time). ``PASSIVE``
   never takes the write lock, so the writer goes on meanwhile and does the bulk of the copying
@@ -32,7 +33,8 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
@@ -59,8 +61,11 @@ class WalSync:
         self._sync_pool: ThreadPoolExecutor | None = None
         self._checkpoint_pool: ThreadPoolExecutor | None = None
         self._checkpointer: sqlite3.Connection | None = None
-        self._running: asyncio.Future[None] | None = None   # the fsync on its thread now
-        self._waiting: asyncio.Future[None] | None = None   # those who need the next one
+        self._lock = threading.Lock()          # the three below, from any thread
+        self._syncing = False                  # the sync thread has work
+        self._waiting: Future[None] | None = None   # those who need the next fsync
+        self._idle = threading.Event()         # set while the sync thread has none
+        self._idle.set()
         self._checkpointing: asyncio.Future[int] | None = None
         self._calls = 0
         self._catch_up = False
@@ -83,12 +88,13 @@ class WalSync:
     async def close(self) -> None:
         """Let a running fsync (and the one its waiters need) and a running checkpoint finish,
         then close the checkpointer and the WAL file. Idempotent."""
-        while pending := [f for f in (self._running, self._waiting, self._checkpointing)
-                          if f is not None]:
-            await asyncio.wait(pending)
-        sync_pool, checkpoint_pool = self._sync_pool, self._checkpoint_pool
-        self._sync_pool = self._checkpoint_pool = None
         loop = asyncio.get_running_loop()
+        with self._lock:
+            sync_pool, self._sync_pool = self._sync_pool, None   # no new requests
+        await loop.run_in_executor(None, self._idle.wait)
+        while self._checkpointing is not None:
+            await asyncio.wait([self._checkpointing])
+        checkpoint_pool, self._checkpoint_pool = self._checkpoint_pool, None
         if checkpoint_pool is not None:
             conn, self._checkpointer = self._checkpointer, None
             if conn is not None:
@@ -100,18 +106,22 @@ class WalSync:
                 await asyncio.shield(loop.run_in_executor(sync_pool, os.close, fd))
             sync_pool.shutdown(wait=False)
 
-    async def sync(self) -> None:
-        """Return once an fsync of the WAL that started after this call has completed: every
-        commit made before the call is then on the disk. Raises the fsync's ``OSError``."""
-        if self._sync_pool is None:
-            raise RuntimeError(f"{self._wal}: WAL sync is not open")
-        if self._running is None:
-            done = self._start()
-        else:
+    def request(self) -> Future[None]:
+        """From any thread (the writer's, right after an acknowledging commit): a future done
+        once an fsync of the WAL that started after this call has completed — every commit made
+        before the call is then on the disk — or failed with the fsync's ``OSError``. Shared:
+        await it shielded (``asyncio.shield(asyncio.wrap_future(...))``)."""
+        with self._lock:
+            if self._sync_pool is None:
+                raise RuntimeError(f"{self._wal}: WAL sync is not open")
             if self._waiting is None:
-                self._waiting = asyncio.get_running_loop().create_future()
-            done = self._waiting
-        await asyncio.shield(done)   # a cancelled caller leaves the fsync to the others
+                self._waiting = Future()
+            waiting = self._waiting
+            if not self._syncing:
+                self._syncing = True
+                self._idle.clear()
+                self._sync_pool.submit(self._sync_all)
+        return waiting
 
     def wrote(self) -> bool:
         """One more journal call; after `checkpoint_every` of them, a checkpoint (once the last
@@ -138,21 +148,22 @@ class WalSync:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     # ------------------------------------------------------------------ plumbing
-    def _start(self) -> asyncio.Future[None]:
-        assert self._sync_pool is not None
-        running = self._running = asyncio.get_running_loop().run_in_executor(
-            self._sync_pool, self._fsync)
-        running.add_done_callback(self._synced)
-        return running
-
-    def _synced(self, running: asyncio.Future[None]) -> None:
-        """The fsync ended: the next one starts for those who waited; its outcome is theirs."""
-        self._running = None
-        if not running.cancelled() and running.exception() is None:
-            self.syncs += 1
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            self._start().add_done_callback(lambda done: _copy(done, waiting))
+    def _sync_all(self) -> None:
+        """On the sync thread: fsync for whoever waits, again while more arrive meanwhile."""
+        while True:
+            with self._lock:
+                waiting, self._waiting = self._waiting, None
+                if waiting is None:
+                    self._syncing = False
+                    self._idle.set()
+                    return
+            try:
+                self._fsync()
+            except OSError as error:
+                _settle(waiting, error)
+            else:
+                self.syncs += 1
+                _settle(waiting, None)
 
     def _fsync(self) -> None:
         """On the sync thread: fsync the WAL (opened on first use: it exists once a commit
@@ -184,13 +195,10 @@ class WalSync:
         # meanwhile, and the writer's own commits report the disk's trouble.
 
 
-def _copy(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
-    if target.done():
-        return
-    if source.cancelled():
-        target.cancel()
-    elif (error := source.exception()) is not None:
-        target.set_exception(error)
-        target.exception()
-    else:
-        target.set_result(None)
+def _settle(future: Future[None], error: OSError | None) -> None:
+    """Complete a shared future (nobody can cancel it: its waiters shield it)."""
+    with contextlib.suppress(InvalidStateError):
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
