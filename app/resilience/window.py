@@ -14,6 +14,11 @@ the admitted cost of any window — clock-aligned or rolling — over the limit:
   both: the next window starts with it counted (``carried``). It is never held for that: in a
   paced bucket what one window carries into the next stays within the next window's pace lead
   (``(B − reserve) × pace_lead``), elsewhere it is within the budget anyway;
+* **opening of a window**: a request admitted in the first ``straddle_s`` of a window may be
+  counted by the exchange in the previous one (our exchange time may run ahead of its clock),
+  so it is charged to that window too (``behind``): below ``CRITICAL`` it goes only while the
+  previous window, with what it reserved for co-tenants, has room for it, else at the end of
+  the opening. After a window with room to spare (an idle limiter) nothing is held;
 * **priority shares**: ``CRITICAL`` ignores pacing (not the caps), ``LOW`` gets at most
   ``low_share``;
 * **pause**: nothing while a 429's ``Retry-After`` lasts (``paused_until``).
@@ -74,8 +79,10 @@ class LimiterSettings:
     * ``foreign_margin``: extra kept on top of the co-tenant estimate.
     * ``max_reserve``: most of the budget ever reserved for co-tenants.
     * ``warning_threshold``: use at which ``on_warning`` fires, once per window.
-    * ``straddle_s``: how long after a window's start a header above our own count is taken
-      for the previous window's (the uncertainty of our estimate of exchange time).
+    * ``straddle_s``: the uncertainty of our estimate of exchange time: how long after a
+      window's start a header above our own count is taken for the previous window's, and
+      how long the opening of a window is, whose admissions are charged to the previous
+      window too.
     """
 
     headroom: float = 0.02
@@ -108,6 +115,12 @@ class Bucket:
     #: ``straddle_s`` starts, kept by ``roll``.
     guard_start: float = 0.0
     late_start: float = 0.0
+    #: Where the window's opening ends (``window_start + straddle_s``), kept by ``roll``, and
+    #: the previous window's count as the exchange may end up with it if it counts this
+    #: window's opening there: that window's own count plus what it reserved for co-tenants
+    #: at its end (its server count if higher), plus what this window admitted in its opening.
+    opening_end: float = 0.0
+    behind: int = 0
     #: Own cost in the window, ``carried`` included: what the previous window admitted in its
     #: end zone, ``carried_late`` of it in its last ``straddle_s`` (the part the exchange may
     #: well have counted in this window; the rest it counted in the previous one unless the
@@ -141,6 +154,7 @@ class Bucket:
         self.next_start = self.start(self.window + 1)
         self.guard_start = self.next_start - self.settings.end_guard * spec.interval_s
         self.late_start = self.next_start - self.settings.straddle_s
+        self.opening_end = self.window_start + self.settings.straddle_s
 
     def index(self, now: float) -> int:
         return math.floor(now / self.spec.interval_s)
@@ -176,6 +190,7 @@ class Bucket:
             self.window, self.window_start, self.next_start = (
                 old.window, old.window_start, old.next_start)
             self.guard_start, self.late_start = old.guard_start, old.late_start
+            self.opening_end, self.behind = old.opening_end, old.behind
             self.own, self.server, self.warned = old.own, old.server, old.warned
             self.carried, self.carried_late = old.carried, old.carried_late
             self.carry, self.carry_late = old.carry, old.carry_late
@@ -195,6 +210,8 @@ class Bucket:
         self.own = self.carried + sum(cost for at, cost in self.log if at >= start)
         self.carry = sum(cost for at, cost in self.log if at >= self.guard_start)
         self.carry_late = sum(cost for at, cost in self.log if at >= self.late_start)
+        self.behind = sum(cost for at, cost in self.log
+                          if start - self.spec.interval_s <= at < self.opening_end)
 
     # ------------------------------------------------------------------ window edges
     def used(self) -> int:
@@ -205,10 +222,16 @@ class Bucket:
     def roll(self, now: float) -> None:
         """Move to the window holding ``now`` (closing the co-tenant figure of the one that
         ended, decaying it over windows with no traffic; starting with what the one before it
-        carries) and drop log entries older than one window length."""
+        carries, and with that window's count behind it) and drop log entries older than one
+        window length."""
         index = self.index(now)
         if index != self.window:
-            carried, late = (self.carry, self.carry_late) if index == self.window + 1 else (0, 0)
+            carried = late = behind = 0
+            if index == self.window + 1:
+                carried, late = self.carry, self.carry_late
+                behind = self.own + self.reserve(self.next_start)
+                if self.server > behind:
+                    behind = self.server
             if self.window >= 0:
                 self.foreign_history.append(self.foreign_of_window())
                 skipped = index - self.window - 1        # windows with no traffic at all
@@ -221,6 +244,8 @@ class Bucket:
             self.guard_start = (self.next_start
                                 - self.settings.end_guard * self.spec.interval_s)
             self.late_start = self.next_start - self.settings.straddle_s
+            self.opening_end = self.window_start + self.settings.straddle_s
+            self.behind = behind
             self.foreign_seen = any(self.foreign_history)
             self.foreign_estimate = max(self.foreign_history, default=0.0)
             self.own = carried
@@ -343,7 +368,9 @@ class Bucket:
         In the window's end zone a cost that fits is admitted too (and charged to the next
         window as well, by the limiter's ``_admit``): the only extra condition, in a paced
         bucket and below CRITICAL, is that the next window's pace takes what this one carries
-        into it; elsewhere that follows from the window's own caps.
+        into it; elsewhere that follows from the window's own caps. In the window's opening
+        (its first ``straddle_s``), below CRITICAL, the previous window must have room for the
+        cost too (``behind``), or it waits for the opening's end.
 
         Runs on every call: the roll is skipped when it would change nothing, and no builtin
         ``max`` / ``min`` on the common path (the arithmetic is the same)."""
@@ -363,6 +390,8 @@ class Bucket:
         if own > room or self.server + cost > budget:
             return self.next_start
         ready = now
+        if now < self.opening_end and priority is not _CRITICAL and self.behind + cost > budget:
+            ready = self.opening_end                               # the previous window's room
         s = self.settings
         if self.spec.paced and priority is not _CRITICAL:
             paced = room * (s.low_share if priority is _LOW else 1.0)
