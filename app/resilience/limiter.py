@@ -236,7 +236,7 @@ class WeightLimiter:
             out.append(BucketStats(
                 name=bucket.spec.name, limit=bucket.spec.limit, budget=bucket.budget,
                 window_start=bucket.start(bucket.window), used=bucket.used(),
-                own=bucket.own, server=bucket.server, reserve=bucket.reserve(now),
+                own=bucket.own, server=bucket.server, reserve=bucket.reserve(),
                 paused_until=max(bucket.paused_until, self._banned_until),
                 waiting=sum(len(q) for q in self._queues.values()),
                 straddled=bucket.straddled, carried=bucket.carried,

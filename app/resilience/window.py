@@ -27,10 +27,12 @@ the admitted cost of any window — clock-aligned or rolling — over the limit:
 counters (``Bucket.record``, fed by each response's header value with the request's cost and
 send time). Once a window is over, ordering its responses by header value attributes every
 header delta to our own requests or to someone else, which gives the foreign cost of that window
-exactly (for everything counted up to our last response). The reserve is the larger of the last
-two windows' foreign cost (plus ``foreign_margin``), raised live when a header shows more than
-our own admitted cost can explain. While no past window showed a co-tenant (our first window, or
-one that has just appeared), its use so far is projected over the window at its rate so far,
+exactly (for everything counted up to our last response). The co-tenants' rate is the larger
+of the last two windows' foreign cost; the reserve is what the headers have shown them using in
+the window so far (``live_foreign``, raised when a header shows more than our own admitted cost
+can explain), plus the rest of the window at that rate with ``foreign_margin`` on top: the
+margin covers the estimate, not what has been seen. While no past window showed a co-tenant (our
+first window, or one that has just appeared), the rate is its rate so far in this window, scaled
 as a finished window's is. A header above our own count for a request sent within
 ``straddle_s`` of the window's start is not taken as foreign use: the exchange probably counted
 that request in the previous window (the *straddle rule*, see ``Bucket.record``).
@@ -229,7 +231,7 @@ class Bucket:
             carried = late = behind = 0
             if index == self.window + 1:
                 carried, late = self.carry, self.carry_late
-                behind = self.own + self.reserve(self.next_start)
+                behind = self.own + self.reserve()
                 if self.server > behind:
                     behind = self.server
             if self.window >= 0:
@@ -284,14 +286,18 @@ class Bucket:
         fraction = (last_at - self.start(self.window)) / self.spec.interval_s
         return min(foreign / max(fraction, 0.5), float(self.spec.limit))
 
-    def reserve(self, now: float, priority: Priority = Priority.NORMAL) -> int:
-        """Room kept for other users of the bucket. CRITICAL calls reserve only what the
-        exchange has shown them using; the reserve never exceeds ``max_reserve`` of the budget,
-        so a greedy co-tenant cannot starve us completely.
+    def reserve(self, priority: Priority = Priority.NORMAL) -> int:
+        """Room kept for other users of the bucket in the current window. CRITICAL calls
+        reserve only what the exchange has shown them using; the reserve never exceeds
+        ``max_reserve`` of the budget, so a greedy co-tenant cannot starve us completely.
 
-        The co-tenant's use of the whole window is estimated from past windows; while none
-        showed one, from this window's headers: its use so far, at the rate seen so far (over
-        at least half a window, as ``foreign_of_window`` scales a finished window)."""
+        The reserve is what the headers have shown the co-tenants using so far in the window
+        (``live_foreign``, as of the send time of the request that showed it), plus their use
+        over the rest of the window at the estimated rate, plus ``foreign_margin`` of that
+        projection: the margin covers the estimate's error, and what has been seen is not an
+        estimate. The rate is estimated from past windows; while none showed a co-tenant,
+        from this window's headers (the rate so far, over at least half a window, as
+        ``foreign_of_window`` scales a finished window)."""
         live_foreign = self.live_foreign
         if not live_foreign and not self.foreign_seen:
             return 0
@@ -299,17 +305,13 @@ class Bucket:
             return min(live_foreign, self.budget - 1)
         # With a co-tenant this runs on every call: the max() / min() below are spelt out
         # (each keeps the first of equal values, as the builtins do).
+        seen = 0.0
+        if live_foreign:
+            seen = (self.live_at - self.window_start) / self.spec.interval_s
         estimate = self.foreign_estimate
         if not self.foreign_seen:
-            seen = (self.live_at - self.window_start) / self.spec.interval_s
             estimate = live_foreign / (seen if seen > 0.5 else 0.5)
-        wanted = estimate * (1 + self.settings.foreign_margin)      # planned
-        left = 1 - (now - self.window_start) / self.spec.interval_s
-        live = live_foreign + estimate * (left if left > 0.0 else 0.0)
-        if live > wanted:
-            wanted = live
-        if live_foreign > wanted:
-            wanted = live_foreign
+        wanted = live_foreign + estimate * (1 + self.settings.foreign_margin) * (1 - seen)
         cap = self.budget * self.settings.max_reserve
         if live_foreign > cap:
             cap = live_foreign
@@ -385,7 +387,7 @@ class Bucket:
         budget = self.budget
         room = budget
         if self.live_foreign or self.foreign_seen:
-            room = budget - self.reserve(now, priority)
+            room = budget - self.reserve(priority)
         own = self.own + cost
         if own > room or self.server + cost > budget:
             return self.next_start

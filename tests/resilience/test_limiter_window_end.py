@@ -232,6 +232,25 @@ async def test_a_first_window_projects_a_cotenant_at_its_rate_so_far() -> None:
     await limiter.close()
 
 
+async def test_the_margin_is_kept_for_the_rest_of_the_window_only() -> None:
+    """What the headers have shown a co-tenant using is not an estimate: late in a window the
+    reserve is that, plus the co-tenant's rate over what is left with foreign_margin (10 %)
+    on top, not its whole window's estimate plus 10 % (the bench's shared IP lost 3 a window
+    to that)."""
+    clock = FakeClock()
+    limiter = make(clock, paced=False)
+    clock.advance(9.0)
+    sent = await limiter.acquire({"w": 10})
+    limiter.observe("w", 37, cost=10, sent_at=sent)             # 27 foreign by 0.9 of W
+    clock.advance(W)                                            # its rate: 30 a window
+    assert limiter.statistics()[0].reserve == 33                # 30 + 10 %, nothing seen
+    sent = await limiter.acquire({"w": 5})
+    limiter.observe("w", 32, cost=5, sent_at=sent)              # 27 again by 0.9 of W
+    assert limiter.statistics()[0].reserve == 31                # 27 + 30 × 0.1 × 1.1
+    assert limiter.try_acquire({"w": 62}) is not None           # 5 + 62 = 98 − 31
+    await limiter.close()
+
+
 # ---------------------------------------------------------------------------- waits
 class Waits:
     def __init__(self) -> None:
