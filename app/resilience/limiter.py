@@ -236,7 +236,7 @@ class WeightLimiter:
             out.append(BucketStats(
                 name=bucket.spec.name, limit=bucket.spec.limit, budget=bucket.budget,
                 window_start=bucket.start(bucket.window), used=bucket.used(),
-                own=bucket.own, server=bucket.server, reserve=bucket.reserve(now),
+                own=bucket.own, server=bucket.server, reserve=bucket.reserve(),
                 paused_until=max(bucket.paused_until, self._banned_until),
                 waiting=sum(len(q) for q in self._queues.values()),
                 straddled=bucket.straddled, carried=bucket.carried,
@@ -262,10 +262,11 @@ class WeightLimiter:
 
     # ------------------------------------------------------------------ accounting
     def _admit(self, costs: Mapping[str, int], now: float) -> None:
-        """Spend ``costs`` at ``now``; in a window's end zone, on the next window too (the
-        exchange may count it there). Every caller has just checked them with
-        ``Bucket.ready_at`` at this same ``now``, which rolled each bucket to it. Spends on
-        the bucket's fields directly, not through a method: this runs on every admission."""
+        """Spend ``costs`` at ``now``; in a window's end zone on the next window too, in its
+        opening on the previous one too (the exchange may count it there). Every caller has
+        just checked them with ``Bucket.ready_at`` at this same ``now``, which rolled each
+        bucket to it. Spends on the bucket's fields directly, not through a method: this runs
+        on every admission."""
         buckets = self._buckets
         for name, cost in costs.items():
             bucket = buckets[name]
@@ -277,6 +278,8 @@ class WeightLimiter:
                     bucket.carry += cost
                     if now >= bucket.late_start:
                         bucket.carry_late += cost
+                if now < bucket.opening_end:
+                    bucket.behind += cost
             if not bucket.warned and self._on_warning is not None:
                 used = bucket.own + bucket.live_foreign         # bucket.used(), inlined
                 if bucket.server > used:

@@ -14,6 +14,11 @@ the admitted cost of any window — clock-aligned or rolling — over the limit:
   both: the next window starts with it counted (``carried``). It is never held for that: in a
   paced bucket what one window carries into the next stays within the next window's pace lead
   (``(B − reserve) × pace_lead``), elsewhere it is within the budget anyway;
+* **opening of a window**: a request admitted in the first ``straddle_s`` of a window may be
+  counted by the exchange in the previous one (our exchange time may run ahead of its clock),
+  so it is charged to that window too (``behind``): below ``CRITICAL`` it goes only while the
+  previous window, with what it reserved for co-tenants, has room for it, else at the end of
+  the opening. After a window with room to spare (an idle limiter) nothing is held;
 * **priority shares**: ``CRITICAL`` ignores pacing (not the caps), ``LOW`` gets at most
   ``low_share``;
 * **pause**: nothing while a 429's ``Retry-After`` lasts (``paused_until``).
@@ -22,10 +27,12 @@ the admitted cost of any window — clock-aligned or rolling — over the limit:
 counters (``Bucket.record``, fed by each response's header value with the request's cost and
 send time). Once a window is over, ordering its responses by header value attributes every
 header delta to our own requests or to someone else, which gives the foreign cost of that window
-exactly (for everything counted up to our last response). The reserve is the larger of the last
-two windows' foreign cost (plus ``foreign_margin``), raised live when a header shows more than
-our own admitted cost can explain. While no past window showed a co-tenant (our first window, or
-one that has just appeared), its use so far is projected over the window at its rate so far,
+exactly (for everything counted up to our last response). The co-tenants' rate is the larger
+of the last two windows' foreign cost; the reserve is what the headers have shown them using in
+the window so far (``live_foreign``, raised when a header shows more than our own admitted cost
+can explain), plus the rest of the window at that rate with ``foreign_margin`` on top: the
+margin covers the estimate, not what has been seen. While no past window showed a co-tenant (our
+first window, or one that has just appeared), the rate is its rate so far in this window, scaled
 as a finished window's is. A header above our own count for a request sent within
 ``straddle_s`` of the window's start is not taken as foreign use: the exchange probably counted
 that request in the previous window (the *straddle rule*, see ``Bucket.record``).
@@ -74,8 +81,10 @@ class LimiterSettings:
     * ``foreign_margin``: extra kept on top of the co-tenant estimate.
     * ``max_reserve``: most of the budget ever reserved for co-tenants.
     * ``warning_threshold``: use at which ``on_warning`` fires, once per window.
-    * ``straddle_s``: how long after a window's start a header above our own count is taken
-      for the previous window's (the uncertainty of our estimate of exchange time).
+    * ``straddle_s``: the uncertainty of our estimate of exchange time: how long after a
+      window's start a header above our own count is taken for the previous window's, and
+      how long the opening of a window is, whose admissions are charged to the previous
+      window too.
     """
 
     headroom: float = 0.02
@@ -108,6 +117,12 @@ class Bucket:
     #: ``straddle_s`` starts, kept by ``roll``.
     guard_start: float = 0.0
     late_start: float = 0.0
+    #: Where the window's opening ends (``window_start + straddle_s``), kept by ``roll``, and
+    #: the previous window's count as the exchange may end up with it if it counts this
+    #: window's opening there: that window's own count plus what it reserved for co-tenants
+    #: at its end (its server count if higher), plus what this window admitted in its opening.
+    opening_end: float = 0.0
+    behind: int = 0
     #: Own cost in the window, ``carried`` included: what the previous window admitted in its
     #: end zone, ``carried_late`` of it in its last ``straddle_s`` (the part the exchange may
     #: well have counted in this window; the rest it counted in the previous one unless the
@@ -141,6 +156,7 @@ class Bucket:
         self.next_start = self.start(self.window + 1)
         self.guard_start = self.next_start - self.settings.end_guard * spec.interval_s
         self.late_start = self.next_start - self.settings.straddle_s
+        self.opening_end = self.window_start + self.settings.straddle_s
 
     def index(self, now: float) -> int:
         return math.floor(now / self.spec.interval_s)
@@ -176,6 +192,7 @@ class Bucket:
             self.window, self.window_start, self.next_start = (
                 old.window, old.window_start, old.next_start)
             self.guard_start, self.late_start = old.guard_start, old.late_start
+            self.opening_end, self.behind = old.opening_end, old.behind
             self.own, self.server, self.warned = old.own, old.server, old.warned
             self.carried, self.carried_late = old.carried, old.carried_late
             self.carry, self.carry_late = old.carry, old.carry_late
@@ -195,6 +212,8 @@ class Bucket:
         self.own = self.carried + sum(cost for at, cost in self.log if at >= start)
         self.carry = sum(cost for at, cost in self.log if at >= self.guard_start)
         self.carry_late = sum(cost for at, cost in self.log if at >= self.late_start)
+        self.behind = sum(cost for at, cost in self.log
+                          if start - self.spec.interval_s <= at < self.opening_end)
 
     # ------------------------------------------------------------------ window edges
     def used(self) -> int:
@@ -205,10 +224,16 @@ class Bucket:
     def roll(self, now: float) -> None:
         """Move to the window holding ``now`` (closing the co-tenant figure of the one that
         ended, decaying it over windows with no traffic; starting with what the one before it
-        carries) and drop log entries older than one window length."""
+        carries, and with that window's count behind it) and drop log entries older than one
+        window length."""
         index = self.index(now)
         if index != self.window:
-            carried, late = (self.carry, self.carry_late) if index == self.window + 1 else (0, 0)
+            carried = late = behind = 0
+            if index == self.window + 1:
+                carried, late = self.carry, self.carry_late
+                behind = self.own + self.reserve()
+                if self.server > behind:
+                    behind = self.server
             if self.window >= 0:
                 self.foreign_history.append(self.foreign_of_window())
                 skipped = index - self.window - 1        # windows with no traffic at all
@@ -221,6 +246,8 @@ class Bucket:
             self.guard_start = (self.next_start
                                 - self.settings.end_guard * self.spec.interval_s)
             self.late_start = self.next_start - self.settings.straddle_s
+            self.opening_end = self.window_start + self.settings.straddle_s
+            self.behind = behind
             self.foreign_seen = any(self.foreign_history)
             self.foreign_estimate = max(self.foreign_history, default=0.0)
             self.own = carried
@@ -259,14 +286,18 @@ class Bucket:
         fraction = (last_at - self.start(self.window)) / self.spec.interval_s
         return min(foreign / max(fraction, 0.5), float(self.spec.limit))
 
-    def reserve(self, now: float, priority: Priority = Priority.NORMAL) -> int:
-        """Room kept for other users of the bucket. CRITICAL calls reserve only what the
-        exchange has shown them using; the reserve never exceeds ``max_reserve`` of the budget,
-        so a greedy co-tenant cannot starve us completely.
+    def reserve(self, priority: Priority = Priority.NORMAL) -> int:
+        """Room kept for other users of the bucket in the current window. CRITICAL calls
+        reserve only what the exchange has shown them using; the reserve never exceeds
+        ``max_reserve`` of the budget, so a greedy co-tenant cannot starve us completely.
 
-        The co-tenant's use of the whole window is estimated from past windows; while none
-        showed one, from this window's headers: its use so far, at the rate seen so far (over
-        at least half a window, as ``foreign_of_window`` scales a finished window)."""
+        The reserve is what the headers have shown the co-tenants using so far in the window
+        (``live_foreign``, as of the send time of the request that showed it), plus their use
+        over the rest of the window at the estimated rate, plus ``foreign_margin`` of that
+        projection: the margin covers the estimate's error, and what has been seen is not an
+        estimate. The rate is estimated from past windows; while none showed a co-tenant,
+        from this window's headers (the rate so far, over at least half a window, as
+        ``foreign_of_window`` scales a finished window)."""
         live_foreign = self.live_foreign
         if not live_foreign and not self.foreign_seen:
             return 0
@@ -274,17 +305,13 @@ class Bucket:
             return min(live_foreign, self.budget - 1)
         # With a co-tenant this runs on every call: the max() / min() below are spelt out
         # (each keeps the first of equal values, as the builtins do).
+        seen = 0.0
+        if live_foreign:
+            seen = (self.live_at - self.window_start) / self.spec.interval_s
         estimate = self.foreign_estimate
         if not self.foreign_seen:
-            seen = (self.live_at - self.window_start) / self.spec.interval_s
             estimate = live_foreign / (seen if seen > 0.5 else 0.5)
-        wanted = estimate * (1 + self.settings.foreign_margin)      # planned
-        left = 1 - (now - self.window_start) / self.spec.interval_s
-        live = live_foreign + estimate * (left if left > 0.0 else 0.0)
-        if live > wanted:
-            wanted = live
-        if live_foreign > wanted:
-            wanted = live_foreign
+        wanted = live_foreign + estimate * (1 + self.settings.foreign_margin) * (1 - seen)
         cap = self.budget * self.settings.max_reserve
         if live_foreign > cap:
             cap = live_foreign
@@ -343,7 +370,9 @@ class Bucket:
         In the window's end zone a cost that fits is admitted too (and charged to the next
         window as well, by the limiter's ``_admit``): the only extra condition, in a paced
         bucket and below CRITICAL, is that the next window's pace takes what this one carries
-        into it; elsewhere that follows from the window's own caps.
+        into it; elsewhere that follows from the window's own caps. In the window's opening
+        (its first ``straddle_s``), below CRITICAL, the previous window must have room for the
+        cost too (``behind``), or it waits for the opening's end.
 
         Runs on every call: the roll is skipped when it would change nothing, and no builtin
         ``max`` / ``min`` on the common path (the arithmetic is the same)."""
@@ -358,11 +387,13 @@ class Bucket:
         budget = self.budget
         room = budget
         if self.live_foreign or self.foreign_seen:
-            room = budget - self.reserve(now, priority)
+            room = budget - self.reserve(priority)
         own = self.own + cost
         if own > room or self.server + cost > budget:
             return self.next_start
         ready = now
+        if now < self.opening_end and priority is not _CRITICAL and self.behind + cost > budget:
+            ready = self.opening_end                               # the previous window's room
         s = self.settings
         if self.spec.paced and priority is not _CRITICAL:
             paced = room * (s.low_share if priority is _LOW else 1.0)

@@ -77,5 +77,5 @@ def test_the_reserve_is_capped_and_critical_reserves_only_live_use() -> None:
     bucket = make()
     bucket.record(500, 1, T0 + 1.0, T0 + 1.0)
     bucket.roll(T0 + W)
-    assert bucket.reserve(T0 + W) == math.ceil(98 * 0.9)
-    assert bucket.reserve(T0 + W, Priority.CRITICAL) == 0
+    assert bucket.reserve() == math.ceil(98 * 0.9)
+    assert bucket.reserve(Priority.CRITICAL) == 0
