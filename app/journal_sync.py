@@ -159,7 +159,7 @@ class WalSync:
                     return
             try:
                 self._fsync()
-            except OSError as error:
+            except Exception as error:   # the waiters get it; the thread must not stop
                 _settle(waiting, error)
             else:
                 self.syncs += 1
@@ -195,7 +195,7 @@ class WalSync:
         # meanwhile, and the writer's own commits report the disk's trouble.
 
 
-def _settle(future: Future[None], error: OSError | None) -> None:
+def _settle(future: Future[None], error: Exception | None) -> None:
     """Complete a shared future (nobody can cancel it: its waiters shield it)."""
     with contextlib.suppress(InvalidStateError):
         if error is None:

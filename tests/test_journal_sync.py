@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from app import journal_sync
 from app.journal import Journal
 from app.journal_sync import CHECKPOINT_EVERY
 from tests.test_journal import make_signal
@@ -27,3 +30,23 @@ async def test_checkpoints_run_on_their_own_thread_and_keep_the_wal_small(
     assert checkpoints >= 10, (checkpoints, size)
     assert size < 6 * 1024 * 1024, size            # started over at ~4 MB
     assert not Path(f"{path}-wal").exists()  # noqa: ASYNC240 - the writer's close removed it
+
+
+async def test_a_failed_fsync_fails_the_acknowledgement_and_the_next_one_works(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk error on the fsync reaches the accept that waited for it (the signal is not
+    acknowledged); the sync thread goes on, and the next accept is acknowledged."""
+    real = journal_sync.os.fsync
+    failures = [OSError(5, "Input/output error")]
+
+    def fsync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real(fd)
+
+    async with Journal(tmp_path / "j.sqlite3") as journal:
+        monkeypatch.setattr(journal_sync.os, "fsync", fsync)
+        with pytest.raises(OSError, match="Input/output error"):
+            await journal.accept(make_signal("s1"), now=1.0)
+        _, created = await journal.accept(make_signal("s2"), now=1.0)
+    assert created
