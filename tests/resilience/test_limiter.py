@@ -97,6 +97,26 @@ async def arrive(clock: FakeClock, limiter: WeightLimiter, gap: float,
     await run_until(clock, clock.monotonic() + (at - now))
 
 
+def replay(pattern: list[tuple[float, int, Priority, float | None]], *, paced: bool,
+           phase: float) -> list[tuple[float, int, Priority]]:
+    """Run ``pattern`` on a fresh limiter started ``phase`` seconds into a window; every
+    waiter is admitted eventually. Returns the admissions (time, cost, priority)."""
+
+    async def scenario() -> list[tuple[float, int, Priority]]:
+        clock = FakeClock(start_time=1_767_225_600.0 + phase)
+        limiter = make(clock, paced=paced)
+        rec = Recorder(limiter)
+        for gap, cost, priority, before_end in pattern:
+            await arrive(clock, limiter, gap, before_end)
+            rec.submit(cost, priority)
+        await run_until(clock, clock.monotonic() + 200)
+        assert len(rec.admitted) == len(pattern), "every waiter is admitted eventually"
+        await limiter.close()
+        return rec.admitted
+
+    return asyncio.run(scenario())
+
+
 @settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pattern=arrivals, paced=st.booleans(), phase=st.floats(0, 9.99))
@@ -107,22 +127,10 @@ def test_no_arrival_pattern_exceeds_the_limit_in_any_window(
     windows (a cost admitted in a window's end zone counted in both that window and the next,
     as the exchange may count it in either) and rolling windows of the same length. Arrivals
     are drawn at window ends too, and the limiter starts at any phase of a window."""
-
-    async def scenario() -> None:
-        clock = FakeClock(start_time=1_767_225_600.0 + phase)
-        limiter = make(clock, paced=paced)
-        rec = Recorder(limiter)
-        for gap, cost, priority, before_end in pattern:
-            await arrive(clock, limiter, gap, before_end)
-            rec.submit(cost, priority)
-        await run_until(clock, clock.monotonic() + 200)
-        assert len(rec.admitted) == len(pattern), "every waiter is admitted eventually"
-        aligned, rolling = max_in_any_window(rec.admitted, W, END_GUARD * W)
-        assert aligned <= LIMIT
-        assert rolling <= LIMIT
-        await limiter.close()
-
-    asyncio.run(scenario())
+    admitted = replay(pattern, paced=paced, phase=phase)
+    aligned, rolling = max_in_any_window(admitted, W, END_GUARD * W)
+    assert aligned <= LIMIT
+    assert rolling <= LIMIT
 
 
 @settings(max_examples=60, deadline=None,

@@ -22,8 +22,8 @@ from tests.resilience.test_limiter import (
     LIMIT,
     Recorder,
     W,
-    arrive,
     make,
+    replay,
     run_until,
     settle,
 )
@@ -199,20 +199,7 @@ def test_no_window_takes_more_than_the_limit_counting_both_edges_twice(
     """Below CRITICAL, no arrival pattern puts more than the limit in an aligned window even
     when every admission near a window's edge is counted in both windows it touches: the end
     zone's in the next window, the opening's in the previous one."""
-
-    async def scenario() -> None:
-        clock = FakeClock(start_time=MINUTE_START + phase)
-        limiter = make(clock, paced=paced)
-        rec = Recorder(limiter)
-        for gap, cost, priority, before_end in pattern:
-            await arrive(clock, limiter, gap, before_end)
-            rec.submit(cost, priority)
-        await run_until(clock, clock.monotonic() + 200)
-        assert len(rec.admitted) == len(pattern), "every waiter is admitted eventually"
-        assert counted_in_both(rec.admitted, OPENING) <= LIMIT
-        await limiter.close()
-
-    asyncio.run(scenario())
+    assert counted_in_both(replay(pattern, paced=paced, phase=phase), OPENING) <= LIMIT
 
 
 # ---------------------------------------------------------------------------- co-tenants
