@@ -61,11 +61,9 @@ class WalSync:
         self._sync_pool: ThreadPoolExecutor | None = None
         self._checkpoint_pool: ThreadPoolExecutor | None = None
         self._checkpointer: sqlite3.Connection | None = None
-        self._lock = threading.Lock()          # the three below, from any thread
+        self._lock = threading.Lock()          # the pool and the two below, from any thread
         self._syncing = False                  # the sync thread has work
         self._waiting: Future[None] | None = None   # those who need the next fsync
-        self._idle = threading.Event()         # set while the sync thread has none
-        self._idle.set()
         self._checkpointing: asyncio.Future[int] | None = None
         self._calls = 0
         self._catch_up = False
@@ -86,24 +84,18 @@ class WalSync:
             pool, self._connect)
 
     async def close(self) -> None:
-        """Let a running fsync (and the one its waiters need) and a running checkpoint finish,
-        then close the checkpointer and the WAL file. Idempotent."""
+        """Close the checkpointer and the WAL file, each on its own thread once a running
+        fsync (and the ones its waiters need) or checkpoint has ended: one worker per pool,
+        so what is submitted last runs last. Idempotent."""
         loop = asyncio.get_running_loop()
         with self._lock:
             sync_pool, self._sync_pool = self._sync_pool, None   # no new requests
-        await loop.run_in_executor(None, self._idle.wait)
-        while self._checkpointing is not None:
-            await asyncio.wait([self._checkpointing])
-        checkpoint_pool, self._checkpoint_pool = self._checkpoint_pool, None
+        checkpoint_pool, self._checkpoint_pool = self._checkpoint_pool, None   # nor checkpoints
         if checkpoint_pool is not None:
-            conn, self._checkpointer = self._checkpointer, None
-            if conn is not None:
-                await asyncio.shield(loop.run_in_executor(checkpoint_pool, conn.close))
+            await asyncio.shield(loop.run_in_executor(checkpoint_pool, self._disconnect))
             checkpoint_pool.shutdown(wait=False)
         if sync_pool is not None:
-            fd, self._fd = self._fd, None
-            if fd is not None:
-                await asyncio.shield(loop.run_in_executor(sync_pool, os.close, fd))
+            await asyncio.shield(loop.run_in_executor(sync_pool, self._close_wal))
             sync_pool.shutdown(wait=False)
 
     def request(self) -> Future[None]:
@@ -119,7 +111,6 @@ class WalSync:
             waiting = self._waiting
             if not self._syncing:
                 self._syncing = True
-                self._idle.clear()
                 self._sync_pool.submit(self._sync_all)
         return waiting
 
@@ -155,7 +146,6 @@ class WalSync:
                 waiting, self._waiting = self._waiting, None
                 if waiting is None:
                     self._syncing = False
-                    self._idle.set()
                     return
             try:
                 self._fsync()
@@ -171,6 +161,16 @@ class WalSync:
         if self._fd is None:
             self._fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
         os.fsync(self._fd)
+
+    def _close_wal(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _disconnect(self) -> None:
+        conn, self._checkpointer = self._checkpointer, None
+        if conn is not None:
+            conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None)
