@@ -62,12 +62,15 @@ from app.journal_rows import (
     as_text,
     intent_from_row,
     intent_row,
+    marks,
     record_from_row,
     select_signal,
+    upsert_intent,
 )
-from app.journal_sync import WalSync
+from app.journal_sync import NotDurable, PendingAccepts, WalSync
 
-__all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "SignalEnded", "SignalRecord"]
+__all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "NotDurable", "SignalEnded",
+           "SignalRecord"]
 
 _T = TypeVar("_T")
 _SYNCHRONOUS: Final = ("NORMAL", "FULL", "EXTRA")
@@ -107,6 +110,7 @@ class Journal(FillLedger):
         self._pool: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._listeners: list[Callable[[SignalRecord], None]] = []
+        self._pending = PendingAccepts()
 
     def __repr__(self) -> str:
         state = "open" if self._conn is not None else "closed"
@@ -165,12 +169,17 @@ class Journal(FillLedger):
 
     # ------------------------------------------------------------------ signals
     async def accept(self, signal: Signal, *, now: float,
-                     offset: tuple[str, int] | None = None) -> tuple[SignalRecord, bool]:
-        """Journal `signal` as ACCEPTED with the next sequence number, committed before this
+                     offset: tuple[str, int] | None = None,
+                     on_commit: Callable[[SignalRecord], None] | None = None,
+                     ) -> tuple[SignalRecord, bool]:
+        """Journal `signal` as ACCEPTED with the next sequence number, on the disk before this
         returns; True if new. A known id returns its existing record and False, unchanged.
 
         `offset` = (name, value), if given, is stored in the same transaction (new or duplicate),
         so a spool line is never both accepted and re-read after a crash (SPEC §4.2).
+        `on_commit(record)` is called for a new signal once it is committed, before the fsync
+        that acknowledges it has completed (the intake queues it then): until `durable` says
+        so, nothing the signal leads to may leave the process.
         """
         body = orjson.dumps(signal.to_record()).decode()
 
@@ -188,10 +197,22 @@ class Journal(FillLedger):
                     (signal.id, seq, signal.symbol, SignalState.ACCEPTED.value, now, now, body))
             return SignalRecord(signal, SignalState.ACCEPTED, None, seq, now, now), True
 
-        record, created = await self._run_acknowledging(work)
-        if created:
-            self._changed(record)
-        return record, created
+        def committed(result: tuple[SignalRecord, bool],
+                      synced: asyncio.Future[None] | None) -> None:
+            record, created = result
+            if created:
+                if synced is not None:
+                    self._pending.add(record.signal.id, synced)
+                self._changed(record)
+                if on_commit is not None:
+                    on_commit(record)
+
+        return await self._run_acknowledging(work, committed)
+
+    async def durable(self, signal_id: str) -> None:
+        """Return once the accept of `signal_id` is on the disk (at once if it is); raise
+        ``NotDurable`` if its fsync failed (see `accept`'s ``on_commit``)."""
+        await self._pending.durable(signal_id)
 
     async def get_signal(self, signal_id: str) -> SignalRecord | None:
         """The journaled record of `signal_id`, or None."""
@@ -239,7 +260,7 @@ class Journal(FillLedger):
     async def non_terminal_signals(self) -> list[SignalRecord]:
         """Signals still ACCEPTED or RUNNING, in acceptance order: what recovery resumes."""
         sql = (f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE state IN "
-               f"({_marks(_NON_TERMINAL)}) ORDER BY seq")
+               f"({marks(_NON_TERMINAL)}) ORDER BY seq")
         return await self._run(
             lambda conn: [record_from_row(row) for row in conn.execute(sql, _NON_TERMINAL)])
 
@@ -267,11 +288,11 @@ class Journal(FillLedger):
 
         def work(conn: sqlite3.Connection) -> SignalRecord | None:
             if not start:            # one statement, its own transaction: the fewest trips
-                _upsert_intent(conn, intent, row)
+                upsert_intent(conn, intent, row)
                 return None
             with transaction(conn):
                 started = _start_signal(conn, intent.signal_id, intent.updated_at)
-                _upsert_intent(conn, intent, row)
+                upsert_intent(conn, intent, row)
             return started
 
         started = await self._run(work)
@@ -296,7 +317,7 @@ class Journal(FillLedger):
         values = tuple(sorted({state.value for state in states}))
         if not values:
             return []
-        sql = (f"SELECT {INTENT_COLUMNS} FROM intents WHERE state IN ({_marks(values)}) "
+        sql = (f"SELECT {INTENT_COLUMNS} FROM intents WHERE state IN ({marks(values)}) "
                "ORDER BY seq")
         return await self._intents(sql, values)
 
@@ -406,19 +427,26 @@ class Journal(FillLedger):
                                   f"lock ({error})") from error
             raise
 
-    async def _run_acknowledging(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _run_acknowledging(
+            self, work: Callable[[sqlite3.Connection], _T],
+            committed: Callable[[_T, asyncio.Future[None] | None], None] | None = None) -> _T:
         """`_run` for a write that acknowledges: on the disk once this returns. Under NORMAL
         the writer thread asks for a group fsync of the WAL right after the commit (handed to
-        the sync thread directly, ``journal_sync``); FULL and EXTRA synced the commit."""
+        the sync thread directly, ``journal_sync``); FULL and EXTRA synced the commit.
+        `committed(result, synced)` runs on the loop between the commit and the fsync's end
+        (``synced``: done with it; None when the commit synced itself)."""
         wal_sync = self._wal_sync if self._group_sync else None
 
         def then_sync(conn: sqlite3.Connection) -> tuple[_T, Future[None] | None]:
             result = work(conn)
             return result, (None if wal_sync is None else wal_sync.request())
 
-        result, synced = await self._run(then_sync)
+        result, request = await self._run(then_sync)
+        synced = None if request is None else asyncio.wrap_future(request)
+        if committed is not None:
+            committed(result, synced)
         if synced is not None:   # shared with other callers: a cancelled one leaves it be
-            await asyncio.shield(asyncio.wrap_future(synced))
+            await asyncio.shield(synced)
         return result
 
     async def _intents(self, sql: str, params: Sequence[object]) -> list[Intent]:
@@ -428,10 +456,6 @@ class Journal(FillLedger):
     def _connect(self) -> sqlite3.Connection:
         """On the worker thread: connect, configure, migrate."""
         return connect(self.path, self.synchronous)
-
-
-def _marks(values: Sequence[object]) -> str:
-    return ", ".join("?" * len(values))
 
 
 def _set_offset(conn: sqlite3.Connection, name: str, value: int, file: str | None = None) -> None:
@@ -457,29 +481,3 @@ def _start_signal(conn: sqlite3.Connection, signal_id: str,
     if record.state.is_terminal:
         raise SignalEnded(record)
     return None
-
-
-def _upsert_intent(conn: sqlite3.Connection, intent: Intent, row: Sequence[object]) -> None:
-    """Insert the intent or update it under its client id; a client id of another signal or
-    leg is left as it is (`ValueError`), an unknown signal is `KeyError` (its foreign key)."""
-    try:
-        changed = conn.execute(
-            f"INSERT INTO intents ({INTENT_COLUMNS}) VALUES ({_marks(row)}) "
-            "ON CONFLICT (client_id) DO UPDATE SET symbol = excluded.symbol, "
-            "side = excluded.side, order_type = excluded.order_type, "
-            "quantity = excluded.quantity, price = excluded.price, "
-            "reduce_only = excluded.reduce_only, state = excluded.state, "
-            "exchange_id = excluded.exchange_id, error_code = excluded.error_code, "
-            "error_message = excluded.error_message, updated_at = excluded.updated_at "
-            "WHERE intents.signal_id = excluded.signal_id AND intents.leg = excluded.leg",
-            row).rowcount
-    except sqlite3.IntegrityError as error:
-        if "FOREIGN KEY" in str(error):
-            raise KeyError(intent.signal_id) from None
-        raise
-    if changed == 0:
-        signal_id, leg = conn.execute("SELECT signal_id, leg FROM intents WHERE client_id = ?",
-                                      (intent.client_id,)).fetchone()
-        raise ValueError(
-            f"client id {intent.client_id!r} belongs to signal {signal_id!r} leg {leg}, not "
-            f"signal {intent.signal_id!r} leg {intent.leg.value}")

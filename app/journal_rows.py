@@ -15,7 +15,8 @@ import orjson
 from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
 
 __all__ = ["INTENT_COLUMNS", "SIGNAL_COLUMNS", "SignalRecord", "as_decimal", "as_text",
-           "intent_from_row", "intent_row", "record_from_row", "select_signal"]
+           "intent_from_row", "intent_row", "marks", "record_from_row", "select_signal",
+           "upsert_intent"]
 
 SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at, filled_quantity"
 INTENT_COLUMNS: Final = ("signal_id, leg, client_id, symbol, side, order_type, quantity, price, "
@@ -73,3 +74,34 @@ def as_text(value: Decimal | None) -> str | None:
 
 def as_decimal(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
+
+
+def marks(values: Sequence[object]) -> str:
+    """SQL placeholders for `values`: ``?, ?, ?``."""
+    return ", ".join("?" * len(values))
+
+
+def upsert_intent(conn: sqlite3.Connection, intent: Intent, row: Sequence[object]) -> None:
+    """Insert the intent or update it under its client id; a client id of another signal or
+    leg is left as it is (`ValueError`), an unknown signal is `KeyError` (its foreign key)."""
+    try:
+        changed = conn.execute(
+            f"INSERT INTO intents ({INTENT_COLUMNS}) VALUES ({marks(row)}) "
+            "ON CONFLICT (client_id) DO UPDATE SET symbol = excluded.symbol, "
+            "side = excluded.side, order_type = excluded.order_type, "
+            "quantity = excluded.quantity, price = excluded.price, "
+            "reduce_only = excluded.reduce_only, state = excluded.state, "
+            "exchange_id = excluded.exchange_id, error_code = excluded.error_code, "
+            "error_message = excluded.error_message, updated_at = excluded.updated_at "
+            "WHERE intents.signal_id = excluded.signal_id AND intents.leg = excluded.leg",
+            row).rowcount
+    except sqlite3.IntegrityError as error:
+        if "FOREIGN KEY" in str(error):
+            raise KeyError(intent.signal_id) from None
+        raise
+    if changed == 0:
+        signal_id, leg = conn.execute("SELECT signal_id, leg FROM intents WHERE client_id = ?",
+                                      (intent.client_id,)).fetchone()
+        raise ValueError(
+            f"client id {intent.client_id!r} belongs to signal {signal_id!r} leg {leg}, not "
+            f"signal {intent.signal_id!r} leg {intent.leg.value}")

@@ -25,6 +25,10 @@ every decision queued behind it wait for the disk.
   over (it stays a few MB). With
   ``synchronous = NORMAL`` a checkpoint syncs the WAL before copying and the database after, as
   SQLite's own would.
+- `PendingAccepts` lets a signal go on while its accept's fsync runs: the intake queues it
+  right after the commit, and the executor's first write to the exchange waits for
+  `PendingAccepts.durable` instead (SPEC §5.6: nothing leaves before its signal is on the disk).
+  The fsync then overlaps the lane and the decision instead of preceding them.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import Final
 
 from app.journal_db import BUSY_TIMEOUT_MS
 
-__all__ = ["CHECKPOINT_EVERY", "RESTART_FRAMES", "WalSync"]
+__all__ = ["CHECKPOINT_EVERY", "RESTART_FRAMES", "NotDurable", "PendingAccepts", "WalSync"]
 
 #: Journal calls between two checkpoints (off the writer's thread: nobody waits for them).
 CHECKPOINT_EVERY: Final = 100
@@ -193,6 +197,47 @@ class WalSync:
             self._catch_up = running.result() >= RESTART_FRAMES
         # A failed checkpoint (disk full, I/O error) is left for the next; the WAL only grows
         # meanwhile, and the writer's own commits report the disk's trouble.
+
+
+class NotDurable(Exception):
+    """The fsync that was to put a signal's accept on the disk failed: the signal was not
+    acknowledged, and nothing it leads to may be sent."""
+
+
+class PendingAccepts:
+    """Signals whose accept is committed but whose acknowledging fsync has not completed yet,
+    by id (on the event loop)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+
+    def add(self, signal_id: str, synced: asyncio.Future[None]) -> None:
+        """`signal_id` is durable once `synced` (shared, never cancelled) is done. A successful
+        one is forgotten then; a failed one stays until `durable` has reported it."""
+        self._waiting[signal_id] = synced
+
+        def forget(done: asyncio.Future[None]) -> None:
+            if (not done.cancelled() and done.exception() is None
+                    and self._waiting.get(signal_id) is done):
+                self._waiting.pop(signal_id, None)
+
+        synced.add_done_callback(forget)
+
+    async def durable(self, signal_id: str) -> None:
+        """Return once the accept of `signal_id` is on the disk: at once for one that is not
+        pending (synced already, or accepted by an earlier run). Raises `NotDurable` if its
+        fsync failed."""
+        synced = self._waiting.get(signal_id)
+        if synced is None:
+            return
+        if not synced.done():
+            await asyncio.wait([synced])           # not cancelled with the caller: shared
+        self._waiting.pop(signal_id, None)
+        error = None if synced.cancelled() else synced.exception()
+        if synced.cancelled() or error is not None:
+            raise NotDurable(f"the journal could not put signal {signal_id!r} on the disk "
+                             f"(fsync failed: {error!r}); it was not acknowledged, and nothing "
+                             "of it is sent")
 
 
 def _settle(future: Future[None], error: Exception | None) -> None:

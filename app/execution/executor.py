@@ -42,7 +42,7 @@ from app.execution.reconcile import adopt_unjournaled
 from app.execution.risk import RiskGate
 from app.execution.sender import DECISION_STARTED, NOT_TAKEN, STARTING, OrderSender
 from app.execution.settings import ExecutorSettings, OnUnprotected
-from app.journal import Journal, SignalEnded, SignalRecord
+from app.journal import Journal, NotDurable, SignalEnded, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 from app.resilience.limiter import Priority
@@ -133,6 +133,9 @@ class Executor:
                     reason = await self._run_until_taken(signal, fresh=fresh, settle=settle)
             except SignalEnded as ended:
                 return ended.record                 # cancelled before its first order
+            except NotDurable as lost:              # its accept's fsync failed: not sent
+                return await self._finish(signal, SignalState.FAILED, str(lost),
+                                          AuditEvent.SIGNAL_FAILED)
             except UnknownOutcome:
                 return await self._journal.set_signal_state(
                     signal.id, SignalState.RUNNING, reason=OUTCOME_UNKNOWN,
@@ -367,6 +370,9 @@ class Executor:
     async def _ensure_account_settings(self, signal: Signal) -> None:
         """Margin type and leverage, set once per symbol and cached (-4046 is success)."""
         symbol = signal.symbol
+        if (signal.margin_type is not None and self._margin.get(symbol) != signal.margin_type) or (
+                signal.leverage is not None and self._leverage.get(symbol) != signal.leverage):
+            await self._journal.durable(signal.id)    # the first write to the exchange
         if signal.margin_type is not None and self._margin.get(symbol) != signal.margin_type:
             await self._exchange.set_margin_type(symbol, signal.margin_type)
             self._margin[symbol] = signal.margin_type

@@ -37,7 +37,7 @@ from app.errors import (
 from app.exchange.models import AlgoState, OrderState
 from app.execution.ports import ExchangePort
 from app.execution.settings import ExecutorSettings
-from app.journal import Journal
+from app.journal import Journal, NotDurable
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 from app.resilience.limiter import Priority
@@ -195,6 +195,7 @@ class OrderSender:
         await self._journal.put_intent(intent, start=start)
         if start:
             STARTING.set(None)
+            await self._durable(intent)
         while True:
             if self._clock.time() >= deadline:
                 raise TimeoutError("deadline passed before the order could be sent")
@@ -243,6 +244,18 @@ class OrderSender:
                     raise
                 continue
             return await self._record(intent, state, describe, log, adopted=False)
+
+    async def _durable(self, intent: Intent) -> None:
+        """Wait until the signal's accept is on the disk: its fsync ran while the signal was
+        handed on, decided and its first intent journaled; nothing leaves before (SPEC §5.6).
+        If that fsync failed, the intent goes back to ``PENDING`` (never sent) and
+        ``NotDurable`` is raised."""
+        try:
+            await self._journal.durable(intent.signal_id)
+        except NotDurable:
+            await self._journal.put_intent(intent.with_state(IntentState.PENDING,
+                                                             now=self._clock.time()))
+            raise
 
     async def _resolve(self, lookup: Callable[[], Awaitable[S | None]],
                        deadline: float, client_id: str | None = None, *,

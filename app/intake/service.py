@@ -174,18 +174,27 @@ class Service:
             await self.bus.reserve()
         else:
             self.bus.reserve_nowait()
+        pushed = False
+
+        def queue(record: SignalRecord) -> None:
+            # Committed, its fsync under way: the lane starts now; the executor's first
+            # write to the exchange waits for `Journal.durable` (SPEC §5.6).
+            nonlocal pushed
+            self._log.info(AuditEvent.SIGNAL_ACCEPTED, signal_id=signal.id,
+                           symbol=signal.symbol, source=source, type=signal.type.value,
+                           seq=record.seq, expires_at=signal.expires_at)
+            self.symbols.add(signal.symbol)
+            self.bus.push(record)
+            pushed = True
+
         try:
             record, created = await self.journal.accept(signal, now=self._clock.time(),
-                                                        offset=offset)
+                                                        offset=offset, on_commit=queue)
         except BaseException:
-            self.bus.release()
+            if not pushed:
+                self.bus.release()
             raise
         if not created:
             self.bus.release()
             return self._duplicate(record, source)
-        self._log.info(AuditEvent.SIGNAL_ACCEPTED, signal_id=signal.id, symbol=signal.symbol,
-                       source=source, type=signal.type.value, seq=record.seq,
-                       expires_at=signal.expires_at)
-        self.symbols.add(signal.symbol)
-        self.bus.push(record)
         return Accepted(record, created=True)
