@@ -9,6 +9,7 @@ supplied by the caller (the module never reads a clock).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -366,4 +367,10 @@ def format_timestamp(epoch_s: float) -> str:
     if not math.isfinite(epoch_s):
         raise ValueError(f"not a finite time: {epoch_s}")
     seconds, millis = divmod(round(epoch_s * 1000), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_whole_second(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _whole_second(seconds: int) -> str:
+    """``2026-11-23T19:05:01`` of a whole epoch second: every event of a second shares it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))

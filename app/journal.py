@@ -58,6 +58,7 @@ from app.journal_fills import Fill, FillLedger
 from app.journal_rows import (
     INTENT_COLUMNS,
     SIGNAL_COLUMNS,
+    SignalEnded,
     SignalRecord,
     as_text,
     intent_from_row,
@@ -65,6 +66,8 @@ from app.journal_rows import (
     marks,
     record_from_row,
     select_signal,
+    set_offset_row,
+    start_signal,
     upsert_intent,
 )
 from app.journal_sync import NotDurable, PendingAccepts, WalSync
@@ -78,14 +81,6 @@ _LEG_ORDER: Final = {leg: rank for rank, leg in enumerate(Leg)}  # E, S, T, C
 _PROTECTIVE: Final = (Leg.STOP_LOSS.value, Leg.TAKE_PROFIT.value)
 _NON_TERMINAL: Final = tuple(s.value for s in SignalState if not s.is_terminal)
 
-
-
-class SignalEnded(Exception):
-    """A signal meant to start had ended already (an operator cancelled it); `record` is it."""
-
-    def __init__(self, record: SignalRecord) -> None:
-        super().__init__(f"signal {record.signal.id!r} is {record.state.value}")
-        self.record = record
 
 
 class Journal(FillLedger):
@@ -186,7 +181,7 @@ class Journal(FillLedger):
         def work(conn: sqlite3.Connection) -> tuple[SignalRecord, bool]:
             with transaction(conn):   # then fsynced: it acknowledges
                 if offset is not None:
-                    _set_offset(conn, *offset)
+                    set_offset_row(conn, *offset)
                 existing = select_signal(conn, signal.id)
                 if existing is not None:
                     return existing, False
@@ -291,7 +286,7 @@ class Journal(FillLedger):
                 upsert_intent(conn, intent, row)
                 return None
             with transaction(conn):
-                started = _start_signal(conn, intent.signal_id, intent.updated_at)
+                started = start_signal(conn, intent.signal_id, intent.updated_at)
                 upsert_intent(conn, intent, row)
             return started
 
@@ -328,17 +323,34 @@ class Journal(FillLedger):
                "AND leg IN (?, ?) ORDER BY seq")
         return await self._intents(sql, (IntentState.PLACED.value, symbol, *_PROTECTIVE))
 
-    async def last_filled(self, symbol: str) -> Intent | None:
+    async def last_filled(self, symbol: str
+                          ) -> tuple[Intent, SignalRecord | None, list[Intent]] | None:
         """The last entry or close of ``symbol`` that filled, whole or in part (an entry that
-        ended with a ``filled_quantity``), by the order first journaled; None if none did."""
+        ended with a ``filled_quantity``), by the order first journaled; None if none did. An
+        entry comes with its signal and its stop-loss intents (the latest last): the guard's
+        question (SPEC §5.9), in one trip to the journal's thread."""
         columns = ", ".join(f"i.{c.strip()}" for c in INTENT_COLUMNS.split(","))
         sql = (f"SELECT {columns} FROM intents i JOIN signals s ON s.id = i.signal_id "
                "WHERE i.symbol = ? AND i.leg IN (?, ?) AND (i.state = ? OR "
                "(i.leg = ? AND s.filled_quantity IS NOT NULL AND s.filled_quantity != '0')) "
                "ORDER BY i.seq DESC LIMIT 1")
-        rows = await self._intents(sql, (symbol, Leg.ENTRY.value, Leg.CLOSE.value,
-                                         IntentState.FILLED.value, Leg.ENTRY.value))
-        return rows[0] if rows else None
+        params = (symbol, Leg.ENTRY.value, Leg.CLOSE.value, IntentState.FILLED.value,
+                  Leg.ENTRY.value)
+
+        def work(conn: sqlite3.Connection
+                 ) -> tuple[Intent, SignalRecord | None, list[Intent]] | None:
+            row = conn.execute(sql, params).fetchone()
+            if row is None:
+                return None
+            last = intent_from_row(row)
+            if last.leg is not Leg.ENTRY:
+                return last, None, []
+            stops = conn.execute(f"SELECT {INTENT_COLUMNS} FROM intents WHERE signal_id = ? "
+                                 "AND leg = ? ORDER BY seq", (last.signal_id, Leg.STOP_LOSS.value))
+            return (last, select_signal(conn, last.signal_id),
+                    [intent_from_row(r) for r in stops])
+
+        return await self._run(work)
 
     async def live_protective_all(self) -> list[Intent]:
         """`live_protective` over every symbol (the orphan watcher's view), oldest first."""
@@ -407,7 +419,7 @@ class Journal(FillLedger):
         def work(conn: sqlite3.Connection) -> None:
             with transaction(conn):   # then fsynced: it acknowledges
                 for name, (value, file) in offsets.items():
-                    _set_offset(conn, name, value, file)
+                    set_offset_row(conn, name, value, file)
 
         await self._run_acknowledging(work)
 
@@ -456,28 +468,3 @@ class Journal(FillLedger):
     def _connect(self) -> sqlite3.Connection:
         """On the worker thread: connect, configure, migrate."""
         return connect(self.path, self.synchronous)
-
-
-def _set_offset(conn: sqlite3.Connection, name: str, value: int, file: str | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"offset {name!r} must be an integer ≥ 0, got {value!r}")
-    conn.execute("INSERT INTO offsets (name, value, file) VALUES (?, ?, ?) "
-                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
-                 "file = COALESCE(excluded.file, offsets.file)", (name, value, file))
-
-
-def _start_signal(conn: sqlite3.Connection, signal_id: str,
-                  now: float) -> SignalRecord | None:
-    """ACCEPTED → RUNNING (the record then), RUNNING as it is (None); ended: `SignalEnded`."""
-    rows = conn.execute(
-        "UPDATE signals SET state = ?, reason = NULL, updated_at = ? WHERE id = ? AND state = ? "
-        f"RETURNING {SIGNAL_COLUMNS}",
-        (SignalState.RUNNING.value, now, signal_id, SignalState.ACCEPTED.value)).fetchall()
-    if rows:
-        return record_from_row(rows[0])
-    record = select_signal(conn, signal_id)
-    if record is None:
-        raise KeyError(signal_id)
-    if record.state.is_terminal:
-        raise SignalEnded(record)
-    return None

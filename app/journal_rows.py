@@ -1,6 +1,7 @@
 """How the journal's rows map to domain records and back (``app/journal.py`` and
 ``app/journal_fills.py`` use it): the column lists, `SignalRecord`, intents to rows and back,
-decimals as exact TEXT."""
+decimals as exact TEXT; and the one-row statements the journal's transactions share (an intent
+upserted, a signal started, an offset stored)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import orjson
 
 from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
 
-__all__ = ["INTENT_COLUMNS", "SIGNAL_COLUMNS", "SignalRecord", "as_decimal", "as_text",
-           "intent_from_row", "intent_row", "marks", "record_from_row", "select_signal",
-           "upsert_intent"]
+__all__ = ["INTENT_COLUMNS", "SIGNAL_COLUMNS", "SignalEnded", "SignalRecord", "as_decimal",
+           "as_text", "intent_from_row", "intent_row", "marks", "record_from_row", "select_signal",
+           "set_offset_row", "start_signal", "upsert_intent"]
 
 SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at, filled_quantity"
 INTENT_COLUMNS: Final = ("signal_id, leg, client_id, symbol, side, order_type, quantity, price, "
@@ -105,3 +106,39 @@ def upsert_intent(conn: sqlite3.Connection, intent: Intent, row: Sequence[object
         raise ValueError(
             f"client id {intent.client_id!r} belongs to signal {signal_id!r} leg {leg}, not "
             f"signal {intent.signal_id!r} leg {intent.leg.value}")
+
+
+class SignalEnded(Exception):
+    """A signal meant to start had ended already (an operator cancelled it); `record` is it."""
+
+    def __init__(self, record: SignalRecord) -> None:
+        super().__init__(f"signal {record.signal.id!r} is {record.state.value}")
+        self.record = record
+
+
+def set_offset_row(conn: sqlite3.Connection, name: str, value: int,
+                   file: str | None = None) -> None:
+    """Store the offset `name` (an integer ≥ 0, else `ValueError`); a None `file` keeps the
+    stored one."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"offset {name!r} must be an integer ≥ 0, got {value!r}")
+    conn.execute("INSERT INTO offsets (name, value, file) VALUES (?, ?, ?) "
+                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                 "file = COALESCE(excluded.file, offsets.file)", (name, value, file))
+
+
+def start_signal(conn: sqlite3.Connection, signal_id: str,
+                  now: float) -> SignalRecord | None:
+    """ACCEPTED → RUNNING (the record then), RUNNING as it is (None); ended: `SignalEnded`."""
+    rows = conn.execute(
+        "UPDATE signals SET state = ?, reason = NULL, updated_at = ? WHERE id = ? AND state = ? "
+        f"RETURNING {SIGNAL_COLUMNS}",
+        (SignalState.RUNNING.value, now, signal_id, SignalState.ACCEPTED.value)).fetchall()
+    if rows:
+        return record_from_row(rows[0])
+    record = select_signal(conn, signal_id)
+    if record is None:
+        raise KeyError(signal_id)
+    if record.state.is_terminal:
+        raise SignalEnded(record)
+    return None

@@ -13,6 +13,7 @@ the same way: reduce-only unless it is the entry.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from decimal import Decimal
@@ -30,8 +31,14 @@ def client_id(prefix: str, signal_id: str, leg: Leg, attempt: int = 0) -> str:
     if not _PREFIX_RE.fullmatch(prefix):
         raise ValueError(f"client id prefix {prefix!r}: at most 8 of [A-Za-z0-9_-]")
     key = signal_id if attempt == 0 else f"{signal_id}\x00{attempt}"   # NUL: never in an id
-    digest = base64.b32encode(hashlib.sha256(key.encode()).digest()).decode()
-    return f"{prefix}{digest[:DIGEST_LENGTH]}{leg.value}"
+    return f"{prefix}{_digest(key)}{leg.value}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _digest(key: str) -> str:
+    """The id's digest of ``key``: every leg of a signal, and every look at one, shares it
+    (`base64.b32encode` is pure Python)."""
+    return base64.b32encode(hashlib.sha256(key.encode()).digest()).decode()[:DIGEST_LENGTH]
 
 
 def new_intent(prefix: str, signal_id: str, symbol: str, leg: Leg, side: Side,

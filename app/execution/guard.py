@@ -235,15 +235,13 @@ class Guard:
         """The last entry of ``symbol`` that filled and asked for a stop-loss, with its latest
         stop intent (None if it has none yet); None when no stop is wanted (no such entry, or
         a close of execd's filled after it)."""
-        entry = await self._journal.last_filled(symbol)
-        self._owned[symbol] = entry is not None and entry.leg is Leg.ENTRY
-        if entry is None or entry.leg is not Leg.ENTRY:
+        last = await self._journal.last_filled(symbol)
+        self._owned[symbol] = last is not None and last[0].leg is Leg.ENTRY
+        if last is None:
             return None
-        record = await self._journal.get_signal(entry.signal_id)
+        _, record, stops = last
         if record is None or record.signal.stop_loss is None:
-            return None
-        stops = [i for i in await self._journal.intents_for(entry.signal_id)
-                 if i.leg is Leg.STOP_LOSS]
+            return None                         # a close, or an entry without a stop-loss
         return record.signal, (stops[-1] if stops else None)
 
     async def _repair(self, symbol: str, signal: Signal, amount: Decimal) -> None:
