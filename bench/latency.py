@@ -31,7 +31,8 @@ Targets: decision p99 < 2 ms at 50 signals/s, overall and at the ends of minutes
 p99 < 5 ms for requests with room, and none of them over 5 ms (SPEC §13's words: a held
 request holds its symbol's lane, so few requests wait and their p99 can hide a stall); execd's
 end-to-end p50 and p99 ≤ 1.5 × the hand loop's; loop lag p99 < 5 ms at 100 signals/s. The
-load average is recorded: on this shared 2-core machine, measure when it is below 1.5. To
+load average and the share of CPU time the host stole during the feed are recorded: on this
+shared 2-core machine, measure when the load is below 1.5 and little is stolen. To
 find what dominates: ``--breakdown`` times each journal and exchange call awaited inside the
 decisions, ``--profile`` runs the measured part under cProfile (this process: the daemon) and
 prints the top functions, ``--keep DIR`` keeps each daemon's journal and audit log. Exits 1
@@ -83,7 +84,7 @@ from lib.latreport import (
     verdict,
 )
 from lib.limitwait import LimiterWaits
-from lib.report import RESULTS_DIR, machine, save
+from lib.report import RESULTS_DIR, cpu_ticks, machine, save, steal_share
 from lib.simproc import UNTHROTTLED, Admin, simulator
 from lib.workload import QUANTITIES, brackets
 
@@ -154,8 +155,9 @@ async def probe(samples: list[float], stop: asyncio.Event) -> None:
         samples.append(max(0.0, now() - start - PROBE_S))
 
 
-#: What the executor awaits between dequeue and the first order (``--breakdown`` times them).
-JOURNAL_CALLS = ("set_signal_state", "intents_for", "put_intent")
+#: What the executor awaits between dequeue and the first order (``--breakdown`` times them);
+#: ``durable``: what is left of the accept's fsync when the first order is ready to go.
+JOURNAL_CALLS = ("set_signal_state", "intents_for", "put_intent", "durable")
 EXCHANGE_CALLS = ("mark_price", "get_position")
 
 
@@ -228,6 +230,7 @@ async def run_rate(url: str, rate: int, seconds: float, profiler: cProfile.Profi
                 "execd", api.url, bodies_file, rate, start_at, BENCH_TOKEN))
             await asyncio.sleep(max(0.0, start_at - time.time()))
             result.load_before = os.getloadavg()[0]
+            ticks = cpu_ticks()
             stop = asyncio.Event()
             probing = asyncio.create_task(probe(result.lag, stop))
             waits.active = True
@@ -236,6 +239,7 @@ async def run_rate(url: str, rate: int, seconds: float, profiler: cProfile.Profi
             feed = await feeding
             result.feed_s = time.time() - start_at
             result.drained = await bus.drain(DRAIN_S)
+            result.steal = steal_share(ticks, cpu_ticks())
             stop.set()
             await probing
             waits.active = False
@@ -272,7 +276,9 @@ async def run_hand(url: str, rate: int, bodies: list[dict[str, Any]]) -> HandRun
     with tempfile.TemporaryDirectory() as tmp:
         bodies_file = await asyncio.to_thread(write_json, Path(tmp) / "bodies.json", bodies)
         result.load_before = os.getloadavg()[0]
+        ticks = cpu_ticks()
         out = await run_sender("hand", url, bodies_file, rate, time.time() + SENDER_START_S)
+        result.steal = steal_share(ticks, cpu_ticks())
         result.load_after = os.getloadavg()[0]
     result.sent, result.status = out["sent"], out["status"]
     result.behind_max_ms = out["behind_max_ms"]

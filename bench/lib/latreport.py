@@ -67,6 +67,7 @@ class RateRun:
     parts: dict[str, list[float]] = field(default_factory=dict)
     load_before: float = 0.0
     load_after: float = 0.0
+    steal: float | None = None          # share of the machine's CPU the host took meanwhile
     #: Client order id without its leg letter → signal id, to find the signal's first order.
     id_keys: dict[str, str] = field(default_factory=dict)
     sent: dict[str, float] = field(default_factory=dict)
@@ -100,6 +101,7 @@ class HandRun:
     behind_max_ms: float = 0.0
     load_before: float = 0.0
     load_after: float = 0.0
+    steal: float | None = None
     sent: dict[str, float] = field(default_factory=dict)
 
 
@@ -152,14 +154,18 @@ def limiter_table(runs: Sequence[RateRun]) -> str:
 
 
 def e2e_table(runs: Sequence[RateRun], hand: HandRun | None) -> str:
-    lines = [["sender", "rate/s", "signals", "p50 ms", "p99 ms", "max ms", "load"]]
+    lines = [["sender", "rate/s", "signals", "p50 ms", "p99 ms", "max ms", "stolen", "load"]]
     for run in runs:
         lines.append(["execd (POST /v1/signals)", str(run.rate), *_pmm(run.e2e),
-                      f"{run.load_before:.2f}/{run.load_after:.2f}"])
+                      _share(run.steal), f"{run.load_before:.2f}/{run.load_after:.2f}"])
     if hand is not None:
         lines.append(["hand loop (python-binance)", str(hand.rate), *_pmm(hand.e2e),
-                      f"{hand.load_before:.2f}/{hand.load_after:.2f}"])
+                      _share(hand.steal), f"{hand.load_before:.2f}/{hand.load_after:.2f}"])
     return text_table(lines)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def lag_table(runs: Sequence[RateRun]) -> str:
@@ -202,6 +208,7 @@ def summary(run: RateRun) -> dict[str, Any]:
             "daemon_lag_probe": run.daemon_lag, "journal_counts": run.final_states,
             "load_avg_1m": {"before": round(run.load_before, 2),
                             "after": round(run.load_after, 2)},
+            "cpu_stolen": None if run.steal is None else round(run.steal, 4),
             "targets": {k: verdict(v) for k, v in run.checks().items()}}
 
 
@@ -209,4 +216,5 @@ def hand_summary(hand: HandRun) -> dict[str, Any]:
     return {"rate": hand.rate, "signals": hand.signals, "end_to_end_ms": ms(hand.e2e),
             "status": hand.status, "behind_max_ms": round(hand.behind_max_ms, 3),
             "load_avg_1m": {"before": round(hand.load_before, 2),
-                            "after": round(hand.load_after, 2)}}
+                            "after": round(hand.load_after, 2)},
+            "cpu_stolen": None if hand.steal is None else round(hand.steal, 4)}

@@ -20,6 +20,24 @@ def machine(**extra: Any) -> dict[str, Any]:
             "platform": platform.platform(), **extra}
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(stolen, total) CPU ticks of the whole machine so far (``/proc/stat``; None elsewhere):
+    on a shared VM the host's other tenants take the stolen ones, and latency with them."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time stolen between two `cpu_ticks` readings (0–1), or None."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def save(out: Path, result: Mapping[str, Any]) -> str:
     """Write ``result`` to ``out`` as indented JSON (creating its directory); the path to
     print, relative to the repository when it lies inside it."""
