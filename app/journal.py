@@ -222,7 +222,19 @@ class Journal(FillLedger):
         With `expect`, a signal found in another state is returned unchanged (the check and
         the move are one transaction: an operator's cancel and the executor's start race).
         """
-        def work(conn: sqlite3.Connection) -> SignalRecord:
+        record, _ = await self._set_signal_state(signal_id, state, reason, now, expect, False)
+        return record
+
+    async def end_signal(self, signal_id: str, state: SignalState, *, reason: str,
+                         now: float) -> tuple[SignalRecord, list[Intent]]:
+        """`set_signal_state` to a terminal `state`, and the signal's intents (`intents_for`)
+        read right after, in one trip (the executor's last word on a signal)."""
+        return await self._set_signal_state(signal_id, state, reason, now, None, True)
+
+    async def _set_signal_state(self, signal_id: str, state: SignalState, reason: str | None,
+                                now: float, expect: SignalState | None, listing: bool,
+                                ) -> tuple[SignalRecord, list[Intent]]:
+        def move(conn: sqlite3.Connection) -> SignalRecord:
             with transaction(conn):
                 old = select_signal(conn, signal_id)
                 if old is None:
@@ -239,10 +251,13 @@ class Journal(FillLedger):
             return SignalRecord(old.signal, state, reason, old.seq, old.accepted_at, now,
                                 old.filled_quantity)
 
-        record = await self._run(work)
+        def work(conn: sqlite3.Connection) -> tuple[SignalRecord, list[Intent]]:
+            return move(conn), (_intents_of(conn, signal_id) if listing else [])
+
+        record, intents = await self._run(work)
         if record.updated_at == now and record.state is state:   # written, not left as it was
             self._changed(record)
-        return record
+        return record, intents
 
     async def signals_updated_since(self, since: float) -> list[SignalRecord]:
         """Signals whose state last changed at or after `since` (seconds), oldest change
@@ -303,9 +318,7 @@ class Journal(FillLedger):
     async def intents_for(self, signal_id: str) -> list[Intent]:
         """The signal's intents in leg order (E, S, T, C); within a leg (a stop-loss placed
         again by the guard) in the order first journaled, the latest last."""
-        sql = f"SELECT {INTENT_COLUMNS} FROM intents WHERE signal_id = ? ORDER BY seq"
-        intents = await self._intents(sql, (signal_id,))
-        return sorted(intents, key=lambda i: _LEG_ORDER[i.leg])
+        return await self._run(lambda conn: _intents_of(conn, signal_id))
 
     async def intents_in_states(self, states: Iterable[IntentState]) -> list[Intent]:
         """Every intent in one of `states`, in the order first journaled."""
@@ -468,3 +481,10 @@ class Journal(FillLedger):
     def _connect(self) -> sqlite3.Connection:
         """On the worker thread: connect, configure, migrate."""
         return connect(self.path, self.synchronous)
+
+
+def _intents_of(conn: sqlite3.Connection, signal_id: str) -> list[Intent]:
+    """`Journal.intents_for` on the writer's thread."""
+    rows = conn.execute(f"SELECT {INTENT_COLUMNS} FROM intents WHERE signal_id = ? "
+                        "ORDER BY seq", (signal_id,))
+    return sorted((intent_from_row(row) for row in rows), key=lambda i: _LEG_ORDER[i.leg])

@@ -46,28 +46,17 @@ class FillLedger:
     # ------------------------------------------------------------------ fills
     async def add_fill(self, fill: Fill) -> bool:
         """Journal one trade; False if it was already journaled (a replayed event)."""
-        row = (fill.client_id, fill.trade_id, fill.symbol, fill.side.value, str(fill.quantity),
-               str(fill.price), str(fill.commission), fill.commission_asset,
-               str(fill.realized_pnl), fill.time)
+        added, _ = await self._run(lambda conn: _add_fill(conn, fill, listing=False))
+        return added
 
-        def work(conn: sqlite3.Connection) -> bool:
-            with transaction(conn):
-                cursor = conn.execute(
-                    f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES ({_PLACES}) "
-                    "ON CONFLICT DO NOTHING", row)
-                return cursor.rowcount == 1
-
-        return await self._run(work)
+    async def add_fill_listing(self, fill: Fill) -> tuple[bool, list[Fill]]:
+        """`add_fill`, and the order's journaled trades (`fills_for`) read right after it, in
+        one trip: the last trade of an order that is then reported."""
+        return await self._run(lambda conn: _add_fill(conn, fill, listing=True))
 
     async def fills_for(self, client_id: str) -> list[Fill]:
         """The journaled trades of one order, oldest first."""
-        def work(conn: sqlite3.Connection) -> list[Fill]:
-            rows = conn.execute(f"SELECT {_FILL_COLUMNS} FROM fills WHERE client_id = ? "
-                                "ORDER BY time, trade_id", (client_id,))
-            return [Fill(c, t, sym, Side(side), Decimal(q), Decimal(p), Decimal(n), asset,
-                         Decimal(rp), time) for c, t, sym, side, q, p, n, asset, rp, time in rows]
-
-        return await self._run(work)
+        return await self._run(lambda conn: _fills_for(conn, client_id))
 
     async def day_result(self, since: float
                          ) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
@@ -83,3 +72,20 @@ class FillLedger:
             return pnl, paid
 
         return await self._run(work)
+
+
+def _add_fill(conn: sqlite3.Connection, fill: Fill, *, listing: bool) -> tuple[bool, list[Fill]]:
+    row = (fill.client_id, fill.trade_id, fill.symbol, fill.side.value, str(fill.quantity),
+           str(fill.price), str(fill.commission), fill.commission_asset, str(fill.realized_pnl),
+           fill.time)
+    with transaction(conn):
+        added = conn.execute(f"INSERT INTO fills ({_FILL_COLUMNS}) VALUES ({_PLACES}) "
+                             "ON CONFLICT DO NOTHING", row).rowcount == 1
+    return added, (_fills_for(conn, fill.client_id) if listing else [])
+
+
+def _fills_for(conn: sqlite3.Connection, client_id: str) -> list[Fill]:
+    rows = conn.execute(f"SELECT {_FILL_COLUMNS} FROM fills WHERE client_id = ? "
+                        "ORDER BY time, trade_id", (client_id,))
+    return [Fill(c, t, sym, Side(side), Decimal(q), Decimal(p), Decimal(n), asset, Decimal(rp),
+                 time) for c, t, sym, side, q, p, n, asset, rp, time in rows]

@@ -175,6 +175,20 @@ async def test_set_signal_state_records_state_reason_and_time(journal: Journal) 
     assert await journal.get_signal("s1") == record
 
 
+async def test_end_signal_moves_it_and_lists_its_intents_in_one_trip(journal: Journal) -> None:
+    """The executor's last word: the terminal state and the intents as `intents_for` gives them
+    (leg order), from one call; a second end of the same state changes nothing."""
+    await accepted(journal, "s1")
+    for leg in (Leg.TAKE_PROFIT, Leg.ENTRY, Leg.STOP_LOSS):
+        await journal.put_intent(make_intent("s1", leg, IntentState.PLACED))
+    record, intents = await journal.end_signal("s1", SignalState.DONE, reason="ok", now=NOW + 1)
+    assert (record.state, record.reason) == (SignalState.DONE, "ok")
+    assert intents == await journal.intents_for("s1")
+    assert [i.leg for i in intents] == [Leg.ENTRY, Leg.STOP_LOSS, Leg.TAKE_PROFIT]
+    again, _ = await journal.end_signal("s1", SignalState.DONE, reason="later", now=NOW + 2)
+    assert again == record
+
+
 async def test_set_signal_state_of_unknown_id_raises_key_error(journal: Journal) -> None:
     """There is no state to change for a signal never accepted."""
     with pytest.raises(KeyError, match="ghost"):
@@ -544,3 +558,6 @@ async def test_a_version_1_journal_is_migrated_keeping_its_signals(tmp_path: Pat
         assert await journal.fills_for("xdABCE") == [fill]
         assert (await journal.day_result(0.5))[0] == {"BTCUSDT": Decimal("-1.5")}
         assert (await journal.day_result(2.0))[0] == {}
+        second = replace(fill, trade_id=8, time=2.0)
+        assert await journal.add_fill_listing(second) == (True, [fill, second])
+        assert await journal.add_fill_listing(second) == (False, [fill, second])

@@ -274,10 +274,10 @@ class Executor:
         state is being written (the journal's thread commits it anyway) still audits it,
         before the cancellation goes on: never a journaled DONE without its ``signal_done``."""
         level = self._log.info if state is SignalState.DONE else self._log.warning
-        write = asyncio.ensure_future(self._journal.set_signal_state(
+        write = asyncio.ensure_future(self._journal.end_signal(
             signal.id, state, reason=reason, now=self._clock.time()))
         try:
-            record = await asyncio.shield(write)
+            record, journaled = await asyncio.shield(write)
         except ValueError:     # it ended meanwhile (cancelled before its first order): as is
             ended = await self._journal.get_signal(signal.id)
             assert ended is not None
@@ -286,13 +286,8 @@ class Executor:
             if await asyncio.wait([write]) and write.exception() is None:
                 level(event, state=state.value, reason=reason, intents=None, **fields)
             raise
-        try:
-            intents = [{"leg": i.leg.value, "client_id": i.client_id, "state": i.state.value,
-                        "exchange_id": i.exchange_id}
-                       for i in await self._journal.intents_for(signal.id)]
-        except asyncio.CancelledError:
-            level(event, state=state.value, reason=reason, intents=None, **fields)
-            raise
+        intents = [{"leg": i.leg.value, "client_id": i.client_id, "state": i.state.value,
+                    "exchange_id": i.exchange_id} for i in journaled]
         level(event, state=state.value, reason=reason, intents=intents, **fields)
         return record
 

@@ -86,8 +86,12 @@ class AccountReports:
         return cid.startswith(self._prefix) and not cid.startswith(("autoclose-", "web_"))
 
     def _on_order(self, event: OrderUpdate) -> set[str]:
+        # execd's order ended filled: reported from its journaled trades. Ended by a trade
+        # (the usual MARKET fill), one journal trip adds the trade and lists them.
+        report = (not event.is_liquidation and self._ours(event.client_id)
+                  and event.is_final and event.filled_qty > 0)
         if event.is_trade:
-            self._spawn(self._journal_fill(event))
+            self._spawn(self._journal_fill(event, report=report))
         if event.is_liquidation:
             if event.is_final:
                 self._log.critical(AuditEvent.POSITION_LIQUIDATED, symbol=event.symbol,
@@ -104,8 +108,9 @@ class AccountReports:
                                   note="not execd's order: never touched; its stop still "
                                        "covers the whole position")
                 return {event.symbol}
-        elif event.is_final and event.filled_qty > 0:
-            self._spawn(self._report_filled(event))
+        elif report:
+            if not event.is_trade:
+                self._spawn(self._report_filled(event))
             return {event.symbol}
         return set()
 
@@ -125,11 +130,15 @@ class AccountReports:
             self._spawn(self._journal_algo_end(event))
         return {event.symbol}
 
-    async def _journal_fill(self, event: OrderUpdate) -> None:
-        added = await self._journal.add_fill(Fill(
-            event.client_id, event.trade_id, event.symbol, event.side, event.last_qty,
-            event.last_price, event.commission, event.commission_asset, event.realized_pnl,
-            event.trade_time_ms / 1000))
+    async def _journal_fill(self, event: OrderUpdate, *, report: bool = False) -> None:
+        fill = Fill(event.client_id, event.trade_id, event.symbol, event.side, event.last_qty,
+                    event.last_price, event.commission, event.commission_asset,
+                    event.realized_pnl, event.trade_time_ms / 1000)
+        fills: list[Fill] | None = None
+        if report:
+            added, fills = await self._journal.add_fill_listing(fill)
+        else:
+            added = await self._journal.add_fill(fill)
         self._roll()
         if added and int(event.trade_time_ms // 86_400_000) == self._pnl_day:
             self._pnl[event.symbol] = self._pnl.get(event.symbol, Decimal(0)) + (
@@ -139,9 +148,13 @@ class AccountReports:
             if self._on_day_result is not None:
                 self._on_day_result(sum(self._pnl.values(), Decimal(0)), dict(self._paid),
                                     at_start=False)
+        if fills is not None:
+            self._report_fills(event, fills)
 
     async def _report_filled(self, event: OrderUpdate) -> None:
-        fills = await self._journal.fills_for(event.client_id)
+        self._report_fills(event, await self._journal.fills_for(event.client_id))
+
+    def _report_fills(self, event: OrderUpdate, fills: list[Fill]) -> None:
         self._log.info(AuditEvent.ORDER_FILLED, symbol=event.symbol, source="stream",
                        client_order_id=event.client_id, status=event.status,
                        avg_price=str(event.avg_price), executed_qty=str(event.filled_qty),
