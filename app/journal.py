@@ -206,7 +206,7 @@ class Journal(FillLedger):
 
     async def durable(self, signal_id: str) -> None:
         """Return once the accept of `signal_id` is on the disk (at once if it is); raise
-        ``NotDurable`` if its fsync failed (see `accept`'s ``on_commit``)."""
+        ``NotDurable``, every time, if its fsync failed (see `accept`'s ``on_commit``)."""
         await self._pending.durable(signal_id)
 
     async def get_signal(self, signal_id: str) -> SignalRecord | None:

@@ -213,7 +213,8 @@ class PendingAccepts:
 
     def add(self, signal_id: str, synced: asyncio.Future[None]) -> None:
         """`signal_id` is durable once `synced` (shared, never cancelled) is done. A successful
-        one is forgotten then; a failed one stays until `durable` has reported it."""
+        one is forgotten then; a failed one is kept (rare: the disk failed), so that every
+        later `durable` of the signal fails too."""
         self._waiting[signal_id] = synced
 
         def forget(done: asyncio.Future[None]) -> None:
@@ -225,14 +226,13 @@ class PendingAccepts:
 
     async def durable(self, signal_id: str) -> None:
         """Return once the accept of `signal_id` is on the disk: at once for one that is not
-        pending (synced already, or accepted by an earlier run). Raises `NotDurable` if its
-        fsync failed."""
+        pending (synced already, or accepted by an earlier run). Raises `NotDurable`, every
+        time, if its fsync failed."""
         synced = self._waiting.get(signal_id)
         if synced is None:
             return
         if not synced.done():
             await asyncio.wait([synced])           # not cancelled with the caller: shared
-        self._waiting.pop(signal_id, None)
         error = None if synced.cancelled() else synced.exception()
         if synced.cancelled() or error is not None:
             raise NotDurable(f"the journal could not put signal {signal_id!r} on the disk "

@@ -195,7 +195,7 @@ class OrderSender:
         await self._journal.put_intent(intent, start=start)
         if start:
             STARTING.set(None)
-            await self._durable(intent)
+        await self._durable(intent)
         while True:
             if self._clock.time() >= deadline:
                 raise TimeoutError("deadline passed before the order could be sent")
@@ -247,9 +247,9 @@ class OrderSender:
 
     async def _durable(self, intent: Intent) -> None:
         """Wait until the signal's accept is on the disk: its fsync ran while the signal was
-        handed on, decided and its first intent journaled; nothing leaves before (SPEC §5.6).
-        If that fsync failed, the intent goes back to ``PENDING`` (never sent) and
-        ``NotDurable`` is raised."""
+        handed on, decided and its first intent journaled; nothing leaves before (SPEC §5.6;
+        at once for any later order). If that fsync failed, the intent goes back to
+        ``PENDING`` (never sent) and ``NotDurable`` is raised — on every try."""
         try:
             await self._journal.durable(intent.signal_id)
         except NotDurable:

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from app import journal_sync
 from app.domain import IntentState, SignalState
 from app.execution.executor import Executor
-from app.journal import Journal, SignalRecord
+from app.journal import Journal, NotDurable, SignalRecord
 from tests.execution.conftest import make_signal
 from tests.simulator import Admin
 
@@ -92,7 +92,11 @@ async def test_a_failed_fsync_sends_nothing_and_fails_the_signal(
     assert [e["event"] for e in logs if e["event"].startswith(("order_", "leverage"))] == []
     assert [i.state for i in await journal.intents_for(final.signal.id)] == [
         IntentState.PENDING]
-    assert await journal.durable(committed[0].signal.id) is None     # reported once
+    with pytest.raises(NotDurable):                  # every time: a retry never sends it
+        await journal.durable(committed[0].signal.id)
+    again = await executor.execute(committed[0])     # handed on once more: still nothing
+    assert again.state is SignalState.FAILED
+    assert await admin.orders() == []
 
     record, created = await journal.accept(make_signal(LONG), now=time.time())
     assert created
