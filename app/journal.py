@@ -61,13 +61,14 @@ from app.journal_rows import (
     SignalEnded,
     SignalRecord,
     as_text,
+    install_start,
     intent_from_row,
     intent_row,
     marks,
     record_from_row,
     select_signal,
     set_offset_row,
-    start_signal,
+    start_intent,
     upsert_intent,
 )
 from app.journal_sync import NotDurable, PendingAccepts, WalSync
@@ -300,10 +301,7 @@ class Journal(FillLedger):
             if not start:            # one statement, its own transaction: the fewest trips
                 upsert_intent(conn, intent, row)
                 return None
-            with transaction(conn):
-                started = start_signal(conn, intent.signal_id, intent.updated_at)
-                upsert_intent(conn, intent, row)
-            return started
+            return start_intent(conn, intent, row)     # one statement too
 
         started = await self._run(work)
         if started is not None:
@@ -479,8 +477,11 @@ class Journal(FillLedger):
             lambda conn: [intent_from_row(row) for row in conn.execute(sql, params)])
 
     def _connect(self) -> sqlite3.Connection:
-        """On the worker thread: connect, configure, migrate."""
-        return connect(self.path, self.synchronous)
+        """On the worker thread: connect, configure, migrate; the view that starts a
+        signal (`journal_rows.install_start`)."""
+        conn = connect(self.path, self.synchronous)
+        install_start(conn)
+        return conn
 
 
 def _intents_of(conn: sqlite3.Connection, signal_id: str) -> list[Intent]:

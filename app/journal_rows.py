@@ -16,8 +16,9 @@ import orjson
 from app.domain import Intent, IntentState, Leg, OrderType, Side, Signal, SignalState
 
 __all__ = ["INTENT_COLUMNS", "SIGNAL_COLUMNS", "SignalEnded", "SignalRecord", "as_decimal",
-           "as_text", "intent_from_row", "intent_row", "marks", "record_from_row", "select_signal",
-           "set_offset_row", "start_signal", "upsert_intent"]
+           "as_text", "install_start", "intent_from_row", "intent_row", "marks",
+           "record_from_row", "select_signal", "set_offset_row", "start_intent",
+           "upsert_intent"]
 
 SIGNAL_COLUMNS: Final = "body, state, reason, seq, accepted_at, updated_at, filled_quantity"
 INTENT_COLUMNS: Final = ("signal_id, leg, client_id, symbol, side, order_type, quantity, price, "
@@ -82,30 +83,87 @@ def marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
 
 
+#: How an intent's row is upserted under its client id: only by its own signal and leg.
+_UPSERT: Final = (
+    "ON CONFLICT (client_id) DO UPDATE SET symbol = excluded.symbol, "
+    "side = excluded.side, order_type = excluded.order_type, "
+    "quantity = excluded.quantity, price = excluded.price, "
+    "reduce_only = excluded.reduce_only, state = excluded.state, "
+    "exchange_id = excluded.exchange_id, error_code = excluded.error_code, "
+    "error_message = excluded.error_message, updated_at = excluded.updated_at "
+    "WHERE intents.signal_id = excluded.signal_id AND intents.leg = excluded.leg")
+_ENDED: Final = "execd: signal ended"
+_TAKEN: Final = "execd: client id taken"
+
+
 def upsert_intent(conn: sqlite3.Connection, intent: Intent, row: Sequence[object]) -> None:
     """Insert the intent or update it under its client id; a client id of another signal or
     leg is left as it is (`ValueError`), an unknown signal is `KeyError` (its foreign key)."""
     try:
         changed = conn.execute(
-            f"INSERT INTO intents ({INTENT_COLUMNS}) VALUES ({marks(row)}) "
-            "ON CONFLICT (client_id) DO UPDATE SET symbol = excluded.symbol, "
-            "side = excluded.side, order_type = excluded.order_type, "
-            "quantity = excluded.quantity, price = excluded.price, "
-            "reduce_only = excluded.reduce_only, state = excluded.state, "
-            "exchange_id = excluded.exchange_id, error_code = excluded.error_code, "
-            "error_message = excluded.error_message, updated_at = excluded.updated_at "
-            "WHERE intents.signal_id = excluded.signal_id AND intents.leg = excluded.leg",
+            f"INSERT INTO intents ({INTENT_COLUMNS}) VALUES ({marks(row)}) {_UPSERT}",
             row).rowcount
     except sqlite3.IntegrityError as error:
         if "FOREIGN KEY" in str(error):
             raise KeyError(intent.signal_id) from None
         raise
     if changed == 0:
-        signal_id, leg = conn.execute("SELECT signal_id, leg FROM intents WHERE client_id = ?",
-                                      (intent.client_id,)).fetchone()
-        raise ValueError(
-            f"client id {intent.client_id!r} belongs to signal {signal_id!r} leg {leg}, not "
-            f"signal {intent.signal_id!r} leg {intent.leg.value}")
+        raise _taken(conn, intent)
+
+
+def _taken(conn: sqlite3.Connection, intent: Intent) -> ValueError:
+    signal_id, leg = conn.execute("SELECT signal_id, leg FROM intents WHERE client_id = ?",
+                                  (intent.client_id,)).fetchone()
+    return ValueError(
+        f"client id {intent.client_id!r} belongs to signal {signal_id!r} leg {leg}, not "
+        f"signal {intent.signal_id!r} leg {intent.leg.value}")
+
+
+def install_start(conn: sqlite3.Connection) -> None:
+    """On the writer's connection: the temp view `start_intent` writes through. Inserting an
+    intent into it starts its signal in one statement (atomic by itself): a signal that ended
+    aborts it, an ``ACCEPTED`` one becomes ``RUNNING``, and the intent is upserted as by
+    `upsert_intent`. One statement instead of a transaction of four: each statement hands the
+    GIL to a busy event loop and back (issue 16)."""
+    new = ", ".join(f"NEW.{column.strip()}" for column in INTENT_COLUMNS.split(","))
+    conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS start_intent AS SELECT {INTENT_COLUMNS} "
+                 "FROM intents")
+    conn.execute(
+        "CREATE TEMP TRIGGER IF NOT EXISTS start_intent_insert INSTEAD OF INSERT ON "
+        "start_intent BEGIN "
+        f"SELECT RAISE(ABORT, '{_ENDED}') FROM signals WHERE id = NEW.signal_id "
+        f"AND state NOT IN ('{SignalState.ACCEPTED.value}', '{SignalState.RUNNING.value}'); "
+        f"SELECT RAISE(ABORT, '{_TAKEN}') FROM intents WHERE client_id = NEW.client_id "
+        "AND (signal_id != NEW.signal_id OR leg != NEW.leg); "
+        f"UPDATE signals SET state = '{SignalState.RUNNING.value}', reason = NULL, "
+        f"updated_at = NEW.updated_at WHERE id = NEW.signal_id "
+        f"AND state = '{SignalState.ACCEPTED.value}'; "
+        f"INSERT INTO intents ({INTENT_COLUMNS}) VALUES ({new}) {_UPSERT}; END")
+
+
+def start_intent(conn: sqlite3.Connection, intent: Intent,
+                 row: Sequence[object]) -> SignalRecord | None:
+    """Journal the signal's first intent and start the signal (`install_start`): the record
+    if it moved ``ACCEPTED`` → ``RUNNING``, None if it was ``RUNNING``. An ended signal is
+    `SignalEnded`, an unknown one `KeyError`, a client id of another signal or leg
+    `ValueError`; then nothing is written."""
+    before = conn.total_changes
+    try:
+        conn.execute(f"INSERT INTO start_intent VALUES ({marks(row)})", row)
+    except sqlite3.IntegrityError as error:
+        text = str(error)
+        if _ENDED in text:
+            ended = select_signal(conn, intent.signal_id)
+            assert ended is not None
+            raise SignalEnded(ended) from None
+        if _TAKEN in text:
+            raise _taken(conn, intent) from None
+        if "FOREIGN KEY" in text:
+            raise KeyError(intent.signal_id) from None
+        raise
+    if conn.total_changes - before < 2:          # the intent only: it was RUNNING already
+        return None
+    return select_signal(conn, intent.signal_id)
 
 
 class SignalEnded(Exception):
@@ -125,20 +183,3 @@ def set_offset_row(conn: sqlite3.Connection, name: str, value: int,
     conn.execute("INSERT INTO offsets (name, value, file) VALUES (?, ?, ?) "
                  "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
                  "file = COALESCE(excluded.file, offsets.file)", (name, value, file))
-
-
-def start_signal(conn: sqlite3.Connection, signal_id: str,
-                  now: float) -> SignalRecord | None:
-    """ACCEPTED → RUNNING (the record then), RUNNING as it is (None); ended: `SignalEnded`."""
-    rows = conn.execute(
-        "UPDATE signals SET state = ?, reason = NULL, updated_at = ? WHERE id = ? AND state = ? "
-        f"RETURNING {SIGNAL_COLUMNS}",
-        (SignalState.RUNNING.value, now, signal_id, SignalState.ACCEPTED.value)).fetchall()
-    if rows:
-        return record_from_row(rows[0])
-    record = select_signal(conn, signal_id)
-    if record is None:
-        raise KeyError(signal_id)
-    if record.state.is_terminal:
-        raise SignalEnded(record)
-    return None

@@ -82,3 +82,38 @@ async def test_the_first_intent_starts_its_signal_in_the_same_transaction(
             await journal.put_intent(entry("b"), start=True)
         assert ended.value.record.state is SignalState.CANCELED
         assert await journal.intents_for("b") == []            # nothing written
+
+
+async def test_a_start_that_fails_writes_nothing_and_a_second_start_moves_nothing(
+        tmp_path: Path) -> None:
+    """The start is one statement (`journal_rows.start_intent`): an unknown signal (KeyError)
+    or a client id of another signal (ValueError) leaves every row as it was; a start of a
+    signal already RUNNING writes the intent and tells the listeners nothing."""
+    from app.domain import Intent, IntentState, Leg, OrderType
+    from app.journal import SignalRecord
+
+    def intent(signal_id: str, client_id: str, leg: Leg = Leg.ENTRY) -> Intent:
+        return Intent(signal_id=signal_id, leg=leg, client_id=client_id, symbol="BTCUSDT",
+                      side=Side.BUY, order_type=OrderType.MARKET, quantity=Decimal("0.01"),
+                      price=None, reduce_only=False, state=IntentState.SENDING,
+                      updated_at=NOW + 1)
+
+    heard: list[SignalRecord] = []
+    async with Journal(tmp_path / "j.sqlite3") as journal:
+        journal.add_listener(heard.append)
+        await journal.accept(make_signal("a"), now=NOW)
+        await journal.accept(make_signal("b"), now=NOW)
+        await journal.put_intent(intent("a", "xdaE"), start=True)
+        assert [(r.signal.id, r.state) for r in heard] == [
+            ("a", SignalState.ACCEPTED), ("b", SignalState.ACCEPTED), ("a", SignalState.RUNNING)]
+        with pytest.raises(KeyError, match="ghost"):
+            await journal.put_intent(intent("ghost", "xdghostE"), start=True)
+        with pytest.raises(ValueError, match="belongs to signal 'a' leg E"):
+            await journal.put_intent(intent("b", "xdaE"), start=True)
+        b = await journal.get_signal("b")
+        assert b is not None
+        assert b.state is SignalState.ACCEPTED                  # not started without its intent
+        assert await journal.intents_for("b") == []
+        await journal.put_intent(intent("a", "xdaS", Leg.STOP_LOSS), start=True)
+        assert len(heard) == 3                                  # RUNNING already: no news
+        assert [i.client_id for i in await journal.intents_for("a")] == ["xdaE", "xdaS"]
