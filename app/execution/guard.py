@@ -29,6 +29,7 @@ from app.domain import Intent, IntentState, Leg, OrderType, Signal
 from app.errors import ExchangeError
 from app.exchange.models import AlgoState, OrderState, Position
 from app.exchange.stream_events import (
+    OrderUpdate,
     StreamKind,
     StreamStatus,
     UserEvent,
@@ -142,6 +143,12 @@ class Guard:
             self.on_status(event)
             return
         self._book.apply(event)
+        if (isinstance(event, OrderUpdate) and event.is_trade and not event.is_liquidation
+                and self._reports.ours(event.client_id)
+                and event.client_id.endswith(Leg.ENTRY.value)):
+            # execd's own entry filled: its position is execd's from now on, not from the
+            # symbol's next check, which waits for the executor to finish protecting it
+            self._owned[event.symbol] = True
         for symbol in self._reports.on_event(event):
             self.schedule(symbol)
 

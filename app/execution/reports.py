@@ -82,13 +82,14 @@ class AccountReports:
             return {change.symbol for change in event.positions}
         return set()                            # listenKeyExpired: the stream reconnects
 
-    def _ours(self, cid: str) -> bool:
+    def ours(self, cid: str) -> bool:
+        """Whether client id `cid` is one of execd's (its prefix; not a web or auto-close id)."""
         return cid.startswith(self._prefix) and not cid.startswith(("autoclose-", "web_"))
 
     def _on_order(self, event: OrderUpdate) -> set[str]:
         # execd's order ended filled: reported from its journaled trades. Ended by a trade
         # (the usual MARKET fill), one journal trip adds the trade and lists them.
-        report = (not event.is_liquidation and self._ours(event.client_id)
+        report = (not event.is_liquidation and self.ours(event.client_id)
                   and event.is_final and event.filled_qty > 0)
         if event.is_trade:
             self._spawn(self._journal_fill(event, report=report))
@@ -100,7 +101,7 @@ class AccountReports:
                                    avg_price=str(event.avg_price),
                                    realized_pnl=str(event.realized_pnl))
                 return {event.symbol}
-        elif not self._ours(event.client_id):
+        elif not self.ours(event.client_id):
             if event.is_trade:
                 self._log.warning(AuditEvent.POSITION_FOREIGN, symbol=event.symbol,
                                   client_order_id=event.client_id, side=event.side.value,
@@ -115,7 +116,7 @@ class AccountReports:
         return set()
 
     def _on_algo(self, event: AlgoUpdate) -> set[str]:
-        if not self._ours(event.client_algo_id):
+        if not self.ours(event.client_algo_id):
             return set()
         if event.fired and event.client_algo_id not in self._fired:
             self._fired[event.client_algo_id] = None      # TRIGGERED, then FINISHED: once

@@ -382,3 +382,27 @@ async def test_an_entry_held_past_its_ttl_expires_and_frees_its_lane(live: Live)
     assert record.state is SignalState.EXPIRED, record.reason
     assert await live.admin.orders() == []
     assert events(logs, "position_unprotected") == []
+
+
+async def test_an_entry_is_execds_in_the_status_as_soon_as_it_fills(
+        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status's ``foreign`` flag comes from the guard's check of the symbol, which waits
+    for the executor to finish protecting the position; the entry's own fill event marks the
+    position execd's at once. (A CI run caught `/v1/status` showing execd's fresh entry as
+    foreign while its stop was being placed.)"""
+    gateway = live.exchange.gateway
+    original = gateway.place_algo_order
+    seen: list[object] = []
+
+    async def place(*args: Any, **kwargs: Any) -> Any:
+        if not seen:                                   # the stop-loss, the executor's lock held
+            await until(lambda: asyncio.sleep(0, live.live.book.position("BTCUSDT")
+                                              is not None), 2, "the fill in the book")
+            view = {p["symbol"]: p for p in live.live.guard.positions_view()}
+            seen.append(view["BTCUSDT"]["foreign"])
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(gateway, "place_algo_order", place)
+    record = await live.run(LONG)
+    assert record.state is SignalState.DONE, record.reason
+    assert seen == [False]
