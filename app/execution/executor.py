@@ -364,15 +364,18 @@ class Executor:
 
     async def _ensure_account_settings(self, signal: Signal) -> None:
         """Margin type and leverage, set once per symbol and cached (-4046 is success)."""
-        symbol = signal.symbol
-        if (signal.margin_type is not None and self._margin.get(symbol) != signal.margin_type) or (
-                signal.leverage is not None and self._leverage.get(symbol) != signal.leverage):
+        symbol, margin, leverage = signal.symbol, signal.margin_type, signal.leverage
+        set_margin = margin is not None and self._margin.get(symbol) != margin
+        set_leverage = leverage is not None and self._leverage.get(symbol) != leverage
+        if set_margin or set_leverage:
             await self._journal.durable(signal.id)    # the first write to the exchange
-        if signal.margin_type is not None and self._margin.get(symbol) != signal.margin_type:
-            await self._exchange.set_margin_type(symbol, signal.margin_type)
-            self._margin[symbol] = signal.margin_type
-        if signal.leverage is not None and self._leverage.get(symbol) != signal.leverage:
-            self._leverage[symbol] = await self._exchange.set_leverage(symbol, signal.leverage)
+        if set_margin:
+            assert margin is not None
+            await self._exchange.set_margin_type(symbol, margin)
+            self._margin[symbol] = margin
+        if set_leverage:
+            assert leverage is not None
+            self._leverage[symbol] = await self._exchange.set_leverage(symbol, leverage)
 
     # ------------------------------------------------------------------ closes
     async def _close(self, signal: Signal, journaled: dict[Leg, Intent]) -> str:

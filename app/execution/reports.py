@@ -89,8 +89,8 @@ class AccountReports:
     def _on_order(self, event: OrderUpdate) -> set[str]:
         # execd's order ended filled: reported from its journaled trades. Ended by a trade
         # (the usual MARKET fill), one journal trip adds the trade and lists them.
-        report = (not event.is_liquidation and self.ours(event.client_id)
-                  and event.is_final and event.filled_qty > 0)
+        mine = self.ours(event.client_id)
+        report = not event.is_liquidation and mine and event.is_final and event.filled_qty > 0
         if event.is_trade:
             self._spawn(self._journal_fill(event, report=report))
         if event.is_liquidation:
@@ -101,7 +101,7 @@ class AccountReports:
                                    avg_price=str(event.avg_price),
                                    realized_pnl=str(event.realized_pnl))
                 return {event.symbol}
-        elif not self.ours(event.client_id):
+        elif not mine:
             if event.is_trade:
                 self._log.warning(AuditEvent.POSITION_FOREIGN, symbol=event.symbol,
                                   client_order_id=event.client_id, side=event.side.value,
