@@ -223,18 +223,19 @@ class Journal(FillLedger):
         With `expect`, a signal found in another state is returned unchanged (the check and
         the move are one transaction: an operator's cancel and the executor's start race).
         """
-        record, _ = await self._set_signal_state(signal_id, state, reason, now, expect, False)
+        record, _ = await self._set_signal_state(signal_id, state, reason, now, expect)
         return record
 
     async def end_signal(self, signal_id: str, state: SignalState, *, reason: str,
                          now: float) -> tuple[SignalRecord, list[Intent]]:
         """`set_signal_state` to a terminal `state`, and the signal's intents (`intents_for`)
         read right after, in one trip (the executor's last word on a signal)."""
-        return await self._set_signal_state(signal_id, state, reason, now, None, True)
+        return await self._set_signal_state(signal_id, state, reason, now, None,
+                                            listing=True)
 
     async def _set_signal_state(self, signal_id: str, state: SignalState, reason: str | None,
-                                now: float, expect: SignalState | None, listing: bool,
-                                ) -> tuple[SignalRecord, list[Intent]]:
+                                now: float, expect: SignalState | None, *,
+                                listing: bool = False) -> tuple[SignalRecord, list[Intent]]:
         def move(conn: sqlite3.Connection) -> SignalRecord:
             with transaction(conn):
                 old = select_signal(conn, signal_id)
