@@ -1,8 +1,8 @@
 """The durable store: signals, their intents and spool offsets, in SQLite (SPEC §4.3, §5.3, §5.6).
 
-Every statement runs on one dedicated worker thread, so statements are serialized and the event
-loop never waits on the disk (the WAL's fsyncs and checkpoints run on threads of their own,
-``journal_sync``); each public coroutine is one transaction on that thread, complete
+Every statement runs on one dedicated thread (``journal_thread``), so statements are serialized
+and the event loop never waits on the disk (the WAL's fsyncs and checkpoints run on threads of
+their own, ``journal_sync``); each public coroutine is one transaction on that thread, complete
 before it returns. Writes use ``BEGIN IMMEDIATE``, so a read-then-write (the duplicate check of
 `Journal.accept`, the terminal guard) is atomic, even against another process on the same file.
 
@@ -36,8 +36,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Final, TypeVar
@@ -72,6 +73,7 @@ from app.journal_rows import (
     upsert_intent,
 )
 from app.journal_sync import NotDurable, PendingAccepts, WalSync
+from app.journal_thread import WriterThread
 
 __all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "NotDurable", "SignalEnded",
            "SignalRecord"]
@@ -103,7 +105,7 @@ class Journal(FillLedger):
         #: NORMAL commits are not fsynced: an acknowledging one then awaits a group fsync.
         self._group_sync = mode == "NORMAL"
         self._wal_sync: WalSync | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._thread: WriterThread | None = None
         self._conn: sqlite3.Connection | None = None
         self._listeners: list[Callable[[SignalRecord], None]] = []
         self._pending = PendingAccepts()
@@ -116,11 +118,11 @@ class Journal(FillLedger):
     async def open(self) -> None:
         """Create the parent directories, the database and its schema (migrating an older one).
         Raises ``RuntimeError`` if already open or if the file was written by a newer schema."""
-        if self._pool is not None:
+        if self._thread is not None:
             raise RuntimeError("journal is already open")
-        pool = self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="execd-journal")
+        thread = self._thread = WriterThread("execd-journal")
         try:
-            self._conn = await asyncio.get_running_loop().run_in_executor(pool, self._connect)
+            self._conn = await thread.submit(self._connect)
             wal_sync = WalSync(self.path)
             await wal_sync.open()
             self._wal_sync = wal_sync
@@ -130,19 +132,18 @@ class Journal(FillLedger):
 
     async def close(self) -> None:
         """Wait for queued work, close the database. Idempotent."""
-        pool, conn, wal_sync = self._pool, self._conn, self._wal_sync
-        if pool is None:
+        thread, conn, wal_sync = self._thread, self._conn, self._wal_sync
+        if thread is None:
             return
-        self._pool = self._conn = self._wal_sync = None
+        self._thread = self._conn = self._wal_sync = None
         try:
             if wal_sync is not None:   # first: the writer's close then removes the WAL
                 await wal_sync.close()
             if conn is not None:
                 # Shielded: a cancelled close must still close the connection.
-                closing = asyncio.get_running_loop().run_in_executor(pool, conn.close)
-                await asyncio.shield(closing)
+                await asyncio.shield(thread.submit(conn.close))
         finally:
-            pool.shutdown(wait=False)  # the worker is idle now; it exits on its own
+            thread.stop()              # the thread is idle now; it ends on its own
 
     async def __aenter__(self) -> Journal:
         await self.open()
@@ -437,14 +438,14 @@ class Journal(FillLedger):
 
     # ------------------------------------------------------------------ plumbing
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        pool, conn = self._pool, self._conn
-        if pool is None or conn is None:
+        thread, conn = self._thread, self._conn
+        if thread is None or conn is None:
             raise RuntimeError(f"journal {str(self.path)!r} is not open")
-        loop = asyncio.get_running_loop()
-        if self._wal_sync is not None and self._wal_sync.wrote():
-            loop.run_in_executor(pool, self._wal_sync.catch_up, conn)   # first; nobody waits
+        wal_sync = self._wal_sync
+        if wal_sync is not None and wal_sync.wrote():
+            thread.post(partial(wal_sync.catch_up, conn))   # first; nobody waits
         try:
-            return await loop.run_in_executor(pool, work, conn)
+            return await thread.submit(partial(work, conn))
         except sqlite3.OperationalError as error:
             if busy(error) and not isinstance(error, JournalBusy):
                 raise JournalBusy(f"journal {self.path} busy: another process holds its write "
