@@ -69,7 +69,7 @@ _PATTERNS = (
 # Every pattern needs one of these (or a registered literal) to match, and at least this many
 # characters: texts without them are returned as they are, without running the regex (the
 # common case, and most of the redactor's cost otherwise).
-_TRIGGERS = ("=", ":")
+_TRIGGERS = ("=", ":")          # exactly two: `redact_text` tests them one by one
 _MIN_MATCH = _MIN_LITERAL
 # Fields execd itself writes before the redactor runs: never secret, never scanned.
 _OWN_FIELDS = frozenset({"ts", "level"})
@@ -82,7 +82,17 @@ def _is_secret_name(name: str) -> bool:
 
 
 def _is_secret_key(key: object) -> bool:
-    return _is_secret_name(key if isinstance(key, str) else str(key))
+    known = _SECRET_BY_KEY.get(key)
+    if known is None:
+        known = _is_secret_name(key if isinstance(key, str) else str(key))
+        if len(_SECRET_BY_KEY) < 4096 and isinstance(key, str):
+            _SECRET_BY_KEY[key] = known
+    return known
+
+
+#: `_is_secret_key`'s answers for the keys seen so far (a plain dict: cheaper than the
+#: `lru_cache` call on the hot path; bounded, keys beyond the bound are still answered).
+_SECRET_BY_KEY: dict[object, bool] = {}
 
 
 class Redactor:
@@ -98,11 +108,18 @@ class Redactor:
         self._lowered_literals = tuple(s.lower() for s in literals)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        return {
-            key: value if key in _OWN_FIELDS
-            else MASK if value is not None and _is_secret_key(key) else self.redact(value)
-            for key, value in event_dict.items()
-        }
+        # `redact_mapping` spelt out for the hot path: every audit event comes through here.
+        redacted: EventDict = {}
+        for key, value in event_dict.items():
+            if key in _OWN_FIELDS or value is None:
+                redacted[key] = value
+            elif _is_secret_key(key):
+                redacted[key] = MASK
+            elif type(value) is str:
+                redacted[key] = self.redact_text(value)
+            else:
+                redacted[key] = self.redact(value)
+        return redacted
 
     def redact_mapping(self, mapping: Mapping[Any, Any], depth: int = 0) -> dict[Any, Any]:
         """A copy of `mapping` with secret-named keys masked and every value redacted."""
@@ -137,7 +154,7 @@ class Redactor:
         """`text` with secret parameters, header values, bearer tokens and literals masked."""
         if len(text) < _MIN_MATCH:
             return text
-        if not any(t in text for t in _TRIGGERS):
+        if _TRIGGERS[0] not in text and _TRIGGERS[1] not in text:
             lowered = text.lower()
             if "bearer" not in lowered and not any(s in lowered for s in self._lowered_literals):
                 return text
