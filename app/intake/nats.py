@@ -290,6 +290,8 @@ class NatsSource:
                 continue
             self._waiting = {id(msg): msg for msg in batch}
             self._batch_at = self._clock.monotonic()
+            if batch:   # its last delivery saw the fewest left (messages are handled out of order)
+                self._lag = batch[-1].metadata.num_pending
             delay = await self._take(batch)
             if delay:
                 await self._clock.sleep(delay)
@@ -349,7 +351,7 @@ class NatsSource:
         meta = msg.metadata
         seq = meta.sequence.stream
         self.counts["received"] += 1
-        self._lag, self._last_at = meta.num_pending, self._clock.monotonic()
+        self._last_at = self._clock.monotonic()
         header = (msg.headers or {}).get("Nats-Msg-Id")
         fallback = header if header and _ID.fullmatch(header) else f"nats-{s.stream}-{seq}"
         with bound_contextvars(nats_seq=seq, nats_subject=msg.subject):
