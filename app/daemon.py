@@ -86,12 +86,12 @@ from app.observability.logging import AuditLogger, LogHandle, configure_logging
 from app.observability.metrics import LoopLagProbe, Metrics, gauges_from_status
 from app.observability.notify import SystemdNotifier
 from app.resilience.breaker import BreakerState
+from app.runtime import freeze_startup_heap, thaw_heap, tune_interpreter
 from app.sim import SimConfigError, SimServer, load_sim_config
 
 __all__ = ["READY_PREFIX", "Daemon", "run"]
 
 READY_PREFIX = "execd ready:"
-SWITCH_INTERVAL_S = 0.00005  # the GIL's, process-wide (CPython's default: 0.005)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -175,10 +175,7 @@ class Daemon:
         credentials = settings.require_credentials()
         # Room for many connections before anything opens one (issue 14, finding 4).
         self.nofile = nofile = raise_nofile_limit()
-        # The journal's threads hand each result back through the GIL, which a busy loop holds
-        # for up to the switch interval (5 ms by default): decision latency (SPEC §13). 50 µs
-        # beat 200 µs in each of three A/B pairs (put_intent p50 -0.4 ms, docs/benchmarks.md).
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        tune_interpreter()                     # the GIL's switch interval (app/runtime.py)
         # One daemon per journal (SPEC §5.6), before anything else is started or written.
         lock = JournalLock(settings.journal.path)
         await lock.acquire()
@@ -281,6 +278,8 @@ class Daemon:
         for record in await journal.non_terminal_signals():   # outcome still unknown
             bus.reserve_nowait()
             bus.push(record)
+        freeze_startup_heap()                  # no full collection rescans start-up's objects
+        self._stack.callback(thaw_heap)
         service.open()
 
         self._handle_stop_signals()

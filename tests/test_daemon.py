@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import threading
 from collections.abc import Iterator
@@ -58,6 +59,17 @@ async def test_lifecycle_is_audited_in_order(tmp_path: Path) -> None:
     events = [e for e in _events(tmp_path) if e["event"].startswith("daemon_")]
     assert [e["event"] for e in events] == ["daemon_started", "daemon_stopping", "daemon_stopped"]
     assert events[1]["reason"] == "test"
+
+
+async def test_start_up_objects_are_frozen_while_it_runs_and_thawed_after(
+        tmp_path: Path) -> None:
+    """Once started, what start-up built is in the collector's permanent generation (no full
+    collection scans it: app/runtime.py); once closed, it is the collector's again."""
+    assert gc.get_freeze_count() == 0
+    async with Daemon(_settings(tmp_path), out=io.StringIO()) as daemon:
+        daemon.request_stop()
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0
 
 
 async def test_start_connects_the_gateway(tmp_path: Path) -> None:
