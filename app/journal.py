@@ -37,6 +37,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -65,6 +66,7 @@ from app.journal_rows import (
     install_start,
     intent_from_row,
     intent_row,
+    intents_of,
     marks,
     record_from_row,
     select_signal,
@@ -80,7 +82,6 @@ __all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "NotDurable", 
 
 _T = TypeVar("_T")
 _SYNCHRONOUS: Final = ("NORMAL", "FULL", "EXTRA")
-_LEG_ORDER: Final = {leg: rank for rank, leg in enumerate(Leg)}  # E, S, T, C
 _PROTECTIVE: Final = (Leg.STOP_LOSS.value, Leg.TAKE_PROFIT.value)
 _NON_TERMINAL: Final = tuple(s.value for s in SignalState if not s.is_terminal)
 
@@ -255,7 +256,7 @@ class Journal(FillLedger):
                                 old.filled_quantity)
 
         def work(conn: sqlite3.Connection) -> tuple[SignalRecord, list[Intent]]:
-            return move(conn), (_intents_of(conn, signal_id) if listing else [])
+            return move(conn), (intents_of(conn, signal_id) if listing else [])
 
         record, intents = await self._run(work)
         if record.updated_at == now and record.state is state:   # written, not left as it was
@@ -286,24 +287,31 @@ class Journal(FillLedger):
         return await self._run(work)
 
     # ------------------------------------------------------------------ intents
-    async def put_intent(self, intent: Intent, *, start: bool = False) -> None:
+    async def put_intent(self, intent: Intent, *, start: bool | SignalRecord = False) -> None:
         """Insert or update the intent keyed by its client id, committed before this returns.
         Raises ``KeyError`` if its signal is not journaled and ``ValueError`` if the client id
         already belongs to another signal or leg, or a decimal is not finite.
 
         ``start``: the signal's first order — in the same transaction an ``ACCEPTED`` signal
         becomes ``RUNNING`` (one journal trip before the order, not two); a signal found
-        ended (an operator's cancel) raises `SignalEnded` and nothing is written."""
+        ended (an operator's cancel) raises `SignalEnded` and nothing is written. Given as the
+        signal's ``ACCEPTED`` record, the ``RUNNING`` one the listeners hear of is made from
+        it instead of read back (a statement less on the way to the first order)."""
         for value in (intent.quantity, intent.price):
             if value is not None and not value.is_finite():
                 raise ValueError(f"intent {intent.client_id!r}: not a finite decimal: {value}")
         row = intent_row(intent)
 
         def work(conn: sqlite3.Connection) -> SignalRecord | None:
-            if not start:            # one statement, its own transaction: the fewest trips
+            if start is False:       # one statement, its own transaction: the fewest trips
                 upsert_intent(conn, intent, row)
                 return None
-            return start_intent(conn, intent, row)     # one statement too
+            if not start_intent(conn, intent, row):    # one statement too
+                return None                            # it was RUNNING already
+            if start is True:
+                return select_signal(conn, intent.signal_id)
+            return replace(start, state=SignalState.RUNNING, reason=None,
+                           updated_at=intent.updated_at)
 
         started = await self._run(work)
         if started is not None:
@@ -318,7 +326,7 @@ class Journal(FillLedger):
     async def intents_for(self, signal_id: str) -> list[Intent]:
         """The signal's intents in leg order (E, S, T, C); within a leg (a stop-loss placed
         again by the guard) in the order first journaled, the latest last."""
-        return await self._run(lambda conn: _intents_of(conn, signal_id))
+        return await self._run(lambda conn: intents_of(conn, signal_id))
 
     async def intents_in_states(self, states: Iterable[IntentState]) -> list[Intent]:
         """Every intent in one of `states`, in the order first journaled."""
@@ -484,10 +492,3 @@ class Journal(FillLedger):
         conn = connect(self.path, self.synchronous)
         install_start(conn)
         return conn
-
-
-def _intents_of(conn: sqlite3.Connection, signal_id: str) -> list[Intent]:
-    """`Journal.intents_for` on the writer's thread."""
-    rows = conn.execute(f"SELECT {INTENT_COLUMNS} FROM intents WHERE signal_id = ? "
-                        "ORDER BY seq", (signal_id,))
-    return sorted((intent_from_row(row) for row in rows), key=lambda i: _LEG_ORDER[i.leg])

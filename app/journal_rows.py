@@ -141,10 +141,9 @@ def install_start(conn: sqlite3.Connection) -> None:
         f"INSERT INTO intents ({INTENT_COLUMNS}) VALUES ({new}) {_UPSERT}; END")
 
 
-def start_intent(conn: sqlite3.Connection, intent: Intent,
-                 row: Sequence[object]) -> SignalRecord | None:
-    """Journal the signal's first intent and start the signal (`install_start`): the record
-    if it moved ``ACCEPTED`` → ``RUNNING``, None if it was ``RUNNING``. An ended signal is
+def start_intent(conn: sqlite3.Connection, intent: Intent, row: Sequence[object]) -> bool:
+    """Journal the signal's first intent and start the signal (`install_start`): True if it
+    moved ``ACCEPTED`` → ``RUNNING``, False if it was ``RUNNING``. An ended signal is
     `SignalEnded`, an unknown one `KeyError`, a client id of another signal or leg
     `ValueError`; then nothing is written."""
     before = conn.total_changes
@@ -161,9 +160,7 @@ def start_intent(conn: sqlite3.Connection, intent: Intent,
         if "FOREIGN KEY" in text:
             raise KeyError(intent.signal_id) from None
         raise
-    if conn.total_changes - before < 2:          # the intent only: it was RUNNING already
-        return None
-    return select_signal(conn, intent.signal_id)
+    return conn.total_changes - before >= 2     # the intent only: it was RUNNING already
 
 
 class SignalEnded(Exception):
@@ -183,3 +180,14 @@ def set_offset_row(conn: sqlite3.Connection, name: str, value: int,
     conn.execute("INSERT INTO offsets (name, value, file) VALUES (?, ?, ?) "
                  "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
                  "file = COALESCE(excluded.file, offsets.file)", (name, value, file))
+
+
+_LEG_ORDER: Final = {leg: rank for rank, leg in enumerate(Leg)}  # E, S, T, C
+
+
+def intents_of(conn: sqlite3.Connection, signal_id: str) -> list[Intent]:
+    """A signal's intents in leg order (E, S, T, C), each leg in the order first journaled
+    (`Journal.intents_for`, on the writer's thread)."""
+    rows = conn.execute(f"SELECT {INTENT_COLUMNS} FROM intents WHERE signal_id = ? "
+                        "ORDER BY seq", (signal_id,))
+    return sorted((intent_from_row(row) for row in rows), key=lambda i: _LEG_ORDER[i.leg])

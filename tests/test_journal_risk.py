@@ -117,3 +117,9 @@ async def test_a_start_that_fails_writes_nothing_and_a_second_start_moves_nothin
         await journal.put_intent(intent("a", "xdaS", Leg.STOP_LOSS), start=True)
         assert len(heard) == 3                                  # RUNNING already: no news
         assert [i.client_id for i in await journal.intents_for("a")] == ["xdaE", "xdaS"]
+        # Given its ACCEPTED record (the executor's way), the RUNNING record the listeners
+        # hear of is made from it, not read back: the same as the journal's.
+        accepted, _ = await journal.accept(make_signal("c"), now=NOW)
+        await journal.put_intent(intent("c", "xdcE"), start=accepted)
+        assert heard[-1] == await journal.get_signal("c")
+        assert (heard[-1].state, heard[-1].updated_at) == (SignalState.RUNNING, NOW + 1)

@@ -127,7 +127,7 @@ class Executor:
             if signal.is_expired(self._clock.time()) and not await self._started(signal):
                 return await self._finish(signal, SignalState.EXPIRED, "expired before execution",
                                           AuditEvent.SIGNAL_EXPIRED)
-            starting = STARTING.set(signal.id if fresh else None)
+            starting = STARTING.set(record if fresh else None)
             try:
                 async with self._protector.holding(signal.symbol):
                     reason = await self._run_until_taken(signal, fresh=fresh, settle=settle)

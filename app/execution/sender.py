@@ -37,7 +37,7 @@ from app.errors import (
 from app.exchange.models import AlgoState, OrderState
 from app.execution.ports import ExchangePort
 from app.execution.settings import ExecutorSettings
-from app.journal import Journal, NotDurable
+from app.journal import Journal, NotDurable, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 from app.resilience.limiter import Priority
@@ -49,10 +49,11 @@ NOT_TAKEN = (TransientError, RateLimited, CircuitOpen)
 
 #: When the running signal was dequeued (``clock.monotonic()``), until its first order leaves:
 #: the executor sets it, the sender reports the decision latency once and clears it.
-#: The id of a signal whose first order is still to be journaled: that intent write also
-#: moves the signal to RUNNING (`Journal.put_intent(start=True)`): one journal trip, not two.
-STARTING: contextvars.ContextVar[str | None] = contextvars.ContextVar("execd_starting",
-                                                                       default=None)
+#: The ``ACCEPTED`` record of a signal whose first order is still to be journaled: that
+#: intent write also moves the signal to RUNNING (`Journal.put_intent(start=record)`): one
+#: journal trip, not two.
+STARTING: contextvars.ContextVar[SignalRecord | None] = contextvars.ContextVar(
+    "execd_starting", default=None)
 DECISION_STARTED: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "execd_decision_started", default=None)
 
@@ -191,10 +192,12 @@ class OrderSender:
                 return await self._adopt(intent, found, describe, log)
             attempts = 1
         intent = intent.with_state(IntentState.SENDING, now=self._clock.time())
-        start = STARTING.get() == intent.signal_id
-        await self._journal.put_intent(intent, start=start)
-        if start:
+        starting = STARTING.get()
+        if starting is not None and starting.signal.id == intent.signal_id:
+            await self._journal.put_intent(intent, start=starting)
             STARTING.set(None)
+        else:
+            await self._journal.put_intent(intent)
         await self._durable(intent)
         while True:
             if self._clock.time() >= deadline:
