@@ -25,11 +25,11 @@ from app.resilience.limiter import WeightLimiter
 _IN_ACQUIRE: contextvars.ContextVar[bool] = contextvars.ContextVar("_IN_ACQUIRE", default=False)
 
 
-@dataclass(slots=True)
-class Wait:
-    seconds: float
-    had_room: bool
-    second_of_minute: float       # exchange time, when it asked
+#: (seconds waited, had room, second of the minute at which it asked, exchange time). A plain
+#: tuple of floats and a bool: the garbage collector stops tracking it (not a NamedTuple's
+#: subclass), so ~27,000 of them in a full run do not lengthen the daemon's collections in
+#: this process.
+Wait = tuple[float, bool, float]
 
 
 @dataclass
@@ -53,7 +53,7 @@ class LimiterWaits:
             start = now()
             admitted = try_acquire(costs, *args)
             if admitted is not None:
-                self.waits.append(Wait(now() - start, True, admitted % 60.0))
+                self.waits.append((now() - start, True, admitted % 60.0))
             else:
                 self._pending = (costs, start, self.had_room(costs),
                                  limiter.now() % 60.0)
@@ -72,7 +72,7 @@ class LimiterWaits:
                 admitted = await acquire(costs, *args)
             finally:
                 _IN_ACQUIRE.reset(token)
-            self.waits.append(Wait(now() - start, room, second))
+            self.waits.append((now() - start, room, second))
             return admitted
 
         # Instance attributes: the pipeline holds this very object and looks them up per call.
@@ -96,8 +96,8 @@ class LimiterWaits:
     def with_room(self, minute_end_s: float | None = None) -> list[float]:
         """Waits (seconds) of requests that had room; only those asked at or after
         ``minute_end_s`` seconds into a minute if given."""
-        return [w.seconds for w in self.waits if w.had_room
-                and (minute_end_s is None or w.second_of_minute >= minute_end_s)]
+        return [seconds for seconds, room, second in self.waits
+                if room and (minute_end_s is None or second >= minute_end_s)]
 
     def without_room(self) -> int:
-        return sum(not w.had_room for w in self.waits)
+        return sum(not room for _, room, _ in self.waits)
