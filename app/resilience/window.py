@@ -138,7 +138,13 @@ class Bucket:
     log: deque[tuple[float, int]] = field(default_factory=deque)
     rolling: int = 0
     paused_until: float = 0.0
-    responses: list[tuple[int, int, float]] = field(default_factory=list)
+    #: The window's responses by header value: the cost of those that showed each value and
+    #: the costliest of them, and the latest send time: what `foreign_of_window` needs, kept
+    #: as they come. Sorting every response at the window's end stopped the event loop for
+    #: ~5 ms per 9,000 responses (~20 ms under load) once a minute at 50 signals/s.
+    response_cost: dict[int, int] = field(default_factory=dict)
+    response_top: dict[int, int] = field(default_factory=dict)
+    last_sent: float = -math.inf
     foreign_history: deque[float] = field(default_factory=lambda: deque(maxlen=2))
     live_foreign: int = 0
     live_at: float = 0.0               # the send time of the request whose header set it
@@ -196,7 +202,9 @@ class Bucket:
             self.own, self.server, self.warned = old.own, old.server, old.warned
             self.carried, self.carried_late = old.carried, old.carried_late
             self.carry, self.carry_late = old.carry, old.carry_late
-            self.responses = list(old.responses)
+            self.response_cost, self.response_top = (dict(old.response_cost),
+                                                     dict(old.response_top))
+            self.last_sent = old.last_sent
             self.foreign_history = deque(old.foreign_history, maxlen=2)
             self.live_foreign, self.live_at = old.live_foreign, old.live_at
             self.foreign_seen, self.foreign_estimate = old.foreign_seen, old.foreign_estimate
@@ -255,7 +263,7 @@ class Bucket:
             self.carry = self.carry_late = 0
             self.server = 0
             self.warned = False
-            self.responses = []
+            self.response_cost, self.response_top, self.last_sent = {}, {}, -math.inf
             self.live_foreign = 0
         horizon = now - self.spec.interval_s
         while self.log and self.log[0][0] <= horizon:
@@ -272,17 +280,21 @@ class Bucket:
         compared and a tie never shows up as foreign use. What the window carried in from the
         previous one's last ``straddle_s`` (``carried_late``) is credited first: the exchange
         may have counted it at this window's start."""
-        if not self.responses:
+        cost_at, top_at = self.response_cost, self.response_top
+        if not cost_at:
             # Nothing seen in that window: keep half of the last estimate, so a co-tenant
             # that went quiet stops costing us room within a few windows.
             return self.foreign_history[-1] / 2 if self.foreign_history else 0.0
+        # Among the responses that showed one value the costliest comes first, so the
+        # largest excess at that value is the value less the cost before it and its own.
         own_before = self.carried_late
         foreign = 0
-        last_at = self.start(self.window)
-        for used, cost, sent_at in sorted(self.responses, key=lambda r: (r[0], -r[1])):
-            own_before += cost
-            foreign = max(foreign, used - own_before)
-            last_at = max(last_at, sent_at)
+        for used in sorted(cost_at):
+            excess = used - own_before - top_at[used]
+            if excess > foreign:
+                foreign = excess
+            own_before += cost_at[used]
+        last_at = max(self.start(self.window), self.last_sent)
         fraction = (last_at - self.start(self.window)) / self.spec.interval_s
         return min(foreign / max(fraction, 0.5), float(self.spec.limit))
 
@@ -353,7 +365,12 @@ class Bucket:
             return False
         if used > self.server:
             self.server = used
-        self.responses.append((used, cost, sent_at))
+        cost_at, top_at = self.response_cost, self.response_top
+        cost_at[used] = cost_at.get(used, 0) + cost
+        if cost > top_at.get(used, -1):
+            top_at[used] = cost
+        if sent_at > self.last_sent:
+            self.last_sent = sent_at
         excess = used - self.own + self.carried - self.carried_late
         if excess > self.live_foreign:
             self.live_foreign = excess

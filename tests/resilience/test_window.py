@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.resilience.window import Bucket, BucketSpec, LimiterSettings, Priority
 
@@ -79,3 +81,26 @@ def test_the_reserve_is_capped_and_critical_reserves_only_live_use() -> None:
     bucket.roll(T0 + W)
     assert bucket.reserve() == math.ceil(98 * 0.9)
     assert bucket.reserve(Priority.CRITICAL) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(responses=st.lists(st.tuples(st.integers(0, 150), st.integers(0, 12),
+                                    st.floats(1.0, W - 0.001)), max_size=60),
+       carried_late=st.integers(0, 20))
+def test_foreign_use_of_a_window_is_the_sorted_attribution(
+        responses: list[tuple[int, int, float]], carried_late: int) -> None:
+    """What a finished window's headers say of co-tenants, kept response by response as they
+    come (by header value), is what ordering all of them at the end gives: by value, the
+    costlier first among equal values, our cost credited as it goes (``carried_late`` first);
+    scaled from our last response."""
+    bucket = make(limit=1000)
+    bucket.carried_late = carried_late
+    for used, cost, at in responses:
+        bucket.record(used, cost, T0 + at, T0 + at)
+    own_before, foreign, last_at = carried_late, 0, T0
+    for used, cost, at in sorted(responses, key=lambda r: (r[0], -r[1])):
+        own_before += cost
+        foreign = max(foreign, used - own_before)
+        last_at = max(last_at, T0 + at)
+    expected = min(foreign / max((last_at - T0) / W, 0.5), 1000.0) if responses else 0.0
+    assert bucket.foreign_of_window() == pytest.approx(expected)
