@@ -16,8 +16,8 @@ because the library has no public way to do it:
 * a form body (POST, DELETE) goes to aiohttp already url-encoded. The library hands aiohttp its
   signed ``(key, value)`` list, which aiohttp turns into a ``FormData`` per request and then
   url-encodes the same way (``urlencode``, every value a string); doing it here gives the
-  same bytes and spares ~0.15 ms of event-loop CPU per order (SPEC §13: decision latency;
-  ``bench/overhead.py``);
+  same bytes and spares ~0.1–0.2 ms of event-loop CPU per order on the reference machine
+  (SPEC §13: decision latency; docs/benchmarks.md);
 * a successful response's body is decoded once, by orjson. The library decodes it as text,
   then asks aiohttp to decode it again and parse it with ``json``. What it raises is unchanged:
   aiohttp's ``ContentTypeError`` for a body that is not declared JSON (an HTML page),
