@@ -19,6 +19,7 @@ from app.cli.monitor import render, run_monitor
 from app.config import Settings
 from app.intake.bus import BusSnapshot
 from app.resilience.limiter import BucketStats
+from tests.loopback import serving
 
 
 def bucket(name: str, used: int, limit: int) -> dict[str, Any]:
@@ -141,12 +142,8 @@ async def api() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/positions/{symbol}", position)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serving(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def monitor_args(**values: Any) -> argparse.Namespace:

@@ -11,6 +11,7 @@ from aiohttp import payload, web
 from binance.exceptions import BinanceAPIException, BinanceRequestException
 
 from app.exchange.client import BinanceClient
+from tests.loopback import serving
 
 
 async def test_a_form_body_is_the_bytes_formdata_would_send() -> None:
@@ -48,28 +49,25 @@ async def test_responses_parse_once_and_fail_as_the_library_fails() -> None:
 
     app = web.Application()
     app.router.add_get("/fapi/v1/ping", ping)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    client = BinanceClient("sim-key", "sim-secret", base_url=f"http://127.0.0.1:{port}",
-                           recv_window_ms=5000, timeout_s=2.0, on_response=lambda call: None)
-    try:
-        answers.append(web.json_response({"orderId": 2**62, "price": "1.5", "q": 0.25}))
-        assert await client.futures_ping() == {"orderId": 2**62, "price": "1.5", "q": 0.25}
-        answers.append(web.Response(body=b"", content_type="application/json"))
-        assert await client.futures_ping() == {}
-        answers.append(web.Response(text="<html>hi</html>", content_type="text/html"))
-        with pytest.raises(aiohttp.ContentTypeError):
-            await client.futures_ping()
-        answers.append(web.Response(text="{not json", content_type="application/json"))
-        with pytest.raises(BinanceRequestException, match=re.escape("Invalid Response: {not json")):
-            await client.futures_ping()
-        answers.append(web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400))
-        with pytest.raises(BinanceAPIException) as raised:
-            await client.futures_ping()
-        assert (raised.value.status_code, raised.value.code) == (400, -1121)
-    finally:
-        await client.close_connection()
-        await runner.cleanup()
+    async with serving(app) as port:
+        client = BinanceClient("sim-key", "sim-secret", base_url=f"http://127.0.0.1:{port}",
+                               recv_window_ms=5000, timeout_s=2.0,
+                               on_response=lambda call: None)
+        try:
+            answers.append(web.json_response({"orderId": 2**62, "price": "1.5", "q": 0.25}))
+            assert await client.futures_ping() == {"orderId": 2**62, "price": "1.5", "q": 0.25}
+            answers.append(web.Response(body=b"", content_type="application/json"))
+            assert await client.futures_ping() == {}
+            answers.append(web.Response(text="<html>hi</html>", content_type="text/html"))
+            with pytest.raises(aiohttp.ContentTypeError):
+                await client.futures_ping()
+            answers.append(web.Response(text="{not json", content_type="application/json"))
+            not_json = re.escape("Invalid Response: {not json")
+            with pytest.raises(BinanceRequestException, match=not_json):
+                await client.futures_ping()
+            answers.append(web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400))
+            with pytest.raises(BinanceAPIException) as raised:
+                await client.futures_ping()
+            assert (raised.value.status_code, raised.value.code) == (400, -1121)
+        finally:
+            await client.close_connection()

@@ -31,6 +31,7 @@ from app.exchange.stream_events import (
 from app.exchange.streams import MarketStream, StreamSettings, UserStream
 from app.exchange.wsclient import WsLoop
 from app.sim import SimServer
+from tests.loopback import serving
 from tests.simulator import Admin
 
 FAST = StreamSettings(backoff_initial_s=0.05, backoff_max_s=0.2, heartbeat_s=5.0,
@@ -346,15 +347,8 @@ async def frames_server(frames: list[str]) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/private/ws", handler)
     app.router.add_get("/market/stream", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serving(app) as port:
         yield f"ws://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 class StaticKeys:

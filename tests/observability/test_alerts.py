@@ -17,6 +17,7 @@ from app.config_schema import MonitorConfig
 from app.observability.alerts import ErrorMonitor
 from app.observability.audit import AuditEvent
 from app.observability.logging import LogHandle, configure_logging
+from tests.loopback import serving
 
 ReadEvents = Callable[[Path], list[dict[str, Any]]]
 
@@ -198,15 +199,10 @@ async def hook() -> AsyncIterator[Hook]:
     receiver = Hook()
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    receiver.url = f"http://127.0.0.1:{port}/hook"
-    yield receiver
-    receiver.release.set()
-    await runner.cleanup()
+    async with serving(app, shutdown_timeout=1.0) as port:
+        receiver.url = f"http://127.0.0.1:{port}/hook"
+        yield receiver
+        receiver.release.set()
 
 
 async def test_an_alert_is_posted_once_to_the_webhook(
