@@ -287,29 +287,27 @@ class Journal(FillLedger):
         return await self._run(work)
 
     # ------------------------------------------------------------------ intents
-    async def put_intent(self, intent: Intent, *, start: bool | SignalRecord = False) -> None:
+    async def put_intent(self, intent: Intent, *, start: SignalRecord | None = None) -> None:
         """Insert or update the intent keyed by its client id, committed before this returns.
         Raises ``KeyError`` if its signal is not journaled and ``ValueError`` if the client id
         already belongs to another signal or leg, or a decimal is not finite.
 
-        ``start``: the signal's first order — in the same transaction an ``ACCEPTED`` signal
-        becomes ``RUNNING`` (one journal trip before the order, not two); a signal found
-        ended (an operator's cancel) raises `SignalEnded` and nothing is written. Given as the
-        signal's ``ACCEPTED`` record, the ``RUNNING`` one the listeners hear of is made from
-        it instead of read back (a statement less on the way to the first order)."""
+        ``start``: the signal's ``ACCEPTED`` record, for its first order — in the same
+        transaction the signal becomes ``RUNNING`` (one journal trip before the order, not
+        two), and the ``RUNNING`` record the listeners hear of is made from it, not read back;
+        a signal found ended (an operator's cancel) raises `SignalEnded` and nothing is
+        written."""
         for value in (intent.quantity, intent.price):
             if value is not None and not value.is_finite():
                 raise ValueError(f"intent {intent.client_id!r}: not a finite decimal: {value}")
         row = intent_row(intent)
 
         def work(conn: sqlite3.Connection) -> SignalRecord | None:
-            if start is False:       # one statement, its own transaction: the fewest trips
+            if start is None:        # one statement, its own transaction: the fewest trips
                 upsert_intent(conn, intent, row)
                 return None
             if not start_intent(conn, intent, row):    # one statement too
                 return None                            # it was RUNNING already
-            if start is True:
-                return select_signal(conn, intent.signal_id)
             return replace(start, state=SignalState.RUNNING, reason=None,
                            updated_at=intent.updated_at)
 

@@ -4,6 +4,7 @@ fills."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -71,15 +72,15 @@ async def test_the_first_intent_starts_its_signal_in_the_same_transaction(
                       state=IntentState.SENDING, updated_at=NOW + 1)
 
     async with Journal(tmp_path / "j.sqlite3") as journal:
-        await journal.accept(make_signal("a"), now=NOW)
-        await journal.put_intent(entry("a"), start=True)
+        a, _ = await journal.accept(make_signal("a"), now=NOW)
+        await journal.put_intent(entry("a"), start=a)
         started = await journal.get_signal("a")
         assert started is not None
         assert (started.state, started.updated_at) == (SignalState.RUNNING, NOW + 1)
-        await journal.accept(make_signal("b"), now=NOW)
+        b, _ = await journal.accept(make_signal("b"), now=NOW)
         await journal.set_signal_state("b", SignalState.CANCELED, reason="op", now=NOW)
         with pytest.raises(SignalEnded) as ended:
-            await journal.put_intent(entry("b"), start=True)
+            await journal.put_intent(entry("b"), start=b)
         assert ended.value.record.state is SignalState.CANCELED
         assert await journal.intents_for("b") == []            # nothing written
 
@@ -101,20 +102,21 @@ async def test_a_start_that_fails_writes_nothing_and_a_second_start_moves_nothin
     heard: list[SignalRecord] = []
     async with Journal(tmp_path / "j.sqlite3") as journal:
         journal.add_listener(heard.append)
-        await journal.accept(make_signal("a"), now=NOW)
-        await journal.accept(make_signal("b"), now=NOW)
-        await journal.put_intent(intent("a", "xdaE"), start=True)
+        a, _ = await journal.accept(make_signal("a"), now=NOW)
+        accepted_b, _ = await journal.accept(make_signal("b"), now=NOW)
+        await journal.put_intent(intent("a", "xdaE"), start=a)
         assert [(r.signal.id, r.state) for r in heard] == [
             ("a", SignalState.ACCEPTED), ("b", SignalState.ACCEPTED), ("a", SignalState.RUNNING)]
         with pytest.raises(KeyError, match="ghost"):
-            await journal.put_intent(intent("ghost", "xdghostE"), start=True)
+            await journal.put_intent(intent("ghost", "xdghostE"),
+                                     start=replace(a, signal=make_signal("ghost")))
         with pytest.raises(ValueError, match="belongs to signal 'a' leg E"):
-            await journal.put_intent(intent("b", "xdaE"), start=True)
+            await journal.put_intent(intent("b", "xdaE"), start=accepted_b)
         b = await journal.get_signal("b")
         assert b is not None
         assert b.state is SignalState.ACCEPTED                  # not started without its intent
         assert await journal.intents_for("b") == []
-        await journal.put_intent(intent("a", "xdaS", Leg.STOP_LOSS), start=True)
+        await journal.put_intent(intent("a", "xdaS", Leg.STOP_LOSS), start=a)
         assert len(heard) == 3                                  # RUNNING already: no news
         assert [i.client_id for i in await journal.intents_for("a")] == ["xdaE", "xdaS"]
         # Given its ACCEPTED record (the executor's way), the RUNNING record the listeners

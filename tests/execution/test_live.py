@@ -47,7 +47,8 @@ class FlakyJournal(Journal):
     broken = False
     break_on_fill = False
 
-    async def put_intent(self, intent: Intent, *, start: bool = False) -> None:
+    async def put_intent(self, intent: Intent, *,
+                         start: SignalRecord | None = None) -> None:
         if (self.break_on_fill and intent.leg is Leg.ENTRY
                 and intent.state is IntentState.FILLED):
             self.break_on_fill = False
