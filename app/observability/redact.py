@@ -17,7 +17,6 @@ strings first and scanned too, so the renderer never stringifies an unredacted o
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
@@ -75,23 +74,19 @@ _MIN_MATCH = _MIN_LITERAL
 _OWN_FIELDS = frozenset({"ts", "level"})
 
 
-@functools.lru_cache(maxsize=4096)
-def _is_secret_name(name: str) -> bool:
-    name = name.lower().replace("-", "_")
-    return name in _SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
-
-
 def _is_secret_key(key: object) -> bool:
     known = _SECRET_BY_KEY.get(key)
     if known is None:
-        known = _is_secret_name(key if isinstance(key, str) else str(key))
+        name = (key if isinstance(key, str) else str(key)).lower().replace("-", "_")
+        known = name in _SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
         if len(_SECRET_BY_KEY) < 4096 and isinstance(key, str):
             _SECRET_BY_KEY[key] = known
     return known
 
 
-#: `_is_secret_key`'s answers for the keys seen so far (a plain dict: cheaper than the
-#: `lru_cache` call on the hot path; bounded, keys beyond the bound are still answered).
+#: `_is_secret_key`'s answers for the key names seen so far (a plain dict, the one cache:
+#: cheaper on the hot path than an `lru_cache` call; bounded, keys beyond the bound are
+#: still answered).
 _SECRET_BY_KEY: dict[object, bool] = {}
 
 
