@@ -46,6 +46,14 @@ def select_signal(conn: sqlite3.Connection, signal_id: str) -> SignalRecord | No
     return None if row is None else record_from_row(row)
 
 
+def insert_signal(conn: sqlite3.Connection, values: Sequence[object]) -> int | None:
+    """Insert a new signal, ``ACCEPTED``, with the next sequence number, in one statement (a
+    transaction by itself outside one): its ``seq``, or None when the id is journaled already
+    (nothing is written). `values`: id, symbol, accepted_at, updated_at, body."""
+    rows = conn.execute(_INSERT_SIGNAL, values).fetchall()   # all: the statement ends, commits
+    return int(rows[0][0]) if rows else None
+
+
 def record_from_row(row: Sequence[Any]) -> SignalRecord:
     body, state, reason, seq, accepted_at, updated_at, filled = row
     return SignalRecord(Signal.from_record(orjson.loads(body)), SignalState(state), reason, seq,
@@ -92,6 +100,12 @@ _UPSERT: Final = (
     "exchange_id = excluded.exchange_id, error_code = excluded.error_code, "
     "error_message = excluded.error_message, updated_at = excluded.updated_at "
     "WHERE intents.signal_id = excluded.signal_id AND intents.leg = excluded.leg")
+#: A new signal with the next seq; a known id conflicts and is left as it is (no row back).
+#: ``WHERE true``: SQLite's rule for an upsert on ``INSERT … SELECT``.
+_INSERT_SIGNAL: Final = (
+    "INSERT INTO signals (id, seq, symbol, state, reason, accepted_at, updated_at, body) "
+    f"SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, '{SignalState.ACCEPTED.value}', NULL, ?3, ?4, "
+    "?5 FROM signals WHERE true ON CONFLICT (id) DO NOTHING RETURNING seq")
 _ENDED: Final = "execd: signal ended"
 _TAKEN: Final = "execd: client id taken"
 

@@ -163,6 +163,24 @@ async def test_seq_increases_in_acceptance_order(journal: Journal) -> None:
     assert seqs == [1, 2, 1, 3]
 
 
+async def test_accept_is_committed_when_it_returns_and_holds_no_lock(journal: Journal) -> None:
+    """The accept is one statement in autocommit: once it returns (a new id or a duplicate),
+    another connection reads it and takes the write lock at once."""
+    await journal.accept(make_signal("a"), now=NOW)
+    await journal.accept(make_signal("a"), now=NOW)
+
+    def other() -> list[tuple[str, int]]:
+        conn = sqlite3.connect(journal.path, timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")      # raises "database is locked" if still held
+            conn.execute("ROLLBACK")
+            return conn.execute("SELECT id, seq FROM signals").fetchall()
+        finally:
+            conn.close()
+
+    assert await asyncio.to_thread(other) == [("a", 1)]
+
+
 async def test_set_signal_state_records_state_reason_and_time(journal: Journal) -> None:
     """A transition stores state, reason and updated_at; acceptance time and seq stay."""
     await accepted(journal, "s1")
