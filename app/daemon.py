@@ -334,11 +334,12 @@ class Daemon:
         self.log.critical(AuditEvent.ALERT, kind="live_task_ended", task=task.get_name(),
                           error=repr(task.exception()))
 
-    def _observe_decision(self, seconds: float) -> None:
+    def _observe_decision(self, seconds: float) -> None:   # a first order is going out
         self.metrics.observe_decision(seconds)
+        if self.bus is not None:
+            self.bus.first_order_out()
         if self._on_decision is not None:
             self._on_decision(seconds)
-
 
     async def _start_exchange(self) -> str:
         """The exchange base URL: given, configured, or that of a simulator started here."""

@@ -284,7 +284,11 @@ class ControlApi:
                                  "detail": "journal busy: another process holds its write "
                                            "lock; nothing was accepted, send it again"},
                            {"Retry-After": str(_BUSY_RETRY_S)}) from None
-        if accepted.created:  # just journaled: nothing has run yet
+        if accepted.created:
+            # Journaled. The answer waits for the signal's first order (≤ 5 ms) when its lane
+            # runs it now: the order is what is urgent, and answering (and the client waking up
+            # to read it) would compete with the decision for the loop and the CPU (issue 16).
+            await self._service.turn_taken(accepted.record.signal.id)
             return _json(202, signal_view(accepted.record, []))
         intents = await self._journal.intents_for(accepted.record.signal.id)
         return _json(200, signal_view(accepted.record, intents))

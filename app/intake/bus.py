@@ -11,6 +11,12 @@ that was refused with 429 was never journaled, so it never runs later by surpris
 A lane's task exists only while the lane has work. A signal whose execution raises is reported
 and left to restart recovery; it never stops its lane. ``aclose`` cancels running signals: they
 stay ``RUNNING`` in the journal and resume at the next start.
+
+A signal's *turn*: from its lane taking it until its first order is handed to the exchange
+(``first_order_out``, called from inside the lane) or its execution ends. `turn_taken` waits for
+it, briefly: the HTTP API answers a new signal after its turn (issue 16), so that building and
+writing the answer — and the client waking up to read it — does not compete with the signal's
+own decision for the event loop and the CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +32,15 @@ from app.journal import SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
-__all__ = ["BusSnapshot", "QueueFull", "SignalBus"]
+__all__ = ["TURN_WAIT_S", "BusSnapshot", "QueueFull", "SignalBus"]
+
+#: How long `turn_taken` waits at most: a decision that takes longer (a REST read, a breaker
+#: open) does not hold the answer to its source longer than this.
+TURN_WAIT_S = 0.005
+
+#: The signal the current lane task is executing (each lane task has a context of its own).
+_RUNNING: contextvars.ContextVar[str | None] = contextvars.ContextVar("execd_running",
+                                                                      default=None)
 
 
 class QueueFull(Exception):
@@ -63,6 +77,8 @@ class SignalBus:
         self._reserved = 0
         self._running = 0
         self._executing: set[str] = set()
+        self._out: set[str] = set()          # executing signals whose first order is out
+        self._turns: dict[str, asyncio.Future[None]] = {}   # waiters of `turn_taken`
         self._changed = asyncio.Event()   # set whenever a place frees up
 
     # ------------------------------------------------------------------ places
@@ -107,6 +123,7 @@ class SignalBus:
                 async with self._slots:
                     self._running += 1
                     self._executing.add(record.signal.id)
+                    running = _RUNNING.set(record.signal.id)
                     try:
                         await self._execute(record)
                     except Exception as error:  # report; restart recovery resumes it
@@ -114,8 +131,11 @@ class SignalBus:
                                         symbol=symbol, state=record.state.value,
                                         reason=f"internal error, resumes at restart: {error!r}")
                     finally:
+                        _RUNNING.reset(running)
                         self._running -= 1
                         self._executing.discard(record.signal.id)
+                        self._out.discard(record.signal.id)
+                        self._end_turn(record.signal.id)
                 lane.popleft()
                 self._reserved -= 1
                 self._notify()
@@ -127,6 +147,33 @@ class SignalBus:
     def is_executing(self, signal_id: str) -> bool:
         """Whether the executor has the signal now (it may not have sent anything yet)."""
         return signal_id in self._executing
+
+    def first_order_out(self) -> None:
+        """From inside a lane: the signal it executes hands its first order to the exchange
+        now; its turn is over. Elsewhere (restart recovery runs signals outside the lanes) it
+        does nothing."""
+        signal_id = _RUNNING.get()
+        if signal_id is not None:
+            self._out.add(signal_id)
+            self._end_turn(signal_id)
+
+    async def turn_taken(self, signal_id: str, within_s: float = TURN_WAIT_S) -> None:
+        """Return once the signal has had its turn: its first order handed to the exchange or
+        its execution over. At once when it is not executing now (it waits behind another of
+        its symbol, or it is done); after `within_s` at most."""
+        if signal_id not in self._executing or signal_id in self._out:
+            return
+        turn = self._turns.get(signal_id)
+        if turn is None:
+            turn = self._turns[signal_id] = asyncio.get_running_loop().create_future()
+        # Never cancels the turn (others may wait for it); the lane ends it, and forgets it,
+        # when the first order is out or the execution is over.
+        await asyncio.wait((turn,), timeout=within_s)
+
+    def _end_turn(self, signal_id: str) -> None:
+        turn = self._turns.pop(signal_id, None)
+        if turn is not None and not turn.done():
+            turn.set_result(None)
 
     def withdraw(self, signal_id: str) -> bool:
         """Take a signal out of its lane before it starts (an operator's cancel, journaled

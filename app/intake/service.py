@@ -133,6 +133,12 @@ class Service:
                 return self._duplicate(known, source)
             raise
 
+    async def turn_taken(self, signal_id: str) -> None:
+        """Return once a signal just accepted has had its turn on the bus (its first order
+        handed to the exchange, or its execution over), at once if it waits behind another of
+        its symbol, after `bus.TURN_WAIT_S` at most: the HTTP API answers after it (issue 16)."""
+        await self.bus.turn_taken(signal_id)
+
     async def submit(self, signal: Signal) -> SignalRecord:
         """In-process intake: journal and queue ``signal``, waiting for a place if needed.
         A known id returns its existing record."""
