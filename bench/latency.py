@@ -34,12 +34,13 @@ end-to-end p50 and p99 ≤ 1.5 × the hand loop's; loop lag p99 < 5 ms at 100 si
 load average and the share of CPU time the host stole during the feed are recorded: on this
 shared 2-core machine, measure when the load is below 1.5 and little is stolen. To
 find what dominates: ``--breakdown`` times each journal and exchange call awaited inside the
-decisions, ``--profile`` runs the measured part under cProfile (this process: the daemon) and
-prints the top functions, ``--keep DIR`` keeps each daemon's journal and audit log. Exits 1
-when a target is not met.
+decisions, ``--timeline`` splits the end-to-end time at 50/s into its stages
+(``lib/timeline.py``), ``--profile`` runs the measured part under cProfile (this process: the
+daemon) and prints the top functions, ``--keep DIR`` keeps each daemon's journal and audit log.
+Exits 1 when a target is not met.
 
     python bench/latency.py [--rates 50,100] [--seconds S] [--lag-seconds S] [--hand-seconds S]
-                            [--short] [--breakdown] [--profile] [--keep DIR]
+                            [--short] [--breakdown] [--timeline] [--profile] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from typing import Any
 import aiohttp
 import orjson
 import structlog
-from lib.e2e import end_to_end, run_sender
+from lib.e2e import end_to_end, exchange_times, run_sender
 from lib.latreport import (
     DECISION_RATE,
     MINUTE_END_S,
@@ -87,6 +88,7 @@ from lib.latreport import (
 from lib.limitwait import LimiterWaits
 from lib.report import RESULTS_DIR, cpu_ticks, machine, save, steal_share
 from lib.simproc import UNTHROTTLED, Admin, simulator
+from lib.timeline import Timeline
 from lib.workload import QUANTITIES, brackets
 
 from app.config import load_settings
@@ -189,7 +191,8 @@ def time_parts(daemon: Daemon, parts: dict[str, list[float]]) -> None:
 
 
 async def run_rate(url: str, rate: int, seconds: float, profiler: cProfile.Profile | None,
-                   keep: Path | None, breakdown: bool) -> tuple[RateRun, list[dict[str, Any]]]:
+                   keep: Path | None, breakdown: bool, timeline: Timeline | None = None
+                   ) -> tuple[RateRun, list[dict[str, Any]]]:
     """One fresh daemon fed over HTTP at `rate` signals/s for `seconds`; its files under
     `keep`/rate-N if given (kept), else in a temporary directory. Returns the run and the
     bodies sent (for the hand loop)."""
@@ -225,6 +228,8 @@ async def run_rate(url: str, rate: int, seconds: float, profiler: cProfile.Profi
             del bodies
             if breakdown:
                 time_parts(daemon, result.parts)
+            if timeline is not None:
+                timeline.install(daemon)
             waits = LimiterWaits.install(limiter)
 
             offset = limiter.now() - time.time()
@@ -304,15 +309,19 @@ async def measure(args: argparse.Namespace, profiler: cProfile.Profile | None
                 rates.sort(key=lambda r: r == DECISION_RATE)
             for rate in rates:
                 seconds = args.seconds if rate == DECISION_RATE else args.lag_seconds
+                timeline = Timeline() if args.timeline and rate == DECISION_RATE else None
                 run, bodies = await run_rate(url, rate, seconds, profiler, args.keep,
-                                             args.breakdown)
+                                             args.breakdown, timeline)
                 runs.append(run)
                 if rate == DECISION_RATE and args.hand_seconds > 0:
                     hand = await run_hand(url, rate, bodies[:int(rate * args.hand_seconds)])
                     hand.e2e = end_to_end(hand.sent, await admin.get("orders"),
                                           lambda cid: cid if cid.startswith("hand-") else None)
-                run.e2e = end_to_end(run.sent, await admin.get("orders"),
-                                     lambda cid, keys=run.id_keys: keys.get(cid[:-1]))
+                orders = await admin.get("orders")
+                run.e2e = end_to_end(run.sent, orders, run.signal_of)
+                if timeline is not None:
+                    run.timeline = timeline.table(
+                        run.sent, exchange_times(run.sent, orders, run.signal_of), run.signal_of)
                 # A run that did not finish its signals (queue full, not drained) leaves
                 # positions and closePosition stops behind: the next starts from a clean account.
                 await admin.post("reset", {})
@@ -332,6 +341,8 @@ async def main() -> int:
     parser.add_argument("--short", action="store_true", help="5 s per rate and hand loop")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the measured part; print the top functions")
+    parser.add_argument("--timeline", action="store_true",
+                        help=f"split the end-to-end time at {DECISION_RATE}/s into its stages")
     parser.add_argument("--breakdown", action="store_true",
                         help="time the journal and exchange calls inside each decision")
     parser.add_argument("--keep", type=Path, metavar="DIR",
@@ -374,6 +385,8 @@ async def main() -> int:
     for run in runs:
         if run.parts:
             print(breakdown_table(run))
+        if run.timeline:
+            print(run.timeline)
     if profiler is not None:
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)

@@ -133,6 +133,14 @@ def end_to_end(sent: Mapping[str, float], rows: list[dict[str, Any]],
                key: Callable[[str], str | None]) -> list[float]:
     """Seconds from each send to the first ledger row whose ``key(client_id)`` is its id
     (rows ``key`` maps to None are skipped); sends without a row are left out."""
+    reached = exchange_times(sent, rows, key)
+    return [reached[k] - sent[k] for k in sent if k in reached]
+
+
+def exchange_times(sent: Mapping[str, float], rows: list[dict[str, Any]],
+                   key: Callable[[str], str | None]) -> dict[str, float]:
+    """Id → when the simulator accepted its first order (epoch seconds, the ledger's ms +
+    0.5), for the ids of `sent` that have a row (see `end_to_end`)."""
     first: dict[str, int] = {}
     for row in rows:
         if row.get("kind") == "triggered":
@@ -140,7 +148,7 @@ def end_to_end(sent: Mapping[str, float], rows: list[dict[str, Any]],
         k = key(str(row["client_id"]))
         if k is not None and k in sent and (k not in first or row["time"] < first[k]):
             first[k] = int(row["time"])
-    return [(first[k] + 0.5) / 1e3 - sent[k] for k in sent if k in first]
+    return {k: (ms + 0.5) / 1e3 for k, ms in first.items()}
 
 
 def main() -> None:

@@ -71,6 +71,12 @@ class RateRun:
     #: Client order id without its leg letter → signal id, to find the signal's first order.
     id_keys: dict[str, str] = field(default_factory=dict)
     sent: dict[str, float] = field(default_factory=dict)
+    #: ``--timeline``'s table of the end-to-end stages (empty without it).
+    timeline: str = ""
+
+    def signal_of(self, client_id: str) -> str | None:
+        """The signal of one of its orders' client id (None: not one of this run's)."""
+        return self.id_keys.get(client_id[:-1])
 
     def minute_end(self) -> list[float]:
         return [d for d, s in zip(self.decisions, self.decision_seconds, strict=True)
