@@ -183,7 +183,8 @@ async def test_status_shows_every_position_its_protection_the_streams_and_pnl(
                     status = await resp.json()
                 positions = {p["symbol"]: p for p in status["positions"]}
                 if (set(positions) == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
-                        and positions["BTCUSDT"]["stop_loss"] and status["realized_pnl_today"]):
+                        and positions["BTCUSDT"]["stop_loss"]        # placed one after the other
+                        and positions["BTCUSDT"]["take_profit"] and status["realized_pnl_today"]):
                     break
                 await asyncio.sleep(0.05)
             async with http.get(f"{daemon.api.url}/metrics") as resp:
