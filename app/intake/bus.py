@@ -77,8 +77,9 @@ class SignalBus:
         self._reserved = 0
         self._running = 0
         self._executing: set[str] = set()
-        self._out: set[str] = set()          # executing signals whose first order is out
-        self._turns: dict[str, asyncio.Future[None]] = {}   # waiters of `turn_taken`
+        #: Executing signals' turns (made when first asked about): done once the first order
+        #: is out; the lane forgets a signal's turn when its execution ends.
+        self._turns: dict[str, asyncio.Future[None]] = {}
         self._changed = asyncio.Event()   # set whenever a place frees up
 
     # ------------------------------------------------------------------ places
@@ -134,8 +135,9 @@ class SignalBus:
                         _RUNNING.reset(running)
                         self._running -= 1
                         self._executing.discard(record.signal.id)
-                        self._out.discard(record.signal.id)
-                        self._end_turn(record.signal.id)
+                        turn = self._turns.pop(record.signal.id, None)
+                        if turn is not None and not turn.done():
+                            turn.set_result(None)
                 lane.popleft()
                 self._reserved -= 1
                 self._notify()
@@ -153,27 +155,26 @@ class SignalBus:
         now; its turn is over. Elsewhere (restart recovery runs signals outside the lanes) it
         does nothing."""
         signal_id = _RUNNING.get()
-        if signal_id is not None:
-            self._out.add(signal_id)
-            self._end_turn(signal_id)
+        if signal_id is not None and signal_id in self._executing:
+            turn = self._turn(signal_id)
+            if not turn.done():
+                turn.set_result(None)
 
     async def turn_taken(self, signal_id: str, within_s: float = TURN_WAIT_S) -> None:
         """Return once the signal has had its turn: its first order handed to the exchange or
         its execution over. At once when it is not executing now (it waits behind another of
         its symbol, or it is done); after `within_s` at most."""
-        if signal_id not in self._executing or signal_id in self._out:
+        if signal_id not in self._executing:
             return
+        turn = self._turn(signal_id)
+        if not turn.done():   # never cancels the turn: others may wait for it
+            await asyncio.wait((turn,), timeout=within_s)
+
+    def _turn(self, signal_id: str) -> asyncio.Future[None]:
         turn = self._turns.get(signal_id)
         if turn is None:
             turn = self._turns[signal_id] = asyncio.get_running_loop().create_future()
-        # Never cancels the turn (others may wait for it); the lane ends it, and forgets it,
-        # when the first order is out or the execution is over.
-        await asyncio.wait((turn,), timeout=within_s)
-
-    def _end_turn(self, signal_id: str) -> None:
-        turn = self._turns.pop(signal_id, None)
-        if turn is not None and not turn.done():
-            turn.set_result(None)
+        return turn
 
     def withdraw(self, signal_id: str) -> bool:
         """Take a signal out of its lane before it starts (an operator's cancel, journaled
