@@ -22,7 +22,9 @@ and user-data streams on) serves against it, with its watcher and lag probe runn
 * End-to-end: the POST's send time → the simulator accepting the signal's first order (its
   ledger, ``GET /_sim/orders``); beside it, right after the 50/s run (the daemon stopped, same
   simulator, the same signals), a hand-written python-binance loop in a process of its own
-  (read the mark, place the MARKET order; ``lib/e2e.py``).
+  (read the mark, place the MARKET order; ``lib/e2e.py``), then the same loop keeping execd's
+  two records before its order (the signal fsynced, the intent committed: ``hand-journal``),
+  an informative baseline beside the SPEC's (what durability alone costs a script).
 * Loop lag: a probe task of this script asks to sleep 1 ms and records how late it wakes.
 * Warm-up: 2 signals per symbol, in-process, before measuring; the queue drains after the feed
   and the samples cover feed and drain.
@@ -64,7 +66,7 @@ from typing import Any
 import aiohttp
 import orjson
 import structlog
-from lib.e2e import end_to_end, exchange_times, run_sender
+from lib.e2e import HAND_PREFIX, end_to_end, exchange_times, run_sender
 from lib.latreport import (
     DECISION_RATE,
     MINUTE_END_S,
@@ -280,14 +282,15 @@ async def run_rate(url: str, rate: int, seconds: float, profiler: cProfile.Profi
     return result, orjson.loads(kept)
 
 
-async def run_hand(url: str, rate: int, bodies: list[dict[str, Any]]) -> HandRun:
-    """The hand-written loop (``lib/e2e.py``) over ``bodies`` at ``rate``, in its own process."""
-    result = HandRun(rate, signals=len(bodies))
+async def run_hand(url: str, rate: int, bodies: list[dict[str, Any]], kind: str) -> HandRun:
+    """The hand-written loop ``kind`` (``lib/e2e.py``: ``hand`` or ``hand-journal``) over
+    ``bodies`` at ``rate``, in its own process."""
+    result = HandRun(rate, kind, signals=len(bodies))
     with tempfile.TemporaryDirectory() as tmp:
         bodies_file = await asyncio.to_thread(write_json, Path(tmp) / "bodies.json", bodies)
         result.load_before = os.getloadavg()[0]
         ticks = cpu_ticks()
-        out = await run_sender("hand", url, bodies_file, rate, time.time() + SENDER_START_S)
+        out = await run_sender(kind, url, bodies_file, rate, time.time() + SENDER_START_S)
         result.steal = steal_share(ticks, cpu_ticks())
         result.load_after = os.getloadavg()[0]
     result.sent, result.status = out["sent"], out["status"]
@@ -296,10 +299,10 @@ async def run_hand(url: str, rate: int, bodies: list[dict[str, Any]]) -> HandRun
 
 
 async def measure(args: argparse.Namespace, profiler: cProfile.Profile | None
-                  ) -> tuple[list[RateRun], HandRun | None]:
+                  ) -> tuple[list[RateRun], list[HandRun]]:
     rates = [int(r) for r in args.rates.split(",")]
     runs: list[RateRun] = []
-    hand: HandRun | None = None
+    hands: list[HandRun] = []
     with tempfile.TemporaryDirectory() as tmp:
         async with (simulator(Path(tmp) / "sim", UNTHROTTLED) as url,
                     aiohttp.ClientSession() as session):
@@ -313,10 +316,12 @@ async def measure(args: argparse.Namespace, profiler: cProfile.Profile | None
                 run, bodies = await run_rate(url, rate, seconds, profiler, args.keep,
                                              args.breakdown, timeline)
                 runs.append(run)
-                if rate == DECISION_RATE and args.hand_seconds > 0:
-                    hand = await run_hand(url, rate, bodies[:int(rate * args.hand_seconds)])
+                for kind in HAND_PREFIX if rate == DECISION_RATE and args.hand_seconds else ():
+                    hand = await run_hand(url, rate, bodies[:int(rate * args.hand_seconds)], kind)
+                    prefix = HAND_PREFIX[kind]
                     hand.e2e = end_to_end(hand.sent, await admin.get("orders"),
-                                          lambda cid: cid if cid.startswith("hand-") else None)
+                                          lambda cid, p=prefix: cid if cid.startswith(p) else None)
+                    hands.append(hand)
                 orders = await admin.get("orders")
                 run.e2e = end_to_end(run.sent, orders, run.signal_of)
                 if timeline is not None:
@@ -326,7 +331,7 @@ async def measure(args: argparse.Namespace, profiler: cProfile.Profile | None
                 # positions and closePosition stops behind: the next starts from a clean account.
                 await admin.post("reset", {})
     runs.sort(key=lambda r: r.rate)
-    return runs, hand
+    return runs, hands
 
 
 async def main() -> int:
@@ -351,7 +356,9 @@ async def main() -> int:
     if args.short:
         args.seconds = args.lag_seconds = args.hand_seconds = 5.0
     profiler = cProfile.Profile() if args.profile else None
-    runs, hand = await measure(args, profiler)
+    runs, hands = await measure(args, profiler)
+    hand = next((h for h in hands if h.kind == "hand"), None)
+    journaled = next((h for h in hands if h.kind == "hand-journal"), None)
 
     print(f"feed over HTTP from a separate process: {args.seconds:g} s at {DECISION_RATE}/s "
           f"(from second {FEED_START_S:g} of a minute), {args.lag_seconds:g} s at the other "
@@ -367,7 +374,7 @@ async def main() -> int:
     print("\nlimiter wait (ask → admission), requests whose buckets had room when they asked")
     print(limiter_table(runs))
     print("\nend-to-end (signal sent → order accepted by the simulator)")
-    print(e2e_table(runs, hand))
+    print(e2e_table(runs, hands))
     execd = next((r for r in runs if r.rate == DECISION_RATE), None)
     e2e_ok: bool | None = None
     if execd is not None and hand is not None:
@@ -375,6 +382,10 @@ async def main() -> int:
         p50, p99 = e2e_ratios(execd.e2e, hand.e2e)
         print(f"execd / hand loop at {DECISION_RATE}/s: p50 × {p50:.2f}, p99 × {p99:.2f}; "
               f"target ≤ {TARGET_E2E_RATIO:g} × at both: {verdict(e2e_ok)}")
+    if execd is not None and journaled is not None:
+        p50, p99 = e2e_ratios(execd.e2e, journaled.e2e)
+        print(f"execd / hand loop + journal at {DECISION_RATE}/s: p50 × {p50:.2f}, "
+              f"p99 × {p99:.2f} (informative: what the same durability costs a script)")
     print("\nevent-loop lag (1 ms probe)")
     print(lag_table(runs))
     print(f"\ntargets: decision p99 < {TARGET_DECISION_P99_S * 1e3:g} ms at {DECISION_RATE}/s "
@@ -407,6 +418,10 @@ async def main() -> int:
         "end_to_end_ratio": (dict(zip(("p50", "p99"), e2e_ratios(execd.e2e, hand.e2e),
                                       strict=True))
                              if execd is not None and hand is not None else None),
+        "hand_loop_journaled": hand_summary(journaled) if journaled is not None else None,
+        "end_to_end_ratio_journaled": (
+            dict(zip(("p50", "p99"), e2e_ratios(execd.e2e, journaled.e2e), strict=True))
+            if execd is not None and journaled is not None else None),
         "end_to_end_target": verdict(e2e_ok),
         "met": all(v is not False for v in checks),
     }

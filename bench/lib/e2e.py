@@ -8,14 +8,21 @@ neither shares an event loop with the daemon under test:
 * ``hand``: the loop a trader would write with python-binance's ``AsyncClient`` against the same
   simulator — read the mark (``futures_mark_price``), check the stop-loss and take-profit
   against it, place the ``MARKET`` order (a close: ``reduceOnly``, the entry's quantity); no
-  journal, no limiter, no retries, no protective orders; each signal in a task of its own.
+  journal, no limiter, no retries, no protective orders; each signal in a task of its own;
+* ``hand-journal``: the same loop keeping the two records SPEC §5.6 and §5.3 make execd keep
+  before an order leaves, in the cheapest way a script could (SQLite in WAL mode, called on its
+  event loop, which execd must not do): the signal, committed and fsynced (``synchronous =
+  FULL``) first, then, after the mark, the order's intent (committed, not fsynced) — so what
+  durability alone costs a hand-written loop is measured beside what it costs execd. Not a SPEC
+  target: an informative baseline (issue 16).
 
 Both read the same bodies (a JSON file), pace them at ``rate`` from ``start_at`` (epoch seconds:
 body i is due at ``start_at + i / rate``) and print one JSON object: when each was sent (epoch
 seconds, `time.time()` just before the request), by signal id or client order id. `end_to_end`
 then takes the simulator's ledger (``GET /_sim/orders``: ``time`` = when it accepted the order,
 epoch ms, truncated — + 0.5 ms is the unbiased estimate) minus the send time: one machine, one
-clock. ``python -m lib.e2e {execd,hand} URL BODIES RATE START_AT`` (``PYTHONPATH=bench``).
+clock. ``python -m lib.e2e {execd,hand,hand-journal} URL BODIES RATE START_AT``
+(``PYTHONPATH=bench``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from decimal import Decimal
@@ -79,8 +87,40 @@ async def post_signals(url: str, bodies: list[dict[str, Any]], rate: float,
     return {"sent": sent, "status": status, "behind_max_ms": behind * 1e3}
 
 
+#: Client order id prefixes of the hand loops' orders (the simulator's ledger tells them apart).
+HAND_PREFIX = {"hand": "hand-", "hand-journal": "hjnl-"}
+
+
+class HandJournal:
+    """The hand-written loop's journal (``hand-journal``): one SQLite file in WAL mode, used
+    synchronously on the loop, as a script would."""
+
+    def __init__(self, path: Path) -> None:
+        import sqlite3
+        self._conn = sqlite3.connect(path, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("CREATE TABLE signals (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+        self._conn.execute("CREATE TABLE intents (client_id TEXT PRIMARY KEY, "
+                           "signal_id TEXT NOT NULL, state TEXT NOT NULL)")
+
+    def signal(self, body: dict[str, Any]) -> None:
+        """Committed and fsynced (SPEC §5.6: on the disk before anything it leads to)."""
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("INSERT INTO signals VALUES (?, ?)",
+                           (body["id"], orjson.dumps(body).decode()))
+
+    def intent(self, client_id: str, signal_id: str) -> None:
+        """Committed before the order is sent (SPEC §5.3), not fsynced (SPEC §5.6 allows it)."""
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("INSERT INTO intents VALUES (?, ?, 'SENDING')", (client_id, signal_id))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 async def hand_loop(url: str, bodies: list[dict[str, Any]], rate: float,
-                    start_at: float) -> dict[str, Any]:
+                    start_at: float, *, journal: HandJournal | None = None) -> dict[str, Any]:
+    """The ``hand`` loop, or with `journal` the ``hand-journal`` one (module docstring)."""
     from binance import AsyncClient
     client = AsyncClient("sim-key", "sim-secret")
     client.FUTURES_URL = f"{url}/fapi"
@@ -90,19 +130,26 @@ async def hand_loop(url: str, bodies: list[dict[str, Any]], rate: float,
     sent: dict[str, float] = {}
     status: dict[str, int] = {}
     entered: dict[str, str] = {}
+    prefix = HAND_PREFIX["hand" if journal is None else "hand-journal"]
 
     async def send(i: int, body: dict[str, Any]) -> None:
-        symbol, cid = body["symbol"], f"hand-{body['id']}"
+        symbol, cid = body["symbol"], f"{prefix}{body['id']}"
         sent[cid] = time.time()
+        if journal is not None:
+            journal.signal(body)
         mark = Decimal((await client.futures_mark_price(symbol=symbol))["markPrice"])
         if body["type"] == "LONG_ENTRY":
             if not Decimal(body["stop_loss"]) < mark < Decimal(body["take_profit"]):
                 status["skipped"] = status.get("skipped", 0) + 1
                 return
             entered[symbol] = body["quantity"]
+            if journal is not None:
+                journal.intent(cid, body["id"])
             await client.futures_create_order(symbol=symbol, side="BUY", type="MARKET",
                                               quantity=body["quantity"], newClientOrderId=cid)
         else:
+            if journal is not None:
+                journal.intent(cid, body["id"])
             await client.futures_create_order(symbol=symbol, side="SELL", type="MARKET",
                                               quantity=entered[symbol], reduceOnly="true",
                                               newClientOrderId=cid)
@@ -154,8 +201,17 @@ def exchange_times(sent: Mapping[str, float], rows: list[dict[str, Any]],
 def main() -> None:
     kind, url, bodies_file, rate, start_at = sys.argv[1:6]
     bodies = json.loads(Path(bodies_file).read_text(encoding="utf-8"))
-    run = {"execd": post_signals, "hand": hand_loop}[kind]
-    result = asyncio.run(run(url, bodies, float(rate), float(start_at)))
+    if kind == "hand-journal":
+        with tempfile.TemporaryDirectory() as tmp:
+            journal = HandJournal(Path(tmp) / "hand.db")
+            try:
+                result = asyncio.run(hand_loop(url, bodies, float(rate), float(start_at),
+                                               journal=journal))
+            finally:
+                journal.close()
+    else:
+        run = {"execd": post_signals, "hand": hand_loop}[kind]
+        result = asyncio.run(run(url, bodies, float(rate), float(start_at)))
     sys.stdout.write(json.dumps(result))
 
 

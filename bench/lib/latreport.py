@@ -98,9 +98,15 @@ class RateRun:
         }
 
 
+#: The hand loops' rows (``lib/e2e.py``): the SPEC §13 baseline, and the one that journals.
+HAND_LABELS = {"hand": "hand loop (python-binance)",
+               "hand-journal": "hand loop + journal (fsync, intent)"}
+
+
 @dataclass
 class HandRun:
     rate: int
+    kind: str = "hand"
     signals: int = 0
     e2e: list[float] = field(default_factory=list)
     status: dict[str, int] = field(default_factory=dict)
@@ -159,13 +165,13 @@ def limiter_table(runs: Sequence[RateRun]) -> str:
     return text_table(lines)
 
 
-def e2e_table(runs: Sequence[RateRun], hand: HandRun | None) -> str:
+def e2e_table(runs: Sequence[RateRun], hands: Sequence[HandRun]) -> str:
     lines = [["sender", "rate/s", "signals", "p50 ms", "p99 ms", "max ms", "stolen", "load"]]
     for run in runs:
         lines.append(["execd (POST /v1/signals)", str(run.rate), *_pmm(run.e2e),
                       _share(run.steal), f"{run.load_before:.2f}/{run.load_after:.2f}"])
-    if hand is not None:
-        lines.append(["hand loop (python-binance)", str(hand.rate), *_pmm(hand.e2e),
+    for hand in hands:
+        lines.append([HAND_LABELS[hand.kind], str(hand.rate), *_pmm(hand.e2e),
                       _share(hand.steal), f"{hand.load_before:.2f}/{hand.load_after:.2f}"])
     return text_table(lines)
 
@@ -219,7 +225,8 @@ def summary(run: RateRun) -> dict[str, Any]:
 
 
 def hand_summary(hand: HandRun) -> dict[str, Any]:
-    return {"rate": hand.rate, "signals": hand.signals, "end_to_end_ms": ms(hand.e2e),
+    return {"kind": hand.kind, "rate": hand.rate, "signals": hand.signals,
+            "end_to_end_ms": ms(hand.e2e),
             "status": hand.status, "behind_max_ms": round(hand.behind_max_ms, 3),
             "load_avg_1m": {"before": round(hand.load_before, 2),
                             "after": round(hand.load_after, 2)},
