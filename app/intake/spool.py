@@ -24,6 +24,10 @@ Each complete line (ending in ``\\n``) goes through `Service.accept` with ``sour
   offset stored for another file than the path's is looked for in the spool's directory by
   identity (``spool.1``, any name) and read to its end first; if it is gone, ``spool_rotated``
   says so (``unread_bytes`` null).
+- **A busy journal** (another process held its write lock past the busy timeout: `JournalBusy`)
+  stores nothing: the line is read again at the next poll, and the tail goes on. The accept's
+  refusal is audited by the service, the tail's own offset writes here (``journal_busy``,
+  ``source="spool"``), each time.
 
 All file I/O runs in worker threads, in chunks of at most `CHUNK_BYTES`. `run()` polls every
 ``poll_interval_s`` seconds on the injected clock: a trade-off for portability (no inotify), at
@@ -45,7 +49,7 @@ from app.domain import SignalError
 from app.intake.service import IntakeClosed, IntakeState, Service
 from app.intake.spool_file import SpoolFile, file_id, find_file
 from app.intake.validate import decode_object
-from app.journal import Journal
+from app.journal import Journal, JournalBusy
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
@@ -53,6 +57,10 @@ __all__ = ["CHUNK_BYTES", "MAX_LINE_BYTES", "SpoolTail", "spool_name"]
 
 MAX_LINE_BYTES: Final = 65_536  # the control API's body limit, newline excluded
 CHUNK_BYTES: Final = 1 << 20  # must exceed MAX_LINE_BYTES
+
+
+class _AcceptBusy(Exception):
+    """The service's accept met a busy journal (it audited that); nothing was stored."""
 
 
 def spool_name(path: Path) -> str:
@@ -126,7 +134,8 @@ class SpoolTail:
         """Tail the file until cancelled, or until intake closes for shutdown (then return).
 
         While intake is still starting, lines wait. An unreadable file (other than a missing
-        one) is audited as ``spool_unreadable`` once and retried."""
+        one) is audited as ``spool_unreadable`` once and retried; a busy journal is retried
+        (module docstring)."""
         try:
             while True:
                 try:
@@ -135,6 +144,11 @@ class SpoolTail:
                 except IntakeClosed as closed:
                     if closed.state is IntakeState.STOPPING:
                         return
+                except _AcceptBusy:
+                    pass                                 # the service audited it
+                except JournalBusy as busy:
+                    self._log.error(AuditEvent.JOURNAL_BUSY, source="spool",
+                                    path=str(self._journal.path), error=str(busy))
                 except OSError as error:
                     if repr(error) != self._unreadable:
                         self._unreadable = repr(error)
@@ -243,6 +257,8 @@ class SpoolTail:
                                            offset=(keys.offset, end))
             except SignalError:  # the service audited it, with the bound spool fields
                 await self._journal.set_offset(keys.offset, end)
+            except JournalBusy as busy:   # nothing stored: the line is read again
+                raise _AcceptBusy() from busy
         self._advance(start, end)
         return True
 

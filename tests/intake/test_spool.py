@@ -26,6 +26,7 @@ from app.intake.spool import CHUNK_BYTES, MAX_LINE_BYTES, SpoolTail, spool_name
 from app.journal import Journal
 from tests.intake.conftest import Tail
 from tests.simulator import Admin
+from tests.test_journal_durability import write_lock
 
 
 def line(signal_id: str | None = None, **fields: Any) -> bytes:
@@ -335,6 +336,42 @@ async def test_unreadable_file_is_reported_once(tmp_path: Path, service: Service
             await task
     assert [(e["event"], e["log_level"], e["path"]) for e in logs] == [
         ("spool_unreadable", "warning", str(tmp_path))]
+
+
+async def test_a_busy_journal_is_retried_and_the_tail_goes_on(
+        tail: Tail, spool: Path, journal: Journal, bus: SignalBus) -> None:
+    """Another process holds the journal's write lock past the busy timeout (5 s, real time):
+    nothing is stored, ``journal_busy`` is audited once per refusal (by the service for an
+    accept, by the tail for its own offset write), and run() goes on; once the lock is gone
+    the lines are taken, each once, and the offset is at the end of the file."""
+    clock = FakeClock()
+    task = asyncio.create_task(tail(clock).run())
+
+    def busy_events(logs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return [(e["source"], e["log_level"]) for e in logs if e["event"] == "journal_busy"]
+
+    async def journaled(signal_id: str) -> bool:
+        return await journal.get_signal(signal_id) is not None
+
+    with capture_logs() as logs:
+        with write_lock(journal.path):           # an accept refused
+            append(spool, line("busy-1"))
+            await until(clock, lambda: asyncio.sleep(0, bool(busy_events(logs))))
+        await until(clock, lambda: journaled("busy-1"))
+        assert busy_events(logs) == [("spool", "error")]   # the service's, not doubled
+        assert await bus.drain(30)       # its orders' journal writes are done before the next
+        with write_lock(journal.path):           # the tail's own write: a rejected line's offset
+            append(spool, b"{broken\n" + line("busy-2"))
+            await until(clock, lambda: asyncio.sleep(0, len(busy_events(logs)) == 2))
+        await until(clock, lambda: journaled("busy-2"))
+    assert busy_events(logs) == [("spool", "error")] * 2
+    assert not task.done()
+    assert await journal.get_offset(spool_name(spool)) == size(spool)
+    assert await bus.drain(30)
+    assert await states(journal, "busy-1", "busy-2") == [SignalState.DONE] * 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_spool_fields_stay_with_intake(tail: Tail, spool: Path, bus: SignalBus) -> None:
