@@ -210,8 +210,9 @@ class ExchangeParts:
 async def open_exchange(setup: ExchangeSetup, clock: Clock,
                         log: AuditLogger) -> AsyncIterator[ExchangeParts]:
     """Build the exchange side, start it (time sync, exchangeInfo), give the gateway its
-    limiter, and start the background exchangeInfo refresh (`SymbolCache.run`); close
-    everything on exit. Raises what the first calls raise (`ExchangeError`)."""
+    limiter, and start the background exchangeInfo refresh (`SymbolCache.run`) and time sync
+    (`TimeSync.run`, every 5 minutes); close everything on exit. Raises what the first calls
+    raise (`ExchangeError`)."""
     async with contextlib.AsyncExitStack() as stack:
         gateway: Gateway   # bound below: the listeners call into it only once it exists
         client = BinanceClient(setup.api_key, setup.api_secret, base_url=setup.base_url,
@@ -247,6 +248,8 @@ async def open_exchange(setup: ExchangeSetup, clock: Clock,
         gateway.use_limiter(limiter, buckets)
         refresher = asyncio.create_task(symbols.run(), name="execd-exchange-info")
         stack.push_async_callback(_cancel, refresher)
+        resync = asyncio.create_task(timesync.run(), name="execd-time-sync")
+        stack.push_async_callback(_cancel, resync)
         yield ExchangeParts(gateway, client, timesync, symbols, breakers, limiter)
 
 

@@ -1,4 +1,5 @@
-"""Server time offset: measured at start, every ``interval_s``, and again on -1021.
+"""Server time offset: measured at start, every ``interval_s`` (`TimeSync.run`), and again on
+-1021.
 
 Each sample is ``server_ms − local midpoint of the round trip``; the offset in use is the median
 of the last ``samples`` samples, so one slow round trip does not move it. python-binance never
@@ -7,6 +8,7 @@ resyncs on its own; the gateway copies ``offset_ms`` into the client's ``timesta
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -46,6 +48,16 @@ class TimeSync:
         if self._on_sync is not None:
             self._on_sync(self.offset_ms, rtt, len(self._samples))
         return self.offset_ms
+
+    async def run(self) -> None:
+        """Take a sample every ``interval_s`` until cancelled (SPEC §6.2: at start, which the
+        gateway does, and every 5 minutes). A failed sample leaves the offset in use; the call's
+        failure is audited where it happened (the gateway's ``api_error``), and the next try is
+        one interval later. Nobody waits for these samples."""
+        while True:
+            await self._clock.sleep(self.interval_s)
+            with contextlib.suppress(Exception):
+                await self.sync()
 
     def reset(self) -> None:
         """Forget old samples (after -1021 the clock may have jumped)."""
