@@ -16,8 +16,8 @@ neither shares an event loop with the daemon under test:
   durability alone costs a hand-written loop is measured beside what it costs execd. Not a SPEC
   target: an informative baseline (issue 16).
 
-Both read the same bodies (a JSON file), pace them at ``rate`` from ``start_at`` (epoch seconds:
-body i is due at ``start_at + i / rate``) and print one JSON object: when each was sent (epoch
+Each reads the same bodies (a JSON file), paces them at ``rate`` from ``start_at`` (epoch seconds:
+body i is due at ``start_at + i / rate``) and prints one JSON object: when each was sent (epoch
 seconds, `time.time()` just before the request), by signal id or client order id. `end_to_end`
 then takes the simulator's ledger (``GET /_sim/orders``: ``time`` = when it accepted the order,
 epoch ms, truncated — + 0.5 ms is the unbiased estimate) minus the send time: one machine, one
