@@ -143,16 +143,13 @@ async def hand_loop(url: str, bodies: list[dict[str, Any]], rate: float,
                 status["skipped"] = status.get("skipped", 0) + 1
                 return
             entered[symbol] = body["quantity"]
-            if journal is not None:
-                journal.intent(cid, body["id"])
-            await client.futures_create_order(symbol=symbol, side="BUY", type="MARKET",
-                                              quantity=body["quantity"], newClientOrderId=cid)
+            order = {"side": "BUY", "quantity": body["quantity"]}
         else:
-            if journal is not None:
-                journal.intent(cid, body["id"])
-            await client.futures_create_order(symbol=symbol, side="SELL", type="MARKET",
-                                              quantity=entered[symbol], reduceOnly="true",
-                                              newClientOrderId=cid)
+            order = {"side": "SELL", "quantity": entered[symbol], "reduceOnly": "true"}
+        if journal is not None:
+            journal.intent(cid, body["id"])
+        await client.futures_create_order(symbol=symbol, type="MARKET", newClientOrderId=cid,
+                                          **order)
         status["placed"] = status.get("placed", 0) + 1
 
     try:

@@ -13,11 +13,7 @@ from app.exchange.timesync import TimeSync
 from app.factory import open_exchange
 from app.sim import SimServer
 from tests.exchange.conftest import setup_for
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+from tests.exchange.test_symbol_refresh import settle
 
 
 async def test_run_samples_every_interval_and_survives_a_failed_sample() -> None:
