@@ -23,7 +23,9 @@ power loss or kernel crash may lose depends on ``synchronous`` (``journal.synchr
 
 Trouble: a write lock another process holds past the busy timeout raises `JournalBusy` (nothing
 was written; try again); a file that is not a readable journal raises `JournalUnreadable` at
-``open`` with a message saying what to do.
+``open`` with a message saying what to do; any other failure of the database or the disk (full,
+an I/O error) raises `JournalFailed` (rolled back: try again later). After a failed fsync it
+acknowledges nothing more until restarted (``journal_sync``).
 
 Storage: decimals as TEXT (``str(Decimal)``, exact), enums as their string values, the signal as
 the JSON of `Signal.to_record` beside indexed columns. The schema is versioned with
@@ -46,16 +48,15 @@ from typing import Final, TypeVar
 
 import orjson
 
-from app.domain import (
-    Intent,
-    IntentState,
-    Leg,
-    Signal,
-    SignalState,
-    StateChange,
-    TradingState,
+from app.domain import Intent, IntentState, Leg, Signal, SignalState, StateChange, TradingState
+from app.journal_db import (
+    JournalBusy,
+    JournalFailed,
+    JournalUnreadable,
+    connect,
+    failure,
+    transaction,
 )
-from app.journal_db import JournalBusy, JournalUnreadable, busy, connect, transaction
 from app.journal_fills import Fill, FillLedger
 from app.journal_rows import (
     INTENT_COLUMNS,
@@ -78,8 +79,8 @@ from app.journal_rows import (
 from app.journal_sync import NotDurable, PendingAccepts, WalSync
 from app.journal_thread import WriterThread
 
-__all__ = ["Fill", "Journal", "JournalBusy", "JournalUnreadable", "NotDurable", "SignalEnded",
-           "SignalRecord"]
+__all__ = ["Fill", "Journal", "JournalBusy", "JournalFailed", "JournalUnreadable", "NotDurable",
+           "SignalEnded", "SignalRecord"]
 
 _T = TypeVar("_T")
 _SYNCHRONOUS: Final = ("NORMAL", "FULL", "EXTRA")
@@ -456,11 +457,12 @@ class Journal(FillLedger):
             thread.post(partial(wal_sync.catch_up, conn))   # first; nobody waits
         try:
             return await thread.submit(partial(work, conn))
-        except sqlite3.OperationalError as error:
-            if busy(error) and not isinstance(error, JournalBusy):
-                raise JournalBusy(f"journal {self.path} busy: another process holds its write "
-                                  f"lock ({error})") from error
-            raise
+        except sqlite3.DatabaseError as error:
+            if wal_sync is not None:
+                wal_sync.saw(error)
+            if (meant := failure(error, self.path)) is error:
+                raise
+            raise meant from error
 
     async def _run_acknowledging(
             self, work: Callable[[sqlite3.Connection], _T],
@@ -470,6 +472,8 @@ class Journal(FillLedger):
         the sync thread directly, ``journal_sync``); FULL and EXTRA synced the commit.
         `committed(result, synced)` runs on the loop between the commit and the fsync's end
         (``synced``: done with it; None when the commit synced itself)."""
+        if self._wal_sync is not None:
+            self._wal_sync.check()
         wal_sync = self._wal_sync if self._group_sync else None
 
         def then_sync(conn: sqlite3.Connection) -> tuple[_T, Future[None] | None]:

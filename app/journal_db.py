@@ -20,16 +20,24 @@ from typing import Final
 
 from app.journal_schema import MIGRATIONS
 
-__all__ = ["BUSY_TIMEOUT_MS", "JournalBusy", "JournalUnreadable", "busy", "connect",
-           "transaction"]
+__all__ = ["BUSY_TIMEOUT_MS", "JournalBusy", "JournalFailed", "JournalUnreadable", "busy",
+           "connect", "failure", "fsync_failed", "transaction"]
 
 BUSY_TIMEOUT_MS: Final = 5_000
 _UNREADABLE: Final = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+#: SQLite's extended codes for a failed fsync of a file or of its directory.
+_FSYNC_FAILED: Final = (1034, 1290)   # SQLITE_IOERR_FSYNC, SQLITE_IOERR_DIR_FSYNC
 
 
 class JournalBusy(sqlite3.OperationalError):
     """Another connection held the journal's write lock past the busy timeout: nothing was
     written. A ``sqlite3.OperationalError``, so whoever handled those still does."""
+
+
+class JournalFailed(sqlite3.OperationalError):
+    """The journal could not do what was asked: the disk is full, an I/O error, an fsync that
+    failed. Nothing new was acknowledged; the daemon goes on, and whoever asked asks again
+    later. A ``sqlite3.OperationalError``, so whoever handled those still does."""
 
 
 class JournalUnreadable(RuntimeError):
@@ -88,6 +96,25 @@ def busy(error: sqlite3.Error) -> bool:
     """SQLITE_BUSY or SQLITE_LOCKED (any extended code): a lock held too long, not a fault."""
     code = getattr(error, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def failure(error: sqlite3.DatabaseError, path: Path) -> sqlite3.DatabaseError:
+    """What `error`, raised by a statement on `path`, is to the journal's callers: `JournalBusy`
+    for a lock held too long, `JournalFailed` for the database or the disk failing (full, an I/O
+    error, corrupt), else `error` itself (an integrity or programming error: a bug)."""
+    if isinstance(error, (JournalBusy, JournalFailed)):
+        return error
+    if busy(error):
+        return JournalBusy(f"journal {path} busy: another process holds its write lock "
+                           f"({error})")
+    if type(error) in (sqlite3.OperationalError, sqlite3.DatabaseError):
+        return JournalFailed(f"journal {path} failed: {error}; nothing was written")
+    return error
+
+
+def fsync_failed(error: sqlite3.Error) -> bool:
+    """A commit whose own fsync (``synchronous`` FULL or EXTRA) failed."""
+    return getattr(error, "sqlite_errorcode", None) in _FSYNC_FAILED
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -25,6 +25,12 @@ every decision queued behind it wait for the disk.
   over (it stays a few MB). With
   ``synchronous = NORMAL`` a checkpoint syncs the WAL before copying and the database after, as
   SQLite's own would.
+- A failed fsync (``OSError``, or SQLite's own commit failing one under ``FULL``) breaks the
+  WAL's promise for good: the kernel may have dropped the pages it could not write and will not
+  say so again, so a later fsync that succeeds proves nothing about them — nor, once SQLite's
+  recovery stops at the first missing frame, about any commit after them. From the first one
+  on, `WalSync.check` refuses every acknowledging write (`JournalFailed`, naming it) until the
+  process restarts; the journal's other writes go on (they may be lost anyway, SPEC §5.6).
 - `PendingAccepts` lets a signal go on while its accept's fsync runs: the intake queues it
   right after the commit, and the executor's first write to the exchange waits for
   `PendingAccepts.durable` instead (SPEC §5.6: nothing leaves before its signal is on the disk).
@@ -42,7 +48,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from app.journal_db import BUSY_TIMEOUT_MS
+from app.journal_db import BUSY_TIMEOUT_MS, JournalFailed, fsync_failed
 
 __all__ = ["CHECKPOINT_EVERY", "RESTART_FRAMES", "NotDurable", "PendingAccepts", "WalSync"]
 
@@ -74,6 +80,8 @@ class WalSync:
         #: fsyncs completed and checkpoints run (for tests and the curious).
         self.syncs = 0
         self.checkpoints = 0
+        #: The first fsync that failed, once one has (module docstring).
+        self.broken: str | None = None
 
     def __repr__(self) -> str:
         return f"<WalSync {str(self._wal)!r} syncs={self.syncs} checkpoints={self.checkpoints}>"
@@ -105,7 +113,8 @@ class WalSync:
     def request(self) -> Future[None]:
         """From any thread (the writer's, right after an acknowledging commit): a future done
         once an fsync of the WAL that started after this call has completed — every commit made
-        before the call is then on the disk — or failed with the fsync's ``OSError``. Shared:
+        before the call is then on the disk — or failed with `JournalFailed` (the fsync's
+        ``OSError`` its cause). Shared:
         await it shielded (``asyncio.shield(asyncio.wrap_future(...))``)."""
         with self._lock:
             if self._sync_pool is None:
@@ -117,6 +126,18 @@ class WalSync:
                 self._syncing = True
                 self._sync_pool.submit(self._sync_all)
         return waiting
+
+    def check(self) -> None:
+        """Before an acknowledging write: raise `JournalFailed` once an fsync has failed."""
+        if self.broken is not None:
+            raise JournalFailed(f"journal {self._path}: an fsync failed ({self.broken}), so it "
+                                "acknowledges nothing more: check the disk, then restart execd")
+
+    def saw(self, error: sqlite3.Error) -> None:
+        """A statement on the writer's connection raised `error`: a commit whose own fsync
+        failed breaks the WAL's promise as one of ours would."""
+        if fsync_failed(error) and self.broken is None:
+            self.broken = f"{error} (a commit's own fsync)"
 
     def wrote(self) -> bool:
         """One more journal call; after `checkpoint_every` of them, a checkpoint (once the last
@@ -154,7 +175,11 @@ class WalSync:
             try:
                 self._fsync()
             except Exception as error:   # the waiters get it; the thread must not stop
-                _settle(waiting, error)
+                self.broken = self.broken or repr(error)
+                failed = JournalFailed(f"journal {self._path}: the fsync that was to put this "
+                                       f"write on the disk failed ({error!r}): not acknowledged")
+                failed.__cause__ = error
+                _settle(waiting, failed)
             else:
                 self.syncs += 1
                 _settle(waiting, None)

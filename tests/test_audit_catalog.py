@@ -44,7 +44,7 @@ from app.intake.nats import NatsSettings, NatsSource
 from app.intake.reports import ReportPublisher
 from app.intake.service import Service
 from app.intake.spool import SpoolTail
-from app.journal import Journal, JournalBusy
+from app.journal import Journal, JournalBusy, JournalFailed
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger, LogHandle, configure_logging
 from app.observability.notify import SystemdNotifier
@@ -59,7 +59,7 @@ from tests.nats_support import NatsServer
 from tests.simulator import Admin, quiet_sim_config
 from tests.test_alerts_e2e import hammer
 from tests.test_alerts_e2e import outage as daemon_outage
-from tests.test_journal_durability import write_lock
+from tests.test_journal_durability import read_only, write_lock
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit-events.md"
 CATALOG = frozenset(e.value for e in AuditEvent)
@@ -461,6 +461,16 @@ async def journal_busy_flow(w: World) -> None:
     assert await w.journal.get_signal("catalog-busy") is None
 
 
+async def journal_failed_flow(w: World) -> None:
+    """The journal's disk turns read-only: the signal is refused (journal_failed, and its
+    alert), nothing journaled."""
+    async with read_only(w.journal):
+        with pytest.raises(JournalFailed):
+            await w.service.accept({"id": "catalog-failed", "symbol": "BTCUSDT",
+                                    "type": "LONG_ENTRY", "quantity": "0.010"}, source="test")
+    assert await w.journal.get_signal("catalog-failed") is None
+
+
 async def component_flows(tmp_path: Path) -> set[str]:
     """Every component flow under one audit log of our own; the names of the events seen."""
     seen = Collector()
@@ -480,6 +490,7 @@ async def component_flows(tmp_path: Path) -> set[str]:
             await spool_flows(w, tmp_path, seen)
             await api_failure_flow(w)
             await journal_busy_flow(w)
+            await journal_failed_flow(w)
             await nats_flow(w, tmp_path, seen)
     finally:
         await handle.aclose()

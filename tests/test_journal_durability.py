@@ -1,16 +1,18 @@
 """The journal's durability model and its trouble (SPEC §5.6): acknowledging commits are fsynced
-whatever ``synchronous`` says; a lock held by another process is `JournalBusy`; a file that is not
-a journal is `JournalUnreadable`, with a message that says what to do."""
+whatever ``synchronous`` says; a lock held by another process is `JournalBusy`; a full or
+read-only disk is `JournalFailed`, and a failed fsync stops acknowledgements until a restart; a
+file that is not a journal is `JournalUnreadable`, with a message that says what to do."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from app.domain import (
     StateChange,
     TradingState,
 )
-from app.journal import Journal, JournalBusy, JournalUnreadable
+from app.journal import Journal, JournalBusy, JournalFailed, JournalUnreadable, NotDurable
 from tests.test_journal import make_signal
 
 #: PRAGMA synchronous as SQLite reports it.
@@ -203,6 +205,90 @@ async def test_a_lock_held_elsewhere_is_journal_busy_and_changes_nothing(
         assert await journal.get_signal("s1") is None
         _, created = await journal.accept(_signal("s1"), now=2.0)
     assert created
+
+
+@asynccontextmanager
+async def read_only(journal: Journal) -> AsyncIterator[None]:
+    """The journal's disk turned read-only (as ext4 remounts one on errors): every write on the
+    journal's connection fails with SQLITE_READONLY until the block ends (``query_only``)."""
+    await journal._run(lambda conn: conn.execute("PRAGMA query_only = 1"))
+    try:
+        yield
+    finally:
+        await journal._run(lambda conn: conn.execute("PRAGMA query_only = 0"))
+
+
+async def test_a_full_disk_is_journal_failed_and_the_journal_goes_on(tmp_path: Path) -> None:
+    """The database may not grow (SQLite's ``max_page_count`` at its size: the disk is full):
+    the accept that needs a page raises JournalFailed (an OperationalError) naming the file and
+    the cause, and stores nothing; other statements go on; once there is room the same accept
+    works. A read-only disk is the same failure."""
+    path = tmp_path / "j.sqlite3"
+    async with Journal(path) as journal:
+        pages = await journal._run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        await journal._run(lambda c: c.execute(f"PRAGMA max_page_count = {pages}").fetchall())
+        full = r"journal .*j\.sqlite3 failed: database or disk is full; nothing was written"
+
+        async def fill() -> int:
+            """Accept signals until one is refused."""
+            for number in range(1000):
+                await journal.accept(_signal(f"f{number}"), now=1.0)
+            raise AssertionError("the journal never filled up")
+
+        with pytest.raises(JournalFailed, match=full) as info:
+            await fill()
+        assert isinstance(info.value, sqlite3.OperationalError)
+        number = (await journal.counts())["ACCEPTED"]
+        refused = f"f{number}"
+        assert await journal.get_signal(refused) is None
+        assert number > 0
+        await journal._run(lambda c: c.execute("PRAGMA max_page_count = 1000000").fetchall())
+        _, created = await journal.accept(_signal(refused), now=2.0)
+        assert created
+        async with read_only(journal):
+            with pytest.raises(JournalFailed, match="attempt to write a readonly database"):
+                await journal.set_offset("spool:x", 10)
+        await journal.set_offset("spool:x", 10)
+
+
+async def test_a_failed_fsync_stops_acknowledgements_until_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The WAL's fsync fails once (EIO). The accept it was for raises JournalFailed (not
+    acknowledged) and nothing of that signal may be sent (`durable` raises NotDurable). Every
+    later acknowledging write is refused at once, though the disk answers again — the kernel
+    may have dropped the pages it could not write, so a later fsync proves nothing about them —
+    while the other writes go on. A restarted journal acknowledges again."""
+    path = tmp_path / "j.sqlite3"
+    real = os.fsync
+    failing = [True]
+
+    def fsync(fd: int) -> None:
+        if failing and failing.pop():
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    async with Journal(path) as journal:
+        monkeypatch.setattr(journal_sync.os, "fsync", fsync)
+        with pytest.raises(JournalFailed, match="the fsync that was to put this write on the "
+                                                "disk failed") as info:
+            await journal.accept(_signal("lost"), now=1.0)
+        assert isinstance(info.value.__cause__, OSError)
+        with pytest.raises(NotDurable):
+            await journal.durable("lost")
+        stopped = r"an fsync failed \(OSError\(5, 'Input/output error'\)\), so it acknowledges"
+        for acknowledge in (lambda: journal.accept(_signal("later"), now=2.0),
+                            lambda: journal.set_offset("spool:x", 10),
+                            lambda: journal.save_trading_state(StateChange(
+                                TradingState.HALTED, "desk", 2.0, "test"))):
+            with pytest.raises(JournalFailed, match=stopped):
+                await acknowledge()
+        await journal.put_intent(_intent("lost", "xdE1"))        # not acknowledging: goes on
+        assert await journal.get_signal("later") is None
+        assert await journal.get_offset("spool:x") is None
+    async with Journal(path) as journal:
+        _, created = await journal.accept(_signal("later"), now=3.0)
+        assert created
+        await journal.durable("later")
 
 
 @pytest.mark.parametrize("content", [b"this is not a database" * 100, b"\x00" * 5000])

@@ -78,6 +78,9 @@ def _refused(answer: ApiAnswer, client: ControlClient, settings: Settings) -> in
     elif answer.status == 429:
         print(f"the daemon's queue is full; retry after {answer.headers.get('Retry-After', '1')} s",
               file=sys.stderr)
+    elif answer.status == 503 and str(body.get("error", "")).startswith("journal_"):
+        print(f"the daemon could not journal it ({body['error']}): {body.get('detail', '')}; "
+              f"retry after {answer.headers.get('Retry-After', '1')} s", file=sys.stderr)
     elif answer.status == 503:
         print(f"the daemon is {body.get('error', 'unavailable')}; try again shortly",
               file=sys.stderr)

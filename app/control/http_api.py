@@ -4,7 +4,9 @@ Every answer is JSON (``/metrics`` excepted); every error is ``{"error": "<code>
 "...", ...}`` naming what is wrong. ``POST /v1/signals`` goes through `Service.accept`, the one
 accept path, so its statuses are the service's outcomes: 202 accepted (journaled), 200 duplicate
 (the body of ``GET /v1/signals/{id}``), 400 `SignalError`, 429 `QueueFull`, 503 `IntakeClosed`,
-503 ``journal_busy`` with ``Retry-After`` (`JournalBusy`: the service audited it).
+503 ``journal_busy`` with ``Retry-After`` (`JournalBusy`: the service audited it), 503
+``journal_failed`` with ``Retry-After`` (`JournalFailed`: the journal or its disk failed; on any
+other route it is audited here).
 
 Auth is ``Authorization: Bearer <token>`` on everything under ``/v1/``; ``/healthz`` and
 ``/metrics`` are open. An empty token turns auth off, which the constructor allows on a loopback
@@ -49,7 +51,7 @@ from app.execution.operator import FlattenResult, NotCancelable
 from app.intake.bus import QueueFull
 from app.intake.reports import signal_view
 from app.intake.service import IntakeClosed, IntakeState, Service
-from app.journal import Journal, JournalBusy, SignalRecord
+from app.journal import Journal, JournalBusy, JournalFailed, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 from app.observability.throttle import Throttle
@@ -64,6 +66,7 @@ _INVALID_SYMBOL_CODE: Final = -1121  # Binance: "Invalid symbol."
 _PUBLIC: Final = frozenset({"/healthz", "/metrics"})
 _WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
 _BUSY_RETRY_S: Final = 1  # Retry-After of a journal_busy answer
+_FAILED_RETRY_S: Final = 5  # of a journal_failed one: a full disk is not freed in a second
 _FULL_REPORT_PERIOD_S: Final = 60.0
 
 
@@ -221,6 +224,10 @@ class ControlApi:
             return _json(problem.status, problem.body, problem.headers)
         except web.HTTPException as error:  # the router's 404 / 405
             return _routing_error(request, error)
+        except JournalFailed as failed:
+            self._log.critical(AuditEvent.JOURNAL_FAILED, source="http",
+                               path=str(self._journal.path), error=str(failed))
+            return _journal_failed(failed)
         except Exception as error:
             self._log.error(AuditEvent.API_REQUEST_FAILED, method=request.method,
                             path=request.path, error_class=type(error).__name__, exc_info=True)
@@ -284,6 +291,8 @@ class ControlApi:
                                  "detail": "journal busy: another process holds its write "
                                            "lock; nothing was accepted, send it again"},
                            {"Retry-After": str(_BUSY_RETRY_S)}) from None
+        except JournalFailed as failed:   # the service audited it
+            return _journal_failed(failed)
         if accepted.created:
             # Journaled. The answer waits for the signal's first order (≤ 5 ms) when its lane
             # runs it now: the order is what is urgent, and answering (and the client waking up
@@ -461,6 +470,13 @@ def _routing_error(request: web.Request, error: web.HTTPException) -> web.Respon
         return _json(404, {"error": "not_found", "detail": f"no endpoint {request.path}"})
     return _json(error.status, {"error": (error.reason or "error").lower().replace(" ", "_"),
                                 "detail": error.text or error.reason})
+
+
+def _journal_failed(failed: JournalFailed) -> web.Response:
+    return _json(503, {"error": "journal_failed", "retry_after": _FAILED_RETRY_S,
+                       "detail": f"{failed}; nothing was acknowledged: send it again later "
+                                 "(a signal id the journal kept answers with its record)"},
+                 {"Retry-After": str(_FAILED_RETRY_S)})
 
 
 def _default(value: object) -> object:

@@ -15,10 +15,11 @@ concurrent HTTP requests do.
   ``nats-{stream}-{stream sequence}``, the same on every redelivery.
 - **Acks.** ``ack`` only once the journal accepted the signal or found it a duplicate (a crash
   before the ack means a redelivery, which the journal makes a duplicate). An invalid body:
-  ``term``, ``signal_rejected`` and a ``REJECTED`` report. Queue full, journal busy or intake
-  closed: ``nak`` with a delay (``nak_delay_s``, or the queue's retry-after if longer), with
-  the rest of the batch, and a pause of that delay before the next pull. Messages of a batch
-  still waiting get ``in_progress`` every third of the consumer's ack wait.
+  ``term``, ``signal_rejected`` and a ``REJECTED`` report. Queue full, journal busy or failed
+  (a full disk, say), or intake closed: ``nak`` with a delay (``nak_delay_s``, or the queue's
+  retry-after if longer), with the rest of the batch, and a pause of that delay before the next
+  pull. Messages of a batch still waiting get ``in_progress`` every third of the consumer's ack
+  wait.
 - **Connection.** Lost or refused: ``source_disconnected``, then a new connection after a
   backoff (`RECONNECT_S`, doubling), forever; ``source_connected`` once the stream and the
   consumer are ready. Nothing else in the daemon waits for it. URLs are audited without their
@@ -51,7 +52,7 @@ from app.domain import SignalError
 from app.intake.bus import QueueFull
 from app.intake.service import IntakeClosed, IntakeState, Service
 from app.intake.validate import decode_object
-from app.journal import JournalBusy
+from app.journal import JournalBusy, JournalFailed
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
@@ -372,7 +373,7 @@ class NatsSource:
                 return 0.0
             except QueueFull as full:
                 return await self._nak(msg, max(full.retry_after, s.nak_delay_s))
-            except JournalBusy:   # the service audited it
+            except (JournalBusy, JournalFailed):   # the service audited it
                 return await self._nak(msg, s.nak_delay_s)
             except IntakeClosed as closed:
                 await self._nak(msg, s.nak_delay_s)

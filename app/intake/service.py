@@ -9,7 +9,8 @@ journal durably, then queue.
 - ``QueueFull`` (HTTP 429) is raised before anything is journaled; ``IntakeClosed`` (HTTP 503)
   while starting or stopping; ``JournalBusy`` (HTTP 503) when another process held the journal's
   write lock past its busy timeout: audited once (``journal_busy``), nothing journaled or
-  queued.
+  queued; ``JournalFailed`` (HTTP 503) when the journal or its disk failed (full, an I/O error,
+  a failed fsync): audited once (``journal_failed``, critical), not acknowledged.
 - A signal is journaled (committed) before ``accept`` returns, so an acknowledgement always means
   it survives a crash.
 
@@ -29,7 +30,7 @@ from app.clock import Clock
 from app.domain import Signal, SignalError
 from app.intake.bus import QueueFull, SignalBus
 from app.intake.validate import parse_signal
-from app.journal import Journal, JournalBusy, SignalRecord
+from app.journal import Journal, JournalBusy, JournalFailed, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
@@ -105,6 +106,10 @@ class Service:
         except JournalBusy as busy:
             self._log.error(AuditEvent.JOURNAL_BUSY, source=source,
                             path=str(self.journal.path), error=str(busy))
+            raise
+        except JournalFailed as failed:
+            self._log.critical(AuditEvent.JOURNAL_FAILED, source=source,
+                               path=str(self.journal.path), error=str(failed))
             raise
 
     async def _accept(self, data: object, *, source: str, wait: bool,

@@ -27,7 +27,10 @@ Each complete line (ending in ``\\n``) goes through `Service.accept` with ``sour
 - **A busy journal** (another process held its write lock past the busy timeout: `JournalBusy`)
   stores nothing: the line is read again at the next poll, and the tail goes on. The accept's
   refusal is audited by the service, the tail's own offset writes here (``journal_busy``,
-  ``source="spool"``), each time.
+  ``source="spool"``), each time. **A failed one** (`JournalFailed`: a full disk, an I/O error,
+  a failed fsync) is handled the same way (``journal_failed``, critical), except that the next
+  tries wait longer each time (the poll interval doubled, up to `FAILED_RETRY_MAX_S`) until a
+  line is stored again: the daemon goes on, and its open positions keep their stops.
 
 All file I/O runs in worker threads, in chunks of at most `CHUNK_BYTES`. `run()` polls every
 ``poll_interval_s`` seconds on the injected clock: a trade-off for portability (no inotify), at
@@ -49,7 +52,7 @@ from app.domain import SignalError
 from app.intake.service import IntakeClosed, IntakeState, Service
 from app.intake.spool_file import SpoolFile, file_id, find_file
 from app.intake.validate import decode_object
-from app.journal import Journal, JournalBusy
+from app.journal import Journal, JournalBusy, JournalFailed
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
@@ -57,10 +60,11 @@ __all__ = ["CHUNK_BYTES", "MAX_LINE_BYTES", "SpoolTail", "spool_name"]
 
 MAX_LINE_BYTES: Final = 65_536  # the control API's body limit, newline excluded
 CHUNK_BYTES: Final = 1 << 20  # must exceed MAX_LINE_BYTES
+FAILED_RETRY_MAX_S: Final = 30.0  # the longest wait between two tries on a failed journal
 
 
-class _AcceptBusy(Exception):
-    """The service's accept met a busy journal (it audited that); nothing was stored."""
+class _AcceptRefused(Exception):
+    """The service's accept met a busy or failed journal (it audited that): nothing stored."""
 
 
 def spool_name(path: Path) -> str:
@@ -135,26 +139,37 @@ class SpoolTail:
 
         While intake is still starting, lines wait. An unreadable file (other than a missing
         one) is audited as ``spool_unreadable`` once and retried; a busy journal is retried
-        (module docstring)."""
+        (module docstring); so is a failed one, less and less often."""
+        retry_s = self._poll_interval_s   # the wait after a failed journal
         try:
             while True:
+                failed = False
                 try:
                     await self.catch_up()
                     self._unreadable = None
                 except IntakeClosed as closed:
                     if closed.state is IntakeState.STOPPING:
                         return
-                except _AcceptBusy:
-                    pass                                 # the service audited it
+                except _AcceptRefused as refused:   # the service audited it
+                    failed = isinstance(refused.__cause__, JournalFailed)
                 except JournalBusy as busy:
                     self._log.error(AuditEvent.JOURNAL_BUSY, source="spool",
                                     path=str(self._journal.path), error=str(busy))
+                except JournalFailed as error:
+                    failed = True
+                    self._log.critical(AuditEvent.JOURNAL_FAILED, source="spool",
+                                       path=str(self._journal.path), error=str(error))
                 except OSError as error:
                     if repr(error) != self._unreadable:
                         self._unreadable = repr(error)
                         self._log.warning(AuditEvent.SPOOL_UNREADABLE, path=str(self.path),
                                           error=repr(error))
-                await self._clock.sleep(self._poll_interval_s)
+                if failed:
+                    retry_s = min(retry_s * 2, max(FAILED_RETRY_MAX_S, self._poll_interval_s))
+                    await self._clock.sleep(retry_s)
+                else:
+                    retry_s = self._poll_interval_s
+                    await self._clock.sleep(self._poll_interval_s)
         finally:
             await self.aclose()
 
@@ -257,8 +272,8 @@ class SpoolTail:
                                            offset=(keys.offset, end))
             except SignalError:  # the service audited it, with the bound spool fields
                 await self._journal.set_offset(keys.offset, end)
-            except JournalBusy as busy:   # nothing stored: the line is read again
-                raise _AcceptBusy() from busy
+            except (JournalBusy, JournalFailed) as refused:   # nothing stored: read again
+                raise _AcceptRefused() from refused
         self._advance(start, end)
         return True
 

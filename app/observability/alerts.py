@@ -6,7 +6,7 @@ errors, by class:
 - ``api_error`` at warning level or above, by its ``error_class`` (``api_error:RateLimited``);
   info-level ones are expected answers the caller handles;
 - ``order_rejected``, ``order_unknown_outcome``, ``signal_failed``, ``position_unprotected``,
-  ``ip_banned``, ``breaker_opened``, each under its own name.
+  ``ip_banned``, ``breaker_opened``, ``journal_failed``, each under its own name.
 
 One exchange failure can show up as several of these (``api_error``, then ``order_rejected``,
 then ``signal_failed``): the counts are of events, and the threshold is set with that in mind.
@@ -15,12 +15,12 @@ Alerts, each kind *and symbol* with its own cooldown (``cooldown_s``; the same k
 symbol is not repeated within it, a second symbol's unprotected position still alerts):
 ``error_rate`` when the errors in the window reach ``error_rate_per_min`` per minute, and on the
 event itself ``breaker_open``, ``ip_banned``, ``position_unprotected``, ``position_liquidated``,
-``api_key_refused`` (an ``AuthError``) and ``kill_switch`` (the trading state set by a kill
-switch). An alert is an ``alert`` audit event (level error: ``kind``, ``symbol`` when it has
-one, ``detail``, ``total``, ``rate_per_min``, ``counts``) and, when ``webhook_url`` is set, a
-JSON POST of the same in a background task cut off after ``webhook_timeout_s``. A failed POST
-is an ``alert`` event at warning level with ``delivery="failed"``; nothing is raised and the
-caller never waits.
+``api_key_refused`` (an ``AuthError``), ``journal_failed`` (the journal or its disk failed) and
+``kill_switch`` (the trading state set by a kill switch). An alert is an ``alert`` audit event
+(level error: ``kind``, ``symbol`` when it has one, ``detail``, ``total``, ``rate_per_min``,
+``counts``) and, when ``webhook_url`` is set, a JSON POST of the same in a background task cut
+off after ``webhook_timeout_s``. A failed POST is an ``alert`` event at warning level with
+``delivery="failed"``; nothing is raised and the caller never waits.
 
 The tap runs inside the logging pipeline, so the alert event is emitted on the next turn of the
 event loop (``call_soon``): it lands after the event that caused it, and `tap` ignores ``alert``
@@ -57,7 +57,7 @@ _COUNTED_LEVELS: Final = frozenset({"warning", "error", "critical"})
 _ALWAYS_COUNTED: Final = frozenset({
     AuditEvent.ORDER_REJECTED, AuditEvent.ORDER_UNKNOWN_OUTCOME, AuditEvent.SIGNAL_FAILED,
     AuditEvent.POSITION_UNPROTECTED, AuditEvent.IP_BANNED, AuditEvent.BREAKER_OPENED,
-    AuditEvent.POSITION_LIQUIDATED,
+    AuditEvent.POSITION_LIQUIDATED, AuditEvent.JOURNAL_FAILED,
 })
 
 
@@ -188,6 +188,10 @@ class ErrorMonitor:
             found.append(("api_key_refused", None,
                           f"the exchange refused the API key ({event.get('message', '?')}): "
                           "check its permissions (futures trading) and IP whitelist"))
+        elif name == AuditEvent.JOURNAL_FAILED:
+            found.append(("journal_failed", None,
+                          f"the journal refused a write ({event.get('source', '?')}): "
+                          f"{event.get('error', '?')}; intake refuses signals until it works"))
         rate = self._rate()
         if rate >= self.settings.error_rate_per_min:
             found.append(("error_rate", None,

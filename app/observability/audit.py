@@ -92,6 +92,7 @@ class AuditEvent(StrEnum):
     RECONCILE_FINISHED = "reconcile_finished"
     # the journal
     JOURNAL_BUSY = "journal_busy"
+    JOURNAL_FAILED = "journal_failed"
     # risk gate and trading state
     TRADING_STATE_CHANGED = "trading_state_changed"
     RISK_REJECTED = "risk_rejected"
@@ -218,8 +219,9 @@ GROUPS: tuple[EventGroup, ...] = (
     EventGroup(
         "journal",
         "The journal refused a write: another process held its write lock past the busy "
-        "timeout (SPEC §5.6). What was asked is refused, nothing changed; ask again later.",
-        (_E.JOURNAL_BUSY,),
+        "timeout, or the database or the disk failed (full, an I/O error, a failed fsync; "
+        "SPEC §5.6). What was asked is refused, nothing acknowledged; ask again later.",
+        (_E.JOURNAL_BUSY, _E.JOURNAL_FAILED),
     ),
     EventGroup(
         "risk",

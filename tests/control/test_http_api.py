@@ -21,12 +21,14 @@ from app.clock import SystemClock
 from app.control.http_api import ControlApi
 from app.exchange.gateway import Gateway
 from app.exchange.symbols import trading_rules
-from app.factory import ExchangeParts
+from app.execution.operator import Operator
+from app.execution.risk import RiskGate, RiskLimits
+from app.factory import ExchangeParts, ExecutionParts
 from app.intake.bus import SignalBus
 from app.intake.service import Service
 from app.journal import Journal
 from tests.simulator import Admin
-from tests.test_journal_durability import write_lock
+from tests.test_journal_durability import read_only, write_lock
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -471,3 +473,49 @@ async def test_a_locked_journal_answers_503_journal_busy_and_changes_nothing(
     status, body, _ = await call(http, "POST", f"{api.url}/v1/signals",
                                  body={"id": "h-busy", **ENTRY})
     assert status == 202, body
+
+
+async def test_a_failed_journal_answers_503_journal_failed_and_changes_nothing(
+        journal: Journal, service: Service, gateway: Gateway, exchange: ExchangeParts,
+        execution: ExecutionParts, bus: SignalBus, http: aiohttp.ClientSession) -> None:
+    """The journal's disk turns read-only (a failed disk): a signal is refused with 503
+    ``journal_failed`` and Retry-After, audited once (``journal_failed``, critical, by the
+    service), nothing journaled or queued; an operator command that writes the journal gets the
+    same answer (audited by the API), and the trading state is unchanged. Once the disk answers
+    again both go through; the API answered throughout."""
+    clock, log = SystemClock(), structlog.get_logger()
+    risk = RiskGate(RiskLimits(), journal, clock, log, positions=dict)
+    operator = Operator(risk, journal, gateway, gateway, execution.protector,
+                        exchange.symbols.get, clock, log)
+    api = ControlApi(service, journal, gateway, status_of_daemon, token=TOKEN, port=0,
+                     log=log, operator=operator)
+    await api.start()
+    try:
+        with capture_logs() as logs:
+            async with read_only(journal):
+                signal = await call(http, "POST", f"{api.url}/v1/signals",
+                                    body={"id": "h-failed", **ENTRY})
+                halt = await call(http, "POST", f"{api.url}/v1/trading-state",
+                                  body={"state": "HALTED", "reason": "test"})
+                health = await call(http, "GET", f"{api.url}/healthz", headers={})
+        for status, body, headers in (signal, halt):
+            assert status == 503, body
+            assert body["error"] == "journal_failed"
+            assert "attempt to write a readonly database" in body["detail"]
+            assert "nothing was acknowledged" in body["detail"]
+            assert headers["Retry-After"] == str(body["retry_after"]) == "5"
+        assert health[0] == 200
+        failed = [(e["source"], e["log_level"]) for e in logs if e["event"] == "journal_failed"]
+        assert failed == [("http", "critical")] * 2
+        assert not [e for e in logs if e["event"] == "api_request_failed"]
+        assert await journal.get_signal("h-failed") is None
+        assert bus.snapshot().pending == 0
+        assert await journal.load_trading_state() is None
+        status, body, _ = await call(http, "POST", f"{api.url}/v1/signals",
+                                     body={"id": "h-failed", **ENTRY})
+        assert status == 202, body
+        status, body, _ = await call(http, "POST", f"{api.url}/v1/trading-state",
+                                     body={"state": "HALTED", "reason": "test"})
+        assert (status, body["state"]) == (200, "HALTED")
+    finally:
+        await api.close()

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from app import journal_sync
 from app.domain import IntentState, SignalState
 from app.execution.executor import Executor
-from app.journal import Journal, NotDurable, SignalRecord
+from app.journal import Journal, JournalFailed, NotDurable, SignalRecord
 from tests.execution.conftest import make_signal
 from tests.simulator import Admin
 
@@ -71,7 +71,8 @@ async def test_a_failed_fsync_sends_nothing_and_fails_the_signal(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The accept's fsync fails: the accept raises (not acknowledged), the signal handed on at
     its commit sends no order and ends FAILED saying why; its entry intent, journaled SENDING
-    meanwhile, is back to PENDING (never sent); the next signal runs."""
+    meanwhile, is back to PENDING (never sent); the journal acknowledges no further signal
+    until it is reopened (a later fsync proves nothing about the pages the failed one lost)."""
     real = os.fsync
     failures = [OSError(5, "Input/output error")]
 
@@ -82,7 +83,7 @@ async def test_a_failed_fsync_sends_nothing_and_fails_the_signal(
 
     monkeypatch.setattr(journal_sync.os, "fsync", failing_fsync)
     committed: list[SignalRecord] = []
-    with pytest.raises(OSError, match="Input/output error"):
+    with pytest.raises(JournalFailed, match="Input/output error"):
         await journal.accept(make_signal(PLAIN), now=time.time(), on_commit=committed.append)
     with capture_logs() as logs:
         final = await executor.execute(committed[0])
@@ -98,6 +99,7 @@ async def test_a_failed_fsync_sends_nothing_and_fails_the_signal(
     assert again.state is SignalState.FAILED
     assert await admin.orders() == []
 
-    record, created = await journal.accept(make_signal(LONG), now=time.time())
-    assert created
-    assert (await executor.execute(record)).state is SignalState.DONE
+    refused = make_signal(LONG)
+    with pytest.raises(JournalFailed, match="acknowledges nothing more"):
+        await journal.accept(refused, now=time.time())
+    assert await journal.get_signal(refused.id) is None

@@ -16,7 +16,7 @@ import pytest
 from app.config import resolve_api_token
 from app.daemon import Daemon
 from app.domain import SignalState
-from tests.daemon_process import DaemonProcess, daemon_env, free_port
+from tests.daemon_process import DaemonProcess, daemon_env, free_port, run_cli
 from tests.nats_support import (
     NatsServer,
     Reports,
@@ -28,6 +28,7 @@ from tests.nats_support import (
     until,
 )
 from tests.simulator import Admin
+from tests.test_journal_durability import read_only
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT")
 TOKEN = "nats-test-token"
@@ -165,6 +166,50 @@ async def post_signal(daemon: Daemon, http: aiohttp.ClientSession, body: dict[st
 
 
 @pytest.mark.timeout(90)
+async def test_a_failed_journal_refuses_every_source_and_the_daemon_goes_on(
+        tmp_path: Path) -> None:
+    """The journal's disk turns read-only: a signal published meanwhile is not acked but
+    nak'ed, and ``execd signal`` is told why, both audited ``journal_failed`` (critical; one
+    alert); the source stays connected and the daemon serving; once the disk answers, the
+    redelivery is accepted and ends DONE with one order."""
+    async with NatsServer(tmp_path / "nats") as server, \
+            running_daemon(daemon_settings(tmp_path, server.url)) as daemon, \
+            client(server.url) as nc, aiohttp.ClientSession() as http:
+        assert daemon.nats is not None
+        assert daemon.bus is not None
+        assert daemon.journal is not None
+        source = daemon.nats.source
+        await connected(daemon)
+        async with read_only(daemon.journal):
+            await publish(nc, [entry("n-failed", "BTCUSDT")])
+            await until(lambda: source.counts["naks"] >= 1)
+            assert source.counts["accepted"] == 0
+            assert daemon.api is not None
+            env = daemon_env(tmp_path, int(daemon.api.url.rsplit(":", 1)[1]),
+                             EXECD_API_TOKEN=str(resolve_api_token(daemon.settings,
+                                                                   create=False)))
+            code, out, err = await run_cli(env, "signal", "LONG_ENTRY", "ETHUSDT", "--qty",
+                                           "0.100")
+            assert (code, out) == (1, ""), err
+            assert err.startswith("the daemon could not journal it (journal_failed): journal ")
+            assert "attempt to write a readonly database" in err
+            assert err.rstrip().endswith("retry after 5 s")
+        await until(lambda: source.counts["accepted"] == 1)
+        assert source.state == "connected"
+        assert await daemon.bus.drain(30)
+        record = await daemon.journal.get_signal("n-failed")
+        assert record is not None
+        assert record.state is SignalState.DONE
+        assert daemon.exchange_url is not None
+        orders = await Admin(http, daemon.exchange_url).orders("order")
+        assert [o["symbol"] for o in orders] == ["BTCUSDT"]
+    failed = audit_events(tmp_path, "journal_failed")
+    assert failed
+    assert {(e["source"], e["level"]) for e in failed} == {("nats", "critical"),
+                                                             ("http", "critical")}
+    assert [e["kind"] for e in audit_events(tmp_path, "alert")] == ["journal_failed"]
+
+
 async def test_nats_stopped_and_restarted_while_the_daemon_runs(tmp_path: Path) -> None:
     """NATS goes away: the source says so (status ``down``, source_disconnected), the daemon
     and its HTTP intake go on; NATS comes back: the source reconnects by itself and carries

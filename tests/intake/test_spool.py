@@ -22,11 +22,17 @@ from app.exchange.symbols import trading_rules
 from app.factory import ExchangeParts
 from app.intake.bus import SignalBus
 from app.intake.service import Service
-from app.intake.spool import CHUNK_BYTES, MAX_LINE_BYTES, SpoolTail, spool_name
+from app.intake.spool import (
+    CHUNK_BYTES,
+    FAILED_RETRY_MAX_S,
+    MAX_LINE_BYTES,
+    SpoolTail,
+    spool_name,
+)
 from app.journal import Journal
 from tests.intake.conftest import Tail
 from tests.simulator import Admin
-from tests.test_journal_durability import write_lock
+from tests.test_journal_durability import read_only, write_lock
 
 
 def line(signal_id: str | None = None, **fields: Any) -> bytes:
@@ -369,6 +375,53 @@ async def test_a_busy_journal_is_retried_and_the_tail_goes_on(
     assert await journal.get_offset(spool_name(spool)) == size(spool)
     assert await bus.drain(30)
     assert await states(journal, "busy-1", "busy-2") == [SignalState.DONE] * 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_failed_journal_is_tried_less_often_and_the_tail_goes_on(
+        tail: Tail, spool: Path, journal: Journal, bus: SignalBus) -> None:
+    """The journal's disk turns read-only for a minute: nothing is stored, ``journal_failed``
+    (critical) is audited at each try — by the service for an accept, by the tail for its own
+    offset write — and the tries come less and less often (the 0.2 s poll interval doubled each
+    time, up to 30 s: 8 tries in the minute, not 300); run() goes on. Once the disk answers, the
+    lines are taken, each once, and the tail polls at its interval again."""
+    clock = FakeClock()
+    task = asyncio.create_task(tail(clock).run())
+
+    def failures(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in logs if e["event"] == "journal_failed"]
+
+    async def journaled(signal_id: str) -> bool:
+        return await journal.get_signal(signal_id) is not None
+
+    assert FAILED_RETRY_MAX_S == 30.0
+    with capture_logs() as logs:
+        async with read_only(journal):
+            append(spool, line("failed-1"))
+            start = clock.monotonic()
+            async with asyncio.timeout(30):
+                while clock.monotonic() - start < 60:
+                    clock.advance(0.2)
+                    await asyncio.sleep(0.005)
+            tries = len(failures(logs))
+        await until(clock, lambda: journaled("failed-1"))
+        assert await bus.drain(30)
+        async with read_only(journal):          # the tail's own write: a rejected line's offset
+            append(spool, b"{broken\n")
+            await until(clock, lambda: asyncio.sleep(0, len(failures(logs)) > tries))
+        back = clock.monotonic()
+        append(spool, line("failed-2"))
+        await until(clock, lambda: journaled("failed-2"))
+    assert clock.monotonic() - back <= 1.0           # polling at its interval again
+    assert 7 <= tries <= 9, tries
+    assert {(e["source"], e["log_level"]) for e in failures(logs)} == {("spool", "critical")}
+    assert "attempt to write a readonly database" in failures(logs)[0]["error"]
+    assert not task.done()
+    assert await journal.get_offset(spool_name(spool)) == size(spool)
+    assert await bus.drain(30)
+    assert await states(journal, "failed-1", "failed-2") == [SignalState.DONE] * 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -113,12 +113,15 @@ async def test_an_alert_kind_is_not_repeated_within_its_cooldown(
     ({"event": "ip_banned", "level": "critical", "retry_after": 120.0}, "ip_banned"),
     ({"event": "position_unprotected", "level": "critical", "symbol": "BTCUSDT",
       "reason": "stop-loss refused", "action": "flatten"}, "position_unprotected"),
+    ({"event": "journal_failed", "level": "critical", "source": "http",
+      "error": "database or disk is full"}, "journal_failed"),
 ])
 async def test_critical_events_alert_at_once(
     audit: LogHandle, clock: FakeClock, read_events: ReadEvents, event: dict[str, Any],
     kind: str,
 ) -> None:
-    """A breaker opening, an IP ban or an unprotected position alerts on its first event."""
+    """A breaker opening, an IP ban, an unprotected position or a failed journal alerts on its
+    first event."""
     monitor = ErrorMonitor(settings(), clock, audit.logger)
     await feed(monitor, event)
     (alert,) = alerts(audit, read_events)
