@@ -19,6 +19,12 @@ Each report goes to ``{reports_subject}.{symbol}`` with the body of ``GET /v1/si
   signals rejected before the journal (a body that is not a signal) are not journaled and not
   replayed.
 - **While NATS is away** reports wait in the buffer (it fills, then drops as above).
+- **While the journal fails** (busy, a full disk: its reads for a report, its writes of the
+  mark) the task waits `JOURNAL_RETRY_S` and tries again, audited (``journal_busy`` /
+  ``journal_failed``, ``source="nats-reports"``) once per run of failures; a report already
+  flushed is not sent again, one not yet flushed is (its ``Nats-Msg-Id`` keeps a stream from
+  holding it twice). The mark written at shutdown is best effort: missed, the next start
+  replays a little more.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ import orjson
 from app.clock import Clock
 from app.domain import Intent, SignalState
 from app.intake.nats import still_running
-from app.journal import Journal, SignalRecord
+from app.journal import Journal, JournalBusy, JournalFailed, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
-__all__ = ["REPLAY_MARGIN_S", "ReportLink", "ReportPublisher", "report_subject", "signal_view"]
+__all__ = ["JOURNAL_RETRY_S", "REPLAY_MARGIN_S", "ReportLink", "ReportPublisher",
+           "report_subject", "signal_view"]
 
 #: Changes this much older than the last one flushed are replayed too (seconds).
 REPLAY_MARGIN_S: Final = 10.0
@@ -49,6 +56,8 @@ MARK_EVERY_S: Final = 1.0
 BATCH: Final = 256
 #: The pause after a failed publish before the next try, connected again (seconds).
 RETRY_S: Final = 0.2
+#: The pause after a journal that failed (busy, a full disk) before the next try (seconds).
+JOURNAL_RETRY_S: Final = 5.0
 #: The subject token of a report whose body named no usable symbol.
 NO_SYMBOL: Final = "_"
 _SYMBOL_TOKEN = re.compile(r"[A-Z0-9]{1,32}")
@@ -160,7 +169,24 @@ class ReportPublisher:
 
     # ------------------------------------------------------------------ the publishing task
     async def run(self, link: ReportLink) -> None:
-        """Replay what the last run may not have published, then publish until cancelled."""
+        """Replay what the last run may not have published, then publish until cancelled;
+        a failing journal is waited out (module docstring)."""
+        started, failing = False, False
+        while True:
+            still_running()
+            try:
+                if not started:
+                    await self._start()
+                    started, failing = True, False
+                await self._round(link)
+                failing = False
+            except (JournalBusy, JournalFailed) as error:
+                if not failing:
+                    failing = True
+                    self._journal_trouble(error)
+                await self._clock.sleep(JOURNAL_RETRY_S)
+
+    async def _start(self) -> None:
         stored = await self._journal.get_offset(self._mark_name)
         if stored is None:   # the first run with reports: nothing published before
             self._flushed_at = self._clock.time()
@@ -168,21 +194,30 @@ class ReportPublisher:
         else:
             self._flushed_at = stored / 1000
             await self._replay(self._flushed_at - REPLAY_MARGIN_S)
-        while True:
-            still_running()
-            if not self._buffer:
-                if self._gap_since is not None:   # from the first dropped: progress each time
-                    await self._replay(self._gap_since)
-                    continue
-                self._ready.clear()
-                self._idle.set()
-                await self._ready.wait()
-                continue
-            await link.wait_connected()
-            try:
-                await self._publish_batch(link)
-            except ConnectionError:   # the batch stays in the buffer, sent again
-                await self._clock.sleep(RETRY_S)
+
+    async def _round(self, link: ReportLink) -> None:
+        """Publish one batch, or replay a gap, or wait for reports."""
+        if not self._buffer:
+            if self._gap_since is not None:   # from the first dropped: progress each time
+                await self._replay(self._gap_since)
+                return
+            self._ready.clear()
+            self._idle.set()
+            await self._ready.wait()
+            return
+        await link.wait_connected()
+        try:
+            await self._publish_batch(link)
+        except ConnectionError:   # the batch stays in the buffer, sent again
+            await self._clock.sleep(RETRY_S)
+
+    def _journal_trouble(self, error: JournalBusy | JournalFailed) -> None:
+        if isinstance(error, JournalBusy):
+            self._log.error(AuditEvent.JOURNAL_BUSY, source="nats-reports",
+                            path=str(self._journal.path), error=str(error))
+        else:
+            self._log.critical(AuditEvent.JOURNAL_FAILED, source="nats-reports",
+                               path=str(self._journal.path), error=str(error))
 
     async def _publish_batch(self, link: ReportLink) -> None:
         batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
@@ -216,8 +251,8 @@ class ReportPublisher:
 
     async def _replay(self, since: float) -> None:
         """Queue every signal changed since `since` in its current state."""
-        self._gap_since = None
         records = await self._journal.signals_updated_since(since)
+        self._gap_since = None    # after the read: a failed one leaves the gap to replay
         for record in records:
             self._put(_Report(record, None), record.updated_at)
         self.replayed += len(records)
@@ -240,7 +275,10 @@ class ReportPublisher:
         except TimeoutError:
             return False
         finally:
-            await self._store_mark(force=True)
+            try:
+                await self._store_mark(force=True)
+            except (JournalBusy, JournalFailed) as error:   # the next start replays more
+                self._journal_trouble(error)
         return True
 
     def statistics(self) -> dict[str, object]:
