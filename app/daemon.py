@@ -15,15 +15,14 @@ Lifecycle, top to bottom:
   NATS source and reports (with ``intake.nats.url``; it pulls once intake opens) → control
   API (``/healthz`` says ``starting``) → restart recovery (§5.6) → intake opens →
   SIGTERM/SIGINT handlers → ``daemon_started`` → ``READY=1`` → ready lines on stdout;
-- serve (`Daemon.serve`): the orphan watcher and the spool tail run under one
+- serve (`Daemon.serve`): the loop-lag probe and the spool tail run under one
   `asyncio.TaskGroup` until SIGTERM/SIGINT; then intake closes (HTTP 503, ``STOPPING=1``),
   queued and running signals get ``execution.shutdown_timeout_s`` to finish, and what is left
   stays in the journal, resumable at the next start;
 - stop (`Daemon.__aexit__`): ``daemon_stopping`` → everything started, in reverse order →
   ``daemon_stopped`` → flush and close the audit log (bounded: a console nobody reads is left
-  behind, the files are complete). Everything started is registered on one
-  `AsyncExitStack`, so shutdown runs in reverse order of start-up even when start-up fails
-  half-way.
+  behind, the files are complete). Everything started is on one `AsyncExitStack`, so shutdown
+  runs in reverse order of start-up even when start-up fails half-way.
 """
 
 from __future__ import annotations
@@ -423,6 +422,7 @@ class Daemon:
             "recovery": self.recovery,
             "api": self.api.connections() if self.api is not None else None,
             "nats": self.nats.status() if self.nats is not None else None,
+            "journal": self.journal.status() if self.journal is not None else None,
             **(self.live.status() if self.live is not None else LiveParts.idle_status()),
             "errors": self.monitor.snapshot() if self.monitor is not None else None,
             "loop_lag": self.lag.statistics(),
@@ -440,7 +440,8 @@ class Daemon:
                 f"positions={len(live.guard.positions_view()) if live is not None else 0}")
         opened = [name.value for name, breaker in (exchange.breakers.items() if exchange else ())
                   if breaker.state is not BreakerState.CLOSED]
-        return f"{line} breakers_open={','.join(opened)}" if opened else line
+        line += f" breakers_open={','.join(opened)}" if opened else ""
+        return f"{line} journal=failed" if self.journal and self.journal.broken else line
 
     def request_stop(self, reason: str = "shutdown requested") -> None:
         """Ask `serve()` to return; the first reason given is the one audited."""

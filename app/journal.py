@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from decimal import Decimal
@@ -58,6 +58,7 @@ from app.journal_db import (
     transaction,
 )
 from app.journal_fills import Fill, FillLedger
+from app.journal_offsets import OffsetStore
 from app.journal_rows import (
     INTENT_COLUMNS,
     SIGNAL_COLUMNS,
@@ -89,7 +90,7 @@ _NON_TERMINAL: Final = tuple(s.value for s in SignalState if not s.is_terminal)
 
 
 
-class Journal(FillLedger):
+class Journal(FillLedger, OffsetStore):
     """The SQLite journal at `path`. Open it (``await open()`` or ``async with``) before use.
 
     Every method but the constructor is a coroutine whose database work runs on the journal's
@@ -167,6 +168,17 @@ class Journal(FillLedger):
         for listener in self._listeners:
             listener(record)
 
+    def status(self) -> dict[str, object]:
+        """For ``GET /v1/status``: the file, its ``synchronous``, whether it acknowledges."""
+        return {"path": str(self.path), "synchronous": self.synchronous,
+                "acknowledging": self.broken is None, "broken": self.broken}
+
+    @property
+    def broken(self) -> str | None:
+        """Why the journal acknowledges nothing more until restarted (the first fsync that
+        failed, module docstring), or None while it does."""
+        return None if self._wal_sync is None else self._wal_sync.broken
+
     # ------------------------------------------------------------------ signals
     async def accept(self, signal: Signal, *, now: float,
                      offset: tuple[str, int] | None = None,
@@ -179,8 +191,12 @@ class Journal(FillLedger):
         so a spool line is never both accepted and re-read after a crash (SPEC §4.2).
         `on_commit(record)` is called for a new signal once it is committed, before the fsync
         that acknowledges it has completed (the intake queues it then): until `durable` says
-        so, nothing the signal leads to may leave the process.
+        so, nothing the signal leads to may leave the process. While the journal acknowledges
+        nothing (`broken`), a known id without an offset is still answered, by a read.
         """
+        if self.broken is not None and offset is None and (
+                known := await self.get_signal(signal.id)) is not None:
+            return known, False
         values = (signal.id, signal.symbol, now, now, orjson.dumps(signal.to_record()).decode())
 
         def insert(conn: sqlite3.Connection) -> tuple[SignalRecord, bool]:
@@ -410,40 +426,6 @@ class Journal(FillLedger):
                 conn.execute("INSERT OR REPLACE INTO trading_state (id, state, reason, since, "
                              "changed_by) VALUES (1, ?, ?, ?, ?)",
                              (change.state.value, change.reason, change.since, change.by))
-
-        await self._run_acknowledging(work)
-
-    # ------------------------------------------------------------------ offsets
-    async def get_offset(self, name: str) -> int | None:
-        """The stored read offset called `name` (e.g. a spool file), or None."""
-        def work(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute("SELECT value FROM offsets WHERE name = ?", (name,)).fetchone()
-            return None if row is None else int(row[0])
-
-        return await self._run(work)
-
-    async def get_offset_file(self, name: str) -> str | None:
-        """The identity of the file the offset `name` was read in (as given to `set_offset`),
-        or None when none was stored."""
-        def work(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT file FROM offsets WHERE name = ?", (name,)).fetchone()
-            return None if row is None else row[0]
-
-        return await self._run(work)
-
-    async def set_offset(self, name: str, value: int, *, file: str | None = None) -> None:
-        """Store the read offset `name` (≥ 0, else ``ValueError``), committed and fsynced
-        before return. `file`, if given, is the identity of the file it is in, stored beside
-        it; without it the stored identity stays."""
-        await self.set_offsets({name: (value, file)})
-
-    async def set_offsets(self, offsets: Mapping[str, tuple[int, str | None]]) -> None:
-        """Store several offsets, name → (value, file) as for `set_offset`, in one
-        transaction: all or none (``ValueError`` for a bad value, and none is stored)."""
-        def work(conn: sqlite3.Connection) -> None:
-            with transaction(conn):   # then fsynced: it acknowledges
-                for name, (value, file) in offsets.items():
-                    set_offset_row(conn, name, value, file)
 
         await self._run_acknowledging(work)
 

@@ -207,3 +207,52 @@ async def test_status_shows_every_position_its_protection_the_streams_and_pnl(
     assert 'execd_stream_connected{stream="user"} 1.0' in metrics
     assert "execd_unprotected_seconds_total 0.0" in metrics
     assert 'execd_realized_pnl{symbol="SOLUSDT"}' in metrics
+
+
+async def test_a_failed_fsync_is_seen_by_healthz_status_and_the_status_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal's fsync fails (EIO) under a POST: 503 ``journal_failed``, and from then on
+    ``/healthz`` answers 503 ``journal_failed``, ``/v1/status`` has ``journal.acknowledging``
+    false, systemd's status line ends ``journal=failed``, one ``journal_failed`` alert; the
+    daemon goes on serving and stops cleanly."""
+    import asyncio
+    import os
+
+    import aiohttp
+
+    from app import journal_sync
+    from app.config import resolve_api_token
+
+    real, failing = os.fsync, [OSError(5, "Input/output error")]
+
+    def fsync(fd: int) -> None:
+        if failing:
+            raise failing.pop()
+        real(fd)
+
+    settings = _settings(tmp_path)
+    async with Daemon(settings, out=io.StringIO()) as daemon:
+        serving = asyncio.create_task(daemon.serve())
+        assert daemon.api is not None
+        auth = {"Authorization": f"Bearer {resolve_api_token(settings, create=False)}"}
+        assert not daemon.summary().endswith("journal=failed")
+        monkeypatch.setattr(journal_sync.os, "fsync", fsync)
+        entry = {"id": "eio", "symbol": "BTCUSDT", "type": "LONG_ENTRY", "quantity": "0.010"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{daemon.api.url}/v1/signals", headers=auth,
+                                 data=orjson.dumps(entry)) as resp:
+                assert resp.status == 503
+                assert (await resp.json())["error"] == "journal_failed"
+            async with http.get(f"{daemon.api.url}/healthz") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["status"] == "journal_failed"
+            async with http.get(f"{daemon.api.url}/v1/status", headers=auth) as resp:
+                journal = (await resp.json())["journal"]
+        assert journal["acknowledging"] is False
+        assert journal["broken"] == "OSError(5, 'Input/output error')"
+        assert daemon.summary().endswith(" journal=failed")
+        assert not serving.done()
+        daemon.request_stop("test")
+        await serving
+    assert [e["kind"] for e in _events(tmp_path) if e["event"] == "alert"] == ["journal_failed"]
+    assert _event(tmp_path, "daemon_stopped")

@@ -268,6 +268,7 @@ async def test_a_failed_fsync_stops_acknowledgements_until_a_restart(
         real(fd)
 
     async with Journal(path) as journal:
+        assert journal.status()["acknowledging"] is True
         monkeypatch.setattr(journal_sync.os, "fsync", fsync)
         with pytest.raises(JournalFailed, match="the fsync that was to put this write on the "
                                                 "disk failed") as info:
@@ -283,9 +284,15 @@ async def test_a_failed_fsync_stops_acknowledgements_until_a_restart(
             with pytest.raises(JournalFailed, match=stopped):
                 await acknowledge()
         await journal.put_intent(_intent("lost", "xdE1"))        # not acknowledging: goes on
+        known, created = await journal.accept(_signal("lost"), now=2.0)   # a read answers it
+        assert (known.signal.id, created) == ("lost", False)
         assert await journal.get_signal("later") is None
         assert await journal.get_offset("spool:x") is None
+        assert journal.broken == "OSError(5, 'Input/output error')"
+        assert journal.status() == {"path": str(path), "synchronous": "NORMAL",
+                                    "acknowledging": False, "broken": journal.broken}
     async with Journal(path) as journal:
+        assert journal.broken is None
         _, created = await journal.accept(_signal("later"), now=3.0)
         assert created
         await journal.durable("later")

@@ -53,6 +53,10 @@ def render(status: Mapping[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [_trading(status.get("trading_state")), _header(status), top,
                                    _limiter(status.get("limiter") or []),
                                    _errors(status.get("errors"))]
+    journal = status.get("journal") or {}
+    if journal.get("broken"):
+        parts.insert(1, Text(f" JOURNAL FAILED: {journal['broken']}: no signal is accepted; "
+                             "check the disk, then restart execd ", style="bold white on red"))
     if status.get("streams") is not None:
         parts.append(_live(status))
     if status.get("positions") is not None:

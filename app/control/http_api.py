@@ -266,6 +266,10 @@ class ControlApi:
     # ------------------------------------------------------------------ open endpoints
     async def _healthz(self, request: web.Request) -> web.Response:
         state = self._service.state
+        if state is IntakeState.READY and (broken := self._journal.broken) is not None:
+            return _json(503, {"status": "journal_failed",
+                               "detail": f"an fsync of the journal failed ({broken}): no signal "
+                                         "is accepted until execd is restarted"})
         return _json(200 if state is IntakeState.READY else 503, {"status": state.value})
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -209,3 +209,18 @@ def test_the_trading_state_comes_first_with_its_reason() -> None:
     console = Console(record=True, width=120, color_system="truecolor", force_terminal=True)
     console.print(render(halted))
     assert "\x1b[" in console.export_text(styles=True)     # in colour
+
+
+def test_a_journal_that_acknowledges_nothing_more_is_said_second() -> None:
+    """After a failed fsync (``/v1/status`` ``journal.broken``) the dashboard and ``execd
+    status`` say so right under the trading state, with what to do; a journal that works is
+    not mentioned."""
+    journal = {"path": "data/journal.sqlite3", "synchronous": "NORMAL"}
+    working = {**STATUS, "journal": {**journal, "acknowledging": True, "broken": None}}
+    assert "JOURNAL" not in text_of(working)
+    broken = {**STATUS, "trading_state": {"state": "ACTIVE"}, "journal": {
+        **journal, "acknowledging": False, "broken": "OSError(5, 'Input/output error')"}}
+    lines = text_of(broken).splitlines()
+    assert lines[0].split()[0] == "ACTIVE"
+    assert lines[1].strip() == ("JOURNAL FAILED: OSError(5, 'Input/output error'): no signal is "
+                                "accepted; check the disk, then restart execd")

@@ -6,6 +6,8 @@ real service, bus, executor and gateway against the simulator (tests/control/con
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from app import journal_sync
 from app.clock import SystemClock
 from app.control.http_api import ControlApi
 from app.exchange.gateway import Gateway
@@ -519,3 +522,42 @@ async def test_a_failed_journal_answers_503_journal_failed_and_changes_nothing(
         assert (status, body["state"]) == (200, "HALTED")
     finally:
         await api.close()
+
+
+async def test_after_a_failed_fsync_healthz_and_every_signal_say_journal_failed(
+        api: ControlApi, http: aiohttp.ClientSession, journal: Journal, bus: SignalBus,
+        admin: Admin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The WAL's fsync fails once: that POST answers 503 ``journal_failed``, and so does every
+    later one although the disk answers again (nothing is acknowledged until a restart);
+    ``/healthz`` says ``journal_failed`` (503), so a supervisor sees it. The signal whose
+    accept was committed but not synced ends FAILED without an order; its id answers that."""
+    real = os.fsync
+    failing = [OSError(errno.EIO, "Input/output error")]
+
+    def fsync(fd: int) -> None:
+        if failing:
+            raise failing.pop()
+        real(fd)
+
+    status, body, _ = await call(http, "GET", f"{api.url}/healthz", headers={})
+    assert (status, body) == (200, {"status": "ready"})
+    monkeypatch.setattr(journal_sync.os, "fsync", fsync)
+    for signal_id, detail in (("h-eio", "the fsync that was to put this write on the disk "
+                                        "failed (OSError(5, 'Input/output error'))"),
+                              ("h-after", "an fsync failed (OSError(5, 'Input/output error')), "
+                                          "so it acknowledges nothing more")):
+        status, body, headers = await call(http, "POST", f"{api.url}/v1/signals",
+                                           body={"id": signal_id, **ENTRY})
+        assert (status, body["error"]) == (503, "journal_failed"), body
+        assert detail in body["detail"]
+        assert headers["Retry-After"] == "5"
+    status, body, _ = await call(http, "GET", f"{api.url}/healthz", headers={})
+    assert (status, body["status"]) == (503, "journal_failed")
+    assert "no signal is accepted until execd is restarted" in body["detail"]
+    assert await bus.drain(30)
+    status, body, _ = await call(http, "POST", f"{api.url}/v1/signals",
+                                 body={"id": "h-eio", **ENTRY})
+    assert (status, body["state"]) == (200, "FAILED"), body
+    assert "fsync failed" in body["reason"]
+    assert await admin.orders() == []
+    assert await journal.get_signal("h-after") is None
