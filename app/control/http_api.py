@@ -50,7 +50,7 @@ from app.exchange.models import Balance, CancelCounts, Position
 from app.execution.operator import FlattenResult, NotCancelable
 from app.intake.bus import QueueFull
 from app.intake.reports import signal_view
-from app.intake.service import IntakeClosed, IntakeState, Service
+from app.intake.service import IntakeClosed, IntakeState, Service, audit_journal_trouble
 from app.journal import Journal, JournalBusy, JournalFailed, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
@@ -225,8 +225,7 @@ class ControlApi:
         except web.HTTPException as error:  # the router's 404 / 405
             return _routing_error(request, error)
         except JournalFailed as failed:
-            self._log.critical(AuditEvent.JOURNAL_FAILED, source="http",
-                               path=str(self._journal.path), error=str(failed))
+            audit_journal_trouble(self._log, failed, source="http", journal=self._journal)
             return _journal_failed(failed)
         except Exception as error:
             self._log.error(AuditEvent.API_REQUEST_FAILED, method=request.method,

@@ -41,6 +41,7 @@ import orjson
 from app.clock import Clock
 from app.domain import Intent, SignalState
 from app.intake.nats import still_running
+from app.intake.service import audit_journal_trouble
 from app.journal import Journal, JournalBusy, JournalFailed, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
@@ -58,6 +59,8 @@ BATCH: Final = 256
 RETRY_S: Final = 0.2
 #: The pause after a journal that failed (busy, a full disk) before the next try (seconds).
 JOURNAL_RETRY_S: Final = 5.0
+#: The ``source`` of its journal trouble in the audit log.
+SOURCE: Final = "nats-reports"
 #: The subject token of a report whose body named no usable symbol.
 NO_SYMBOL: Final = "_"
 _SYMBOL_TOKEN = re.compile(r"[A-Z0-9]{1,32}")
@@ -183,7 +186,8 @@ class ReportPublisher:
             except (JournalBusy, JournalFailed) as error:
                 if not failing:
                     failing = True
-                    self._journal_trouble(error)
+                    audit_journal_trouble(self._log, error, source=SOURCE,
+                                          journal=self._journal)
                 await self._clock.sleep(JOURNAL_RETRY_S)
 
     async def _start(self) -> None:
@@ -210,14 +214,6 @@ class ReportPublisher:
             await self._publish_batch(link)
         except ConnectionError:   # the batch stays in the buffer, sent again
             await self._clock.sleep(RETRY_S)
-
-    def _journal_trouble(self, error: JournalBusy | JournalFailed) -> None:
-        if isinstance(error, JournalBusy):
-            self._log.error(AuditEvent.JOURNAL_BUSY, source="nats-reports",
-                            path=str(self._journal.path), error=str(error))
-        else:
-            self._log.critical(AuditEvent.JOURNAL_FAILED, source="nats-reports",
-                               path=str(self._journal.path), error=str(error))
 
     async def _publish_batch(self, link: ReportLink) -> None:
         batch = [self._buffer[i] for i in range(min(BATCH, len(self._buffer)))]
@@ -278,7 +274,7 @@ class ReportPublisher:
             try:
                 await self._store_mark(force=True)
             except (JournalBusy, JournalFailed) as error:   # the next start replays more
-                self._journal_trouble(error)
+                audit_journal_trouble(self._log, error, source=SOURCE, journal=self._journal)
         return True
 
     def statistics(self) -> dict[str, object]:

@@ -34,7 +34,17 @@ from app.journal import Journal, JournalBusy, JournalFailed, SignalRecord
 from app.observability.audit import AuditEvent
 from app.observability.logging import AuditLogger
 
-__all__ = ["Accepted", "IntakeClosed", "IntakeState", "Service"]
+__all__ = ["Accepted", "IntakeClosed", "IntakeState", "Service", "audit_journal_trouble"]
+
+
+def audit_journal_trouble(log: AuditLogger, error: JournalBusy | JournalFailed, *,
+                          source: str, journal: Journal) -> None:
+    """Audit a journal that refused `source`: ``journal_busy`` (error) for a lock held too
+    long, ``journal_failed`` (critical) for the database or the disk failing."""
+    busy = isinstance(error, JournalBusy)
+    (log.error if busy else log.critical)(
+        AuditEvent.JOURNAL_BUSY if busy else AuditEvent.JOURNAL_FAILED, source=source,
+        path=str(journal.path), error=str(error))
 
 
 class IntakeState(StrEnum):
@@ -103,13 +113,8 @@ class Service:
         self._log.info(AuditEvent.SIGNAL_RECEIVED, source=source)
         try:
             return await self._accept(data, source=source, wait=wait, offset=offset)
-        except JournalBusy as busy:
-            self._log.error(AuditEvent.JOURNAL_BUSY, source=source,
-                            path=str(self.journal.path), error=str(busy))
-            raise
-        except JournalFailed as failed:
-            self._log.critical(AuditEvent.JOURNAL_FAILED, source=source,
-                               path=str(self.journal.path), error=str(failed))
+        except (JournalBusy, JournalFailed) as refused:
+            audit_journal_trouble(self._log, refused, source=source, journal=self.journal)
             raise
 
     async def _accept(self, data: object, *, source: str, wait: bool,

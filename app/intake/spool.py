@@ -49,7 +49,7 @@ from structlog.contextvars import bound_contextvars
 
 from app.clock import Clock
 from app.domain import SignalError
-from app.intake.service import IntakeClosed, IntakeState, Service
+from app.intake.service import IntakeClosed, IntakeState, Service, audit_journal_trouble
 from app.intake.spool_file import SpoolFile, file_id, find_file
 from app.intake.validate import decode_object
 from app.journal import Journal, JournalBusy, JournalFailed
@@ -152,13 +152,10 @@ class SpoolTail:
                         return
                 except _AcceptRefused as refused:   # the service audited it
                     failed = isinstance(refused.__cause__, JournalFailed)
-                except JournalBusy as busy:
-                    self._log.error(AuditEvent.JOURNAL_BUSY, source="spool",
-                                    path=str(self._journal.path), error=str(busy))
-                except JournalFailed as error:
-                    failed = True
-                    self._log.critical(AuditEvent.JOURNAL_FAILED, source="spool",
-                                       path=str(self._journal.path), error=str(error))
+                except (JournalBusy, JournalFailed) as refused:   # the tail's own writes
+                    failed = isinstance(refused, JournalFailed)
+                    audit_journal_trouble(self._log, refused, source="spool",
+                                          journal=self._journal)
                 except OSError as error:
                     if repr(error) != self._unreadable:
                         self._unreadable = repr(error)

@@ -57,6 +57,10 @@ def append(path: Path, data: bytes) -> None:
         file.write(data)
 
 
+async def journaled(journal: Journal, signal_id: str) -> bool:
+    return await journal.get_signal(signal_id) is not None
+
+
 async def states(journal: Journal, *ids: str) -> list[SignalState | None]:
     records = [await journal.get_signal(i) for i in ids]
     return [None if r is None else r.state for r in records]
@@ -290,16 +294,13 @@ async def test_run_tails_until_intake_stops(tail: Tail, spool: Path, journal: Jo
     clock = FakeClock()
     task = asyncio.create_task(tail(clock).run())
 
-    async def journaled(signal_id: str) -> bool:
-        return await journal.get_signal(signal_id) is not None
-
     append(spool, line("run-1"))
-    await until(clock, lambda: journaled("run-1"))
+    await until(clock, lambda: journaled(journal, "run-1"))
     service.close()
     append(spool, line("run-2"))
     await until(clock, lambda: asyncio.sleep(0, task.done()))
     assert task.result() is None
-    assert not await journaled("run-2")
+    assert not await journaled(journal, "run-2")
     assert await journal.get_offset(spool_name(spool)) == len(line("run-1"))
     assert await bus.drain(30)
 
@@ -319,10 +320,7 @@ async def test_run_waits_while_intake_starts(spool: Path, journal: Journal, bus:
     assert not task.done()
     service.open()
 
-    async def journaled() -> bool:
-        return await journal.get_signal("early") is not None
-
-    await until(clock, journaled)
+    await until(clock, lambda: journaled(journal, "early"))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -356,20 +354,17 @@ async def test_a_busy_journal_is_retried_and_the_tail_goes_on(
     def busy_events(logs: list[dict[str, Any]]) -> list[tuple[str, str]]:
         return [(e["source"], e["log_level"]) for e in logs if e["event"] == "journal_busy"]
 
-    async def journaled(signal_id: str) -> bool:
-        return await journal.get_signal(signal_id) is not None
-
     with capture_logs() as logs:
         with write_lock(journal.path):           # an accept refused
             append(spool, line("busy-1"))
             await until(clock, lambda: asyncio.sleep(0, bool(busy_events(logs))))
-        await until(clock, lambda: journaled("busy-1"))
+        await until(clock, lambda: journaled(journal, "busy-1"))
         assert busy_events(logs) == [("spool", "error")]   # the service's, not doubled
         assert await bus.drain(30)       # its orders' journal writes are done before the next
         with write_lock(journal.path):           # the tail's own write: a rejected line's offset
             append(spool, b"{broken\n" + line("busy-2"))
             await until(clock, lambda: asyncio.sleep(0, len(busy_events(logs)) == 2))
-        await until(clock, lambda: journaled("busy-2"))
+        await until(clock, lambda: journaled(journal, "busy-2"))
     assert busy_events(logs) == [("spool", "error")] * 2
     assert not task.done()
     assert await journal.get_offset(spool_name(spool)) == size(spool)
@@ -393,9 +388,6 @@ async def test_a_failed_journal_is_tried_less_often_and_the_tail_goes_on(
     def failures(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [e for e in logs if e["event"] == "journal_failed"]
 
-    async def journaled(signal_id: str) -> bool:
-        return await journal.get_signal(signal_id) is not None
-
     assert FAILED_RETRY_MAX_S == 30.0
     with capture_logs() as logs:
         async with read_only(journal):
@@ -406,14 +398,14 @@ async def test_a_failed_journal_is_tried_less_often_and_the_tail_goes_on(
                     clock.advance(0.2)
                     await asyncio.sleep(0.005)
             tries = len(failures(logs))
-        await until(clock, lambda: journaled("failed-1"))
+        await until(clock, lambda: journaled(journal, "failed-1"))
         assert await bus.drain(30)
         async with read_only(journal):          # the tail's own write: a rejected line's offset
             append(spool, b"{broken\n")
             await until(clock, lambda: asyncio.sleep(0, len(failures(logs)) > tries))
         back = clock.monotonic()
         append(spool, line("failed-2"))
-        await until(clock, lambda: journaled("failed-2"))
+        await until(clock, lambda: journaled(journal, "failed-2"))
     assert clock.monotonic() - back <= 1.0           # polling at its interval again
     assert 7 <= tries <= 9, tries
     assert {(e["source"], e["log_level"]) for e in failures(logs)} == {("spool", "critical")}
