@@ -151,13 +151,19 @@ class Service:
 
     async def submit(self, signal: Signal) -> SignalRecord:
         """In-process intake: journal and queue ``signal``, waiting for a place if needed.
-        A known id returns its existing record."""
+        A known id returns its existing record. A busy or failed journal is audited and
+        raised, as for `accept`."""
         if self.state is not IntakeState.READY:
             raise IntakeClosed(self.state)
         self._check_symbol(signal.symbol)
         self._check_sides(signal)
-        return (await self._journal_and_queue(signal, source=signal.source or "in-process",
-                                              wait=True, offset=None)).record
+        source = signal.source or "in-process"
+        try:
+            return (await self._journal_and_queue(signal, source=source, wait=True,
+                                                  offset=None)).record
+        except (JournalBusy, JournalFailed) as refused:
+            audit_journal_trouble(self._log, refused, source=source, journal=self.journal)
+            raise
 
     def _check_sides(self, signal: Signal) -> None:
         if self._mark_of is not None and signal.type.is_entry and (
