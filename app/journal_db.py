@@ -25,6 +25,7 @@ __all__ = ["BUSY_TIMEOUT_MS", "JournalBusy", "JournalFailed", "JournalUnreadable
 
 BUSY_TIMEOUT_MS: Final = 5_000
 _UNREADABLE: Final = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+_UNWRITABLE: Final = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 #: SQLite's extended codes for a failed fsync of a file or of its directory.
 _FSYNC_FAILED: Final = (1034, 1290)   # SQLITE_IOERR_FSYNC, SQLITE_IOERR_DIR_FSYNC
 
@@ -41,8 +42,8 @@ class JournalFailed(sqlite3.OperationalError):
 
 
 class JournalUnreadable(RuntimeError):
-    """The journal file cannot be used (not SQLite, corrupt, unopenable, a newer schema); the
-    message names the file and what to do."""
+    """The journal file cannot be used (not SQLite, corrupt, unopenable, on a disk that refuses
+    writes, a newer schema); the message names the file and what to do."""
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -70,6 +71,10 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
             raise JournalUnreadable(
                 f"journal {path} is not a readable SQLite database ({error}): move it aside "
                 "and restore from backup, or start with a new journal path") from None
+        if error.sqlite_errorcode & 0xFF in _UNWRITABLE:
+            raise JournalUnreadable(
+                f"journal {path} cannot be written ({error}): the disk is full or failing; "
+                "free space or check the disk (df -h, dmesg), then start again") from None
         raise JournalUnreadable(f"journal {path} cannot be opened ({error}): check the path, "
                                 "its directory and their permissions") from None
     except BaseException:

@@ -9,6 +9,7 @@ import asyncio
 import errno
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
@@ -310,3 +311,23 @@ async def test_a_file_that_is_not_a_journal_is_unreadable_with_advice(
     assert "not a readable SQLite database (file is not a database)" in message
     assert "move it aside and restore from backup, or start with a new journal path" in message
     assert await asyncio.to_thread(path.read_bytes) == content      # left as it was
+
+
+async def test_a_journal_on_a_disk_that_refuses_writes_says_so_at_start(tmp_path: Path) -> None:
+    """A new journal that cannot be written (here a process whose files may not grow past 2 KB,
+    ``RLIMIT_FSIZE``: the write fails as on a full disk) is `JournalUnreadable` saying the disk
+    is full or failing — not to check permissions."""
+    script = ("import resource, sys; from pathlib import Path; "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048)); "
+              "from app.journal_db import connect\n"
+              "try: connect(Path(sys.argv[1]), 'NORMAL')\n"
+              "except Exception as error: print(type(error).__name__, error)")
+    path = tmp_path / "journal.sqlite3"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, str(path), cwd=Path(__file__).parent.parent,
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert out.decode().strip() == (
+        f"JournalUnreadable journal {path} cannot be written (disk I/O error): the disk is full "
+        "or failing; free space or check the disk (df -h, dmesg), then start again")
