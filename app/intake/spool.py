@@ -140,7 +140,7 @@ class SpoolTail:
         While intake is still starting, lines wait. An unreadable file (other than a missing
         one) is audited as ``spool_unreadable`` once and retried; a busy journal is retried
         (module docstring); so is a failed one, less and less often."""
-        retry_s = self._poll_interval_s   # the wait after a failed journal
+        retry_s = self._poll_interval_s   # the wait before the next poll: longer after a failure
         try:
             while True:
                 failed = False
@@ -161,12 +161,9 @@ class SpoolTail:
                         self._unreadable = repr(error)
                         self._log.warning(AuditEvent.SPOOL_UNREADABLE, path=str(self.path),
                                           error=repr(error))
-                if failed:
-                    retry_s = min(retry_s * 2, max(FAILED_RETRY_MAX_S, self._poll_interval_s))
-                    await self._clock.sleep(retry_s)
-                else:
-                    retry_s = self._poll_interval_s
-                    await self._clock.sleep(self._poll_interval_s)
+                retry_s = (min(retry_s * 2, max(FAILED_RETRY_MAX_S, self._poll_interval_s))
+                           if failed else self._poll_interval_s)
+                await self._clock.sleep(retry_s)
         finally:
             await self.aclose()
 
